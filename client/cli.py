@@ -1,0 +1,191 @@
+"""``fl-client``: join a federation as a site (``join``) and inspect the site's privacy ledger."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedshield.common.cli_support import console, guarded, set_debug, warn_loudly
+from fedshield.common.errors import ConfigError, FedShieldError, ServerUnreachableError
+
+app = typer.Typer(
+    help="Run a FedShield site: validate your data folder, connect to the coordinator and train "
+    "with differential privacy. Raw data never leaves this machine.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _default_threads() -> int:
+    return max(1, (os.cpu_count() or 1))
+
+
+@app.command()
+@guarded
+def join(
+    data: Path = typer.Option(..., "--data", help="The site's data folder (data.npz, images/<label>/*.png or a CSV, plus optional fedshield.toml)."),
+    server: str = typer.Option("127.0.0.1:9092", "--server", help="Coordinator address HOST:PORT (what `fl-server start` printed)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP without TLS: loopback development only."),
+    root_certificates: Optional[Path] = typer.Option(None, "--root-certificates", help="CA certificate (PEM) that signed the server's certificate."),
+    task: Optional[str] = typer.Option(None, "--task", help="Task of this data (default: fedshield.toml or inferred)."),
+    target: Optional[str] = typer.Option(None, "--target", help="Tabular target column (overrides fedshield.toml)."),
+    name: Optional[str] = typer.Option(None, "--name", help="Site name shown to the coordinator (default: the folder's name)."),
+    epsilon: float = typer.Option(8.0, "--epsilon", help="This site's lifetime ε budget on this data."),
+    delta: float = typer.Option(0.0, "--delta", help="δ; 0 picks min(1e-5, 1/(10·N))."),
+    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Per-sample clipping bound C."),
+    no_dp: bool = typer.Option(False, "--no-dp", help="Train WITHOUT differential privacy (explicit opt-out, reported to the server)."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Where the site's privacy ledger and logs live (default DATA/.fedshield)."),
+    device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
+    threads: int = typer.Option(_default_threads(), "--threads", min=1, help="Torch intra-op threads for this site's training."),
+    connect_timeout: float = typer.Option(30.0, "--connect-timeout", help="Seconds to wait for the server before giving up."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Validate DATA, connect to the coordinator, train every round it asks for, exit when the run ends.
+
+    Example: fl-client join --data ./data/hospital_a --server 127.0.0.1:9092 --insecure
+    """
+    set_debug(debug)
+    from fedshield.client.device import resolve_device
+    from fedshield.client.events import read_new
+    from fedshield.client.site_check import check_site
+    from fedshield.client.supernode import SuperNode
+    from fedshield.common.net import free_port, split_address, wait_reachable
+    from fedshield.server.superlink import last_line
+
+    if insecure and root_certificates is not None:
+        raise ConfigError("--insecure and --root-certificates exclude each other; pick one")
+    if not insecure and root_certificates is None:
+        raise ConfigError("no TLS settings: pass --root-certificates CA.pem (the federation's CA), "
+                          "or --insecure for a loopback development run")
+    if root_certificates is not None and not root_certificates.is_file():
+        raise ConfigError(f"--root-certificates {root_certificates}: file not found")
+    if epsilon <= 0:
+        raise ConfigError("--epsilon must be positive (use --no-dp to train without privacy)")
+    if not 0 <= delta < 1:
+        raise ConfigError("--delta must be in [0, 1)")
+    resolve_device(device)
+    host, port = split_address(server, flag="--server")
+
+    data = data.resolve()
+    task_name, _options, site = check_site(data, task=task, overrides={"target": target})
+    site_name = name or data.name
+    console.print(f"site [bold]{site_name}[/]: {len(site.train)} training / {len(site.val)} validation "
+                  f"examples for task {task_name} ({data})")
+    if insecure:
+        warn_loudly("--insecure: this site's updates travel WITHOUT encryption; use only on loopback")
+    if no_dp:
+        warn_loudly("--no-dp: this site trains WITHOUT differential privacy; its updates can leak its data")
+    else:
+        console.print(f"privacy: DP-SGD, lifetime budget ε={epsilon:g}, clip C={max_grad_norm:g}")
+
+    state = (state_dir or data / ".fedshield").resolve()
+    state.mkdir(parents=True, exist_ok=True, mode=0o700)
+    events_file = state / f"events-{os.getpid()}.jsonl"
+    console.print(f"connecting to {server} (up to {connect_timeout:g} s) ...")
+    if not wait_reachable(host, port, connect_timeout):
+        raise ServerUnreachableError(f"--server {server}: nothing answered within {connect_timeout:g} s; check "
+                                     "the address and that `fl-server start` is running there")
+    node = SuperNode(
+        superlink=server,
+        local_port=free_port(),
+        node_config={
+            "data-path": str(data), "site-name": site_name, "task": task_name, "state-dir": str(state),
+            "events-file": str(events_file), "dp": not no_dp, "epsilon": epsilon, "delta": delta,
+            "max-grad-norm": max_grad_norm, "device": device,
+        },
+        log_path=state / "supernode.log",
+        root_certificates=root_certificates,
+        max_wait_time=max(connect_timeout, 60.0),
+        threads=threads,
+    )
+    node.start()
+    offset = 0
+    outcome: str | None = None
+    try:
+        console.print(f"connected; waiting for the coordinator to start a round (SuperNode log: {node.log_path})")
+        while outcome is None:
+            events, offset = read_new(events_file, offset)
+            for event in events:
+                outcome = _show(event) or outcome
+            code = node.poll()
+            if code is not None and outcome is None:
+                raise FedShieldError(f"the site's SuperNode stopped (exit {code}): {last_line(node.log_path)}; "
+                                     f"full log {node.log_path}")
+            time.sleep(0.2)
+    finally:
+        node.stop()
+        events_file.unlink(missing_ok=True)
+    if outcome != "finished":
+        raise FedShieldError(f"the coordinator ended the run with status {outcome}; see its results.json")
+    console.print("run complete; this site's data never left this machine")
+
+
+def _show(event: dict) -> str | None:
+    """Print one site event; return the run's final status on ``run-complete``."""
+    kind = event.get("event")
+    rnd = event.get("round")
+    if kind == "joined-run":
+        console.print(f"joined run {event.get('run_id')} ({event.get('task')})")
+    elif kind == "train-start":
+        console.print(f"round {rnd}: training on {event.get('examples')} examples"
+                      f"{' with DP-SGD' if event.get('dp') else ' WITHOUT DP'} ...")
+    elif kind == "train-end":
+        eps = event.get("epsilon")
+        console.print(f"round {rnd}: train loss {event.get('loss', float('nan')):.4f} in {event.get('seconds', 0):.1f} s"
+                      + (f", ε spent {eps:.3f}" if isinstance(eps, (int, float)) else ""))
+    elif kind == "evaluate":
+        shown = {k: v for k, v in event.items() if k in ("loss", "accuracy", "f1", "roc_auc", "mse", "mae", "r2")}
+        console.print(f"round {rnd}: validation " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
+    elif kind == "error":
+        console.print(f"[red]round {rnd} {event.get('stage')}: {event.get('message')}[/]")
+    elif kind == "run-complete":
+        return str(event.get("status", "finished"))
+    return None
+
+
+@app.command()
+@guarded
+def privacy(
+    data: Path = typer.Option(..., "--data", help="The site's data folder."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="State folder (default DATA/.fedshield)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the ledger as JSON."),
+) -> None:
+    """Print the site's privacy ledger: every round trained, ε spent and ε left."""
+    from fedshield.client.privacy_ledger import LEDGER_FILE, PrivacyLedger
+
+    state = (state_dir or data / ".fedshield")
+    path = state / LEDGER_FILE
+    if not path.exists():
+        console.print(f"{path}: no privacy ledger yet; this site has not trained with DP on this data")
+        return
+    import json as _json
+
+    raw = _json.loads(path.read_text())
+    ledger = PrivacyLedger.open(state, epsilon_budget=float(raw.get("epsilon_budget", 0)), delta=float(raw.get("delta", 0)))
+    spent = ledger.epsilon_spent()
+    if json_out:
+        console.print_json(_json.dumps({**raw, "epsilon_spent": spent,
+                                         "epsilon_left": max(0.0, ledger.epsilon_budget - spent)}))
+        return
+    from rich.table import Table
+
+    table = Table(title=f"privacy ledger {path}")
+    for col in ("run", "round", "steps", "sample rate", "σ", "status"):
+        table.add_column(col)
+    for e in ledger.entries:
+        table.add_row(e.run_id, str(e.round), str(e.steps), f"{e.sample_rate:.4f}", f"{e.noise_multiplier:.3f}", e.status)
+    console.print(table)
+    console.print(f"ε spent {spent:.4f} of budget {ledger.epsilon_budget:g} at δ={ledger.delta:.2e}; "
+                  f"ε left {max(0.0, ledger.epsilon_budget - spent):.4f}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

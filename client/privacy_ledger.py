@@ -1,0 +1,204 @@
+"""A site's persistent privacy ledger: every DP-SGD round it ever ran on its data, composed by RDP.
+
+Why our own file and not Opacus' in-memory accountant alone: a site's ε must compose across rounds,
+runs and process restarts (Flower starts a fresh ClientApp process per message in deployment), so the
+accountant's history — the ``(noise_multiplier, sample_rate, steps)`` triples Opacus' ``RDPAccountant``
+keeps — is stored on disk and handed back to Opacus to compute ε. The arithmetic stays Opacus'.
+
+Crash safety: a round is recorded *before* its update leaves the site (status ``pending``) and marked
+``released`` after; entries are keyed by ``(run_id, round)`` so a retried round replaces its own entry
+instead of counting twice, and a killed round stays counted (conservatively). Every write is atomic.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from opacus.accountants import RDPAccountant
+
+from fedshield.common.atomic_io import atomic_write_json
+from fedshield.common.errors import ConfigError
+
+LEDGER_FORMAT = "fedshield-privacy-ledger"
+LEDGER_VERSION = 1
+LEDGER_FILE = "privacy-ledger.json"
+# Beyond this noise multiplier an update is noise (σ·C/B per coordinate); a plan that needs more is
+# refused as "budget too small" rather than run uselessly.
+MAX_NOISE_MULTIPLIER = 20.0
+
+
+class BudgetExhaustedError(ConfigError):
+    """The next round would take the site past its ε budget."""
+
+
+@dataclass
+class LedgerEntry:
+    """One DP-SGD round: ``steps`` noisy steps at ``sample_rate`` (Poisson q) and ``noise_multiplier`` σ."""
+
+    run_id: str
+    round: int
+    steps: int
+    sample_rate: float
+    noise_multiplier: float
+    status: str = "pending"
+    recorded_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class RunPlan:
+    """The σ a run was planned with, fixed for all its rounds so every round fits the budget."""
+
+    noise_multiplier: float
+    sample_rate: float
+    steps_per_round: int
+    rounds: int
+
+
+@dataclass
+class PrivacyLedger:
+    """The ledger of one site (one data folder): budget, δ and every round spent."""
+
+    path: Path
+    epsilon_budget: float
+    delta: float
+    entries: list[LedgerEntry] = field(default_factory=list)
+    plans: dict[str, RunPlan] = field(default_factory=dict)
+
+    # ----------------------------------------------------------------- persistence
+    @classmethod
+    def open(cls, state_dir: Path, *, epsilon_budget: float, delta: float) -> "PrivacyLedger":
+        """Open (or create in memory) the ledger in ``state_dir``; a foreign or newer file is refused.
+
+        The budget and δ given now are the site's current settings; δ cannot change once rounds are
+        recorded, since ε at a different δ would not describe the same guarantee.
+        """
+        path = Path(state_dir) / LEDGER_FILE
+        if not path.exists():
+            return cls(path=path, epsilon_budget=epsilon_budget, delta=delta)
+        try:
+            raw = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ConfigError(f"{path}: privacy ledger is unreadable ({exc}); restore it from backup — "
+                              "never delete it, that would forget spent privacy") from None
+        if not isinstance(raw, dict) or raw.get("format") != LEDGER_FORMAT:
+            raise ConfigError(f"{path}: not a FedShield privacy ledger; point --state-dir at the site's own state folder")
+        if int(raw.get("version", 0)) > LEDGER_VERSION:
+            raise ConfigError(f"{path}: ledger written by a newer FedShield (version {raw['version']}); upgrade FedShield")
+        try:
+            entries = [LedgerEntry(**e) for e in raw["entries"]]
+            plans = {k: RunPlan(**v) for k, v in raw.get("plans", {}).items()}
+            old_delta = float(raw["delta"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{path}: privacy ledger is corrupt ({exc}); restore it from backup") from None
+        if entries and abs(old_delta - delta) > 1e-15:
+            # Keep the recorded δ: ε is only comparable at one δ.
+            delta = old_delta
+        return cls(path=path, epsilon_budget=epsilon_budget, delta=delta, entries=entries, plans=plans)
+
+    def save(self) -> None:
+        """Write the ledger atomically (owner-only: it reveals how the site trained)."""
+        atomic_write_json(
+            self.path,
+            {
+                "format": LEDGER_FORMAT,
+                "version": LEDGER_VERSION,
+                "accountant": "rdp",
+                "epsilon_budget": self.epsilon_budget,
+                "delta": self.delta,
+                "epsilon_spent": self.epsilon_spent(),
+                "entries": [asdict(e) for e in self.entries],
+                "plans": {k: asdict(v) for k, v in self.plans.items()},
+            },
+            mode=0o600,
+        )
+
+    # ----------------------------------------------------------------- accounting
+    def history(self, *, exclude_run: str | None = None) -> list[tuple[float, float, int]]:
+        """Opacus accountant history ``[(σ, q, steps), ...]`` of recorded rounds."""
+        return [
+            (e.noise_multiplier, e.sample_rate, e.steps)
+            for e in self.entries
+            if exclude_run is None or e.run_id != exclude_run
+        ]
+
+    def epsilon_spent(self, extra: list[tuple[float, float, int]] | None = None) -> float:
+        """ε at the ledger's δ for all recorded rounds (plus ``extra``), by Opacus' RDP accountant."""
+        return epsilon_of(self.history() + list(extra or []), self.delta)
+
+    def plan_run(self, run_id: str, *, sample_rate: float, steps_per_round: int, rounds: int) -> RunPlan:
+        """Return this run's plan, creating it on first use.
+
+        The noise multiplier is the smallest σ whose RDP composition with the site's earlier history
+        and all ``rounds`` of this run stays within the budget (bisection on Opacus' accountant, as
+        ``opacus.accountants.utils.get_noise_multiplier`` does for an empty history).
+        """
+        if run_id in self.plans:
+            return self.plans[run_id]
+        prior = self.history(exclude_run=run_id)
+        total_steps = steps_per_round * rounds
+
+        def eps(sigma: float) -> float:
+            return epsilon_of(prior + [(sigma, sample_rate, total_steps)], self.delta)
+
+        if epsilon_of(prior, self.delta) >= self.epsilon_budget:
+            raise BudgetExhaustedError(
+                f"{self.path}: privacy budget spent (ε {epsilon_of(prior, self.delta):.3g} of "
+                f"{self.epsilon_budget:g}); this site cannot train again on this data"
+            )
+        if eps(MAX_NOISE_MULTIPLIER) > self.epsilon_budget:
+            left = self.epsilon_budget - epsilon_of(prior, self.delta)
+            raise BudgetExhaustedError(
+                f"{self.path}: the privacy budget left (ε {left:.3g} of {self.epsilon_budget:g}) cannot cover "
+                f"{rounds} round(s) even at noise multiplier {MAX_NOISE_MULTIPLIER:g}; raise --epsilon or plan fewer --rounds"
+            )
+        lo, hi = 0.05, 1.0
+        while eps(hi) > self.epsilon_budget:
+            lo, hi = hi, hi * 2
+        for _ in range(60):
+            mid = (lo + hi) / 2
+            if eps(mid) > self.epsilon_budget:
+                lo = mid
+            else:
+                hi = mid
+            if hi - lo < 1e-4:
+                break
+        plan = RunPlan(noise_multiplier=hi, sample_rate=sample_rate,
+                       steps_per_round=steps_per_round, rounds=rounds)
+        self.plans[run_id] = plan
+        return plan
+
+    def begin_round(self, run_id: str, rnd: int, *, steps: int, plan: RunPlan) -> LedgerEntry:
+        """Record a round as pending before training; refuse it if it would exceed the budget."""
+        self.entries = [e for e in self.entries if not (e.run_id == run_id and e.round == rnd)]
+        entry = LedgerEntry(run_id=run_id, round=rnd, steps=steps,
+                            sample_rate=plan.sample_rate, noise_multiplier=plan.noise_multiplier)
+        after = self.epsilon_spent([(entry.noise_multiplier, entry.sample_rate, entry.steps)])
+        if after > self.epsilon_budget * (1 + 1e-6):
+            raise BudgetExhaustedError(
+                f"{self.path}: round {rnd} would spend ε up to {after:.3g}, above the site's budget "
+                f"{self.epsilon_budget:g}; the site refuses this round"
+            )
+        self.entries.append(entry)
+        self.save()
+        return entry
+
+    def release_round(self, entry: LedgerEntry) -> None:
+        """Mark a recorded round as released (its update left the site)."""
+        entry.status = "released"
+        self.save()
+
+
+def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
+    """ε at ``delta`` of an Opacus RDP accountant history; 0 for an empty history."""
+    if not history:
+        return 0.0
+    accountant = RDPAccountant()
+    accountant.history = list(history)
+    with warnings.catch_warnings():
+        # "optimal order is the largest alpha" only says the bound could be tighter: it stays valid.
+        warnings.simplefilter("ignore", UserWarning)
+        return float(accountant.get_epsilon(delta=delta))

@@ -1,0 +1,41 @@
+"""Validate a site folder before connecting: resolve its task, load and check every example.
+
+A site should learn that its data is wrong in its own terminal, before it joins anything, with one
+line naming the file, the row and the fix.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fedshield.common.errors import DataError
+from fedshield.common.site_config import site_options
+from fedshield.tasks.base import SiteData, TaskOptions
+from fedshield.tasks.registry import get_task
+
+
+def infer_task(folder: Path) -> str | None:
+    """Guess the task from the folder's contents when neither --task nor fedshield.toml names it."""
+    if (folder / "data.npz").is_file() or (folder / "images").is_dir():
+        return "digits-cnn"
+    if any(folder.glob("*.csv")):
+        return "tabular"
+    return None
+
+
+def check_site(folder: Path, *, task: str | None, overrides: dict[str, object]) -> tuple[str, TaskOptions, SiteData]:
+    """Return (task name, options, validated data) for the site folder, or raise a one-line error."""
+    folder = Path(folder)
+    if not folder.exists():
+        raise DataError(f"--data {folder}: folder does not exist; pass the site's data folder")
+    if not folder.is_dir():
+        raise DataError(f"--data {folder}: not a folder; pass the folder that holds the site's data")
+    if not any(p for p in folder.iterdir() if not p.name.startswith(".")):
+        raise DataError(f"--data {folder}: folder is empty; put data.npz, images/<label>/*.png or a CSV in it")
+    toml_task, options = site_options(folder, overrides)
+    name = task or toml_task or infer_task(folder)
+    if name is None:
+        raise DataError(f"--data {folder}: cannot tell which task this data is for; add `task = \"...\"` to "
+                        f"{folder / 'fedshield.toml'} or pass --task")
+    data = get_task(name).load_site(folder, options)
+    return name, options, data

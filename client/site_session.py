@@ -1,0 +1,91 @@
+"""Which site a ClientApp serves, and its data, loaded once per process.
+
+Deployment: ``fl-client join`` sets ``node_config`` keys ``data-path``, ``site-name``, ``state-dir``,
+``events-file`` and the site's privacy settings. Simulation: Flower gives each virtual SuperNode only
+``partition-id``/``num-partitions``; the site folder is then ``<sim-data-dir>/site_NNNN`` from the run
+config, and its state lives under the simulation's run folder.
+
+A site loads only tasks installed in its own environment (resolved from the local registry, never
+code from the server), and the data it loads is cached per process so a warm process (a Ray actor in
+simulation) reads its folder once per run.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from fedshield.client.local_training import PrivacySettings
+from fedshield.common.errors import ConfigError
+from fedshield.common.run_config import RunConfig
+from fedshield.common.site_config import site_options
+from fedshield.tasks.base import SiteData, Task, TaskOptions
+from fedshield.tasks.registry import get_task
+
+
+@dataclass(frozen=True)
+class SiteIdentity:
+    """Where a site's data, state and event stream live."""
+
+    name: str
+    data_path: Path
+    state_dir: Path
+    events_file: str | None
+    node_config: Mapping[str, Any]
+
+
+def identify_site(node_config: Mapping[str, Any], cfg: RunConfig) -> SiteIdentity:
+    """Resolve the site folder from the node config (deployment) or partition id (simulation)."""
+    if "data-path" in node_config:
+        data = Path(str(node_config["data-path"]))
+        name = str(node_config.get("site-name", data.name))
+        state = Path(str(node_config.get("state-dir", data / ".fedshield")))
+        return SiteIdentity(name, data, state, str(node_config.get("events-file", "")) or None, node_config)
+    if "partition-id" in node_config and cfg.sim_data_dir:
+        pid = int(node_config["partition-id"])
+        name = f"site_{pid:04d}"
+        root = Path(cfg.sim_data_dir)
+        return SiteIdentity(name, root / name, root.parent / "site-state" / name, None, node_config)
+    raise ConfigError("this SuperNode has no data-path in its node config; start it with `fl-client join --data DIR`")
+
+
+def privacy_settings(site: SiteIdentity, cfg: RunConfig) -> PrivacySettings:
+    """The site's DP settings: its own node config wins over the run's proposal.
+
+    A site that joined with DP (the default) keeps DP even if the run asks for ``--no-dp``: a server
+    cannot switch off a site's privacy. Only the site's own ``--no-dp`` (node config ``dp=false``)
+    trains without noise.
+    """
+    nc = site.node_config
+    site_dp = nc.get("dp")
+    enabled = cfg.dp if site_dp is None else str(site_dp).lower() in ("1", "true")
+    return PrivacySettings(
+        enabled=enabled,
+        epsilon=float(nc.get("epsilon", cfg.epsilon)),
+        delta=float(nc.get("delta", cfg.delta)),
+        max_grad_norm=float(nc.get("max-grad-norm", cfg.max_grad_norm)),
+        state_dir=site.state_dir,
+    )
+
+
+_cache_lock = threading.Lock()
+_cache: dict[tuple[Any, ...], tuple[Task, TaskOptions, SiteData]] = {}
+
+
+def load_site(site: SiteIdentity, cfg: RunConfig) -> tuple[Task, TaskOptions, SiteData]:
+    """Load and validate the site's data for the run's task (cached per process)."""
+    site_task, options = site_options(site.data_path, {"seed": cfg.seed})
+    if site_task is not None and site_task != cfg.task:
+        raise ConfigError(
+            f"{site.data_path}/fedshield.toml: site holds data for task {site_task!r}, the run asks for "
+            f"{cfg.task!r}; join a {site_task!r} federation"
+        )
+    options.model = cfg.model
+    key = (str(site.data_path), cfg.task, repr(options))
+    with _cache_lock:
+        if key not in _cache:
+            task = get_task(cfg.task)
+            _cache[key] = (task, options, task.load_site(site.data_path, options))
+        return _cache[key]

@@ -1,0 +1,82 @@
+"""Start and stop a real Flower SuperNode for one site, as a subprocess.
+
+The SuperNode gets the site's data path and settings through ``--node-config`` (read by the ClientApp
+as ``context.node_config``), its own local port (several sites may share a host), telemetry off, no
+runtime dependency installation, and a bounded reconnect time so a vanished server ends it instead
+of retrying forever (Flower issue #6250).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from fedshield.common.flower_env import child_env, flower_executable
+from fedshield.server.superlink import stop_process_group
+
+
+def node_config_arg(values: dict[str, Any]) -> str:
+    """Render ``--node-config`` as space-separated TOML ``key=value`` pairs."""
+    parts = []
+    for key, value in values.items():
+        if isinstance(value, bool):
+            rendered = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            rendered = repr(value)
+        else:
+            rendered = json.dumps(str(value))  # a JSON string is a valid TOML basic string
+        parts.append(f"{key}={rendered}")
+    return " ".join(parts)
+
+
+class SuperNode:
+    """A ``flower-supernode`` child process."""
+
+    def __init__(self, *, superlink: str, local_port: int, node_config: dict[str, Any], log_path: Path,
+                 root_certificates: Path | None, auth_private_key: Path | None = None,
+                 max_wait_time: float = 120.0, threads: int | None = None) -> None:
+        self.superlink = superlink
+        self.local_port = local_port
+        self.node_config = node_config
+        self.log_path = log_path
+        self.root_certificates = root_certificates
+        self.auth_private_key = auth_private_key
+        self.max_wait_time = max_wait_time
+        self.threads = threads
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def command(self) -> list[str]:
+        cmd = [
+            flower_executable("flower-supernode"),
+            "--superlink", self.superlink,
+            "--host", "127.0.0.1",
+            "--port", str(self.local_port),
+            "--isolation", "subprocess",
+            "--max-wait-time", str(self.max_wait_time),
+            "--node-config", node_config_arg(self.node_config),
+        ]
+        if self.root_certificates is None:
+            cmd.append("--insecure")
+        else:
+            cmd += ["--root-certificates", str(self.root_certificates)]
+        if self.auth_private_key is not None:
+            cmd += ["--auth-supernode-private-key", str(self.auth_private_key)]
+        return cmd
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=child_env(threads=self.threads),
+                                            start_new_session=True)
+        finally:
+            log.close()
+
+    def poll(self) -> int | None:
+        return None if self.process is None else self.process.poll()
+
+    def stop(self, grace: float = 10.0) -> None:
+        stop_process_group(self.process, grace)

@@ -1,0 +1,1 @@
+"""fedshield.common: errors, configuration, record conversion, atomic files, process environment."""

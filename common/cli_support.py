@@ -1,0 +1,70 @@
+"""Shared CLI behaviour: one-line errors with exit code 2, tracebacks only with ``--debug``.
+
+Library code raises :class:`FedShieldError`; the three CLIs (``fl-server``, ``fl-client``, ``fl-sim``)
+wrap their commands with :func:`guarded` so a user sees ``error: <what, where, fix>`` and a non-zero
+exit code, never a traceback, unless they ask for one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from typing import Any, Callable, TypeVar
+
+import typer
+from rich.console import Console
+
+from fedshield.common.errors import FedShieldError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+console = Console(stderr=False, highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+DEBUG_ENV = "FEDSHIELD_DEBUG"
+
+
+def debug_enabled() -> bool:
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def set_debug(enabled: bool) -> None:
+    if enabled:
+        os.environ[DEBUG_ENV] = "1"
+    logging.basicConfig(level=logging.DEBUG if enabled else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def fail(message: str, code: int = 2) -> "typer.Exit":
+    """Print ``error: message`` on stderr and return the Exit to raise."""
+    err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    return typer.Exit(code)
+
+
+def guarded(fn: F) -> F:
+    """Turn ``FedShieldError`` (and Ctrl-C) into a one-line message and exit code."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except FedShieldError as exc:
+            if debug_enabled():
+                raise
+            raise fail(str(exc), exc.exit_code) from None
+        except KeyboardInterrupt:
+            err_console.print("interrupted: stopped everything this command started")
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def warn_loudly(message: str) -> None:
+    """A warning a user cannot miss (``--insecure``, ``--no-dp``)."""
+    err_console.print(f"[bold yellow on red] WARNING [/] [bold yellow]{message}[/]", soft_wrap=True)
+
+
+def exit_with(code: int) -> None:
+    sys.exit(code)

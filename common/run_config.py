@@ -1,0 +1,125 @@
+"""The run configuration: what the coordinator decides for every site of one run.
+
+It travels as Flower's run config (``[tool.flwr.app.config]`` / ``flwr run --run-config``) with
+hyphenated keys, and the server forwards the training part to sites in every TRAIN message's config.
+A site's own privacy settings (its budget) come from the site, never from the server alone.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+from fedshield.common.errors import ConfigError
+
+
+@dataclass
+class RunConfig:
+    """Run-wide settings.
+
+    Attributes:
+        task: registered task name (``fl-sim tasks`` lists them).
+        rounds: federated rounds.
+        local_epochs: passes over a site's training split per round.
+        batch_size: expected batch size (Poisson-sampled when DP is on).
+        lr: local SGD learning rate (see :func:`default_lr`).
+        momentum: local SGD momentum.
+        seed: seed of model initialisation, sampling and held-out splits.
+        min_clients: sites that must be connected before round 1, and trained per round at least.
+        fraction_train: share of connected sites sampled per round (1.0 = all).
+        strategy: aggregation strategy name (``fedavg``, ``fedprox``, ``fedadam``...).
+        model: task-specific model variant (tabular: ``auto``, ``logistic``, ``linear``, ``mlp``).
+        dp: sample-level DP-SGD at every site (``--no-dp`` turns it off, loudly).
+        epsilon: each site's target ε for this run (a site may ask for less).
+        delta: target δ; 0 means "below 1/N" chosen per site (N = the site's training examples).
+        max_grad_norm: per-sample clipping bound C (L2).
+        run_dir: where the ServerApp writes ``results.json`` and checkpoints.
+        sim_data_dir: simulation only: folder of per-site data folders (``site_NNNN``).
+        device: ``auto``, ``cpu`` or ``cuda`` for site training.
+    """
+
+    task: str = "digits-cnn"
+    rounds: int = 5
+    local_epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    seed: int = 0
+    min_clients: int = 2
+    fraction_train: float = 1.0
+    strategy: str = "fedavg"
+    model: str = "auto"
+    dp: bool = True
+    epsilon: float = 8.0
+    delta: float = 0.0
+    max_grad_norm: float = 1.0
+    run_dir: str = ""
+    sim_data_dir: str = ""
+    device: str = "auto"
+
+    @staticmethod
+    def default_lr(dp: bool) -> float:
+        """0.5 with DP-SGD, 0.05 without: clipped, noised gradients need a larger step.
+
+        Measured on one digits site (~570 examples, σ=0.7, C=1, batch 32, 5 epochs): lr 0.05 reached
+        26% accuracy, 0.5 reached 86% (non-private lr 0.05: 90%).
+        """
+        return 0.5 if dp else 0.05
+
+    def validate(self) -> "RunConfig":
+        """Raise ``ConfigError`` naming the flag and the fix for any out-of-range value."""
+        checks: list[tuple[bool, str]] = [
+            (self.rounds >= 1, "--rounds must be at least 1"),
+            (self.local_epochs >= 1, "--local-epochs must be at least 1"),
+            (self.batch_size >= 1, "--batch-size must be at least 1"),
+            (self.lr > 0 and math.isfinite(self.lr), "--lr must be a positive number"),
+            (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
+            (self.min_clients >= 1, "--min-clients must be at least 1"),
+            (0 < self.fraction_train <= 1, "--fraction-train must be in (0, 1]"),
+            (self.epsilon > 0, "--epsilon must be positive (use --no-dp to train without privacy)"),
+            (0 <= self.delta < 1, "--delta must be in [0, 1); 0 picks δ below 1/N per site"),
+            (self.max_grad_norm > 0, "--max-grad-norm must be positive"),
+            (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+    def to_flower(self) -> dict[str, Any]:
+        """Hyphenated scalar dict for Flower's run config / message configs."""
+        return {k.replace("_", "-"): v for k, v in asdict(self).items()}
+
+    def to_toml(self) -> str:
+        """The ``[tool.flwr.app.config]`` table body."""
+        lines = []
+        for key, value in self.to_flower().items():
+            if isinstance(value, bool):
+                rendered = "true" if value else "false"
+            elif isinstance(value, str):
+                rendered = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            else:
+                rendered = repr(value)
+            lines.append(f"{key} = {rendered}")
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def from_flower(cls, cfg: Mapping[str, Any]) -> "RunConfig":
+        """Build from a Flower run/message config; unknown keys are ignored, types coerced."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            key = f.name.replace("_", "-")
+            if key not in cfg:
+                continue
+            raw = cfg[key]
+            default = f.default
+            if isinstance(default, bool):
+                values[f.name] = raw if isinstance(raw, bool) else str(raw).lower() in ("1", "true", "yes")
+            elif isinstance(default, int):
+                values[f.name] = int(raw)
+            elif isinstance(default, float):
+                values[f.name] = float(raw)
+            else:
+                values[f.name] = str(raw)
+        return cls(**values)

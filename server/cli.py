@@ -1,0 +1,169 @@
+"""``fl-server``: start a coordinator (SuperLink + the FedShield run) and inspect runs."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from fedshield.common.cli_support import console, guarded, set_debug, warn_loudly
+from fedshield.common.errors import ConfigError, FedShieldError, RunFolderError
+
+app = typer.Typer(
+    help="Coordinate a FedShield federation: start the aggregation server, submit the run, show "
+    "round progress, write results.json and checkpoints to the run folder.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+
+def _check_run_dir(run_dir: Path) -> None:
+    results = run_dir / "results.json"
+    if not results.exists():
+        return
+    try:
+        status = json.loads(results.read_text()).get("status")
+    except (OSError, ValueError):
+        status = "unreadable"
+    if status == "finished":
+        raise RunFolderError(f"--run-dir {run_dir}: already holds a finished run; pass a new --run-dir")
+    raise RunFolderError(f"--run-dir {run_dir}: holds an earlier run (status {status}); pass a new --run-dir "
+                         "so its results are not overwritten")
+
+
+@app.command()
+@guarded
+def start(
+    task: str = typer.Option("digits-cnn", "--task", help="Task every site trains (see `fl-sim tasks`)."),
+    rounds: int = typer.Option(5, "--rounds", min=1, help="Federated rounds."),
+    min_clients: int = typer.Option(2, "--min-clients", min=1, help="Sites that must join before round 1 (and train each round)."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Folder for results.json, checkpoints and logs (default ./runs/<time>)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
+    port: int = typer.Option(9092, "--port", min=1, max=65535, help="Port sites connect to."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP without TLS: loopback development only."),
+    local_epochs: int = typer.Option(1, "--local-epochs", min=1, help="Local passes over each site's data per round."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Expected local batch size."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Local SGD learning rate (default 0.5 with DP, 0.05 with --no-dp)."),
+    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and sampling."),
+    strategy: str = typer.Option("fedavg", "--strategy", help="fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedmedian, fedtrimmedavg."),
+    model: str = typer.Option("auto", "--model", help="Task model variant (tabular: auto, logistic, linear, mlp)."),
+    fraction_train: float = typer.Option(1.0, "--fraction-train", help="Share of connected sites trained per round."),
+    epsilon: float = typer.Option(8.0, "--epsilon", help="Proposed per-site ε (each site's own budget wins)."),
+    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Proposed per-sample clipping bound C."),
+    no_dp: bool = typer.Option(False, "--no-dp", help="Propose training WITHOUT DP (sites that joined with DP keep it)."),
+    join_timeout: float = typer.Option(0.0, "--join-timeout", help="Seconds to wait for --min-clients sites (0 = until Ctrl-C)."),
+    json_out: bool = typer.Option(False, "--json", help="Print results.json at the end."),
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+) -> None:
+    """Start the aggregation server and run ROUNDS rounds of TASK once MIN_CLIENTS sites have joined.
+
+    Example: fl-server start --task digits-cnn --rounds 5 --min-clients 3 --run-dir ./runs/demo --insecure
+    """
+    set_debug(debug)
+    from fedshield.common.net import port_in_use
+    from fedshield.common.results_view import ResultsWatcher, round_line, summary_table
+    from fedshield.common.run_config import RunConfig
+    from fedshield.server.run_submission import run_status, submit, write_app, write_flwr_home
+    from fedshield.server.superlink import SuperLink
+    from fedshield.tasks.registry import get_task
+
+    get_task(task)
+    if not insecure:
+        raise ConfigError("TLS needs the federation's certificates, which `fl-server init` creates; for a "
+                          "loopback development run pass --insecure")
+    folder = (run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    _check_run_dir(folder)
+    cfg = RunConfig(task=task, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr if lr is not None else RunConfig.default_lr(not no_dp), seed=seed,
+                    min_clients=min_clients, fraction_train=fraction_train, strategy=strategy, model=model,
+                    dp=not no_dp, epsilon=epsilon, max_grad_norm=max_grad_norm, run_dir=str(folder)).validate()
+    from fedshield.strategies.registry import make_strategy
+
+    make_strategy(strategy)  # unknown strategy: fail now, not inside the server
+    if port_in_use(host, port):
+        raise ConfigError(f"--port {port}: already in use on {host}; stop what uses it or pick another --port")
+    if insecure:
+        warn_loudly("--insecure: updates travel WITHOUT encryption and sites are not authenticated; loopback development only")
+    if no_dp:
+        warn_loudly("--no-dp: the run proposes training WITHOUT differential privacy (recorded in results.json)")
+
+    folder.mkdir(parents=True, exist_ok=True)
+    superlink = SuperLink(host=host, port=port, state_db=folder / "state.db", log_path=folder / "server.log", tls=None)
+    address = f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    t0 = time.monotonic()
+    superlink.start()
+    try:
+        app_dir = write_app(folder / "app", cfg, {"join-timeout": join_timeout})
+        flwr_home = write_flwr_home(folder / ".flwr", address, root_certificates=None)
+        run_id = submit(app_dir, flwr_home)
+        console.print(f"server listening on {host}:{port}; run {run_id}: {task}, {rounds} rounds, "
+                      f"waiting for {min_clients} site(s). Sites join with:\n"
+                      f"  fl-client join --data DIR --server {address} --insecure")
+
+        def on_status(doc: dict) -> None:
+            if doc.get("status") == "waiting-for-sites":
+                console.print(f"sites connected: {doc.get('connected', 0)}/{min_clients}")
+            elif doc.get("status") == "running":
+                console.print(f"all sites connected after {time.monotonic() - t0:.1f} s: "
+                              f"{', '.join(sorted(doc.get('sites', {})))}; round 1 starting")
+
+        watcher = ResultsWatcher(folder / "results.json", lambda doc, entry: console.print(round_line(doc, entry)),
+                                 on_status=on_status)
+        status = None
+        while True:
+            doc = watcher.poll()
+            if doc is not None and doc.get("status") in ("finished", "failed"):
+                break
+            status = run_status(run_id, flwr_home)
+            if status and status.startswith("finished"):
+                time.sleep(0.5)
+                doc = watcher.poll()
+                break
+            time.sleep(1.0)
+    finally:
+        superlink.stop()
+    if doc is None or doc.get("status") != "finished":
+        reason = (doc or {}).get("error") or status or "unknown"
+        raise FedShieldError(f"run failed: {reason}; server log {folder / 'server.log'}")
+    console.print(summary_table(doc))
+    if json_out:
+        console.print_json(json.dumps(doc))
+    console.print(f"results: {folder / 'results.json'}  final model: {folder / 'model-final.pt'}")
+
+
+@app.command()
+@guarded
+def status(
+    run_dir: Path = typer.Option(..., "--run-dir", help="The run folder given to `fl-server start`."),
+    json_out: bool = typer.Option(False, "--json", help="Print results.json."),
+) -> None:
+    """Print a run's state: status, sites, every round's figures and the final model's metrics."""
+    from fedshield.common.results_view import round_line, summary_table
+
+    results = run_dir / "results.json"
+    if not results.exists():
+        raise ConfigError(f"--run-dir {run_dir}: no results.json; is this a run folder of `fl-server start`?")
+    try:
+        doc = json.loads(results.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{results}: not valid JSON ({exc})") from None
+    if json_out:
+        console.print_json(json.dumps(doc))
+        return
+    console.print(f"run {run_dir}: {doc.get('status')} ({doc.get('mode')}, task {doc.get('task')})")
+    for entry in doc.get("rounds", []):
+        if "evaluate" in entry:
+            console.print(round_line(doc, entry))
+    console.print(summary_table(doc))
+    if doc.get("error"):
+        console.print(f"error: {doc['error']}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

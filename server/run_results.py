@@ -1,0 +1,194 @@
+"""``results.json`` and checkpoints of one run, written atomically after every step.
+
+Layout of ``<run-dir>``::
+
+    results.json              status, config, sites, one entry per round (train / evaluate / centralized)
+    checkpoints/round-NNN.pt  the global model after round NNN
+    model-final.pt            the global model after the last round
+
+``fl-server start`` polls ``results.json`` to show progress, and ``fl-server status`` prints it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedshield.common.atomic_io import atomic_write_bytes, atomic_write_json
+from fedshield.common.metrics import weighted_mean
+from fedshield.common.run_config import RunConfig
+from fedshield.common.torch_arrays import state_dict_from_ndarrays
+from fedshield.tasks.base import DataSchema
+
+RESULTS_FILE = "results.json"
+FINAL_MODEL = "model-final.pt"
+RESULTS_FORMAT = "fedshield-results"
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe scalars: floats that are not finite become None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, (np.floating, np.integer)):
+        return _clean(value.item())
+    if isinstance(value, bytes):
+        return value.hex()
+    return value
+
+
+def _clean_dict(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: _clean(v) for k, v in d.items()}
+
+
+class RunRecorder:
+    """Collects the run's results; implements :class:`fedshield.strategies.recording.RoundObserver`."""
+
+    def __init__(self, run_dir: Path | None, cfg: RunConfig, *, mode: str) -> None:
+        self.run_dir = Path(run_dir) if run_dir else None
+        self.cfg = cfg
+        self.model_template: nn.Module | None = None
+        self.schema: DataSchema | None = None
+        self.node_sites: dict[int, str] = {}
+        self._rounds: dict[int, dict[str, Any]] = {}
+        self.doc: dict[str, Any] = {
+            "format": RESULTS_FORMAT,
+            "version": 1,
+            "mode": mode,
+            "status": "starting",
+            "task": cfg.task,
+            "config": cfg.to_flower(),
+            "privacy": {"sample_level_dp": cfg.dp},
+            "started_at": time.time(),
+            "updated_at": time.time(),
+            "sites": {},
+            "rounds": [],
+            "final": {},
+        }
+
+    # ------------------------------------------------------------------ lifecycle
+    def set_status(self, status: str, **extra: Any) -> None:
+        self.doc["status"] = status
+        self.doc.update(extra)
+        self.write()
+
+    def set_sites(self, sites: dict[int, dict[str, Any]], schema: DataSchema, model: nn.Module) -> None:
+        """Record the handshake: node id -> site description, the agreed schema, the model."""
+        self.schema = schema
+        self.model_template = model
+        for node_id, info in sites.items():
+            self.node_sites[node_id] = str(info["site"])
+            self.doc["sites"][str(info["site"])] = _clean_dict({k: v for k, v in info.items() if k != "site"})
+        self.doc["schema"] = schema.to_config()
+        self.doc["parameters"] = int(sum(p.numel() for p in model.parameters()))
+        self.write()
+
+    def finish(self, status: str = "finished", error: str | None = None) -> None:
+        rounds = self.doc["rounds"]
+        last = next((r for r in reversed(rounds) if "evaluate" in r), None)
+        first = next((r for r in rounds if r["round"] == 0 and "evaluate" in r), None)
+        final: dict[str, Any] = {}
+        if last is not None:
+            final["round"] = last["round"]
+            final["evaluate"] = last["evaluate"]["aggregate"]
+        if first is not None:
+            final["initial_evaluate"] = first["evaluate"]["aggregate"]
+        eps = [r["train"].get("epsilon_max") for r in rounds if "train" in r]
+        eps = [e for e in eps if e is not None]
+        if eps:
+            final["epsilon_max"] = max(eps)
+        self.doc["final"] = final
+        self.doc["finished_at"] = time.time()
+        if error:
+            self.doc["error"] = error
+        self.set_status(status)
+
+    # ------------------------------------------------------------------ observer
+    def _round(self, rnd: int) -> dict[str, Any]:
+        if rnd not in self._rounds:
+            entry: dict[str, Any] = {"round": rnd, "started_at": time.time()}
+            self._rounds[rnd] = entry
+            self.doc["rounds"].append(entry)
+            self.doc["rounds"].sort(key=lambda r: r["round"])
+        return self._rounds[rnd]
+
+    def _site(self, node_id: int, metrics: dict[str, Any] | None = None) -> str:
+        if metrics and "site" in metrics:
+            self.node_sites[node_id] = str(metrics["site"])
+        return self.node_sites.get(node_id, f"node-{node_id}")
+
+    def on_train(self, rnd, sampled, results, failed, aggregate, parameters) -> None:
+        entry = self._round(rnd)
+        sites = {}
+        for node_id, n, metrics in results:
+            name = self._site(node_id, metrics)
+            sites[name] = _clean_dict({"examples": n, **{k: v for k, v in metrics.items() if k != "site"}})
+        total = sum(n for _, n, _ in results)
+        train: dict[str, Any] = {
+            "sampled": len(sampled),
+            "sites": sites,
+            "failures": [{"site": self._site(nid), "reason": reason} for nid, reason in failed],
+            "aggregate": _clean_dict(aggregate),
+            "loss": _clean(sum(n * float(m.get("train-loss", 0.0)) for _, n, m in results) / total) if total else None,
+        }
+        eps = [float(m["epsilon"]) for _, _, m in results if "epsilon" in m]
+        if eps:
+            train["epsilon_max"] = max(eps)
+        entry["train"] = train
+        if parameters is not None:
+            self._checkpoint(rnd, parameters)
+        self.doc["current_round"] = rnd
+        self.write()
+
+    def on_evaluate(self, rnd, results, failed, loss, aggregate) -> None:
+        entry = self._round(rnd)
+        sites = {}
+        weighted = []
+        for node_id, n, site_loss, metrics in results:
+            name = self._site(node_id, metrics)
+            values = {"loss": float(site_loss), **{k: float(v) for k, v in metrics.items()
+                                                     if k != "site" and isinstance(v, (int, float))}}
+            sites[name] = _clean_dict({"examples": n, **values})
+            weighted.append((n, values))
+        entry["evaluate"] = {
+            "sites": sites,
+            "failures": [{"site": self._site(nid), "reason": reason} for nid, reason in failed],
+            "aggregate": _clean_dict(weighted_mean(weighted)) if weighted else {},
+        }
+        entry["finished_at"] = time.time()
+        self.write()
+
+    def on_centralized(self, rnd, loss, metrics) -> None:
+        self._round(rnd)["centralized"] = _clean_dict({"loss": loss, **metrics})
+        self.write()
+
+    # ------------------------------------------------------------------ files
+    def _checkpoint(self, rnd: int, parameters: list[np.ndarray]) -> None:
+        if self.run_dir is None or self.model_template is None:
+            return
+        buffer = io.BytesIO()
+        torch.save(
+            {
+                "format": "fedshield-checkpoint",
+                "task": self.cfg.task,
+                "model": self.cfg.model,
+                "round": rnd,
+                "schema": self.schema.to_config() if self.schema else {},
+                "state_dict": state_dict_from_ndarrays(self.model_template, parameters),
+            },
+            buffer,
+        )
+        data = buffer.getvalue()
+        atomic_write_bytes(self.run_dir / "checkpoints" / f"round-{rnd:03d}.pt", data)
+        atomic_write_bytes(self.run_dir / FINAL_MODEL, data)
+
+    def write(self) -> None:
+        self.doc["updated_at"] = time.time()
+        if self.run_dir is not None:
+            atomic_write_json(self.run_dir / RESULTS_FILE, self.doc)

@@ -1,0 +1,89 @@
+"""Submit the FedShield app to our SuperLink as a Flower run, and read its status.
+
+The submitted app (a FAB) holds only a ``pyproject.toml`` that names FedShield's installed ServerApp
+and ClientApp and carries the run config; no code travels. Sites resolve the components from their
+own installed FedShield. Flower's CLI reads connections from ``$FLWR_HOME/config.toml``; we give it a
+private ``FLWR_HOME`` inside the run folder so a user's own Flower settings are never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from fedshield.common.atomic_io import atomic_write_text
+from fedshield.common.errors import FedShieldError
+from fedshield.common.flower_env import child_env, flower_executable
+from fedshield.common.run_config import RunConfig
+
+CONNECTION = "fedshield"
+
+
+class SubmissionError(FedShieldError):
+    """``flwr run`` did not accept the run."""
+
+
+def write_app(app_dir: Path, cfg: RunConfig, extra_config: dict[str, Any]) -> Path:
+    """Write the app folder ``flwr run`` bundles: pyproject with components and run config."""
+    body = cfg.to_toml()
+    for key, value in extra_config.items():
+        body += f"{key} = {json.dumps(value)}\n"
+    text = (
+        "[build-system]\n"
+        'requires = ["hatchling"]\n'
+        'build-backend = "hatchling.build"\n\n'
+        "[project]\n"
+        'name = "fedshield-run"\n'
+        'version = "1.0.0"\n'
+        'description = "FedShield run: components resolved from each side\'s installed fedshield"\n'
+        "dependencies = []\n\n"
+        "[tool.flwr.app]\n"
+        'publisher = "fedshield"\n\n'
+        "[tool.flwr.app.components]\n"
+        'serverapp = "fedshield.server.server_app:app"\n'
+        'clientapp = "fedshield.client.client_app:app"\n\n'
+        "[tool.flwr.app.config]\n" + body
+    )
+    atomic_write_text(app_dir / "pyproject.toml", text)
+    return app_dir
+
+
+def write_flwr_home(flwr_home: Path, address: str, *, root_certificates: Path | None) -> Path:
+    """A private ``$FLWR_HOME/config.toml`` with one connection, ``fedshield``, to our SuperLink."""
+    lines = [f"[superlink.{CONNECTION}]", f'address = "{address}"']
+    if root_certificates is None:
+        lines.append("insecure = true")
+    else:
+        lines.append(f'root-certificates = "{root_certificates}"')
+    atomic_write_text(flwr_home / "config.toml", "\n".join(lines) + "\n", mode=0o600)
+    return flwr_home
+
+
+def _flwr(args: list[str], flwr_home: Path, timeout: float) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([flower_executable("flwr"), *args], capture_output=True, text=True, timeout=timeout,
+                          env=child_env({"FLWR_HOME": str(flwr_home)}), stdin=subprocess.DEVNULL, check=False)
+
+
+def submit(app_dir: Path, flwr_home: Path, timeout: float = 120.0) -> int:
+    """``flwr run APP fedshield --format json``; return the run id."""
+    proc = _flwr(["run", str(app_dir), CONNECTION, "--format", "json"], flwr_home, timeout)
+    try:
+        out = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        out = {}
+    if proc.returncode != 0 or not out.get("success", True) or "run-id" not in out:
+        detail = out.get("error-message") or (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+        raise SubmissionError(f"flwr run refused the run: {detail if isinstance(detail, str) else detail[0]}")
+    return int(out["run-id"])
+
+
+def run_status(run_id: int, flwr_home: Path, timeout: float = 30.0) -> str | None:
+    """The run's status string as ``flwr ls`` reports it (e.g. ``running``, ``finished:completed``)."""
+    proc = _flwr(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"], flwr_home, timeout)
+    try:
+        runs = json.loads(proc.stdout).get("runs", [])
+    except json.JSONDecodeError:
+        return None
+    return str(runs[0].get("status")) if runs else None

@@ -1,0 +1,121 @@
+"""The FedShield ServerApp: handshake, rounds through Flower's workflow, results and checkpoints.
+
+API path: Flower's ``DefaultWorkflow`` with a legacy strategy under the Message-API ``ServerApp``.
+Why: SecAgg+ exists only as ``SecAggPlusWorkflow``, a fit workflow for exactly this path; secure
+aggregation then replaces the fit workflow and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from fedshield.common.flower_env import silence_flower
+
+silence_flower()
+
+from flwr.app import Context  # noqa: E402
+from flwr.common import ndarrays_to_parameters  # noqa: E402
+from flwr.server import ServerConfig  # noqa: E402
+from flwr.server.compat import LegacyContext  # noqa: E402
+from flwr.server.workflow import DefaultWorkflow  # noqa: E402
+from flwr.server.workflow.default_workflows import default_fit_workflow  # noqa: E402
+from flwr.serverapp import Grid, ServerApp  # noqa: E402
+
+from fedshield.common.metrics import weighted_mean  # noqa: E402
+from fedshield.common.run_config import RunConfig  # noqa: E402
+from fedshield.common.torch_arrays import model_to_ndarrays  # noqa: E402
+from fedshield.server.central_evaluation import pooled_validation_fn  # noqa: E402
+from fedshield.server.initial_evaluation import with_initial_evaluation  # noqa: E402
+from fedshield.server.run_results import RunRecorder  # noqa: E402
+from fedshield.server.site_handshake import agree_schema, query_sites, wait_for_sites  # noqa: E402
+from fedshield.strategies.recording import RecordingStrategy  # noqa: E402
+from fedshield.strategies.registry import make_strategy  # noqa: E402
+from fedshield.tasks.base import TaskOptions  # noqa: E402
+from fedshield.tasks.model_factory import build_model  # noqa: E402
+from fedshield.tasks.registry import get_task  # noqa: E402
+
+log = logging.getLogger("fedshield.server")
+
+# How long to wait for sites to join (deployment: the CLI's --join-timeout travels in the run config).
+DEFAULT_JOIN_TIMEOUT_S = 0.0
+QUERY_TIMEOUT_S = 300.0
+
+
+def _numeric_mean(results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
+    """Weighted mean of the numeric metrics sites report (site names and flags are skipped)."""
+    numeric = [(n, {k: float(v) for k, v in m.items() if isinstance(v, (int, float)) and not isinstance(v, bool)})
+               for n, m in results]
+    return weighted_mean(numeric)
+
+
+def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -> None:
+    """Run ``cfg.rounds`` rounds over the sites connected to ``grid``; record everything."""
+    cfg.validate()
+    recorder = RunRecorder(Path(cfg.run_dir) if cfg.run_dir else None, cfg, mode=mode)
+    join_timeout = float(context.run_config.get("join-timeout", DEFAULT_JOIN_TIMEOUT_S))
+    node_ids: list[int] = []
+    try:
+        recorder.set_status("waiting-for-sites", connected=0)
+        node_ids = wait_for_sites(grid, cfg.min_clients, timeout=join_timeout,
+                                  on_progress=lambda n: recorder.set_status("waiting-for-sites", connected=n))
+        replies = query_sites(grid, node_ids, cfg, "describe", timeout=QUERY_TIMEOUT_S)
+        schema, healthy = agree_schema(replies)
+        task = get_task(cfg.task)
+        model = build_model(task, schema, TaskOptions(model=cfg.model, seed=cfg.seed), seed=cfg.seed)
+        recorder.set_sites(healthy, schema, model)
+        recorder.set_status("running", connected=len(node_ids),
+                            refused_sites={str(r.get("site", nid)): r["error"] for nid, r in replies.items() if "error" in r})
+
+        def round_config(rnd: int) -> dict[str, Any]:
+            return {**cfg.to_flower(), **schema.to_config(), "round": rnd}
+
+        inner = make_strategy(
+            cfg.strategy,
+            fraction_fit=cfg.fraction_train,
+            fraction_evaluate=1.0,
+            min_fit_clients=cfg.min_clients,
+            min_evaluate_clients=cfg.min_clients,
+            min_available_clients=cfg.min_clients,
+            initial_parameters=ndarrays_to_parameters(model_to_ndarrays(model)),
+            on_fit_config_fn=round_config,
+            on_evaluate_config_fn=round_config,
+            evaluate_fn=pooled_validation_fn(cfg, schema) if mode == "simulation" else None,
+            fit_metrics_aggregation_fn=_numeric_mean,
+            evaluate_metrics_aggregation_fn=_numeric_mean,
+        )
+        strategy = RecordingStrategy(inner, recorder)
+        legacy = LegacyContext(context, config=ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
+        DefaultWorkflow(fit_workflow=with_initial_evaluation(default_fit_workflow))(grid, legacy)
+    except Exception as exc:
+        recorder.finish("failed", error=str(exc))
+        _notify(grid, cfg, "failed")
+        raise
+    recorder.finish("finished")
+    _notify(grid, cfg, "finished")
+
+
+def _notify(grid: Grid, cfg: RunConfig, status: str) -> None:
+    """Tell every connected site the run is over, so `fl-client join` can exit cleanly."""
+    try:
+        nodes = sorted(grid.get_node_ids())
+        if nodes:
+            query_sites(grid, nodes, cfg, "run-complete", timeout=30.0, extra={"status": status})
+    except Exception as exc:  # a site that left early must not turn a finished run into a failure
+        log.warning("could not notify sites of the run's end: %s", exc)
+
+
+def build_server_app(overrides: dict[str, Any] | None = None, *, mode: str = "deployment") -> ServerApp:
+    """A ServerApp whose config is Flower's run config with ``overrides`` on top (simulation uses them)."""
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        cfg = RunConfig.from_flower({**dict(context.run_config), **(overrides or {})})
+        run_federation(grid, context, cfg, mode=mode)
+
+    return server_app
+
+
+app = build_server_app()

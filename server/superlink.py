@@ -1,0 +1,138 @@
+"""Start and stop a real Flower SuperLink as a subprocess, health-checked.
+
+Flower has no public in-process SuperLink API in 1.4x; like Flower's own CLI
+(``flwr/cli/local_superlink.py``) we start ``flower-superlink`` and poll ``GET /health``. The SuperLink
+keeps its state in SQLite in the run folder, never installs dependencies at run time, and runs with
+telemetry and update checks off (see :mod:`fedshield.common.flower_env`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedshield.common.errors import FedShieldError
+from fedshield.common.flower_env import child_env, flower_executable
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    """PEM files for the SuperLink's HTTPS: CA certificate, server certificate and key."""
+
+    ca_cert: Path
+    server_cert: Path
+    server_key: Path
+
+
+class SuperLinkStartError(FedShieldError):
+    """The SuperLink process exited or did not become healthy."""
+
+
+class SuperLink:
+    """A ``flower-superlink`` child process bound to ``host:port``."""
+
+    def __init__(self, *, host: str, port: int, state_db: Path, log_path: Path,
+                 tls: TlsFiles | None, enable_node_auth: bool = False) -> None:
+        self.host, self.port = host, port
+        self.state_db, self.log_path = state_db, log_path
+        self.tls = tls
+        self.enable_node_auth = enable_node_auth
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        cmd = [
+            flower_executable("flower-superlink"),
+            "--host", self.host,
+            "--port", str(self.port),
+            "--database", str(self.state_db),
+            "--isolation", "subprocess",
+            "--disable-runtime-dependency-installation",
+        ]
+        if self.tls is None:
+            cmd.append("--insecure")
+        else:
+            cmd += ["--ssl-ca-certfile", str(self.tls.ca_cert), "--ssl-certfile", str(self.tls.server_cert),
+                    "--ssl-keyfile", str(self.tls.server_key)]
+        if self.enable_node_auth:
+            cmd.append("--enable-supernode-auth")
+        return cmd
+
+    def start(self, timeout: float = 60.0) -> None:
+        """Launch and wait until ``/health`` answers; raise with the log's last line on failure."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
+                                            stdin=subprocess.DEVNULL, env=child_env(), start_new_session=True)
+        finally:
+            log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SuperLinkStartError(f"flower-superlink exited with code {self.process.returncode}: "
+                                          f"{last_line(self.log_path)} (full log: {self.log_path})")
+            if self.healthy():
+                return
+            time.sleep(0.2)
+        self.stop()
+        raise SuperLinkStartError(f"flower-superlink did not become healthy within {timeout:.0f} s; see {self.log_path}")
+
+    def healthy(self) -> bool:
+        scheme = "http" if self.tls is None else "https"
+        context = None
+        if self.tls is not None:
+            context = ssl.create_default_context(cafile=str(self.tls.ca_cert))
+        host = self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        try:
+            with urllib.request.urlopen(f"{scheme}://{host}:{self.port}/health", timeout=1.0,
+                                        context=context) as response:
+                return 200 <= response.status < 300
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM the SuperLink's whole process group (SuperExec and ServerApp too), then SIGKILL."""
+        stop_process_group(self.process, grace)
+
+
+def stop_process_group(process: "subprocess.Popen[bytes] | None", grace: float) -> None:
+    """Terminate a child started with ``start_new_session=True`` and everything it started."""
+    if process is None or process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=5)
+    # Children that outlived the leader (an app process) still belong to the group.
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log file (for one-line errors)."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1][:300] if lines else "(empty log)"

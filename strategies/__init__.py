@@ -1,0 +1,1 @@
+"""fedshield.strategies: strategy names -> Flower strategies, and the recording wrapper."""

@@ -1,0 +1,148 @@
+"""The Task protocol: what a model family must provide to run in a FedShield federation.
+
+A task has five duties (DESIGN.md, "Task plugins"): describe its data format, load and validate a
+site folder, build the model, train one round with an optimizer the platform hands in (already made
+private by Opacus when DP is on), and evaluate. The platform, not the task, creates the data loader's
+sampling, the optimizer and the privacy engine, so every task is private the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol, runtime_checkable
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+Kind = Literal["classification", "regression"]
+
+
+@dataclass(frozen=True)
+class DataSchema:
+    """What every site of one federation must agree on, and what the server builds the model from.
+
+    Attributes:
+        kind: ``classification`` or ``regression``.
+        input_shape: shape of one example's features, e.g. ``(1, 28, 28)`` or ``(30,)``.
+        num_outputs: number of classes (classification) or 1 (regression).
+        feature_names: column names of tabular features, in order; empty for images.
+        target: name of the target column (tabular); empty for images.
+    """
+
+    kind: Kind
+    input_shape: tuple[int, ...]
+    num_outputs: int
+    feature_names: tuple[str, ...] = ()
+    target: str = ""
+
+    def to_config(self) -> dict[str, str | int]:
+        """Flatten into scalar values that fit a Flower ``ConfigRecord``."""
+        return {
+            "schema-kind": self.kind,
+            "schema-input-shape": ",".join(str(d) for d in self.input_shape),
+            "schema-num-outputs": self.num_outputs,
+            "schema-feature-names": "\x1f".join(self.feature_names),
+            "schema-target": self.target,
+        }
+
+    @classmethod
+    def from_config(cls, cfg: dict[str, object]) -> "DataSchema":
+        """Inverse of :meth:`to_config`."""
+        names = str(cfg.get("schema-feature-names", ""))
+        return cls(
+            kind=str(cfg["schema-kind"]),  # type: ignore[arg-type]
+            input_shape=tuple(int(d) for d in str(cfg["schema-input-shape"]).split(",") if d),
+            num_outputs=int(cfg["schema-num-outputs"]),  # type: ignore[arg-type]
+            feature_names=tuple(names.split("\x1f")) if names else (),
+            target=str(cfg.get("schema-target", "")),
+        )
+
+    def mismatch(self, other: "DataSchema") -> str | None:
+        """Return a one-phrase description of how ``other`` differs from this schema, or None."""
+        for name in ("kind", "input_shape", "num_outputs", "feature_names", "target"):
+            mine, theirs = getattr(self, name), getattr(other, name)
+            if mine != theirs:
+                return f"{name.replace('_', ' ')} {theirs!r} != federation's {mine!r}"
+        return None
+
+
+@dataclass
+class TaskOptions:
+    """Options a site or a run gives a task.
+
+    Attributes:
+        target: tabular target column (from ``fedshield.toml`` or ``--target``).
+        model: task-specific model variant (tabular: ``auto``, ``logistic``, ``linear``, ``mlp``).
+        kind: force ``classification``/``regression`` (tabular); ``None`` infers it from the data.
+        val_fraction: share of the site's examples held out for validation, in (0, 1).
+        seed: seed of the held-out split.
+        extra: any other task-specific key from ``fedshield.toml``.
+    """
+
+    target: str | None = None
+    model: str = "auto"
+    kind: Kind | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+    extra: dict[str, object] = field(default_factory=dict)
+
+
+@dataclass
+class SiteData:
+    """A site's validated data: train and validation tensors plus the schema they follow.
+
+    ``train``/``val`` hold ``(x, y)``: x float32 of shape ``(N, *schema.input_shape)``; y int64 class
+    indices of shape ``(N,)`` for classification, float32 of shape ``(N,)`` for regression.
+    """
+
+    train: TensorDataset
+    val: TensorDataset
+    schema: DataSchema
+    source: Path
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """Outcome of one local training round: mean loss over the optimizer steps taken."""
+
+    loss: float
+    steps: int
+    examples: int
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A model family that FedShield can train privately at every site."""
+
+    name: str
+    summary: str
+    data_format: str
+    metrics: tuple[str, ...]
+
+    def load_site(self, path: Path, options: TaskOptions) -> SiteData:
+        """Load and fully validate a site folder; raise ``DataError`` naming file, row and fix."""
+        ...
+
+    def build_model(self, schema: DataSchema, options: TaskOptions) -> nn.Module:
+        """Build a fresh model for ``schema`` (Opacus-compatible: no BatchNorm)."""
+        ...
+
+    def train(
+        self,
+        model: nn.Module,
+        loader: DataLoader,
+        optimizer: torch.optim.Optimizer,
+        *,
+        epochs: int,
+        device: torch.device,
+    ) -> TrainResult:
+        """Train ``epochs`` passes of ``loader`` with ``optimizer`` (possibly an Opacus DPOptimizer)."""
+        ...
+
+    def evaluate(
+        self, model: nn.Module, data: TensorDataset, *, device: torch.device, batch_size: int = 256
+    ) -> dict[str, float]:
+        """Return ``loss`` and the task's metrics on ``data``."""
+        ...

@@ -1,0 +1,118 @@
+"""``digits-cnn``: the seed documents' CNN for 28×28 greyscale digit images, 10 classes.
+
+Architecture (seed document): conv 5×5 (1→32) → ReLU → max-pool 2 → conv 5×5 (32→64) → ReLU →
+max-pool 2 → fc 3136→128 → ReLU → fc 128→10. 454,922 parameters; no BatchNorm, so Opacus trains it
+as is.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch import nn
+from torch.utils.data import TensorDataset
+
+from fedshield.common.errors import DataError
+from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
+from fedshield.tasks.holdout import holdout_indices
+from fedshield.tasks.supervised import SupervisedTask
+
+SIDE = 28
+CLASSES = 10
+SCHEMA = DataSchema(kind="classification", input_shape=(1, SIDE, SIDE), num_outputs=CLASSES)
+
+
+class DigitsCNN(nn.Module):
+    """Input (N, 1, 28, 28) in [0, 1]; output (N, 10) logits."""
+
+    def __init__(self, classes: int = CLASSES) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, classes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            missing = [k for k in ("x", "y") if k not in npz.files]
+            if missing:
+                raise DataError(f"{path}: missing array {missing[0]!r}; save x (N×28×28 uint8) and y (N labels)")
+            x, y = npz["x"], npz["y"]
+    except DataError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: not a readable .npz file ({exc}); write it with numpy.savez") from None
+    if x.ndim != 3 or x.shape[1:] != (SIDE, SIDE):
+        raise DataError(f"{path}: x has shape {x.shape}; digits-cnn needs N×28×28 greyscale images")
+    if x.dtype != np.uint8:
+        raise DataError(f"{path}: x has dtype {x.dtype}; digits-cnn needs uint8 pixel values 0-255")
+    if y.ndim != 1 or len(y) != len(x):
+        raise DataError(f"{path}: y has shape {y.shape} but x holds {len(x)} images; one label per image")
+    if not np.issubdtype(y.dtype, np.integer):
+        if np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0):
+            y = y.astype(np.int64)
+        else:
+            raise DataError(f"{path}: y has dtype {y.dtype}; labels must be integers 0-9")
+    bad = np.flatnonzero((y < 0) | (y >= CLASSES))
+    if bad.size:
+        raise DataError(f"{path}: label {y[bad[0]]} at index {bad[0]} is outside 0-9; digits-cnn has 10 classes")
+    return x, y.astype(np.int64)
+
+
+def _load_images(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    xs, ys = [], []
+    for label_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+        if not label_dir.name.isdigit() or not 0 <= int(label_dir.name) < CLASSES:
+            raise DataError(f"{label_dir}: label folder must be named 0-9; digits-cnn has 10 classes")
+        for png in sorted(label_dir.glob("*.png")):
+            try:
+                with Image.open(png) as img:
+                    if img.size != (SIDE, SIDE):
+                        raise DataError(f"{png}: image is {img.size[0]}×{img.size[1]}, digits-cnn needs 28×28 "
+                                        "greyscale; resize it or use a task for that size")
+                    xs.append(np.asarray(img.convert("L"), dtype=np.uint8))
+            except (UnidentifiedImageError, OSError) as exc:
+                raise DataError(f"{png}: not a readable PNG ({exc}); re-export or remove it") from None
+            ys.append(int(label_dir.name))
+    if not xs:
+        raise DataError(f"{folder}: no PNG images in images/<label>/; add images or use data.npz")
+    return np.stack(xs), np.asarray(ys, dtype=np.int64)
+
+
+class DigitsCNNTask(SupervisedTask):
+    """The seed CNN on 28×28 greyscale digits."""
+
+    name = "digits-cnn"
+    summary = "CNN (conv32-conv64-fc128) classifying 28×28 greyscale images into 10 classes"
+    data_format = ("data.npz with x (N×28×28 uint8) and y (N labels 0-9), or images/<label>/*.png "
+                   "(28×28 greyscale, label folders 0-9); 20% held out for validation")
+    metrics = ("loss", "accuracy", "precision", "recall", "f1", "roc_auc")
+
+    def load_site(self, path: Path, options: TaskOptions) -> SiteData:
+        path = Path(path)
+        if not path.is_dir():
+            raise DataError(f"{path}: site folder does not exist; pass the folder that holds data.npz or images/")
+        if (path / "data.npz").is_file():
+            x, y = _load_npz(path / "data.npz")
+        elif (path / "images").is_dir():
+            x, y = _load_images(path / "images")
+        else:
+            raise DataError(f"{path}: found neither data.npz nor images/<label>/*.png; put the site's digits there")
+        if len(x) == 0:
+            raise DataError(f"{path}: holds no images; a site needs at least 2 examples")
+        train, val = holdout_indices(len(x), y, val_fraction=options.val_fraction, seed=options.seed, where=str(path))
+        xt = torch.as_tensor(x, dtype=torch.float32).unsqueeze(1) / 255.0
+        yt = torch.as_tensor(y)
+        return SiteData(TensorDataset(xt[train], yt[train]), TensorDataset(xt[val], yt[val]), SCHEMA, path)
+
+    def build_model(self, schema: DataSchema, options: TaskOptions) -> nn.Module:
+        return DigitsCNN(schema.num_outputs)

@@ -1,0 +1,72 @@
+"""Shared training and evaluation loop for supervised tasks (classification and regression)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedshield.common.metrics import classification_metrics, regression_metrics
+from fedshield.tasks.base import DataSchema, TrainResult
+
+
+class SupervisedTask:
+    """Cross-entropy for classification, MSE for regression; metrics from :mod:`fedshield.common.metrics`.
+
+    Subclasses set ``name``, ``summary``, ``data_format``, ``metrics`` and implement ``load_site`` and
+    ``build_model``. The model's output is ``(N, K)`` logits or ``(N, 1)`` predictions; which loss
+    applies follows the target dtype (int64 = class labels, float = regression targets).
+    """
+
+    def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        if targets.dtype == torch.long:
+            return nn.functional.cross_entropy(outputs, targets)
+        return nn.functional.mse_loss(outputs.reshape(-1), targets.reshape(-1))
+
+    def train(self, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *, epochs: int,
+              device: torch.device) -> TrainResult:
+        model.train()
+        total, steps, examples = 0.0, 0, 0
+        for _ in range(epochs):
+            for x, y in loader:
+                if len(x) == 0:  # Poisson sampling can draw an empty batch; nothing to learn from
+                    continue
+                x, y = x.to(device), y.to(device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = self.loss(model(x), y)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach())
+                steps += 1
+                examples += len(x)
+        optimizer.zero_grad(set_to_none=True)
+        return TrainResult(loss=total / steps if steps else float("nan"), steps=steps, examples=examples)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: TensorDataset, *, device: torch.device,
+                 batch_size: int = 256) -> dict[str, float]:
+        model.eval()
+        outputs, targets = [], []
+        for x, y in DataLoader(data, batch_size=batch_size):
+            outputs.append(model(x.to(device)).float().cpu())
+            targets.append(y)
+        out = torch.cat(outputs)
+        y = torch.cat(targets)
+        loss = float(self.loss(out, y))
+        if y.dtype == torch.long:
+            metrics = classification_metrics(y.numpy(), torch.softmax(out, dim=1).numpy())
+        else:
+            metrics = regression_metrics(y.numpy(), out.reshape(-1).numpy())
+        return {"loss": loss, **metrics}
+
+
+def schema_kind_metrics(schema: DataSchema) -> tuple[str, ...]:
+    """Metric names a schema's kind reports."""
+    if schema.kind == "classification":
+        return ("accuracy", "precision", "recall", "f1", "roc_auc")
+    return ("mse", "mae", "r2")
+
+
+def as_float_tensor(array: np.ndarray) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32)

@@ -1,0 +1,44 @@
+"""Shared fixtures: run FedShield's CLIs as real OS processes, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BIN = Path(sys.executable).parent
+
+
+def cli_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1", "PYTHONUNBUFFERED": "1",
+                "PATH": os.pathsep.join([str(BIN), env.get("PATH", "")]), "COLUMNS": "200"})
+    return env
+
+
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run ``fl-server``/``fl-client``/``fl-sim`` to completion, capturing output."""
+    return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, env=cli_env(), capture_output=True,
+                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+
+
+def start_cli(*args: str, log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start a CLI in the background, output to ``log``."""
+    fh = open(log, "wb")  # noqa: SIM115 - the child owns it
+    try:
+        return subprocess.Popen([str(BIN / args[0]), *args[1:]], cwd=cwd, env=cli_env(), stdout=fh,
+                                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    finally:
+        fh.close()
+
+
+@pytest.fixture(scope="session")
+def digits_sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three digits site folders (Dirichlet 0.5) written by `fl-sim split`."""
+    out = tmp_path_factory.mktemp("digits") / "data"
+    proc = run_cli("fl-sim", "split", "--dataset", "digits", "--sites", "3", "--dirichlet", "0.5", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out

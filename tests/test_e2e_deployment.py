@@ -1,0 +1,83 @@
+"""End to end: `fl-server start` and two `fl-client join` as real OS processes on loopback.
+
+Real SuperLink and SuperNodes, real ClientApp processes, DP-SGD on real handwritten digits.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import run_cli, start_cli
+
+from fedshield.common.net import free_port
+
+pytestmark = pytest.mark.slow
+
+
+def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
+def test_two_sites_learn_digits_with_dp(tmp_path: Path, digits_sites: Path) -> None:
+    port = free_port()
+    run_dir = tmp_path / "run"
+    server = start_cli("fl-server", "start", "--task", "digits-cnn", "--rounds", "3", "--min-clients", "2",
+                       "--run-dir", str(run_dir), "--insecure", "--port", str(port), "--epsilon", "8",
+                       "--join-timeout", "300", log=tmp_path / "server.out")
+    sites = []
+    for name in ("hospital_a", "hospital_b"):
+        sites.append(start_cli("fl-client", "join", "--data", str(digits_sites / name), "--server",
+                               f"127.0.0.1:{port}", "--insecure", "--epsilon", "8", "--threads", "1",
+                               "--state-dir", str(tmp_path / f"state-{name}"), "--connect-timeout", "120",
+                               log=tmp_path / f"{name}.out"))
+    try:
+        assert _wait(server, 600) == 0, (tmp_path / "server.out").read_text()[-3000:]
+        for name, proc in zip(("hospital_a", "hospital_b"), sites):
+            assert _wait(proc, 60) == 0, (tmp_path / f"{name}.out").read_text()[-3000:]
+    finally:
+        for proc in [server, *sites]:
+            if proc.poll() is None:
+                proc.kill()
+
+    doc = json.loads((run_dir / "results.json").read_text())
+    assert doc["status"] == "finished"
+    assert doc["mode"] == "deployment"
+    assert set(doc["sites"]) == {"hospital_a", "hospital_b"}
+    rounds = {r["round"]: r for r in doc["rounds"]}
+    assert sorted(rounds) == [0, 1, 2, 3]
+    initial = rounds[0]["evaluate"]["aggregate"]["accuracy"]
+    final = rounds[3]["evaluate"]["aggregate"]["accuracy"]
+    assert final >= initial + 0.4, (initial, final)
+    for rnd in (1, 2, 3):
+        train = rounds[rnd]["train"]
+        assert set(train["sites"]) == {"hospital_a", "hospital_b"}
+        assert train["failures"] == []
+        for site in train["sites"].values():
+            assert site["dp"] is True and 0 < site["epsilon"] <= 8.0 + 1e-6
+        assert set(rounds[rnd]["evaluate"]["sites"]) == {"hospital_a", "hospital_b"}
+    # ε grows round over round and never passes the budget
+    eps = [rounds[r]["train"]["epsilon_max"] for r in (1, 2, 3)]
+    assert eps == sorted(eps) and eps[-1] <= 8.0 + 1e-6
+    # a checkpoint per round plus the final model, loadable into the task's model
+    for rnd in (1, 2, 3):
+        assert (run_dir / "checkpoints" / f"round-{rnd:03d}.pt").is_file()
+    ckpt = torch.load(run_dir / "model-final.pt", weights_only=True)
+    assert ckpt["round"] == 3 and ckpt["task"] == "digits-cnn"
+    assert (run_dir / "server.log").stat().st_size > 0
+    # the site saw the end of the run and the ledger on disk matches what the server was told
+    assert "run complete" in (tmp_path / "hospital_a.out").read_text()
+    ledger = run_cli("fl-client", "privacy", "--data", str(digits_sites / "hospital_a"),
+                     "--state-dir", str(tmp_path / "state-hospital_a"), "--json")
+    assert ledger.returncode == 0, ledger.stderr
+    assert abs(json.loads(ledger.stdout)["epsilon_spent"] - rounds[3]["train"]["sites"]["hospital_a"]["epsilon"]) < 1e-6
+    status = run_cli("fl-server", "status", "--run-dir", str(run_dir))
+    assert status.returncode == 0 and "finished" in status.stdout
