@@ -112,16 +112,21 @@ def start(
         watcher = ResultsWatcher(folder / "results.json", lambda doc, entry: console.print(round_line(doc, entry)),
                                  on_status=on_status)
         status = None
+        doc = None
+        next_check = time.monotonic() + 10.0
         while True:
             doc = watcher.poll()
             if doc is not None and doc.get("status") in ("finished", "failed"):
                 break
-            status = run_status(run_id, flwr_home)
-            if status and status.startswith("finished"):
-                time.sleep(0.5)
-                doc = watcher.poll()
-                break
-            time.sleep(1.0)
+            # results.json is the fast path; `flwr ls` (a whole Python process) only every 10 s, to
+            # notice a ServerApp that died before it could write its failure.
+            if time.monotonic() >= next_check:
+                status = run_status(run_id, flwr_home)
+                if status and status.startswith("finished"):
+                    doc = watcher.poll()
+                    break
+                next_check = time.monotonic() + 10.0
+            time.sleep(0.5)
     finally:
         superlink.stop()
     if doc is None or doc.get("status") != "finished":

@@ -89,11 +89,12 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         legacy = LegacyContext(context, config=ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
         DefaultWorkflow(fit_workflow=with_initial_evaluation(default_fit_workflow))(grid, legacy)
     except Exception as exc:
-        recorder.finish("failed", error=str(exc))
         _notify(grid, cfg, "failed")
+        recorder.finish("failed", error=str(exc))
         raise
-    recorder.finish("finished")
+    # Sites first, results last: `fl-server start` stops the SuperLink once results say "finished".
     _notify(grid, cfg, "finished")
+    recorder.finish("finished")
 
 
 def _notify(grid: Grid, cfg: RunConfig, status: str) -> None:
