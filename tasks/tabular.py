@@ -107,7 +107,7 @@ class TabularTask(SupervisedTask):
         if kind == "classification":
             if np.any(np.mod(y, 1) != 0) or np.any(y < 0):
                 bad = int(np.flatnonzero((np.mod(y, 1) != 0) | (y < 0))[0])
-                raise DataError(f"{csv_path}:{bad + 2}: target {y[bad]!r} is not a class index 0..K-1; "
+                raise DataError(f"{csv_path}:{bad + 2}: target {y[bad]:g} is not a class index 0..K-1; "
                                 "relabel the classes or set kind = \"regression\"")
             classes = int(options.extra.get("classes", max(2, int(y.max()) + 1)))
             if y.max() >= classes:

@@ -1,0 +1,85 @@
+"""Bad input: one line naming what and where, exit code 2, nothing half-written."""
+
+from __future__ import annotations
+
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli
+
+from fedshield.common.net import free_port
+
+
+def _one_line_error(proc, *needles: str) -> None:
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    # exactly one error line, the last thing printed (loud warnings such as --insecure may precede it)
+    assert len(errors) == 1 and lines[-1] == errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+    for needle in needles:
+        assert needle in errors[0], errors[0]
+
+
+@pytest.mark.parametrize("cmd", [["fl-server"], ["fl-server", "start"], ["fl-server", "status"], ["fl-client"],
+                                 ["fl-client", "join"], ["fl-client", "privacy"], ["fl-sim"], ["fl-sim", "run"],
+                                 ["fl-sim", "split"], ["fl-sim", "tasks"]])
+def test_every_command_has_help(cmd: list[str]) -> None:
+    proc = run_cli(*cmd, "--help")
+    assert proc.returncode == 0 and "Usage" in proc.stdout
+
+
+def test_join_bad_data_folders(tmp_path: Path, digits_sites: Path) -> None:
+    _one_line_error(run_cli("fl-client", "join", "--data", str(tmp_path / "nope"), "--insecure"),
+                    "--data", "does not exist")
+    (tmp_path / "empty").mkdir()
+    _one_line_error(run_cli("fl-client", "join", "--data", str(tmp_path / "empty"), "--insecure"), "is empty")
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "data.csv").write_text("a,label\n1,0\n2,oops\n")
+    _one_line_error(run_cli("fl-client", "join", "--data", str(tmp_path / "bad"), "--insecure", "--target", "label"),
+                    "data.csv:3", "'oops'")
+    _one_line_error(run_cli("fl-client", "join", "--data", str(digits_sites / "hospital_a"), "--insecure",
+                            "--task", "nope"), "unknown task 'nope'")
+
+
+def test_join_requires_an_explicit_transport_choice(digits_sites: Path) -> None:
+    _one_line_error(run_cli("fl-client", "join", "--data", str(digits_sites / "hospital_a")),
+                    "--root-certificates", "--insecure")
+
+
+def test_join_unreachable_server_gives_up_in_bounded_time(digits_sites: Path, tmp_path: Path) -> None:
+    port = free_port()
+    proc = run_cli("fl-client", "join", "--data", str(digits_sites / "hospital_a"), "--server",
+                   f"127.0.0.1:{port}", "--insecure", "--connect-timeout", "2", "--state-dir", str(tmp_path / "st"),
+                   timeout=60)
+    _one_line_error(proc, f"--server 127.0.0.1:{port}", "nothing answered within 2 s")
+
+
+def test_server_start_bad_input(tmp_path: Path) -> None:
+    _one_line_error(run_cli("fl-server", "start", "--task", "nope", "--insecure", "--run-dir", str(tmp_path / "r1")),
+                    "unknown task 'nope'")
+    _one_line_error(run_cli("fl-server", "start", "--run-dir", str(tmp_path / "r2")), "--insecure")
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--strategy", "magic", "--run-dir", str(tmp_path / "r3")),
+                    "--strategy 'magic'")
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        _one_line_error(run_cli("fl-server", "start", "--insecure", "--port", str(port), "--run-dir", str(tmp_path / "r4")),
+                        f"--port {port}", "already in use")
+    finished = tmp_path / "done"
+    finished.mkdir()
+    (finished / "results.json").write_text(json.dumps({"status": "finished"}))
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--run-dir", str(finished)), "finished run")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["done"]  # nothing half-written
+
+
+def test_sim_bad_input(tmp_path: Path) -> None:
+    _one_line_error(run_cli("fl-sim", "run", "--dirichlet", "0", "--run-dir", str(tmp_path / "a")), "--dirichlet 0")
+    _one_line_error(run_cli("fl-sim", "run", "--task", "tabular", "--clients", "2000", "--run-dir", str(tmp_path / "b")),
+                    "--sites 2000")
+    _one_line_error(run_cli("fl-sim", "run", "--epsilon", "-1", "--run-dir", str(tmp_path / "c")), "--epsilon")
+    _one_line_error(run_cli("fl-server", "status", "--run-dir", str(tmp_path)), "no results.json")
