@@ -179,7 +179,7 @@ def privacy(
     for e in ledger.entries:
         table.add_row(e.run_id, str(e.round), str(e.steps), f"{e.sample_rate:.4f}", f"{e.noise_multiplier:.3f}", e.status)
     console.print(table)
-    console.print(f"ε spent {spent:.4f} of budget {ledger.epsilon_budget:g} at δ={ledger.delta:.2e}; "
+    console.print(f"{data.name}: ε spent {spent:.4f} of budget {ledger.epsilon_budget:g} at δ={ledger.delta:.2e}; "
                   f"ε left {max(0.0, ledger.epsilon_budget - spent):.4f}")
 
 

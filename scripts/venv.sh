@@ -12,10 +12,13 @@ fi
 stamp="$ROOT/.venv/.fedshield-installed"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
   echo "==> installing torch (CPU) and FedShield with its test tools (first run only)"
-  python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
-  python -m pip install -q "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
-  python -m pip install -q -e "$ROOT[test]" 2>&1 | grep -v '^WARNING: Location' || true
-  python -c "import fedshield.server.cli, torch, flwr, opacus" || { echo "installation failed" >&2; exit 1; }
+  log="$ROOT/.venv/install.log"
+  {
+    python -m pip install --upgrade pip &&
+    python -m pip install "torch==2.13.0" &&
+    python -m pip install -e "$ROOT[test]"
+  } > "$log" 2>&1 || { tail -n 30 "$log" >&2; echo "installation failed; full log: $log" >&2; exit 1; }
+  python -c "import fedshield.server.cli, torch, flwr, opacus" || { echo "installation failed; see $log" >&2; exit 1; }
   touch "$stamp"
 fi
 # Nothing phones home: Flower's telemetry and update checks off for everything started from here.

@@ -81,3 +81,34 @@ def test_two_sites_learn_digits_with_dp(tmp_path: Path, digits_sites: Path) -> N
     assert abs(json.loads(ledger.stdout)["epsilon_spent"] - rounds[3]["train"]["sites"]["hospital_a"]["epsilon"]) < 1e-6
     status = run_cli("fl-server", "status", "--run-dir", str(run_dir))
     assert status.returncode == 0 and "finished" in status.stdout
+
+
+def _listening(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_ctrl_c_stops_the_superlink_it_started(tmp_path: Path) -> None:
+    import signal
+    import time
+
+    port = free_port()
+    server = start_cli("fl-server", "start", "--insecure", "--port", str(port), "--run-dir", str(tmp_path / "run"),
+                       "--min-clients", "2", log=tmp_path / "server.out")
+    try:
+        deadline = time.monotonic() + 120
+        while "sites connected" not in (tmp_path / "server.out").read_text() and time.monotonic() < deadline:
+            assert server.poll() is None, (tmp_path / "server.out").read_text()
+            time.sleep(0.5)
+        assert _listening(port)
+        server.send_signal(signal.SIGINT)
+        assert _wait(server, 60) == 130
+    finally:
+        if server.poll() is None:
+            server.kill()
+    time.sleep(1)
+    assert not _listening(port)
+    assert "interrupted" in (tmp_path / "server.out").read_text()
