@@ -37,6 +37,7 @@ def join(
     epsilon: float = typer.Option(8.0, "--epsilon", help="This site's lifetime ε budget on this data."),
     delta: float = typer.Option(0.0, "--delta", help="δ; 0 picks min(1e-5, 1/(10·N))."),
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Per-sample clipping bound C."),
+    accountant: str = typer.Option("rdp", "--accountant", help="Privacy accountant for the ledger: rdp or prv (Opacus)."),
     no_dp: bool = typer.Option(False, "--no-dp", help="Train WITHOUT differential privacy (explicit opt-out, reported to the server)."),
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Where the site's privacy ledger and logs live (default DATA/.fedshield)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
@@ -65,6 +66,8 @@ def join(
         raise ConfigError(f"--root-certificates {root_certificates}: file not found")
     if epsilon <= 0:
         raise ConfigError("--epsilon must be positive (use --no-dp to train without privacy)")
+    if accountant not in ("rdp", "prv"):
+        raise ConfigError(f"--accountant {accountant!r}: use rdp or prv")
     if not 0 <= delta < 1:
         raise ConfigError("--delta must be in [0, 1)")
     resolve_device(device)
@@ -73,6 +76,23 @@ def join(
     data = data.resolve()
     task_name, _options, site = check_site(data, task=task, overrides={"target": target})
     site_name = name or data.name
+    state = (state_dir or data / ".fedshield").resolve()
+    if not no_dp:
+        from fedshield.client.local_training import PrivacySettings, site_delta
+        from fedshield.client.privacy_ledger import PrivacyLedger
+
+        n_train = len(site.train)
+        if delta >= 1.0 / n_train:
+            raise ConfigError(f"--delta {delta:g} is not below 1/N = {1.0 / n_train:.2e} for this site's {n_train} "
+                              "training examples; use a smaller δ or leave it 0 for the default")
+        settings = PrivacySettings(True, epsilon, delta, max_grad_norm, state, accountant)
+        # Fail now, not at round 1, on a corrupt, foreign or newer ledger, or a spent budget.
+        ledger = PrivacyLedger.open(state, epsilon_budget=epsilon, delta=site_delta(settings, n_train),
+                                    accountant=accountant)
+        spent = ledger.epsilon_spent()
+        if spent >= epsilon:
+            raise ConfigError(f"{ledger.path}: this site already spent ε {spent:.3g} of its budget {epsilon:g} on "
+                              "this data; it cannot train again (a larger --epsilon is a policy decision)")
     console.print(f"site [bold]{site_name}[/]: {len(site.train)} training / {len(site.val)} validation "
                   f"examples for task {task_name} ({data})")
     if insecure:
@@ -80,9 +100,9 @@ def join(
     if no_dp:
         warn_loudly("--no-dp: this site trains WITHOUT differential privacy; its updates can leak its data")
     else:
-        console.print(f"privacy: DP-SGD, lifetime budget ε={epsilon:g}, clip C={max_grad_norm:g}")
+        console.print(f"privacy: DP-SGD, lifetime budget ε={epsilon:g} (spent so far {spent:.3f}, "
+                      f"{accountant.upper()} accountant, δ={ledger.delta:.1e}), clip C={max_grad_norm:g}")
 
-    state = (state_dir or data / ".fedshield").resolve()
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     events_file = state / f"events-{os.getpid()}.jsonl"
     console.print(f"connecting to {server} (up to {connect_timeout:g} s) ...")
@@ -95,7 +115,7 @@ def join(
         node_config={
             "data-path": str(data), "site-name": site_name, "task": task_name, "state-dir": str(state),
             "events-file": str(events_file), "dp": not no_dp, "epsilon": epsilon, "delta": delta,
-            "max-grad-norm": max_grad_norm, "device": device,
+            "max-grad-norm": max_grad_norm, "accountant": accountant, "device": device,
         },
         log_path=state / "supernode.log",
         root_certificates=root_certificates,
@@ -164,8 +184,8 @@ def privacy(
         return
     import json as _json
 
+    ledger = PrivacyLedger.open(state, epsilon_budget=None, delta=0.0, accountant=None)
     raw = _json.loads(path.read_text())
-    ledger = PrivacyLedger.open(state, epsilon_budget=float(raw.get("epsilon_budget", 0)), delta=float(raw.get("delta", 0)))
     spent = ledger.epsilon_spent()
     if json_out:
         console.print_json(_json.dumps({**raw, "epsilon_spent": spent,

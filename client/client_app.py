@@ -24,7 +24,9 @@ silence_flower()
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict  # noqa: E402
 from flwr.client import Client, NumPyClient  # noqa: E402
+from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.compat.common.recorddict_compat import recorddict_to_fitins  # noqa: E402
 
 from fedshield.client.device import resolve_device  # noqa: E402
 from fedshield.client.events import emit  # noqa: E402
@@ -141,9 +143,25 @@ def fedshield_query_mod(msg: Message, context: Context, call_next) -> Message:
     return Message(RecordDict({QUERY_RECORD: reply}), reply_to=msg)
 
 
+def central_clipping_mod(msg: Message, context: Context, call_next) -> Message:
+    """Client-side clipping for central DP, on TRAIN messages only and only when the run asks for it.
+
+    Flower's clipping mods raise when the server sent no clipping norm, and must never wrap evaluate
+    (they would break it), so this mod picks Flower's fixed or adaptive clipping mod per message from
+    the round config the server sent.
+    """
+    if msg.metadata.message_type != MessageType.TRAIN:
+        return call_next(msg, context)
+    config = recorddict_to_fitins(msg.content, keep_input=True).config
+    if str(config.get("central-dp-side", "server")) != "client" or str(config.get("central-dp", "off")) == "off":
+        return call_next(msg, context)
+    mod = adaptiveclipping_mod if str(config["central-dp"]) == "adaptive" else fixedclipping_mod
+    return mod(msg, context, call_next)
+
+
 def client_fn(context: Context) -> Client:
     """Flower's legacy entry: a fresh :class:`SiteClient` per message (data stays cached per process)."""
     return SiteClient(context).to_client()
 
 
-app = ClientApp(client_fn=client_fn, mods=[fedshield_query_mod])
+app = ClientApp(client_fn=client_fn, mods=[fedshield_query_mod, central_clipping_mod])

@@ -35,6 +35,7 @@ class PrivacySettings:
     delta: float
     max_grad_norm: float
     state_dir: Path
+    accountant: str = "rdp"
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,47 @@ class RoundOutcome:
     delta: float
     noise_multiplier: float
     sample_rate: float
+
+
+@dataclass
+class PrivateTraining:
+    """What Opacus' ``make_private`` returns: model, DP optimizer, Poisson loader, and (ghost) criterion."""
+
+    engine: PrivacyEngine
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    loader: DataLoader
+    criterion: nn.Module | None
+    mode: str
+
+
+def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.optim.Optimizer,
+                 loader: DataLoader, *, noise_multiplier: float, max_grad_norm: float) -> PrivateTraining:
+    """Opacus' front door with the task's fastest supported mode; falls back to ``hooks`` explicitly.
+
+    Poisson sampling is always on (the accountant's assumption). ``ghost`` needs the loss as a
+    module, which Opacus wraps to run its two backward passes; the task receives that wrapper.
+    """
+    modes = [task.dp_mode] if task.dp_mode == "hooks" else [task.dp_mode, "hooks"]
+    last_error: Exception | None = None
+    for mode in modes:
+        kwargs = dict(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
+                      max_grad_norm=max_grad_norm, poisson_sampling=True, grad_sample_mode=mode)
+        try:
+            with warnings.catch_warnings():
+                # Opacus warns that secure_mode is off (its CSPRNG noise is an opt-in, slow on CPU).
+                warnings.simplefilter("ignore")
+                engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+                if mode == "ghost":
+                    criterion = task.criterion(site.schema)
+                    private_model, dp_optimizer, dp_criterion, dp_loader = engine.make_private(criterion=criterion, **kwargs)
+                    return PrivateTraining(engine, private_model, dp_optimizer, dp_loader, dp_criterion, mode)
+                private_model, dp_optimizer, dp_loader = engine.make_private(**kwargs)
+                return PrivateTraining(engine, private_model, dp_optimizer, dp_loader, None, mode)
+        except Exception as exc:  # an Opacus mode that does not support a layer of this model
+            last_error = exc
+            log.warning("task %s: Opacus mode %s unavailable (%s); falling back", task.name, mode, exc)
+    raise RuntimeError(f"Opacus cannot train task {task.name} privately: {last_error}")
 
 
 def site_delta(settings: PrivacySettings, n_train: int) -> float:
@@ -80,23 +122,15 @@ def train_round(
     # per epoch (opacus/data_loader.py); plan and record exactly that.
     sample_rate = 1.0 / len(loader)
     steps = len(loader) * cfg.local_epochs
-    ledger = PrivacyLedger.open(privacy.state_dir, epsilon_budget=privacy.epsilon, delta=delta)
+    ledger = PrivacyLedger.open(privacy.state_dir, epsilon_budget=privacy.epsilon, delta=delta,
+                                accountant=privacy.accountant)
     plan = ledger.plan_run(run_id, sample_rate=sample_rate, steps_per_round=steps, rounds=cfg.rounds)
-    engine = PrivacyEngine(accountant="rdp", secure_mode=False)
-    with warnings.catch_warnings():
-        # Opacus warns that secure_mode is off; the CSPRNG noise is an opt-in left for GPU sites.
-        warnings.simplefilter("ignore")
-        private_model, dp_optimizer, dp_loader = engine.make_private(
-            module=model,
-            optimizer=optimizer,
-            data_loader=loader,
-            noise_multiplier=plan.noise_multiplier,
-            max_grad_norm=privacy.max_grad_norm,
-            poisson_sampling=True,
-        )
+    private = make_private(task, site, model, optimizer, loader, noise_multiplier=plan.noise_multiplier,
+                           max_grad_norm=privacy.max_grad_norm)
     entry = ledger.begin_round(run_id, rnd, steps=steps, plan=plan)
-    result = task.train(private_model, dp_loader, dp_optimizer, epochs=cfg.local_epochs, device=device)
-    taken = sum(s for _, _, s in engine.accountant.history)
+    result = task.train(private.model, private.loader, private.optimizer, epochs=cfg.local_epochs, device=device,
+                        criterion=private.criterion)
+    taken = sum(s for _, _, s in private.engine.accountant.history)
     if taken > steps:  # the ledger must never under-count what Opacus' own accountant saw
         entry.steps = taken
     ledger.release_round(entry)

@@ -18,7 +18,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from opacus.accountants import RDPAccountant
+from opacus.accountants import PRVAccountant, RDPAccountant
 
 from fedshield.common.atomic_io import atomic_write_json
 from fedshield.common.errors import ConfigError
@@ -65,20 +65,26 @@ class PrivacyLedger:
     path: Path
     epsilon_budget: float
     delta: float
+    accountant: str = "rdp"
     entries: list[LedgerEntry] = field(default_factory=list)
     plans: dict[str, RunPlan] = field(default_factory=dict)
 
     # ----------------------------------------------------------------- persistence
     @classmethod
-    def open(cls, state_dir: Path, *, epsilon_budget: float, delta: float) -> "PrivacyLedger":
+    def open(cls, state_dir: Path, *, epsilon_budget: float | None, delta: float,
+             accountant: str | None = "rdp") -> "PrivacyLedger":
         """Open (or create in memory) the ledger in ``state_dir``; a foreign or newer file is refused.
 
-        The budget and δ given now are the site's current settings; δ cannot change once rounds are
-        recorded, since ε at a different δ would not describe the same guarantee.
+        The budget, δ and accountant given now are the site's current settings; δ cannot change once
+        rounds are recorded, since ε at a different δ would not describe the same guarantee. The
+        accountant may change: both bound the same recorded mechanism, so ε is recomputed.
+        ``None`` for the budget or the accountant keeps the ones recorded in the file.
         """
+        if accountant is not None and accountant not in ACCOUNTANTS:
+            raise ConfigError(f"--accountant {accountant!r}: use rdp or prv")
         path = Path(state_dir) / LEDGER_FILE
         if not path.exists():
-            return cls(path=path, epsilon_budget=epsilon_budget, delta=delta)
+            return cls(path=path, epsilon_budget=epsilon_budget or 0.0, delta=delta, accountant=accountant or "rdp")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
@@ -92,12 +98,17 @@ class PrivacyLedger:
             entries = [LedgerEntry(**e) for e in raw["entries"]]
             plans = {k: RunPlan(**v) for k, v in raw.get("plans", {}).items()}
             old_delta = float(raw["delta"])
+            if epsilon_budget is None:
+                epsilon_budget = float(raw["epsilon_budget"])
+            if accountant is None:
+                accountant = str(raw.get("accountant", "rdp"))
         except (KeyError, TypeError, ValueError) as exc:
             raise ConfigError(f"{path}: privacy ledger is corrupt ({exc}); restore it from backup") from None
         if entries and abs(old_delta - delta) > 1e-15:
             # Keep the recorded δ: ε is only comparable at one δ.
             delta = old_delta
-        return cls(path=path, epsilon_budget=epsilon_budget, delta=delta, entries=entries, plans=plans)
+        return cls(path=path, epsilon_budget=epsilon_budget, delta=delta, accountant=accountant,
+                   entries=entries, plans=plans)
 
     def save(self) -> None:
         """Write the ledger atomically (owner-only: it reveals how the site trained)."""
@@ -106,7 +117,7 @@ class PrivacyLedger:
             {
                 "format": LEDGER_FORMAT,
                 "version": LEDGER_VERSION,
-                "accountant": "rdp",
+                "accountant": self.accountant,
                 "epsilon_budget": self.epsilon_budget,
                 "delta": self.delta,
                 "epsilon_spent": self.epsilon_spent(),
@@ -126,8 +137,8 @@ class PrivacyLedger:
         ]
 
     def epsilon_spent(self, extra: list[tuple[float, float, int]] | None = None) -> float:
-        """ε at the ledger's δ for all recorded rounds (plus ``extra``), by Opacus' RDP accountant."""
-        return epsilon_of(self.history() + list(extra or []), self.delta)
+        """ε at the ledger's δ for all recorded rounds (plus ``extra``), by the ledger's Opacus accountant."""
+        return epsilon_of(self.history() + list(extra or []), self.delta, self.accountant)
 
     def plan_run(self, run_id: str, *, sample_rate: float, steps_per_round: int, rounds: int) -> RunPlan:
         """Return this run's plan, creating it on first use.
@@ -142,15 +153,16 @@ class PrivacyLedger:
         total_steps = steps_per_round * rounds
 
         def eps(sigma: float) -> float:
-            return epsilon_of(prior + [(sigma, sample_rate, total_steps)], self.delta)
+            return epsilon_of(prior + [(sigma, sample_rate, total_steps)], self.delta, self.accountant)
 
-        if epsilon_of(prior, self.delta) >= self.epsilon_budget:
+        spent = epsilon_of(prior, self.delta, self.accountant)
+        if spent >= self.epsilon_budget:
             raise BudgetExhaustedError(
-                f"{self.path}: privacy budget spent (ε {epsilon_of(prior, self.delta):.3g} of "
+                f"{self.path}: privacy budget spent (ε {spent:.3g} of "
                 f"{self.epsilon_budget:g}); this site cannot train again on this data"
             )
         if eps(MAX_NOISE_MULTIPLIER) > self.epsilon_budget:
-            left = self.epsilon_budget - epsilon_of(prior, self.delta)
+            left = self.epsilon_budget - spent
             raise BudgetExhaustedError(
                 f"{self.path}: the privacy budget left (ε {left:.3g} of {self.epsilon_budget:g}) cannot cover "
                 f"{rounds} round(s) even at noise multiplier {MAX_NOISE_MULTIPLIER:g}; raise --epsilon or plan fewer --rounds"
@@ -192,11 +204,18 @@ class PrivacyLedger:
         self.save()
 
 
-def epsilon_of(history: list[tuple[float, float, int]], delta: float) -> float:
-    """ε at ``delta`` of an Opacus RDP accountant history; 0 for an empty history."""
+ACCOUNTANTS = {"rdp": RDPAccountant, "prv": PRVAccountant}
+
+
+def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant_name: str = "rdp") -> float:
+    """ε at ``delta`` for an Opacus accountant history ``[(σ, q, steps)]``; 0 for an empty history.
+
+    ``rdp``: Rényi DP of the sampled Gaussian mechanism (Mironov et al. 2019); ``prv``: privacy loss
+    random variables (Gopi, Lee & Wutschitz 2021), usually tighter.
+    """
     if not history:
         return 0.0
-    accountant = RDPAccountant()
+    accountant = ACCOUNTANTS[accountant_name]()
     accountant.history = list(history)
     with warnings.catch_warnings():
         # "optimal order is the largest alpha" only says the bound could be tighter: it stays valid.

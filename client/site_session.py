@@ -67,6 +67,7 @@ def privacy_settings(site: SiteIdentity, cfg: RunConfig) -> PrivacySettings:
         delta=float(nc.get("delta", cfg.delta)),
         max_grad_norm=float(nc.get("max-grad-norm", cfg.max_grad_norm)),
         state_dir=site.state_dir,
+        accountant=str(nc.get("accountant", cfg.accountant)),
     )
 
 

@@ -34,6 +34,13 @@ class RunConfig:
         epsilon: each site's target ε for this run (a site may ask for less).
         delta: target δ; 0 means "below 1/N" chosen per site (N = the site's training examples).
         max_grad_norm: per-sample clipping bound C (L2).
+        accountant: ``rdp`` (Mironov 2017) or ``prv`` (Gopi et al. 2021), both Opacus'.
+        central_dp: client-level DP on the server: ``off``, ``fixed`` or ``adaptive`` clipping (Flower's
+            ``DifferentialPrivacy{Server,Client}Side{Fixed,Adaptive}Clipping`` wrappers).
+        central_dp_side: who clips each site's update: ``server`` (trusted server) or ``client``.
+        central_noise: noise multiplier z of central DP (σ = z·C / sampled sites on the average).
+        central_clip: clipping norm C of each site's update (initial norm when adaptive).
+        central_delta: δ at which the client-level ε is reported.
         run_dir: where the ServerApp writes ``results.json`` and checkpoints.
         sim_data_dir: simulation only: folder of per-site data folders (``site_NNNN``).
         device: ``auto``, ``cpu`` or ``cuda`` for site training.
@@ -54,6 +61,12 @@ class RunConfig:
     epsilon: float = 8.0
     delta: float = 0.0
     max_grad_norm: float = 1.0
+    accountant: str = "rdp"
+    central_dp: str = "off"
+    central_dp_side: str = "server"
+    central_noise: float = 1.0
+    central_clip: float = 0.5
+    central_delta: float = 1e-5
     run_dir: str = ""
     sim_data_dir: str = ""
     device: str = "auto"
@@ -81,6 +94,12 @@ class RunConfig:
             (0 <= self.delta < 1, "--delta must be in [0, 1); 0 picks δ below 1/N per site"),
             (self.max_grad_norm > 0, "--max-grad-norm must be positive"),
             (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
+            (self.accountant in ("rdp", "prv"), "--accountant must be rdp or prv"),
+            (self.central_dp in ("off", "fixed", "adaptive"), "--central-dp must be off, fixed or adaptive"),
+            (self.central_dp_side in ("server", "client"), "--central-dp-side must be server or client"),
+            (self.central_noise >= 0, "--noise-multiplier must be non-negative"),
+            (self.central_clip > 0, "--clip must be positive"),
+            (0 < self.central_delta < 1, "--central-delta must be in (0, 1)"),
         ]
         for ok, message in checks:
             if not ok:

@@ -53,6 +53,11 @@ def start(
     fraction_train: float = typer.Option(1.0, "--fraction-train", help="Share of connected sites trained per round."),
     epsilon: float = typer.Option(8.0, "--epsilon", help="Proposed per-site ε (each site's own budget wins)."),
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Proposed per-sample clipping bound C."),
+    central_dp: str = typer.Option("off", "--central-dp", help="Client-level DP on the server: off, fixed or adaptive clipping (Flower's DP wrappers)."),
+    central_dp_side: str = typer.Option("server", "--central-dp-side", help="Who clips each site's update for central DP: server or client."),
+    noise_multiplier: float = typer.Option(1.0, "--noise-multiplier", help="Central DP noise multiplier z (σ = z·C / sampled sites)."),
+    clip: float = typer.Option(0.5, "--clip", help="Central DP clipping norm C of a site's update (initial norm if adaptive)."),
+    central_delta: float = typer.Option(1e-5, "--central-delta", help="δ for the reported client-level ε."),
     no_dp: bool = typer.Option(False, "--no-dp", help="Propose training WITHOUT DP (sites that joined with DP keep it)."),
     join_timeout: float = typer.Option(0.0, "--join-timeout", help="Seconds to wait for --min-clients sites (0 = until Ctrl-C)."),
     json_out: bool = typer.Option(False, "--json", help="Print results.json at the end."),
@@ -78,7 +83,7 @@ def start(
     _check_run_dir(folder)
     cfg = RunConfig(task=task, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr if lr is not None else RunConfig.default_lr(not no_dp), seed=seed,
                     min_clients=min_clients, fraction_train=fraction_train, strategy=strategy, model=model,
-                    dp=not no_dp, epsilon=epsilon, max_grad_norm=max_grad_norm, run_dir=str(folder)).validate()
+                    dp=not no_dp, central_dp=central_dp, central_dp_side=central_dp_side, central_noise=noise_multiplier, central_clip=clip, central_delta=central_delta,  epsilon=epsilon, max_grad_norm=max_grad_norm, run_dir=str(folder)).validate()
     from fedshield.strategies.registry import make_strategy
 
     make_strategy(strategy)  # unknown strategy: fail now, not inside the server

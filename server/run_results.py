@@ -25,6 +25,7 @@ from fedshield.common.atomic_io import atomic_write_bytes, atomic_write_json
 from fedshield.common.metrics import weighted_mean
 from fedshield.common.run_config import RunConfig
 from fedshield.common.torch_arrays import state_dict_from_ndarrays
+from fedshield.strategies.central_dp import client_level_epsilon
 from fedshield.tasks.base import DataSchema
 
 RESULTS_FILE = "results.json"
@@ -64,7 +65,15 @@ class RunRecorder:
             "status": "starting",
             "task": cfg.task,
             "config": cfg.to_flower(),
-            "privacy": {"sample_level_dp": cfg.dp},
+            "privacy": {
+                "sample_level_dp": cfg.dp,
+                "central_dp": cfg.central_dp,
+                **({"central_dp_side": cfg.central_dp_side, "central_noise_multiplier": cfg.central_noise,
+                    "central_clip": cfg.central_clip, "central_delta": cfg.central_delta,
+                    "client_level_accounting": "Opacus RDP, q = sampled/total sites"
+                                               + ("" if cfg.fraction_train >= 1 else " (Poisson approximation)")}
+                   if cfg.central_dp != "off" else {}),
+            },
             "started_at": time.time(),
             "updated_at": time.time(),
             "sites": {},
@@ -103,6 +112,10 @@ class RunRecorder:
         eps = [e for e in eps if e is not None]
         if eps:
             final["epsilon_max"] = max(eps)
+        client_eps = [r["train"].get("client_level_epsilon") for r in rounds if "train" in r]
+        client_eps = [e for e in client_eps if e is not None]
+        if client_eps:
+            final["client_level_epsilon"] = max(client_eps)
         self.doc["final"] = final
         self.doc["finished_at"] = time.time()
         if error:
@@ -140,6 +153,8 @@ class RunRecorder:
         eps = [float(m["epsilon"]) for _, _, m in results if "epsilon" in m]
         if eps:
             train["epsilon_max"] = max(eps)
+        if self.cfg.central_dp != "off":
+            train["client_level_epsilon"] = _clean(client_level_epsilon(self.cfg, max(1, len(self.doc["sites"])), rnd))
         entry["train"] = train
         if parameters is not None:
             self._checkpoint(rnd, parameters)

@@ -30,6 +30,7 @@ from fedshield.server.central_evaluation import pooled_validation_fn  # noqa: E4
 from fedshield.server.initial_evaluation import with_initial_evaluation  # noqa: E402
 from fedshield.server.run_results import RunRecorder  # noqa: E402
 from fedshield.server.site_handshake import agree_schema, query_sites, wait_for_sites  # noqa: E402
+from fedshield.strategies.central_dp import wrap_central_dp  # noqa: E402
 from fedshield.strategies.recording import RecordingStrategy  # noqa: E402
 from fedshield.strategies.registry import make_strategy  # noqa: E402
 from fedshield.tasks.base import TaskOptions  # noqa: E402
@@ -85,7 +86,7 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
             fit_metrics_aggregation_fn=_numeric_mean,
             evaluate_metrics_aggregation_fn=_numeric_mean,
         )
-        strategy = RecordingStrategy(inner, recorder)
+        strategy = RecordingStrategy(wrap_central_dp(inner, cfg, len(healthy)), recorder)
         legacy = LegacyContext(context, config=ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
         DefaultWorkflow(fit_workflow=with_initial_evaluation(default_fit_workflow))(grid, legacy)
     except Exception as exc:

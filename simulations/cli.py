@@ -64,6 +64,12 @@ def run(
     epsilon: float = typer.Option(8.0, "--epsilon", help="Each site's ε budget (sample-level DP-SGD)."),
     delta: float = typer.Option(0.0, "--delta", help="δ; 0 picks min(1e-5, 1/(10·N)) per site."),
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Per-sample clipping bound C."),
+    accountant: str = typer.Option("rdp", "--accountant", help="Privacy accountant: rdp or prv (Opacus)."),
+    central_dp: str = typer.Option("off", "--central-dp", help="Client-level DP on the server: off, fixed or adaptive clipping (Flower's DP wrappers)."),
+    central_dp_side: str = typer.Option("server", "--central-dp-side", help="Who clips each site's update for central DP: server or client."),
+    noise_multiplier: float = typer.Option(1.0, "--noise-multiplier", help="Central DP noise multiplier z (σ = z·C / sampled sites)."),
+    clip: float = typer.Option(0.5, "--clip", help="Central DP clipping norm C of a site's update (initial norm if adaptive)."),
+    central_delta: float = typer.Option(1e-5, "--central-delta", help="δ for the reported client-level ε."),
     no_dp: bool = typer.Option(False, "--no-dp", help="Train WITHOUT differential privacy (explicit opt-out, recorded in results)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Output folder (default ./runs/sim-<time>)."),
     cpus_per_client: float = typer.Option(1.0, "--cpus-per-client", help="Ray CPUs per virtual site."),
@@ -92,8 +98,8 @@ def run(
     if (folder / "results.json").exists():
         raise RunFolderError(f"{folder}: already holds a run; pass a new --run-dir")
     cfg = RunConfig(task=task, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr if lr is not None else RunConfig.default_lr(not no_dp),
-                    seed=seed, min_clients=clients, strategy=strategy, model=model, dp=not no_dp,
-                    epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
+                    seed=seed, min_clients=clients, strategy=strategy, model=model, dp=not no_dp, central_dp=central_dp, central_dp_side=central_dp_side, central_noise=noise_multiplier, central_clip=clip, central_delta=central_delta, 
+                    epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant,
                     run_dir=str(folder.resolve()), sim_data_dir=str((folder / "data").resolve()),
                     device=device).validate()
     if no_dp:

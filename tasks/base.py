@@ -120,6 +120,13 @@ class Task(Protocol):
     summary: str
     data_format: str
     metrics: tuple[str, ...]
+    #: Opacus ``grad_sample_mode`` for DP-SGD: ``ghost`` (fast gradient clipping; conv/linear/attention
+    #: models), ``hooks`` or ``ew`` (expanded weights; tiny models). See ../shared/notes/opacus-cpu.md.
+    dp_mode: str
+
+    def criterion(self, schema: DataSchema) -> nn.Module:
+        """The loss as a module with a ``reduction`` attribute (Opacus' ghost clipping wraps it)."""
+        ...
 
     def load_site(self, path: Path, options: TaskOptions) -> SiteData:
         """Load and fully validate a site folder; raise ``DataError`` naming file, row and fix."""
@@ -137,8 +144,13 @@ class Task(Protocol):
         *,
         epochs: int,
         device: torch.device,
+        criterion: nn.Module | None = None,
     ) -> TrainResult:
-        """Train ``epochs`` passes of ``loader`` with ``optimizer`` (possibly an Opacus DPOptimizer)."""
+        """Train ``epochs`` passes of ``loader`` with ``optimizer`` (possibly an Opacus DPOptimizer).
+
+        ``criterion``, when given, is the loss to call (Opacus' ghost-clipping wrapper around
+        :meth:`criterion`); otherwise the task's own loss.
+        """
         ...
 
     def evaluate(

@@ -11,6 +11,13 @@ from fedshield.common.metrics import classification_metrics, regression_metrics
 from fedshield.tasks.base import DataSchema, TrainResult
 
 
+class FlatMSELoss(nn.MSELoss):
+    """MSE between ``(N, 1)`` predictions and ``(N,)`` targets (``reduction="none"`` gives ``(N,)``)."""
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002
+        return super().forward(input.reshape(-1), target.reshape(-1))
+
+
 class SupervisedTask:
     """Cross-entropy for classification, MSE for regression; metrics from :mod:`fedshield.common.metrics`.
 
@@ -19,13 +26,18 @@ class SupervisedTask:
     applies follows the target dtype (int64 = class labels, float = regression targets).
     """
 
+    dp_mode = "hooks"
+
+    def criterion(self, schema: DataSchema) -> nn.Module:
+        return nn.CrossEntropyLoss() if schema.kind == "classification" else FlatMSELoss()
+
     def loss(self, outputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         if targets.dtype == torch.long:
             return nn.functional.cross_entropy(outputs, targets)
         return nn.functional.mse_loss(outputs.reshape(-1), targets.reshape(-1))
 
     def train(self, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *, epochs: int,
-              device: torch.device) -> TrainResult:
+              device: torch.device, criterion: nn.Module | None = None) -> TrainResult:
         model.train()
         total, steps, examples = 0.0, 0, 0
         for _ in range(epochs):
@@ -34,7 +46,7 @@ class SupervisedTask:
                     continue
                 x, y = x.to(device), y.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                loss = self.loss(model(x), y)
+                loss = criterion(model(x), y) if criterion is not None else self.loss(model(x), y)
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach())
