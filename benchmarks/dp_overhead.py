@@ -1,0 +1,110 @@
+"""What DP-SGD costs per training step, side by side in one run.
+
+For each task (digits-cnn, tabular) at batch 64 on CPU: median time per optimizer step (forward,
+backward, step) without DP, with DP in the mode FedShield picks for the task (ghost clipping for the
+CNN, expanded weights for tabular), and with Opacus' default mode (hooks) for reference; each
+configuration runs in a fresh process (clean peak memory), repeated --repeats times (median of the
+per-run medians). Prints one table with the ratios to the non-private step.
+
+    python benchmarks/dp_overhead.py            # ~2 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+
+BATCH = 64
+CONFIGS = [
+    ("digits-cnn", "none"), ("digits-cnn", "platform"), ("digits-cnn", "hooks"),
+    ("tabular", "none"), ("tabular", "platform"), ("tabular", "hooks"),
+]
+
+
+def worker(task_name: str, mode: str, steps: int, warmup: int) -> dict:
+    """Time ``steps`` optimizer steps after ``warmup`` in this process; report median ms and peak RSS."""
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from fedshield.client.local_training import make_private
+    from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
+    from fedshield.tasks.registry import get_task
+
+    warnings.simplefilter("ignore")
+    torch.manual_seed(0)
+    task = get_task(task_name)
+    n = BATCH * 40
+    if task_name == "digits-cnn":
+        schema = DataSchema("classification", (1, 28, 28), 10)
+        x, y = torch.rand(n, 1, 28, 28), torch.randint(0, 10, (n,))
+    else:
+        schema = DataSchema("classification", (30,), 2, tuple(f"f{i}" for i in range(30)), "t")
+        x, y = torch.randn(n, 30), torch.randint(0, 2, (n,))
+    site = SiteData(TensorDataset(x, y), TensorDataset(x[:10], y[:10]), schema, None)  # type: ignore[arg-type]
+    model = task.build_model(schema, TaskOptions(model="mlp" if task_name == "tabular" else "auto"))
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    loader = DataLoader(site.train, batch_size=BATCH, shuffle=True)
+    criterion = None
+    used = "none"
+    if mode != "none":
+        if mode == "hooks":
+            task.dp_mode = "hooks"  # type: ignore[misc]
+        private = make_private(task, site, model, optimizer, loader, noise_multiplier=1.0, max_grad_norm=1.0)
+        model, optimizer, loader, criterion, used = (private.model, private.optimizer, private.loader,
+                                                     private.criterion, private.mode)
+    times = []
+    batches = iter(loader)
+    for i in range(warmup + steps):
+        try:
+            xb, yb = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            xb, yb = next(batches)
+        start = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        out = model(xb)
+        loss = criterion(out, yb) if criterion is not None else task.loss(out, yb)
+        loss.backward()
+        optimizer.step()
+        if i >= warmup:
+            times.append((time.perf_counter() - start) * 1000)
+    return {"task": task_name, "mode": mode, "opacus_mode": used, "median_ms": statistics.median(times),
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=5, help="fresh-process runs per configuration (median)")
+    parser.add_argument("--steps", type=int, default=30, help="timed steps per run")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--worker", nargs=2, metavar=("TASK", "MODE"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.steps, args.warmup)))
+        return
+    results: dict[tuple[str, str], list[dict]] = {}
+    for _ in range(args.repeats):  # interleave configurations so drift hits all alike
+        for task_name, mode in CONFIGS:
+            out = subprocess.run([sys.executable, __file__, "--worker", task_name, mode, "--steps", str(args.steps),
+                                  "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
+            results.setdefault((task_name, mode), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
+    print(f"DP-SGD step cost on CPU, batch {BATCH}, median of {args.repeats} fresh-process runs x {args.steps} steps")
+    print(f"{'task':<12}{'configuration':<34}{'ms/step':>9}{'x non-DP':>10}{'peak RSS MB':>13}")
+    for task_name in ("digits-cnn", "tabular"):
+        base = statistics.median(r["median_ms"] for r in results[(task_name, "none")])
+        for mode, label in (("none", "no DP"), ("platform", "DP, FedShield ({})"), ("hooks", "DP, Opacus default (hooks)")):
+            runs = results[(task_name, mode)]
+            ms = statistics.median(r["median_ms"] for r in runs)
+            rss = statistics.median(r["peak_rss_mb"] for r in runs)
+            print(f"{task_name:<12}{label.format(runs[0]['opacus_mode']):<34}{ms:>9.2f}{ms / base:>10.2f}{rss:>13.0f}")
+
+
+if __name__ == "__main__":
+    main()
