@@ -128,8 +128,12 @@ def train_round(
     private = make_private(task, site, model, optimizer, loader, noise_multiplier=plan.noise_multiplier,
                            max_grad_norm=privacy.max_grad_norm)
     entry = ledger.begin_round(run_id, rnd, steps=steps, plan=plan)
-    result = task.train(private.model, private.loader, private.optimizer, epochs=cfg.local_epochs, device=device,
-                        criterion=private.criterion)
+    try:
+        result = task.train(private.model, private.loader, private.optimizer, epochs=cfg.local_epochs,
+                            device=device, criterion=private.criterion)
+    finally:
+        # Detach Opacus from the model (hooks, per-sample gradient buffers) so it can be reused.
+        private.model.to_standard_module()
     taken = sum(s for _, _, s in private.engine.accountant.history)
     if taken > steps:  # the ledger must never under-count what Opacus' own accountant saw
         entry.steps = taken
