@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from fedshield.common.flower_env import child_env, flower_executable
+from fedshield.common.flower_env import child_env
 from fedshield.server.superlink import stop_process_group
 
 
@@ -49,7 +50,8 @@ class SuperNode:
 
     def command(self) -> list[str]:
         cmd = [
-            flower_executable("flower-supernode"),
+            # Flower's flower-supernode, started through our entry point for prompt polling.
+            sys.executable, "-m", "fedshield.client.prompt_supernode",
             "--superlink", self.superlink,
             "--host", "127.0.0.1",
             "--port", str(self.local_port),

@@ -28,6 +28,7 @@ from fedshield.common.run_config import RunConfig  # noqa: E402
 from fedshield.common.torch_arrays import model_to_ndarrays  # noqa: E402
 from fedshield.server.central_evaluation import pooled_validation_fn  # noqa: E402
 from fedshield.server.initial_evaluation import with_initial_evaluation  # noqa: E402
+from fedshield.server.prompt_grid import PromptGrid  # noqa: E402
 from fedshield.server.run_results import RunRecorder  # noqa: E402
 from fedshield.server.site_handshake import agree_schema, query_sites, wait_for_sites  # noqa: E402
 from fedshield.strategies.central_dp import wrap_central_dp  # noqa: E402
@@ -115,7 +116,9 @@ def build_server_app(overrides: dict[str, Any] | None = None, *, mode: str = "de
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
         cfg = RunConfig.from_flower({**dict(context.run_config), **(overrides or {})})
-        run_federation(grid, context, cfg, mode=mode)
+        # "prompt-polling = false" keeps Flower's own 3 s reply polling (benchmarks compare the two).
+        prompt = str(context.run_config.get("prompt-polling", True)).lower() not in ("false", "0")
+        run_federation(PromptGrid(grid) if prompt else grid, context, cfg, mode=mode)
 
     return server_app
 

@@ -36,7 +36,7 @@ def wait_for_sites(grid: Grid, minimum: int, *, timeout: float,
         if time.monotonic() > deadline:
             raise ConfigError(f"only {len(nodes)} of --min-clients {minimum} sites joined within {timeout:.0f} s; "
                               "start more `fl-client join` or lower --min-clients")
-        time.sleep(0.5)
+        time.sleep(0.2)
 
 
 def query_sites(grid: Grid, node_ids: list[int], cfg: RunConfig, action: str,

@@ -1,0 +1,66 @@
+"""The prompt-polling workarounds, pinned to the installed Flower version."""
+
+from __future__ import annotations
+
+import inspect
+import time
+
+import flwr
+import flwr.supernode.start_client_internal as supernode_loop
+from flwr.superlink.grid import http_grid
+
+from fedshield.client.prompt_supernode import IDLE_PULL_S, patch_supernode_polling
+from fedshield.server.prompt_grid import PromptGrid
+
+
+def test_flower_still_has_the_fixed_sleeps_we_shorten() -> None:
+    # If Flower changes these loops, revisit client/prompt_supernode.py and server/prompt_grid.py.
+    assert flwr.__version__ == "1.41.0"
+    assert "time.sleep(3)" in inspect.getsource(http_grid.HttpGrid.send_and_receive)
+    assert "time.sleep(3)" in inspect.getsource(supernode_loop)
+
+
+def test_supernode_loop_sleeps_shortened_and_time_otherwise_intact() -> None:
+    original = supernode_loop.time
+    try:
+        patch_supernode_polling()
+        start = time.monotonic()
+        supernode_loop.time.sleep(3)
+        supernode_loop.time.sleep(0.5)
+        assert time.monotonic() - start < IDLE_PULL_S + 0.3
+        assert abs(supernode_loop.time.time() - time.time()) < 1
+    finally:
+        supernode_loop.time = original
+
+
+class _Msg:
+    def __init__(self, reply_to: str) -> None:
+        self.metadata = type("M", (), {"reply_to_message_id": reply_to})()
+
+
+class _SlowGrid:
+    """Replies to message i after i+1 pulls."""
+
+    def __init__(self) -> None:
+        self.pulls = 0
+
+    def push_messages(self, messages):
+        return [f"m{i}" for i, _ in enumerate(messages)]
+
+    def pull_messages(self, ids):
+        self.pulls += 1
+        return [_Msg(i) for i in sorted(ids) if int(i[1:]) < self.pulls]
+
+
+def test_prompt_grid_collects_every_reply_quickly_and_honours_timeout() -> None:
+    inner = _SlowGrid()
+    grid = PromptGrid(inner, interval=0.01)  # type: ignore[arg-type]
+    start = time.monotonic()
+    replies = list(grid.send_and_receive(["a", "b", "c"]))
+    assert sorted(r.metadata.reply_to_message_id for r in replies) == ["m0", "m1", "m2"]
+    assert time.monotonic() - start < 1.0 and inner.pulls == 3
+    never = PromptGrid(type("G", (), {"push_messages": lambda s, m: ["x"], "pull_messages": lambda s, i: []})(),
+                       interval=0.01)  # type: ignore[arg-type]
+    start = time.monotonic()
+    assert list(never.send_and_receive(["a"], timeout=0.2)) == []
+    assert 0.2 <= time.monotonic() - start < 1.0
