@@ -105,6 +105,8 @@ def join(
 
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     events_file = state / f"events-{os.getpid()}.jsonl"
+    console.print(f"compute: device {device}, {threads} torch intra-op thread(s) per training process "
+                  f"(--threads; {os.cpu_count()} cores here, lower it when several sites share a host)")
     console.print(f"connecting to {server} (up to {connect_timeout:g} s) ...")
     if not wait_reachable(host, port, connect_timeout):
         raise ServerUnreachableError(f"--server {server}: nothing answered within {connect_timeout:g} s; check "
@@ -152,7 +154,8 @@ def _show(event: dict) -> str | None:
         console.print(f"joined run {event.get('run_id')} ({event.get('task')})")
     elif kind == "train-start":
         console.print(f"round {rnd}: training on {event.get('examples')} examples"
-                      f"{' with DP-SGD' if event.get('dp') else ' WITHOUT DP'} ...")
+                      f"{' with DP-SGD' if event.get('dp') else ' WITHOUT DP'} "
+                      f"({event.get('device', 'cpu')}, {event.get('threads', '?')} thread(s)) ...")
     elif kind == "train-end":
         eps = event.get("epsilon")
         console.print(f"round {rnd}: train loss {event.get('loss', float('nan')):.4f} in {event.get('seconds', 0):.1f} s"

@@ -31,12 +31,17 @@ from flwr.compat.common.recorddict_compat import recorddict_to_fitins  # noqa: E
 from fedshield.client.device import resolve_device  # noqa: E402
 from fedshield.client.events import emit  # noqa: E402
 from fedshield.client.local_training import train_round  # noqa: E402
-from fedshield.client.site_session import identify_site, load_site, privacy_settings  # noqa: E402
+from fedshield.client.site_session import (  # noqa: E402
+    count_message,
+    identify_site,
+    load_site,
+    privacy_settings,
+    site_model,
+)
 from fedshield.common.errors import ConfigError  # noqa: E402
 from fedshield.common.run_config import RunConfig  # noqa: E402
 from fedshield.common.torch_arrays import model_to_ndarrays, ndarrays_to_model  # noqa: E402
 from fedshield.tasks.base import DataSchema  # noqa: E402
-from fedshield.tasks.model_factory import build_model  # noqa: E402
 
 log = logging.getLogger("fedshield.client")
 
@@ -64,7 +69,8 @@ class SiteClient(NumPyClient):
         problem = run_schema.mismatch(data.schema)
         if problem:
             raise ConfigError(f"{site.data_path}: data does not match the federation ({problem})")
-        model = build_model(task, run_schema, options, seed=cfg.seed)
+        model = site_model(task, run_schema, options, seed=cfg.seed)
+        self.process = count_message()
         return cfg, site, task, data, model
 
     def fit(self, parameters: list[np.ndarray], config: dict[str, Any]):
@@ -77,7 +83,8 @@ class SiteClient(NumPyClient):
             ndarrays_to_model(model, parameters)
             device = resolve_device(str(self.context.node_config.get("device", cfg.device)))
             privacy = privacy_settings(site, cfg)
-            emit(events, "train-start", round=rnd, examples=len(data.train), dp=privacy.enabled)
+            emit(events, "train-start", round=rnd, examples=len(data.train), dp=privacy.enabled,
+                 threads=torch.get_num_threads(), device=str(device))
             started = time.perf_counter()
             outcome = train_round(task, data, model, cfg, run_id=str(self.context.run_id), rnd=rnd,
                                   privacy=privacy, device=device)
@@ -90,6 +97,11 @@ class SiteClient(NumPyClient):
             "train-loss": outcome.result.loss,
             "train-seconds": seconds,
             "dp": privacy.enabled,
+            # how warm this site's process is: the same pid and one data load / model build per run
+            "worker-pid": self.process["pid"],
+            "worker-messages": self.process["messages"],
+            "worker-data-loads": self.process["data_loads"],
+            "worker-model-builds": self.process["model_builds"],
         }
         if privacy.enabled:
             metrics.update({"epsilon": outcome.epsilon, "delta": outcome.delta,

@@ -12,16 +12,21 @@ simulation) reads its folder once per run.
 
 from __future__ import annotations
 
+import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+from torch import nn
 
 from fedshield.client.local_training import PrivacySettings
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
 from fedshield.common.site_config import site_options
-from fedshield.tasks.base import SiteData, Task, TaskOptions
+from fedshield.tasks.base import DataSchema, SiteData, Task, TaskOptions
+from fedshield.tasks.model_factory import build_model
 from fedshield.tasks.registry import get_task
 
 
@@ -71,8 +76,13 @@ def privacy_settings(site: SiteIdentity, cfg: RunConfig) -> PrivacySettings:
     )
 
 
+# Per-process caches: a warm process (FedShield's warm executor, a Ray actor) loads a site's data once
+# and builds the model once. Bounded, so a simulation actor serving many virtual sites stays small.
+_MAX_CACHED_SITES = 8
 _cache_lock = threading.Lock()
-_cache: dict[tuple[Any, ...], tuple[Task, TaskOptions, SiteData]] = {}
+_cache: "OrderedDict[tuple[Any, ...], tuple[Task, TaskOptions, SiteData]]" = OrderedDict()
+_models: "OrderedDict[tuple[Any, ...], nn.Module]" = OrderedDict()
+_stats = {"messages": 0, "data_loads": 0, "model_builds": 0}
 
 
 def load_site(site: SiteIdentity, cfg: RunConfig) -> tuple[Task, TaskOptions, SiteData]:
@@ -89,4 +99,28 @@ def load_site(site: SiteIdentity, cfg: RunConfig) -> tuple[Task, TaskOptions, Si
         if key not in _cache:
             task = get_task(cfg.task)
             _cache[key] = (task, options, task.load_site(site.data_path, options))
+            _stats["data_loads"] += 1
+            while len(_cache) > _MAX_CACHED_SITES:
+                _cache.popitem(last=False)
+        _cache.move_to_end(key)
         return _cache[key]
+
+
+def site_model(task: Task, schema: DataSchema, options: TaskOptions, *, seed: int) -> nn.Module:
+    """The task's model for ``schema``, built once per process; callers load the round's weights into it."""
+    key = (task.name, repr(schema), options.model, seed)
+    with _cache_lock:
+        if key not in _models:
+            _models[key] = build_model(task, schema, options, seed=seed)
+            _stats["model_builds"] += 1
+            while len(_models) > _MAX_CACHED_SITES:
+                _models.popitem(last=False)
+        _models.move_to_end(key)
+        return _models[key]
+
+
+def count_message() -> dict[str, int]:
+    """Count one handled message; return this process's counters (pid, messages, loads, builds)."""
+    with _cache_lock:
+        _stats["messages"] += 1
+        return {"pid": os.getpid(), **_stats}

@@ -37,7 +37,7 @@ class SuperNode:
 
     def __init__(self, *, superlink: str, local_port: int, node_config: dict[str, Any], log_path: Path,
                  root_certificates: Path | None, auth_private_key: Path | None = None,
-                 max_wait_time: float = 120.0, threads: int | None = None) -> None:
+                 max_wait_time: float = 120.0, threads: int | None = None, warm: bool = True) -> None:
         self.superlink = superlink
         self.local_port = local_port
         self.node_config = node_config
@@ -46,7 +46,9 @@ class SuperNode:
         self.auth_private_key = auth_private_key
         self.max_wait_time = max_wait_time
         self.threads = threads
+        self.warm = warm
         self.process: subprocess.Popen[bytes] | None = None
+        self.worker: subprocess.Popen[bytes] | None = None
 
     def command(self) -> list[str]:
         cmd = [
@@ -55,7 +57,9 @@ class SuperNode:
             "--superlink", self.superlink,
             "--host", "127.0.0.1",
             "--port", str(self.local_port),
-            "--isolation", "subprocess",
+            # warm: Flower's "process" isolation with FedShield's long-lived executor (warm_executor.py);
+            # otherwise Flower's SuperExec with a fresh flwr-clientapp process per message.
+            "--isolation", "process" if self.warm else "subprocess",
             "--max-wait-time", str(self.max_wait_time),
             "--node-config", node_config_arg(self.node_config),
         ]
@@ -69,16 +73,29 @@ class SuperNode:
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the children
         try:
+            env = child_env(threads=self.threads)
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=child_env(threads=self.threads),
-                                            start_new_session=True)
+                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+            if self.warm:
+                self.worker = subprocess.Popen(
+                    [sys.executable, "-m", "fedshield.client.warm_executor", "--runtime-api-address",
+                     f"127.0.0.1:{self.local_port}", "--parent-pid", str(self.process.pid)],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
         finally:
             log.close()
 
     def poll(self) -> int | None:
-        return None if self.process is None else self.process.poll()
+        """Exit code of the SuperNode, or of a dead warm executor, or None while both run."""
+        if self.process is None:
+            return None
+        if self.process.poll() is not None:
+            return self.process.returncode
+        if self.worker is not None and self.worker.poll() is not None:
+            return self.worker.returncode
+        return None
 
     def stop(self, grace: float = 10.0) -> None:
         stop_process_group(self.process, grace)
+        stop_process_group(self.worker, grace)

@@ -64,6 +64,13 @@ def test_two_sites_learn_digits_with_dp(tmp_path: Path, digits_sites: Path) -> N
         for site in train["sites"].values():
             assert site["dp"] is True and 0 < site["epsilon"] <= 8.0 + 1e-6
         assert set(rounds[rnd]["evaluate"]["sites"]) == {"hospital_a", "hospital_b"}
+    # each site's process stayed warm: one process, one data load and one model build for the run
+    for site in ("hospital_a", "hospital_b"):
+        seen = [rounds[r]["train"]["sites"][site] for r in (1, 2, 3)]
+        assert len({s["worker-pid"] for s in seen}) == 1
+        assert all(s["worker-data-loads"] == 1 and s["worker-model-builds"] == 1 for s in seen)
+        messages = [s["worker-messages"] for s in seen]
+        assert messages == sorted(messages) and messages[0] < messages[-1]
     # ε grows round over round and never passes the budget
     eps = [rounds[r]["train"]["epsilon_max"] for r in (1, 2, 3)]
     assert eps == sorted(eps) and eps[-1] <= 8.0 + 1e-6

@@ -1,0 +1,148 @@
+"""A warm executor for one site: runs the FedShield ClientApp in one long-lived process.
+
+Flower's SuperExec starts a fresh ``flwr-clientapp`` process for every message a site receives; each
+imports torch, Flower and Opacus again (~2.6 s of CPU on our 2-core machines) and reloads the site's
+data, which dominated deployed round time (shared/notes/flower-1.4x.md §8). Flower supports
+running its executor outside the SuperNode (``flower-supernode --isolation process``); this module is
+such an executor. It takes tasks from the SuperNode's Runtime API exactly as ``flower-superexec`` does
+(``AcquireTask``) and runs each in this process with Flower's own helpers from
+``flwr.supernode.runtime.run_clientapp`` (pull task input, push reply, push task output).
+
+It differs from ``flwr-clientapp`` in two deliberate ways:
+
+* the process stays, so imports and the site's loaded data (cached per process) are reused;
+* no FAB is installed and no code from the server runs: the ClientApp is FedShield's installed one,
+  and a run whose app names any other ClientApp is refused with an error reply.
+
+Start it with ``python -m fedshield.client.warm_executor --runtime-api-address HOST:PORT
+--parent-pid PID`` (``fl-client join`` does).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import logging
+import signal
+import threading
+import time
+import tomllib
+import zipfile
+
+from fedshield.common.flower_env import silence_flower
+
+silence_flower()
+
+from flwr.app import Message  # noqa: E402
+from flwr.app.error import Error  # noqa: E402
+from flwr.common.constant import ErrorCode, SubStatus  # noqa: E402
+from flwr.proto.runtime_pb2 import AcquireTaskRequest  # noqa: E402  # pylint: disable=E0611
+from flwr.supercore.app_utils import start_parent_process_monitor  # noqa: E402
+from flwr.supercore.constant import TaskType  # noqa: E402
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http  # noqa: E402
+from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor  # noqa: E402
+from flwr.supercore.retry import make_simple_http_retry_invoker  # noqa: E402
+from flwr.supercore.runtime import RuntimeHttpClient  # noqa: E402
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output  # noqa: E402
+
+log = logging.getLogger("fedshield.client.warm_executor")
+
+ALLOWED_CLIENTAPP = "fedshield.client.client_app:app"
+IDLE_POLL_S = 0.1
+
+
+def fab_clientapp(fab_content: bytes) -> str | None:
+    """The ``clientapp`` component a FAB (zip) names in its ``pyproject.toml``, or None."""
+    try:
+        with zipfile.ZipFile(io.BytesIO(fab_content)) as archive:
+            meta = tomllib.loads(archive.read("pyproject.toml").decode("utf-8"))
+        return str(meta["tool"]["flwr"]["app"]["components"]["clientapp"])
+    except (KeyError, ValueError, zipfile.BadZipFile, tomllib.TOMLDecodeError):
+        return None
+
+
+def _client(address: str, interceptors: list) -> RuntimeHttpClient:
+    return RuntimeHttpClient.from_server_address(server_address=address, insecure=True, root_certificates=None,
+                                                 interceptors=interceptors,
+                                                 retry_invoker=make_simple_http_retry_invoker())
+
+
+def run_task(address: str, token: str) -> None:
+    """Execute one ClientApp task in this process (Flower's run_clientapp, minus process and FAB)."""
+    from fedshield.client.client_app import app as client_app
+
+    client = _client(address, [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
+                               RuntimeTokenHttpInterceptor(token)])
+    heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
+    context = None
+    status, details = SubStatus.FAILED, "ClientApp task failed"
+    try:
+        heartbeat.start()
+        message, context, run, fab = pull_task_input(client)
+        named = fab_clientapp(fab.content)
+        if named != ALLOWED_CLIENTAPP:
+            reason = (f"site refuses run {run.run_id}: it asks for ClientApp {named!r}; this site runs only "
+                      f"{ALLOWED_CLIENTAPP}")
+            log.warning(reason)
+            reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
+            details = reason
+        else:
+            try:
+                reply = client_app(message=message, context=context)
+                status, details = SubStatus.COMPLETED, ""
+            except Exception as exc:  # reported to the server as Flower's ClientApp would
+                log.exception("ClientApp raised")
+                reason = f"{type(exc)}:<'{exc}'>"
+                reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
+                details = reason
+        push_message(client, reply, context)
+    finally:
+        push_task_output(client=client, context=context, sub_status=status, details=details)
+        if heartbeat.is_running:
+            heartbeat.stop()
+        client.close()
+
+
+def serve(address: str, stop: threading.Event) -> None:
+    """Acquire ClientApp tasks from the SuperNode and run them, until ``stop`` is set."""
+    client = _client(address, [RuntimeVersionHttpInterceptor(component_name="SuperExec")])
+    # Import the app (torch, Opacus, the task registry) once, before the first task arrives.
+    import fedshield.client.client_app  # noqa: F401
+
+    try:
+        while not stop.is_set():
+            res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value],
+                                                        agentapp_fab_hashes=[]))
+            if res.HasField("task") and res.token:
+                try:
+                    run_task(address, res.token)
+                except Exception:  # one broken task must not take the site down
+                    log.exception("task %s failed", res.task.task_id)
+                continue
+            stop.wait(IDLE_POLL_S)
+    finally:
+        client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="FedShield warm ClientApp executor for one SuperNode")
+    parser.add_argument("--runtime-api-address", required=True)
+    parser.add_argument("--parent-pid", type=int, default=None)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.parent_pid is not None:
+        start_parent_process_monitor(args.parent_pid)
+    while not stop.is_set():
+        try:
+            serve(args.runtime_api_address, stop)
+        except Exception:  # the SuperNode's API not up yet, or restarting
+            log.info("waiting for the SuperNode's Runtime API at %s", args.runtime_api_address)
+            time.sleep(0.5)
+
+
+if __name__ == "__main__":
+    main()
