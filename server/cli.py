@@ -9,6 +9,7 @@ from typing import Optional
 
 import typer
 
+from fedshield.common import cli_options as opts
 from fedshield.common.cli_support import console, guarded, set_debug, warn_loudly
 from fedshield.common.errors import ConfigError, FedShieldError, RunFolderError
 
@@ -37,31 +38,31 @@ def _check_run_dir(run_dir: Path) -> None:
 @app.command()
 @guarded
 def start(
-    task: str = typer.Option("digits-cnn", "--task", help="Task every site trains (see `fl-sim tasks`)."),
-    rounds: int = typer.Option(5, "--rounds", min=1, help="Federated rounds."),
+    task: opts.Task = "digits-cnn",
+    rounds: opts.Rounds = 5,
     min_clients: int = typer.Option(2, "--min-clients", min=1, help="Sites that must join before round 1 (and train each round)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Folder for results.json, checkpoints and logs (default ./runs/<time>)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
     port: int = typer.Option(9092, "--port", min=1, max=65535, help="Port sites connect to."),
     insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP without TLS: loopback development only."),
-    local_epochs: int = typer.Option(1, "--local-epochs", min=1, help="Local passes over each site's data per round."),
-    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Expected local batch size."),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Local SGD learning rate (default 0.5 with DP, 0.05 with --no-dp)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of initialisation and sampling."),
-    strategy: str = typer.Option("fedavg", "--strategy", help="fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedmedian, fedtrimmedavg."),
-    model: str = typer.Option("auto", "--model", help="Task model variant (tabular: auto, logistic, linear, mlp)."),
+    local_epochs: opts.LocalEpochs = 1,
+    batch_size: opts.BatchSize = 32,
+    lr: opts.LearningRate = None,
+    seed: opts.Seed = 0,
+    strategy: opts.Strategy = "fedavg",
+    model: opts.Model = "auto",
     fraction_train: float = typer.Option(1.0, "--fraction-train", help="Share of connected sites trained per round."),
     epsilon: float = typer.Option(8.0, "--epsilon", help="Proposed per-site ε (each site's own budget wins)."),
-    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Proposed per-sample clipping bound C."),
-    central_dp: str = typer.Option("off", "--central-dp", help="Client-level DP on the server: off, fixed or adaptive clipping (Flower's DP wrappers)."),
-    central_dp_side: str = typer.Option("server", "--central-dp-side", help="Who clips each site's update for central DP: server or client."),
-    noise_multiplier: float = typer.Option(1.0, "--noise-multiplier", help="Central DP noise multiplier z (σ = z·C / sampled sites)."),
-    clip: float = typer.Option(0.5, "--clip", help="Central DP clipping norm C of a site's update (initial norm if adaptive)."),
-    central_delta: float = typer.Option(1e-5, "--central-delta", help="δ for the reported client-level ε."),
+    max_grad_norm: opts.MaxGradNorm = 1.0,
+    central_dp: opts.CentralDp = "off",
+    central_dp_side: opts.CentralDpSide = "server",
+    noise_multiplier: opts.NoiseMultiplier = 1.0,
+    clip: opts.Clip = 0.5,
+    central_delta: opts.CentralDelta = 1e-5,
     no_dp: bool = typer.Option(False, "--no-dp", help="Propose training WITHOUT DP (sites that joined with DP keep it)."),
     join_timeout: float = typer.Option(0.0, "--join-timeout", help="Seconds to wait for --min-clients sites (0 = until Ctrl-C)."),
-    json_out: bool = typer.Option(False, "--json", help="Print results.json at the end."),
-    debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
+    json_out: opts.JsonOut = False,
+    debug: opts.Debug = False,
 ) -> None:
     """Start the aggregation server and run ROUNDS rounds of TASK once MIN_CLIENTS sites have joined.
 

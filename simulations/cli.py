@@ -8,6 +8,7 @@ from typing import Optional
 
 import typer
 
+from fedshield.common import cli_options as opts
 from fedshield.common.cli_support import console, guarded, set_debug, warn_loudly
 from fedshield.common.errors import ConfigError, RunFolderError
 from fedshield.common.results_view import ResultsWatcher, round_line, summary_table
@@ -49,35 +50,35 @@ def split(
 @app.command()
 @guarded
 def run(
-    task: str = typer.Option("digits-cnn", "--task", help="Task to train (see `fl-sim tasks`)."),
+    task: opts.Task = "digits-cnn",
     clients: int = typer.Option(10, "--clients", min=1, help="Number of virtual sites."),
-    rounds: int = typer.Option(5, "--rounds", min=1, help="Federated rounds."),
+    rounds: opts.Rounds = 5,
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Bundled data set (default: digits for digits-cnn, breast-cancer for tabular)."),
     dirichlet: Optional[float] = typer.Option(None, "--dirichlet", help="Dirichlet α label skew; default IID."),
     iid: bool = typer.Option(False, "--iid", help="IID split (the default)."),
-    seed: int = typer.Option(0, "--seed"),
-    local_epochs: int = typer.Option(1, "--local-epochs", min=1),
-    batch_size: int = typer.Option(32, "--batch-size", min=1),
-    lr: Optional[float] = typer.Option(None, "--lr", help="Local SGD learning rate (default 0.5 with DP, 0.05 with --no-dp)."),
-    strategy: str = typer.Option("fedavg", "--strategy", help="fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedmedian, fedtrimmedavg."),
-    model: str = typer.Option("auto", "--model", help="Task model variant (tabular: auto, logistic, linear, mlp)."),
+    seed: opts.Seed = 0,
+    local_epochs: opts.LocalEpochs = 1,
+    batch_size: opts.BatchSize = 32,
+    lr: opts.LearningRate = None,
+    strategy: opts.Strategy = "fedavg",
+    model: opts.Model = "auto",
     epsilon: float = typer.Option(8.0, "--epsilon", help="Each site's ε budget (sample-level DP-SGD)."),
     delta: float = typer.Option(0.0, "--delta", help="δ; 0 picks min(1e-5, 1/(10·N)) per site."),
-    max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Per-sample clipping bound C."),
+    max_grad_norm: opts.MaxGradNorm = 1.0,
     accountant: str = typer.Option("rdp", "--accountant", help="Privacy accountant: rdp or prv (Opacus)."),
-    central_dp: str = typer.Option("off", "--central-dp", help="Client-level DP on the server: off, fixed or adaptive clipping (Flower's DP wrappers)."),
-    central_dp_side: str = typer.Option("server", "--central-dp-side", help="Who clips each site's update for central DP: server or client."),
-    noise_multiplier: float = typer.Option(1.0, "--noise-multiplier", help="Central DP noise multiplier z (σ = z·C / sampled sites)."),
-    clip: float = typer.Option(0.5, "--clip", help="Central DP clipping norm C of a site's update (initial norm if adaptive)."),
-    central_delta: float = typer.Option(1e-5, "--central-delta", help="δ for the reported client-level ε."),
+    central_dp: opts.CentralDp = "off",
+    central_dp_side: opts.CentralDpSide = "server",
+    noise_multiplier: opts.NoiseMultiplier = 1.0,
+    clip: opts.Clip = 0.5,
+    central_delta: opts.CentralDelta = 1e-5,
     no_dp: bool = typer.Option(False, "--no-dp", help="Train WITHOUT differential privacy (explicit opt-out, recorded in results)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Output folder (default ./runs/sim-<time>)."),
     cpus_per_client: float = typer.Option(1.0, "--cpus-per-client", help="Ray CPUs per virtual site."),
     gpus_per_client: float = typer.Option(0.0, "--gpus-per-client", help="Ray GPU fraction per virtual site."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join an existing Ray cluster (e.g. auto)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    json_out: bool = typer.Option(False, "--json", help="Print results.json at the end instead of the table."),
-    debug: bool = typer.Option(False, "--debug", help="Tracebacks and Ray/Flower logs."),
+    json_out: opts.JsonOut = False,
+    debug: opts.Debug = False,
 ) -> None:
     """Simulate a federation of --clients sites on this machine and write results.json.
 
