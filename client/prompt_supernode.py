@@ -35,7 +35,10 @@ def patch_supernode_polling() -> None:
     """Install the prompt ``time`` into Flower's SuperNode loop module."""
     import flwr.supernode.start_client_internal as loop
 
+    from fedshield.common import prompt_pulls
+
     loop.time = _PromptTime()  # type: ignore[attr-defined]
+    prompt_pulls.install(loop)  # objects of a message still arriving from the SuperLink
 
 
 def main() -> None:

@@ -43,12 +43,19 @@ from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_htt
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor  # noqa: E402
 from flwr.supercore.retry import make_simple_http_retry_invoker  # noqa: E402
 from flwr.supercore.runtime import RuntimeHttpClient  # noqa: E402
+import flwr.supernode.runtime.run_clientapp as flower_clientapp  # noqa: E402
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output  # noqa: E402
+
+from fedshield.common import prompt_pulls  # noqa: E402
+
+# The message's arrays may still be arriving at the SuperNode when the task starts.
+prompt_pulls.install(flower_clientapp)
 
 log = logging.getLogger("fedshield.client.warm_executor")
 
 ALLOWED_CLIENTAPP = "fedshield.client.client_app:app"
-IDLE_POLL_S = 0.1
+IDLE_POLL_S = 0.02  # first re-poll after a task; grows x1.5 while idle up to IDLE_POLL_CAP_S
+IDLE_POLL_CAP_S = 0.25
 
 
 def fab_clientapp(fab_content: bytes) -> str | None:
@@ -78,7 +85,9 @@ def run_task(address: str, token: str) -> None:
     status, details = SubStatus.FAILED, "ClientApp task failed"
     try:
         heartbeat.start()
+        t0 = time.perf_counter()
         message, context, run, fab = pull_task_input(client)
+        log.info("pulled %s message in %.2f s", message.metadata.message_type, time.perf_counter() - t0)
         named = fab_clientapp(fab.content)
         if named != ALLOWED_CLIENTAPP:
             reason = (f"site refuses run {run.run_id}: it asks for ClientApp {named!r}; this site runs only "
@@ -95,7 +104,9 @@ def run_task(address: str, token: str) -> None:
                 reason = f"{type(exc)}:<'{exc}'>"
                 reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
                 details = reason
+        t0 = time.perf_counter()
         push_message(client, reply, context)
+        log.info("pushed reply in %.2f s", time.perf_counter() - t0)
     finally:
         push_task_output(client=client, context=context, sub_status=status, details=details)
         if heartbeat.is_running:
@@ -109,17 +120,22 @@ def serve(address: str, stop: threading.Event) -> None:
     # Import the app (torch, Opacus, the task registry) once, before the first task arrives.
     import fedshield.client.client_app  # noqa: F401
 
+    interval = IDLE_POLL_S
     try:
         while not stop.is_set():
             res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value],
                                                         agentapp_fab_hashes=[]))
             if res.HasField("task") and res.token:
+                started = time.perf_counter()
                 try:
                     run_task(address, res.token)
+                    log.info("task %s done in %.2f s", res.task.task_id, time.perf_counter() - started)
                 except Exception:  # one broken task must not take the site down
                     log.exception("task %s failed", res.task.task_id)
+                interval = IDLE_POLL_S  # the next message of a round usually follows soon
                 continue
-            stop.wait(IDLE_POLL_S)
+            stop.wait(interval)
+            interval = min(interval * 1.5, IDLE_POLL_CAP_S)
     finally:
         client.close()
 

@@ -13,13 +13,20 @@ import time
 from collections.abc import Iterable
 
 from flwr.app import Message
+from flwr.superlink.grid import http_grid
 from flwr.serverapp import Grid
 
-REPLY_POLL_S = 0.05
+from fedshield.common import prompt_pulls
+
+# Replies' arrays may still be arriving at the SuperLink when the ServerApp pulls them.
+prompt_pulls.install(http_grid)
+
+REPLY_POLL_S = 0.02  # first re-poll; grows x1.5 per empty poll up to REPLY_POLL_CAP_S
+REPLY_POLL_CAP_S = 0.25
 
 
 class PromptGrid(Grid):
-    """Delegates to ``inner``; polls replies every ``interval`` seconds instead of 3."""
+    """Delegates to ``inner``; polls replies after ``interval`` s, backing off to 0.25 s, instead of 3 s."""
 
     def __init__(self, inner: Grid, interval: float = REPLY_POLL_S) -> None:
         self.inner = inner
@@ -49,11 +56,15 @@ class PromptGrid(Grid):
         pending = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
+        interval = self.interval
         while pending:
             received = list(self.pull_messages(pending))
             replies.extend(received)
             pending.difference_update(msg.metadata.reply_to_message_id for msg in received)
             if not pending or (deadline is not None and time.monotonic() >= deadline):
                 break
-            time.sleep(self.interval)
+            # Back off while sites are busy training (few requests on a loaded host), but never by
+            # more than REPLY_POLL_CAP_S; start fast again once a reply came in.
+            interval = self.interval if received else min(interval * 1.5, REPLY_POLL_CAP_S)
+            time.sleep(interval)
         return replies

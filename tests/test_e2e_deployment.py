@@ -119,3 +119,35 @@ def test_ctrl_c_stops_the_superlink_it_started(tmp_path: Path) -> None:
     time.sleep(1)
     assert not _listening(port)
     assert "interrupted" in (tmp_path / "server.out").read_text()
+
+
+def test_deployment_matches_simulation_on_the_same_seed(tmp_path: Path, digits_sites: Path) -> None:
+    """Same data split, seed and apps, no DP noise: the deployed and simulated runs learn the same."""
+    port = free_port()
+    server = start_cli("fl-server", "start", "--rounds", "2", "--min-clients", "3", "--run-dir", str(tmp_path / "dep"),
+                       "--insecure", "--port", str(port), "--no-dp", "--join-timeout", "300",
+                       log=tmp_path / "server.out")
+    sites = [start_cli("fl-client", "join", "--data", str(digits_sites / name), "--server", f"127.0.0.1:{port}",
+                       "--insecure", "--no-dp", "--threads", "1", "--state-dir", str(tmp_path / f"st-{name}"),
+                       "--connect-timeout", "120", log=tmp_path / f"{name}.out")
+             for name in ("hospital_a", "hospital_b", "hospital_c")]
+    try:
+        assert _wait(server, 600) == 0, (tmp_path / "server.out").read_text()[-3000:]
+        assert all(_wait(p, 60) == 0 for p in sites)
+    finally:
+        for proc in [server, *sites]:
+            if proc.poll() is None:
+                proc.kill()
+    # digits_sites was written by `fl-sim split --dataset digits --sites 3 --dirichlet 0.5` (seed 0): the
+    # simulation partitions the same way, with the same seed
+    sim = run_cli("fl-sim", "run", "--clients", "3", "--rounds", "2", "--dirichlet", "0.5", "--no-dp",
+                  "--run-dir", str(tmp_path / "sim"), timeout=600)
+    assert sim.returncode == 0, sim.stderr[-3000:]
+    dep_doc = json.loads((tmp_path / "dep" / "results.json").read_text())
+    sim_doc = json.loads((tmp_path / "sim" / "results.json").read_text())
+    assert dep_doc["privacy"]["sample_level_dp"] is False and sim_doc["privacy"]["sample_level_dp"] is False
+    for dep_round, sim_round in zip(dep_doc["rounds"], sim_doc["rounds"], strict=True):
+        a, b = dep_round["evaluate"]["aggregate"], sim_round["evaluate"]["aggregate"]
+        assert a["loss"] == pytest.approx(b["loss"], rel=1e-3)
+        assert a["accuracy"] == pytest.approx(b["accuracy"], abs=0.01)
+    assert dep_doc["rounds"][-1]["evaluate"]["aggregate"]["accuracy"] > 0.5
