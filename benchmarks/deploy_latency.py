@@ -96,7 +96,7 @@ def run_fedshield(data: Path, work: Path, rounds: int, extra: list[str]) -> dict
     mem.roots.append(server.pid)
     sites = [subprocess.Popen([str(BIN / "fl-client"), "join", "--data", str(data / s), "--server", f"127.0.0.1:{port}",
                                "--insecure", "--threads", "1", "--state-dir", str(work / f"st-{s}"),
-                               "--connect-timeout", "120"], env=_env(), stdout=subprocess.DEVNULL,
+                               "--connect-timeout", "120", *extra], env=_env(), stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL) for s in SITES]
     mem.roots += [p.pid for p in sites]
     assert server.wait(timeout=1800) == 0
