@@ -82,9 +82,13 @@ def start(
                           "loopback development run pass --insecure")
     folder = (run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     _check_run_dir(folder)
-    cfg = RunConfig(task=task, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr if lr is not None else RunConfig.default_lr(not no_dp), seed=seed,
+    learning_rate = lr if lr is not None else RunConfig.default_lr(not no_dp)
+    cfg = RunConfig(task=task, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=learning_rate,
+                    seed=seed,
                     min_clients=min_clients, fraction_train=fraction_train, strategy=strategy, model=model,
-                    dp=not no_dp, central_dp=central_dp, central_dp_side=central_dp_side, central_noise=noise_multiplier, central_clip=clip, central_delta=central_delta,  epsilon=epsilon, max_grad_norm=max_grad_norm, run_dir=str(folder)).validate()
+                    dp=not no_dp,
+                    central_dp=central_dp, central_dp_side=central_dp_side, central_noise=noise_multiplier,
+                    central_clip=clip, central_delta=central_delta, epsilon=epsilon, max_grad_norm=max_grad_norm, run_dir=str(folder)).validate()
     from fedshield.strategies.registry import make_strategy
 
     make_strategy(strategy)  # unknown strategy: fail now, not inside the server

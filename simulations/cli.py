@@ -98,8 +98,11 @@ def run(
     folder = run_dir or Path("runs") / time.strftime("sim-%Y%m%d-%H%M%S")
     if (folder / "results.json").exists():
         raise RunFolderError(f"{folder}: already holds a run; pass a new --run-dir")
-    cfg = RunConfig(task=task, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=lr if lr is not None else RunConfig.default_lr(not no_dp),
-                    seed=seed, min_clients=clients, strategy=strategy, model=model, dp=not no_dp, central_dp=central_dp, central_dp_side=central_dp_side, central_noise=noise_multiplier, central_clip=clip, central_delta=central_delta, 
+    learning_rate = lr if lr is not None else RunConfig.default_lr(not no_dp)
+    cfg = RunConfig(task=task, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=learning_rate,
+                    seed=seed, min_clients=clients, strategy=strategy, model=model, dp=not no_dp,
+                    central_dp=central_dp, central_dp_side=central_dp_side, central_noise=noise_multiplier,
+                    central_clip=clip, central_delta=central_delta,
                     epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant,
                     run_dir=str(folder.resolve()), sim_data_dir=str((folder / "data").resolve()),
                     device=device).validate()
