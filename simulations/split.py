@@ -54,12 +54,17 @@ def write_sites(dataset: str, sites: int, out: Path, *, dirichlet: float | None,
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"--out {out}: exists and is not empty; pass a new folder")
+    labels = list(names) if names is not None else site_names(sites)
+    if len(labels) != sites or len(set(labels)) != sites:
+        raise ConfigError(f"{len(labels)} site names for --sites {sites}; give one distinct name per site")
+    bad = [n for n in labels if not n or n.startswith(".") or "/" in n or "\\" in n]
+    if bad:
+        raise ConfigError(f"site name {bad[0]!r} is not a plain folder name; use letters, digits, - or _")
     data = load_dataset(dataset)
     if dirichlet is None:
         parts = iid_partition(data.y, sites, seed)
     else:
         parts = dirichlet_partition(data.y, sites, dirichlet, seed)
-    labels = names or site_names(sites)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:

@@ -7,6 +7,7 @@ as is.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -49,8 +50,9 @@ def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
             x, y = npz["x"], npz["y"]
     except DataError:
         raise
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{path}: not a readable .npz file ({exc}); write it with numpy.savez") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        raise DataError(f"{path}: not a readable .npz archive of numeric arrays; write it with "
+                        "numpy.savez(path, x=images, y=labels)") from None
     if x.ndim != 3 or x.shape[1:] != (SIDE, SIDE):
         raise DataError(f"{path}: x has shape {x.shape}; digits-cnn needs N×28×28 greyscale images")
     if x.dtype != np.uint8:

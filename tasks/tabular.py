@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -46,42 +47,68 @@ def _find_csv(folder: Path, options: TaskOptions) -> Path:
     return candidates[0]
 
 
-def read_table(path: Path, target: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(feature names, X (N, F) float64, y (N,) float64); every cell checked, errors name file:line."""
+class Table(NamedTuple):
+    """A parsed CSV: ``x`` (N, F) float64 features, ``y`` (N,) float64 target, ``lines`` (N,) 1-based line
+    numbers of each row in the file (the header is line 1), for error messages."""
+
+    features: list[str]
+    x: np.ndarray
+    y: np.ndarray
+    lines: np.ndarray
+
+
+def read_table(path: Path, target: str) -> Table:
+    """Parse and check every cell of ``path``; errors name ``file:line``, the column and the value."""
     with open(path, newline="", encoding="utf-8-sig") as fh:
         reader = csv.reader(fh)
         try:
             header = [h.strip() for h in next(reader)]
         except StopIteration:
             raise DataError(f"{path}: file is empty; it needs a header row and data rows") from None
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}:1: not a readable CSV header ({exc}); save it as UTF-8 CSV") from None
+        if "" in header:
+            raise DataError(f"{path}:1: header cell {header.index('') + 1} is empty; name every column")
+        dupes = sorted({h for h in header if header.count(h) > 1})
+        if dupes:
+            raise DataError(f"{path}:1: column {dupes[0]!r} appears more than once; give columns unique names")
         if target not in header:
             raise DataError(f"{path}: no target column {target!r}; columns are: {', '.join(header)}")
         rows: list[list[float]] = []
-        for line_no, row in enumerate(reader, start=2):
-            if not row or all(not c.strip() for c in row):
-                continue
-            if len(row) != len(header):
-                raise DataError(f"{path}:{line_no}: row has {len(row)} cells, the header has {len(header)}")
-            values = []
-            for col, cell in zip(header, row):
-                text = cell.strip()
-                try:
-                    value = float(text)
-                except ValueError:
-                    what = "empty cell" if not text else f"non-numeric value {text!r}"
-                    raise DataError(f"{path}:{line_no}: {what} in column {col!r}; every cell must be a number") from None
-                if not math.isfinite(value):
-                    raise DataError(f"{path}:{line_no}: value {text!r} in column {col!r} is not finite")
-                values.append(value)
-            rows.append(values)
+        lines: list[int] = []
+        last = reader.line_num  # physical lines read so far (a quoted cell may span several)
+        try:
+            for row in reader:
+                line_no, last = last + 1, reader.line_num  # the record's first line
+                if not row or all(not c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    raise DataError(f"{path}:{line_no}: row has {len(row)} cells, the header has {len(header)}; "
+                                    "fix the row")
+                rows.append([_cell(path, line_no, col, cell) for col, cell in zip(header, row)])
+                lines.append(line_no)
+        except (csv.Error, UnicodeDecodeError) as exc:
+            raise DataError(f"{path}:{reader.line_num + 1}: not readable as CSV ({exc}); save it as UTF-8 CSV") from None
     if not rows:
-        raise DataError(f"{path}: header only, no data rows")
+        raise DataError(f"{path}: header only, no data rows; add the site's examples")
     table = np.asarray(rows, dtype=np.float64)
     t = header.index(target)
     features = [h for i, h in enumerate(header) if i != t]
     if not features:
         raise DataError(f"{path}: only the target column; add feature columns")
-    return features, np.delete(table, t, axis=1), table[:, t]
+    return Table(features, np.delete(table, t, axis=1), table[:, t], np.asarray(lines, dtype=np.int64))
+
+
+def _cell(path: Path, line_no: int, col: str, cell: str) -> float:
+    text = cell.strip()
+    try:
+        value = float(text)
+    except ValueError:
+        what = "empty cell" if not text else f"non-numeric value {text!r}"
+        raise DataError(f"{path}:{line_no}: {what} in column {col!r}; every cell must be a number") from None
+    if not math.isfinite(value):
+        raise DataError(f"{path}:{line_no}: value {text!r} in column {col!r} is not finite; use a real number")
+    return value
 
 
 class TabularTask(SupervisedTask):
@@ -104,17 +131,19 @@ class TabularTask(SupervisedTask):
         if not options.target:
             raise DataError(f"{csv_path}: no target column named; add target = \"column\" to "
                             f"{folder / 'fedshield.toml'} or pass --target")
-        names, x, y = read_table(csv_path, options.target)
+        names, x, y, lines = read_table(csv_path, options.target)
         kind = options.kind or self._infer_kind(y)
         if kind == "classification":
             if np.any(np.mod(y, 1) != 0) or np.any(y < 0):
                 bad = int(np.flatnonzero((np.mod(y, 1) != 0) | (y < 0))[0])
-                raise DataError(f"{csv_path}:{bad + 2}: target {y[bad]:g} is not a class index 0..K-1; "
+                raise DataError(f"{csv_path}:{lines[bad]}: target {y[bad]:g} is not a class index 0..K-1; "
                                 "relabel the classes or set kind = \"regression\"")
             classes = int(options.extra.get("classes", max(2, int(y.max()) + 1)))
+            if classes < 2:
+                raise ConfigError(f"classes = {classes}: a classifier needs at least 2; fix fedshield.toml")
             if y.max() >= classes:
                 bad = int(np.argmax(y))
-                raise DataError(f"{csv_path}:{bad + 2}: label {int(y[bad])} is outside 0..{classes - 1} "
+                raise DataError(f"{csv_path}:{lines[bad]}: label {int(y[bad])} is outside 0..{classes - 1} "
                                 "(fedshield.toml classes); fix the label or raise classes")
             labels = y.astype(np.int64)
         else:

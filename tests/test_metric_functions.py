@@ -34,3 +34,13 @@ def test_weighted_mean_weights_by_examples_and_skips_missing_keys() -> None:
     out = weighted_mean([(10, {"accuracy": 1.0, "roc_auc": 0.5}), (30, {"accuracy": 0.5})])
     assert out["accuracy"] == pytest.approx(0.625)
     assert out["roc_auc"] == pytest.approx(0.5)
+
+
+def test_diverged_outputs_give_only_finite_metrics() -> None:
+    y = np.array([0, 1, 2, 2])
+    probs = np.array([[0.8, 0.1, 0.1], [np.nan, 0, 0], [0.1, 0.1, 0.8], [0.1, 0.8, 0.1]])
+    m = classification_metrics(y, probs)  # predictions 0, (none), 2, 1
+    assert "roc_auc" not in m and m["accuracy"] == pytest.approx(0.5)
+    assert m["precision"] == pytest.approx((1 + 0 + 1) / 3) and m["recall"] == pytest.approx((1 + 0 + 0.5) / 3)
+    assert regression_metrics(np.array([1.0, 2.0]), np.array([np.nan, 1.0])) == {}
+    assert set(regression_metrics(np.array([0.0, 1.0]), np.array([1e200, 1e200]))) == {"mae"}

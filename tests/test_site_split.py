@@ -36,6 +36,10 @@ def test_split_refuses_non_empty_out_and_leaves_nothing_behind(tmp_path: Path) -
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     with pytest.raises(ConfigError, match="positive"):
         write_sites("digits", 3, tmp_path / "new", dirichlet=0.0, seed=0)
+    with pytest.raises(ConfigError, match="one distinct name per site"):
+        write_sites("digits", 3, tmp_path / "new", dirichlet=None, seed=0, names=["a", "b"])
+    with pytest.raises(ConfigError, match="not a plain folder name"):
+        write_sites("digits", 2, tmp_path / "new", dirichlet=None, seed=0, names=["a", "../b"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
@@ -51,6 +55,14 @@ def test_split_cli_and_its_errors(tmp_path: Path) -> None:
     assert not (tmp_path / "x").exists()
     many = run_cli("fl-sim", "split", "--dataset", "diabetes", "--sites", "500", "--out", str(tmp_path / "y"))
     assert many.returncode == 2 and "more than the 442 examples" in many.stderr
+
+
+def test_custom_names_and_many_sites(tmp_path: Path) -> None:
+    named = write_sites("breast-cancer", 2, tmp_path / "n", dirichlet=None, seed=0, names=["north", "south"])
+    assert [p.name for p in named] == ["north", "south"] and all((p / "data.csv").is_file() for p in named)
+    many = write_sites("diabetes", 27, tmp_path / "m", dirichlet=None, seed=0)
+    assert many[0].name == "site_0000" and many[-1].name == "site_0026"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m", "n"]  # no temporary folder left behind
 
 
 def test_same_seed_same_sites(tmp_path: Path) -> None:

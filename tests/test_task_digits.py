@@ -47,6 +47,18 @@ def test_png_folder_site_loads(tmp_path: Path) -> None:
     assert set(torch.cat([data.train.tensors[1], data.val.tensors[1]]).tolist()) == {3, 7}
 
 
+def _npz_without_y(tmp_path: Path) -> Path:
+    (tmp_path / "s").mkdir()
+    np.savez(tmp_path / "s" / "data.npz", x=np.zeros((4, 28, 28), np.uint8))
+    return tmp_path / "s"
+
+
+def _garbage_npz(tmp_path: Path) -> Path:
+    (tmp_path / "s").mkdir()
+    (tmp_path / "s" / "data.npz").write_bytes(b"PK\x03\x04 truncated")
+    return tmp_path / "s"
+
+
 def _bad_png(tmp_path: Path) -> Path:
     folder = tmp_path / "s" / "images" / "1"
     folder.mkdir(parents=True)
@@ -70,6 +82,11 @@ def _corrupt_png(tmp_path: Path) -> Path:
     (lambda p: _npz(p / "s", np.zeros((4, 28, 28), np.uint8), np.array([0, 1, 12, 3])), "outside 0-9"),
     (lambda p: _npz(p / "s", np.zeros((4, 28, 28), np.uint8), np.array([0.5, 1, 2, 3])), "integers"),
     (lambda p: _npz(p / "s", np.zeros((1, 28, 28), np.uint8), np.array([1])), "at least 2"),
+    (lambda p: _npz(p / "s", np.zeros((0, 28, 28), np.uint8), np.zeros(0, np.int64)), "holds no images"),
+    (_npz_without_y, "data.npz: missing array 'y'"),
+    (_garbage_npz, "data.npz: not a readable .npz archive"),
+    (lambda p: (p / "s" / "images" / "4").mkdir(parents=True) or p / "s", "no PNG images"),
+    (lambda p: (p / "s" / "images" / "cat").mkdir(parents=True) or p / "s", "cat: label folder must be named 0-9"),
     (_bad_png, "big.png: image is 32×32"),
     (_corrupt_png, "x.png: not a readable PNG"),
 ])

@@ -22,3 +22,20 @@ def test_unknown_task_lists_installed_ones() -> None:
     message = str(err.value)
     assert "resnet-9000" in message and "digits-cnn" in message and "tabular" in message
     assert "\n" not in message
+
+
+def test_broken_plugin_is_skipped_with_a_warning(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    from importlib.metadata import EntryPoint
+
+    from fedshield.tasks import registry
+
+    fake = [EntryPoint("tabular", "fedshield.tasks.tabular:TabularTask", registry.GROUP),
+            EntryPoint("broken", "fedshield_no_such_module:Task", registry.GROUP)]
+    monkeypatch.setattr(registry, "entry_points", lambda group: fake)
+    registry.available_tasks.cache_clear()
+    try:
+        with caplog.at_level("WARNING"):
+            assert list(registry.available_tasks()) == ["tabular"]
+        assert "broken" in caplog.text
+    finally:
+        registry.available_tasks.cache_clear()

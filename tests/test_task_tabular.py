@@ -45,7 +45,13 @@ def test_kind_inferred_and_features_standardised(tmp_path: Path) -> None:
     ("a,label\n", TaskOptions(target="label"), "no data rows"),
     ("", TaskOptions(target="label"), "file is empty"),
     ("a,label\n1,0\n2,-1\n", TaskOptions(target="label", kind="classification"), r"data.csv:3: target -1 is not a class"),
-    ("a,label\n1,0\n2,3\n", TaskOptions(target="label", extra={"classes": 2}), r"label 3 is outside 0..1"),
+    ("a,label\n1,0\n2,3\n", TaskOptions(target="label", extra={"classes": 2}), r"data.csv:3: label 3 is outside 0..1"),
+    # line numbers are the file's lines: blank lines and quoted multi-line cells still count
+    ("a,label\n1,0\n\n2,-1\n", TaskOptions(target="label", kind="classification"), r"data.csv:4: target -1"),
+    ('a,label\n"1\n",0\n3,oops\n', TaskOptions(target="label"), r"data.csv:4: non-numeric value 'oops'"),
+    ('a,label\n1,0\n"2\n",x\n', TaskOptions(target="label"), r"data.csv:3: non-numeric value 'x'"),
+    ("a,label\n1,0\n2,nan\n", TaskOptions(target="label"), r"data.csv:3: value 'nan' in column 'label' is not finite"),
+    ("a,a,label\n1,2,0\n", TaskOptions(target="label"), r"data.csv:1: column 'a' appears more than once"),
 ])
 def test_bad_csv_fails_with_file_row_and_fix(tmp_path: Path, text: str, options: TaskOptions, match: str) -> None:
     with pytest.raises(DataError, match=match) as err:
