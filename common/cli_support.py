@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import os
-import sys
 from typing import Any, Callable, TypeVar
 
 import typer
@@ -65,6 +64,3 @@ def warn_loudly(message: str) -> None:
     """A warning a user cannot miss (``--insecure``, ``--no-dp``)."""
     err_console.print(f"[bold yellow on red] WARNING [/] [bold yellow]{message}[/]", soft_wrap=True)
 
-
-def exit_with(code: int) -> None:
-    sys.exit(code)

@@ -73,12 +73,5 @@ class SupervisedTask:
         return {"loss": loss, **metrics}
 
 
-def schema_kind_metrics(schema: DataSchema) -> tuple[str, ...]:
-    """Metric names a schema's kind reports."""
-    if schema.kind == "classification":
-        return ("accuracy", "precision", "recall", "f1", "roc_auc")
-    return ("mse", "mae", "r2")
-
-
 def as_float_tensor(array: np.ndarray) -> torch.Tensor:
     return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32)

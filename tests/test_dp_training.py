@@ -45,7 +45,7 @@ def test_every_per_sample_gradient_is_clipped_to_c(task_name: str) -> None:
     assert private.mode == task.dp_mode
     x, y = next(iter(private.loader))
     private.optimizer.zero_grad()
-    loss = (private.criterion or task.loss)(private.model(x), y) if private.criterion else task.loss(private.model(x), y)
+    loss = (private.criterion or task.loss)(private.model(x), y)
     loss.backward()
     if private.mode == "ghost":
         # ghost clipping never materialises per-sample gradients: check the resulting clipped sum
