@@ -108,18 +108,32 @@ def run_fedshield(data: Path, work: Path, rounds: int, extra: list[str]) -> dict
 
 
 def run_stock_flower(data: Path, work: Path, rounds: int, extra_cfg: dict) -> dict:
+    port = _free_port()
+    mem = TreeMemory()
+    t0 = time.time()
+    work.mkdir(parents=True, exist_ok=True)
+    link = subprocess.Popen([str(BIN / "flower-superlink"), "--insecure", "--port", str(port), "--database",
+                             str(work / "state.db"), "--disable-runtime-dependency-installation"],
+                            env=_env(), stdout=open(work / "superlink.log", "wb"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    mem.roots.append(link.pid)
+    nodes: list[subprocess.Popen] = []
+    try:
+        return _drive_stock(data, work, rounds, extra_cfg, port, mem, t0, nodes)
+    finally:
+        for proc in (*nodes, link):  # never leave a stock federation running behind a failed benchmark
+            try:
+                os.killpg(proc.pid, 15)
+            except ProcessLookupError:
+                pass
+
+
+def _drive_stock(data: Path, work: Path, rounds: int, extra_cfg: dict, port: int, mem: "TreeMemory", t0: float,
+                 nodes: list) -> dict:
     from fedshield.client.supernode import node_config_arg
     from fedshield.common.run_config import RunConfig
     from fedshield.server.run_submission import submit, write_app, write_flwr_home
 
-    port = _free_port()
-    mem = TreeMemory()
-    t0 = time.time()
-    link = subprocess.Popen([str(BIN / "flower-superlink"), "--insecure", "--port", str(port), "--database",
-                             str(work / "state.db"), "--disable-runtime-dependency-installation"],
-                            env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    mem.roots.append(link.pid)
-    nodes = []
     for site in SITES:
         cfg = {"data-path": str(data / site), "site-name": site, "state-dir": str(work / f"st-{site}"),
                "dp": extra_cfg["dp"], "epsilon": 8.0}
@@ -128,7 +142,7 @@ def run_stock_flower(data: Path, work: Path, rounds: int, extra_cfg: dict) -> di
                                        node_config_arg(cfg)], env=_env(), stdout=subprocess.DEVNULL,
                                       stderr=subprocess.DEVNULL, start_new_session=True))
     mem.roots += [n.pid for n in nodes]
-    time.sleep(3)
+    _wait_healthy(port)
     cfg = RunConfig(task="digits-cnn", rounds=rounds, min_clients=3, lr=RunConfig.default_lr(extra_cfg["dp"]),
                     run_dir=str(work / "run"), **extra_cfg)
     app = write_app(work / "app", cfg, {"join-timeout": 0.0, "prompt-polling": False})
@@ -143,8 +157,6 @@ def run_stock_flower(data: Path, work: Path, rounds: int, extra_cfg: dict) -> di
             pass
         time.sleep(0.5)
     peak = mem.stop()
-    for proc in (*nodes, link):
-        os.killpg(proc.pid, 15)
     return {"round_s": steady_round_s(results), "startup_s": startup_s(results, t0), "peak_gb": peak}
 
 
@@ -159,6 +171,19 @@ def run_simulation(work: Path, rounds: int, extra: list[str]) -> dict:
     peak = mem.stop()
     results = work / "sim" / "results.json"
     return {"round_s": steady_round_s(results), "startup_s": startup_s(results, t0), "peak_gb": peak}
+
+
+def _wait_healthy(port: int, timeout: float = 120.0) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"stock SuperLink on port {port} did not become healthy (see its superlink.log)")
 
 
 def _free_port() -> int:

@@ -1,8 +1,16 @@
 """Model weights <-> the list of NumPy arrays Flower's legacy ``Parameters`` carry.
 
-The order is the model's ``state_dict()`` order, which is deterministic for a given architecture; the
-server and every site build the same architecture from the same :class:`DataSchema`, so positions
-match. Shapes are checked on the way in so a mismatched update fails loudly, not silently.
+FedShield sends a model as ONE float32 vector: every ``state_dict`` tensor flattened and concatenated
+in ``state_dict()`` order (deterministic for an architecture; the server and every site build the same
+architecture from the same :class:`DataSchema`). Why not one array per tensor, as Flower's examples do:
+Flower 1.41 moves every array as separate objects (an array header plus its chunks), each one HTTP
+request per hop (ServerApp -> SuperLink -> SuperNode -> ClientApp and back). For the digits CNN that is
+20 objects per message instead of 6, and on a loaded 2-core host each request costs tens of ms, which
+made object transfer the largest part of a deployed round (benchmarks/deploy_latency.py). Every
+aggregation FedShield offers is element-wise (FedAvg, FedAvgM, FedAdam/Yogi/Adagrad, median, trimmed
+mean, SecAgg+ quantisation) and clipping norms are over the whole update, so the packed vector
+aggregates exactly like the list of tensors. Non-float tensors (e.g. a BatchNorm counter) travel as
+float32 and are cast back to their dtype on load; float32 holds integers exactly up to 2**24.
 """
 
 from __future__ import annotations
@@ -15,27 +23,32 @@ from torch import nn
 
 
 def model_to_ndarrays(model: nn.Module) -> list[np.ndarray]:
-    """Copy every ``state_dict`` tensor of ``model`` to a NumPy array (CPU), in order."""
-    return [t.detach().cpu().numpy().copy() for t in _plain_state_dict(model).values()]
+    """``[vector]``: every ``state_dict`` tensor of ``model`` flattened, float32, in order (CPU copy)."""
+    tensors = [t.detach().to("cpu", torch.float32).reshape(-1) for t in _plain_state_dict(model).values()]
+    return [torch.cat(tensors).numpy().copy() if tensors else np.zeros(0, dtype=np.float32)]
 
 
 def ndarrays_to_model(model: nn.Module, arrays: list[np.ndarray]) -> None:
-    """Load ``arrays`` (in ``state_dict`` order) into ``model`` in place; shapes must match."""
-    state = _plain_state_dict(model)
-    if len(arrays) != len(state):
-        raise ValueError(f"update has {len(arrays)} arrays, the model has {len(state)} tensors")
-    new_state: "OrderedDict[str, torch.Tensor]" = OrderedDict()
-    for (name, ref), arr in zip(state.items(), arrays):
-        if tuple(arr.shape) != tuple(ref.shape):
-            raise ValueError(f"array for {name} has shape {arr.shape}, model needs {tuple(ref.shape)}")
-        new_state[name] = torch.as_tensor(np.asarray(arr), dtype=ref.dtype)
-    _unwrap(model).load_state_dict(new_state, strict=True)
+    """Load a packed ``[vector]`` (see :func:`model_to_ndarrays`) into ``model`` in place."""
+    _unwrap(model).load_state_dict(state_dict_from_ndarrays(model, arrays), strict=True)
 
 
 def state_dict_from_ndarrays(model: nn.Module, arrays: list[np.ndarray]) -> "OrderedDict[str, torch.Tensor]":
-    """Name ``arrays`` by ``model``'s state-dict keys (for checkpoints)."""
-    keys = list(_plain_state_dict(model).keys())
-    return OrderedDict((k, torch.as_tensor(np.asarray(a))) for k, a in zip(keys, arrays))
+    """Unpack a packed ``[vector]`` into ``model``'s state-dict names, shapes and dtypes."""
+    state = _plain_state_dict(model)
+    total = sum(t.numel() for t in state.values())
+    if len(arrays) != 1 or np.asarray(arrays[0]).ndim != 1:
+        raise ValueError(f"update has {len(arrays)} arrays; FedShield sends one packed vector of {total} values")
+    vector = torch.as_tensor(np.asarray(arrays[0]))
+    if vector.numel() != total:
+        raise ValueError(f"update has {vector.numel()} values, the model has {total}")
+    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    offset = 0
+    for name, ref in state.items():
+        n = ref.numel()
+        out[name] = vector[offset:offset + n].reshape(ref.shape).to(ref.dtype).clone()
+        offset += n
+    return out
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
