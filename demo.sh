@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Set up .venv, then run a real 3-site federation on loopback: a SuperLink (fl-server start) and
-# three SuperNodes (fl-client join), each site training with DP-SGD on its own share of
+# Set up .venv, then run a real 3-site federation on loopback: provision it (CA, server certificate,
+# one kit per site), start a SuperLink with TLS and site authentication (fl-server start --dir) and
+# three SuperNodes (fl-client join --kit), each site training with DP-SGD on its own share of
 # scikit-learn's handwritten digits. Prints per-round accuracy and per-site ε.
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -12,19 +13,22 @@ rm -rf "$DEMO"
 mkdir -p "$DEMO"
 echo "==> writing three hospital folders from scikit-learn's digits (Dirichlet 0.5 label skew)"
 fl-sim split --dataset digits --sites 3 --dirichlet 0.5 --out "$DEMO/data"
+echo "==> provisioning the federation: CA, server certificate for 127.0.0.1, a kit per hospital"
+fl-server init --dir "$DEMO/federation" --server-ip 127.0.0.1 --port "$PORT" \
+  --sites hospital_a hospital_b hospital_c
 
 pids=()
 cleanup() { for p in "${pids[@]:-}"; do kill "$p" 2>/dev/null || true; done; }
 trap cleanup EXIT INT TERM
 
 for site in hospital_a hospital_b hospital_c; do
-  fl-client join --data "$DEMO/data/$site" --server "127.0.0.1:$PORT" --insecure --epsilon 8 \
+  fl-client join --kit "$DEMO/federation/kits/$site" --data "$DEMO/data/$site" --epsilon 8 \
     --connect-timeout 120 --threads 1 > "$DEMO/$site.log" 2>&1 &
   pids+=($!)
 done
-echo "==> starting the coordinator on 127.0.0.1:$PORT; sites log to $DEMO/hospital_*.log"
-fl-server start --task digits-cnn --rounds 5 --min-clients 3 --run-dir "$DEMO/run" --insecure \
-  --port "$PORT" --epsilon 8
+echo "==> starting the coordinator on 127.0.0.1:$PORT (TLS, enrolled sites only, SecAgg+); sites log to $DEMO/hospital_*.log"
+fl-server start --dir "$DEMO/federation" --secagg --task digits-cnn --rounds 5 --min-clients 3 --run-dir "$DEMO/run" \
+  --epsilon 8
 status=0
 for p in "${pids[@]}"; do wait "$p" || status=$?; done
 pids=()

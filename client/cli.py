@@ -12,6 +12,20 @@ import typer
 from fedshield.common.cli_support import console, guarded, set_debug, warn_loudly
 from fedshield.common.errors import ConfigError, FedShieldError, ServerUnreachableError
 
+# What Flower 1.41's SuperNode logs when the SuperLink does not accept its key (HTTP 412 on activation,
+# then exit code 305): its process exit status alone does not tell this apart from other failures.
+AUTH_REFUSED_MARK = "Failed to activate SuperNode"
+
+
+def _auth_refused(log_path: Path, since: int) -> bool:
+    """Whether the SuperNode log, from byte ``since`` on (this join's part), shows a refused key."""
+    try:
+        with open(log_path, "rb") as fh:
+            fh.seek(since)
+            return AUTH_REFUSED_MARK.encode() in fh.read()
+    except OSError:
+        return False
+
 app = typer.Typer(
     help="Run a FedShield site: validate your data folder, connect to the coordinator and train "
     "with differential privacy. Raw data never leaves this machine.",
@@ -28,9 +42,11 @@ def _default_threads() -> int:
 @guarded
 def join(
     data: Path = typer.Option(..., "--data", help="The site's data folder (data.npz, images/<label>/*.png or a CSV, plus optional fedshield.toml)."),
-    server: str = typer.Option("127.0.0.1:9092", "--server", help="Coordinator address HOST:PORT (what `fl-server start` printed)."),
-    insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP without TLS: loopback development only."),
-    root_certificates: Optional[Path] = typer.Option(None, "--root-certificates", help="CA certificate (PEM) that signed the server's certificate."),
+    kit: Optional[Path] = typer.Option(None, "--kit", help="This site's kit folder from the coordinator (fl-server init / "
+                                       "add-site): CA certificate, site key, server address. TLS + site authentication."),
+    server: Optional[str] = typer.Option(None, "--server", help="Coordinator address HOST:PORT (default: the kit's; "
+                                         "127.0.0.1:9092 with --insecure)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP without TLS or site authentication: loopback development only."),
     task: Optional[str] = typer.Option(None, "--task", help="Task of this data (default: fedshield.toml or inferred)."),
     target: Optional[str] = typer.Option(None, "--target", help="Tabular target column (overrides fedshield.toml)."),
     name: Optional[str] = typer.Option(None, "--name", help="Site name shown to the coordinator (default: the folder's name)."),
@@ -42,12 +58,14 @@ def join(
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Where the site's privacy ledger and logs live (default DATA/.fedshield)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     threads: int = typer.Option(_default_threads(), "--threads", min=1, help="Torch intra-op threads for this site's training."),
+    allow_task: list[str] = typer.Option([], "--allow-task", help="Also run this installed third-party task "
+                                         "(repeatable; built-in tasks are always allowed; also `allowed-tasks` in fedshield.toml)."),
     connect_timeout: float = typer.Option(30.0, "--connect-timeout", help="Seconds to wait for the server before giving up."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Validate DATA, connect to the coordinator, train every round it asks for, exit when the run ends.
 
-    Example: fl-client join --data ./data/hospital_a --server 127.0.0.1:9092 --insecure
+    Example: fl-client join --kit ./kits/hospital_a --data ./data/hospital_a
     """
     set_debug(debug)
     from fedshield.client.device import resolve_device
@@ -57,13 +75,16 @@ def join(
     from fedshield.common.net import free_port, split_address, wait_reachable
     from fedshield.server.superlink import last_line
 
-    if insecure and root_certificates is not None:
-        raise ConfigError("--insecure and --root-certificates exclude each other; pick one")
-    if not insecure and root_certificates is None:
-        raise ConfigError("no TLS settings: pass --root-certificates CA.pem (the federation's CA), "
+    from fedshield.client.site_kit import load_kit
+    from fedshield.common.site_config import site_allowed_tasks
+
+    if insecure and kit is not None:
+        raise ConfigError("--insecure and --kit exclude each other; pick one")
+    if not insecure and kit is None:
+        raise ConfigError("no kit: pass --kit KIT_FOLDER (the coordinator's `fl-server init`/`add-site` wrote it), "
                           "or --insecure for a loopback development run")
-    if root_certificates is not None and not root_certificates.is_file():
-        raise ConfigError(f"--root-certificates {root_certificates}: file not found")
+    site_kit = load_kit(kit) if kit is not None else None
+    server = server or (site_kit.server if site_kit is not None else "127.0.0.1:9092")
     if epsilon <= 0:
         raise ConfigError("--epsilon must be positive (use --no-dp to train without privacy)")
     if accountant not in ("rdp", "prv"):
@@ -75,7 +96,7 @@ def join(
 
     data = data.resolve()
     task_name, _options, site = check_site(data, task=task, overrides={"target": target})
-    site_name = name or data.name
+    site_name = name or (site_kit.site if site_kit is not None else data.name)
     state = (state_dir or data / ".fedshield").resolve()
     if not no_dp:
         from fedshield.client.local_training import PrivacySettings, site_delta
@@ -111,6 +132,12 @@ def join(
     if not wait_reachable(host, port, connect_timeout):
         raise ServerUnreachableError(f"--server {server}: nothing answered within {connect_timeout:g} s; check "
                                      "the address and that `fl-server start` is running there")
+    if site_kit is not None:
+        from fedshield.client.tls_preflight import check_server_certificate
+
+        check_server_certificate(host, port, site_kit.ca_cert)
+        console.print(f"server certificate verified against federation {site_kit.federation}'s CA; "
+                      f"authenticating as site {site_kit.site}")
     node = SuperNode(
         superlink=server,
         local_port=free_port(),
@@ -118,12 +145,15 @@ def join(
             "data-path": str(data), "site-name": site_name, "task": task_name, "state-dir": str(state),
             "events-file": str(events_file), "dp": not no_dp, "epsilon": epsilon, "delta": delta,
             "max-grad-norm": max_grad_norm, "accountant": accountant, "device": device,
+            "allowed-tasks": ",".join(sorted({*allow_task, *site_allowed_tasks(data)})),
         },
         log_path=state / "supernode.log",
-        root_certificates=root_certificates,
+        root_certificates=site_kit.ca_cert if site_kit is not None else None,
+        auth_private_key=site_kit.node_key if site_kit is not None else None,
         max_wait_time=max(connect_timeout, 60.0),
         threads=threads,
     )
+    log_start = node.log_path.stat().st_size if node.log_path.exists() else 0
     node.start()
     offset = 0
     outcome: str | None = None
@@ -135,12 +165,17 @@ def join(
                 outcome = _show(event) or outcome
             code = node.poll()
             if code is not None and outcome is None:
+                if site_kit is not None and _auth_refused(node.log_path, log_start):
+                    raise FedShieldError(f"the server refused this site's key: {site_name} is not enrolled in its "
+                                         "federation or was revoked; ask the coordinator (fl-server add-site)")
                 raise FedShieldError(f"the site's SuperNode stopped (exit {code}): {last_line(node.log_path)}; "
                                      f"full log {node.log_path}")
             time.sleep(0.2)
     finally:
         node.stop()
         events_file.unlink(missing_ok=True)
+    if outcome is not None and outcome.startswith("refused"):
+        raise FedShieldError(outcome.removeprefix("refused: "))
     if outcome != "finished":
         raise FedShieldError(f"the coordinator ended the run with status {outcome}; see its results.json")
     console.print("run complete; this site's data never left this machine")
@@ -165,6 +200,9 @@ def _show(event: dict) -> str | None:
         console.print(f"round {rnd}: validation " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     elif kind == "error":
         console.print(f"[red]round {rnd} {event.get('stage')}: {event.get('message')}[/]")
+    elif kind == "refused":
+        console.print(f"[red]{event.get('message')}[/]")
+        return f"refused: {event.get('message')}"
     elif kind == "run-complete":
         return str(event.get("status", "finished"))
     return None

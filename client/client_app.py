@@ -31,6 +31,8 @@ from flwr.compat.common.recorddict_compat import recorddict_to_fitins  # noqa: E
 from fedshield.client.device import resolve_device  # noqa: E402
 from fedshield.client.events import emit  # noqa: E402
 from fedshield.client.local_training import train_round  # noqa: E402
+from fedshield.client.site_policy import site_policy_mod  # noqa: E402
+from fedshield.strategies.secure_aggregation import install_mask_prg, secaggplus_when_asked  # noqa: E402
 from fedshield.client.site_session import (  # noqa: E402
     count_message,
     identify_site,
@@ -176,4 +178,9 @@ def client_fn(context: Context) -> Client:
     return SiteClient(context).to_client()
 
 
-app = ClientApp(client_fn=client_fn, mods=[fedshield_query_mod, central_clipping_mod])
+install_mask_prg()  # SecAgg+ masks from ChaCha20, matching the server (see strategies/secure_aggregation.py)
+
+# Order matters: the allowlist first (before any data access); SecAgg+ before client-side clipping, so
+# clipping sees the plain update and SecAgg+ masks the clipped one.
+app = ClientApp(client_fn=client_fn,
+                mods=[site_policy_mod, fedshield_query_mod, secaggplus_when_asked, central_clipping_mod])

@@ -10,6 +10,7 @@ A test pins this to the installed Flower version (tests/test_prompt_polling.py).
 
 from __future__ import annotations
 
+import os
 import time as _time
 from types import SimpleNamespace
 from typing import Any
@@ -44,6 +45,11 @@ def patch_supernode_polling() -> None:
 def main() -> None:
     silence_flower()
     patch_supernode_polling()
+    if parent := os.environ.get("FEDSHIELD_PARENT_PID"):
+        # end with `fl-client join`, even when it was killed with SIGKILL (Flower's graceful SIGINT path)
+        from flwr.supercore.app_utils import start_parent_process_monitor
+
+        start_parent_process_monitor(int(parent))
     from flwr.supernode.cli import flower_supernode
 
     flower_supernode()

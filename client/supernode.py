@@ -9,6 +9,7 @@ of retrying forever (Flower issue #6250).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,7 +76,7 @@ class SuperNode:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the children
         try:
-            env = child_env(threads=self.threads)
+            env = child_env({"FEDSHIELD_PARENT_PID": str(os.getpid())}, threads=self.threads)
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
             if self.warm:

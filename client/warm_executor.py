@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import os
 import signal
 import threading
 import time
@@ -37,7 +38,6 @@ from flwr.app import Message  # noqa: E402
 from flwr.app.error import Error  # noqa: E402
 from flwr.common.constant import ErrorCode, SubStatus  # noqa: E402
 from flwr.proto.runtime_pb2 import AcquireTaskRequest  # noqa: E402  # pylint: disable=E0611
-from flwr.supercore.app_utils import start_parent_process_monitor  # noqa: E402
 from flwr.supercore.constant import TaskType  # noqa: E402
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http  # noqa: E402
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor  # noqa: E402
@@ -140,6 +140,26 @@ def serve(address: str, stop: threading.Event) -> None:
         client.close()
 
 
+def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
+    """Exit this process as soon as ``parent_pid`` (the SuperNode) is gone.
+
+    Flower's own monitor raises SIGINT, but a task poll blocked in Flower's HTTP retry loop (the
+    SuperNode's port just vanished) would retry for ever; a site must not leave a process behind.
+    """
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            try:
+                os.kill(parent_pid, 0)
+            except ProcessLookupError:
+                log.info("the SuperNode (pid %d) is gone; exiting", parent_pid)
+                os._exit(0)
+            except PermissionError:  # exists, owned by someone else
+                continue
+
+    threading.Thread(target=watch, daemon=True, name="parent-watch").start()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="FedShield warm ClientApp executor for one SuperNode")
     parser.add_argument("--runtime-api-address", required=True)
@@ -151,7 +171,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if args.parent_pid is not None:
-        start_parent_process_monitor(args.parent_pid)
+        exit_with_parent(args.parent_pid)
     while not stop.is_set():
         try:
             serve(args.runtime_api_address, stop)

@@ -28,3 +28,12 @@ Clip = Annotated[float, typer.Option(
 CentralDelta = Annotated[float, typer.Option("--central-delta", help="δ for the reported client-level ε.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print results.json at the end.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks (and Flower/Ray logs).")]
+SecAgg = Annotated[bool, typer.Option(
+    "--secagg", help="Secure aggregation (Flower's SecAgg+, ChaCha20 masks): the server learns only the sum of the "
+    "sites' updates; a site that drops out mid-round is recovered from its shares.")]
+SecAggShares = Annotated[int, typer.Option(
+    "--secagg-shares", min=0, help="SecAgg+ secret shares per site: 0 = every sampled site; else odd, at least 3.")]
+SecAggThreshold = Annotated[float, typer.Option(
+    "--secagg-threshold", help="Share of a site's shares needed to reconstruct its masks (fraction in (0,1)).")]
+SecAggTimeout = Annotated[float, typer.Option(
+    "--secagg-timeout", help="Seconds a SecAgg+ stage waits before treating silent sites as dropped.")]

@@ -41,6 +41,10 @@ class RunConfig:
         central_noise: noise multiplier z of central DP (σ = z·C / sampled sites on the average).
         central_clip: clipping norm C of each site's update (initial norm when adaptive).
         central_delta: δ at which the client-level ε is reported.
+        secagg: run every training round under SecAgg+ (the server learns only the sum of the updates).
+        secagg_shares: secret shares per site (0 = every sampled site; else made odd, at least 3).
+        secagg_threshold: share of a site's shares needed to reconstruct (fraction, Flower's default 0.5+).
+        secagg_timeout: seconds a SecAgg+ stage waits for sites before treating the rest as dropped.
         run_dir: where the ServerApp writes ``results.json`` and checkpoints.
         sim_data_dir: simulation only: folder of per-site data folders (``site_NNNN``).
         device: ``auto``, ``cpu`` or ``cuda`` for site training.
@@ -67,6 +71,10 @@ class RunConfig:
     central_noise: float = 1.0
     central_clip: float = 0.5
     central_delta: float = 1e-5
+    secagg: bool = False
+    secagg_shares: int = 0
+    secagg_threshold: float = 0.6
+    secagg_timeout: float = 300.0
     run_dir: str = ""
     sim_data_dir: str = ""
     device: str = "auto"
@@ -100,6 +108,12 @@ class RunConfig:
             (self.central_noise >= 0, "--noise-multiplier must be non-negative"),
             (self.central_clip > 0, "--clip must be positive"),
             (0 < self.central_delta < 1, "--central-delta must be in (0, 1)"),
+            (self.secagg_shares >= 0, "--secagg-shares must be 0 (every sampled site) or a count"),
+            (0 < self.secagg_threshold < 1, "--secagg-threshold must be a fraction in (0, 1)"),
+            (self.secagg_timeout > 0, "--secagg-timeout must be positive seconds"),
+            (not (self.secagg and self.central_dp != "off" and self.central_dp_side == "server"),
+             "--secagg hides single updates from the server, so it cannot clip them: use "
+             "--central-dp-side client with --central-dp"),
         ]
         for ok, message in checks:
             if not ok:

@@ -12,6 +12,7 @@ Example::
     classes = 2              # tabular: number of classes, when a site lacks some labels
     target_shift = 150.0     # tabular regression: train on (y - shift) / scale, federation-wide
     target_scale = 75.0
+    allowed-tasks = ["my-plugin-task"]   # third-party tasks this site runs (built-ins always)
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ CONFIG_FILE = "fedshield.toml"
 _TYPES: dict[str, tuple[type, ...]] = {
     "task": (str,), "target": (str,), "model": (str,), "kind": (str,), "val_fraction": (float, int),
     "seed": (int,), "file": (str,), "classes": (int,), "target_shift": (float, int),
-    "target_scale": (float, int),
+    "target_scale": (float, int), "allowed-tasks": (list,),
 }
 
 
@@ -64,3 +65,11 @@ def site_options(folder: Path, overrides: dict[str, Any]) -> tuple[str | None, T
         extra={k: raw[k] for k in ("file", "classes", "target_shift", "target_scale") if k in raw},
     )
     return raw.get("task"), options
+
+
+def site_allowed_tasks(folder: Path) -> list[str]:
+    """Third-party task names the site's ``fedshield.toml`` allows (``allowed-tasks``)."""
+    names = read_site_config(folder).get("allowed-tasks", [])
+    if not all(isinstance(n, str) for n in names):
+        raise ConfigError(f"{Path(folder) / CONFIG_FILE}: allowed-tasks must be a list of task names (strings)")
+    return list(names)

@@ -42,9 +42,13 @@ def start(
     rounds: opts.Rounds = 5,
     min_clients: int = typer.Option(2, "--min-clients", min=1, help="Sites that must join before round 1 (and train each round)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Folder for results.json, checkpoints and logs (default ./runs/<time>)."),
+    dir: Optional[Path] = typer.Option(None, "--dir", help="The federation folder from `fl-server init`: TLS, site "
+                                       "authentication, only enrolled sites, only this coordinator starts runs."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
-    port: int = typer.Option(9092, "--port", min=1, max=65535, help="Port sites connect to."),
-    insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP without TLS: loopback development only."),
+    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="Port sites connect to (default: the "
+                                       "federation's, 9092 with --insecure)."),
+    insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP, no site authentication, anyone on the port "
+                                  "may submit runs: loopback development only."),
     local_epochs: opts.LocalEpochs = 1,
     batch_size: opts.BatchSize = 32,
     lr: opts.LearningRate = None,
@@ -59,6 +63,10 @@ def start(
     noise_multiplier: opts.NoiseMultiplier = 1.0,
     clip: opts.Clip = 0.5,
     central_delta: opts.CentralDelta = 1e-5,
+    secagg: opts.SecAgg = False,
+    secagg_shares: opts.SecAggShares = 0,
+    secagg_threshold: opts.SecAggThreshold = 0.6,
+    secagg_timeout: opts.SecAggTimeout = 300.0,
     no_dp: bool = typer.Option(False, "--no-dp", help="Propose training WITHOUT DP (sites that joined with DP keep it)."),
     join_timeout: float = typer.Option(0.0, "--join-timeout", help="Seconds to wait for --min-clients sites (0 = until Ctrl-C)."),
     json_out: opts.JsonOut = False,
@@ -66,7 +74,7 @@ def start(
 ) -> None:
     """Start the aggregation server and run ROUNDS rounds of TASK once MIN_CLIENTS sites have joined.
 
-    Example: fl-server start --task digits-cnn --rounds 5 --min-clients 3 --run-dir ./runs/demo --insecure
+    Example: fl-server start --dir ./federation --task digits-cnn --rounds 5 --min-clients 3 --run-dir ./runs/demo
     """
     set_debug(debug)
     from fedshield.common.net import port_in_use
@@ -76,10 +84,23 @@ def start(
     from fedshield.server.superlink import SuperLink
     from fedshield.tasks.registry import get_task
 
+    from fedshield.server.federation import Federation
+    from fedshield.server.superlink import TlsFiles
+
     get_task(task)
-    if not insecure:
-        raise ConfigError("TLS needs the federation's certificates, which `fl-server init` creates; for a "
-                          "loopback development run pass --insecure")
+    if insecure and dir is not None:
+        raise ConfigError("--insecure and --dir exclude each other; pick one")
+    if not insecure and dir is None:
+        raise ConfigError("no federation: pass --dir FOLDER (create it with `fl-server init --dir FOLDER "
+                          "--server-ip ... --sites ...`), or --insecure for a loopback development run")
+    fed = Federation.load(dir) if dir is not None else None
+    if fed is not None:
+        fed.check_server_files()
+        for line in fed.certificate_warnings():
+            warn_loudly(line)
+        if not fed.enrolled():
+            raise ConfigError(f"--dir {dir}: no site is enrolled; add one with fl-server add-site NAME --dir {dir}")
+    port = port if port is not None else (fed.port if fed is not None else 9092)
     folder = (run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     _check_run_dir(folder)
     learning_rate = lr if lr is not None else RunConfig.default_lr(not no_dp)
@@ -88,7 +109,8 @@ def start(
                     min_clients=min_clients, fraction_train=fraction_train, strategy=strategy, model=model,
                     dp=not no_dp,
                     central_dp=central_dp, central_dp_side=central_dp_side, central_noise=noise_multiplier,
-                    central_clip=clip, central_delta=central_delta, epsilon=epsilon, max_grad_norm=max_grad_norm, run_dir=str(folder)).validate()
+                    central_clip=clip, central_delta=central_delta, secagg=secagg, secagg_shares=secagg_shares,
+                    secagg_threshold=secagg_threshold, secagg_timeout=secagg_timeout, epsilon=epsilon, max_grad_norm=max_grad_norm, run_dir=str(folder)).validate()
     from fedshield.strategies.registry import make_strategy
 
     make_strategy(strategy)  # unknown strategy: fail now, not inside the server
@@ -98,19 +120,34 @@ def start(
         warn_loudly("--insecure: updates travel WITHOUT encryption and sites are not authenticated; loopback development only")
     if no_dp:
         warn_loudly("--no-dp: the run proposes training WITHOUT differential privacy (recorded in results.json)")
+    if secagg:
+        console.print("secure aggregation: SecAgg+ every training round; this server learns only the sum of the "
+                      "sites' updates")
 
     folder.mkdir(parents=True, exist_ok=True)
-    superlink = SuperLink(host=host, port=port, state_db=folder / "state.db", log_path=folder / "server.log", tls=None)
-    address = f"{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
+    tls = TlsFiles(fed.ca_cert, fed.server_cert, fed.server_key) if fed is not None else None
+    superlink = SuperLink(host=host, port=port, state_db=None, log_path=folder / "server.log", tls=tls,
+                          enable_node_auth=fed is not None, control_token=fed.control_token if fed else None,
+                          fleet_ready_file=folder / ".fleet-ready" if fed else None)
+    (folder / ".fleet-ready").unlink(missing_ok=True)
+    # The coordinator's own CLI calls go over loopback (in the certificate's SANs).
+    address = f"127.0.0.1:{port}" if fed is not None or host in ("0.0.0.0", "::") else f"{host}:{port}"
     t0 = time.monotonic()
     superlink.start()
     try:
         app_dir = write_app(folder / "app", cfg, {"join-timeout": join_timeout})
-        flwr_home = write_flwr_home(folder / ".flwr", address, root_certificates=None)
+        flwr_home = write_flwr_home(folder / ".flwr", address, root_certificates=fed.ca_cert if fed else None,
+                                    control_token=fed.control_token if fed else None)
+        if fed is not None:
+            _register_sites(fed, flwr_home)
+            (folder / ".fleet-ready").touch()  # sites may now activate (the guard answered 503 so far)
         run_id = submit(app_dir, flwr_home)
         console.print(f"server listening on {host}:{port}; run {run_id}: {task}, {rounds} rounds, "
-                      f"waiting for {min_clients} site(s). Sites join with:\n"
-                      f"  fl-client join --data DIR --server {address} --insecure")
+                      f"waiting for {min_clients} site(s). Sites join with:")
+        if fed is not None:
+            console.print(f"  fl-client join --kit KIT --data DIR      (enrolled: {', '.join(sorted(fed.enrolled()))})")
+        else:
+            console.print(f"  fl-client join --data DIR --server {address} --insecure")
 
         def on_status(doc: dict) -> None:
             if doc.get("status") == "waiting-for-sites":
@@ -148,14 +185,34 @@ def start(
     console.print(f"results: {folder / 'results.json'}  final model: {folder / 'model-final.pt'}")
 
 
+def _register_sites(fed, flwr_home: Path) -> None:  # type: ignore[no-untyped-def]
+    """Register every enrolled site's public key with the SuperLink (Flower's SuperNode authentication)."""
+    from fedshield.common.atomic_io import atomic_write_text
+    from fedshield.server.run_submission import register_sites
+
+    keys = {}
+    for site, entry in sorted(fed.enrolled().items()):
+        keys[site] = flwr_home / "site-keys" / f"{site}.pub"
+        atomic_write_text(keys[site], str(entry["public-key"]) + "\n")
+    register_sites(keys, flwr_home)
+    console.print(f"TLS on; {len(fed.enrolled())} enrolled site key(s) registered; revoked sites are refused")
+
+
 @app.command()
 @guarded
 def status(
-    run_dir: Path = typer.Option(..., "--run-dir", help="The run folder given to `fl-server start`."),
+    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="A run folder given to `fl-server start`."),
+    dir: Optional[Path] = typer.Option(None, "--dir", help="A federation folder: sites and certificate lifetimes."),
     json_out: bool = typer.Option(False, "--json", help="Print results.json."),
 ) -> None:
-    """Print a run's state: status, sites, every round's figures and the final model's metrics."""
+    """Print a run's state (--run-dir), or a federation's sites and certificates (--dir)."""
     from fedshield.common.results_view import round_line, summary_table
+
+    if (run_dir is None) == (dir is None):
+        raise ConfigError("pass exactly one of --run-dir RUN_FOLDER or --dir FEDERATION_FOLDER")
+    if dir is not None:
+        _federation_status(dir)
+        return
 
     results = run_dir / "results.json"
     if not results.exists():
@@ -174,6 +231,31 @@ def status(
     console.print(summary_table(doc))
     if doc.get("error"):
         console.print(f"error: {doc['error']}")
+
+
+def _federation_status(folder: Path) -> None:
+    from fedshield.common import pki
+    from fedshield.server.federation import Federation
+
+    fed = Federation.load(folder)
+    console.print(f"federation {fed.name} ({fed.id}), server {fed.address}")
+    for label, path in (("CA", fed.ca_cert), ("server certificate", fed.server_cert)):
+        try:
+            v = pki.validity(pki.load_cert(path))
+            console.print(f"  {label}: valid {v.not_before:%Y-%m-%d} .. {v.not_after:%Y-%m-%d} "
+                          f"({v.days_left():.0f} days left)")
+        except (OSError, ValueError) as exc:
+            console.print(f"  {label}: unreadable ({exc})")
+    for name, entry in sorted(fed.sites.items()):
+        when = entry.get("revoked") if entry.get("status") == "revoked" else entry.get("added")
+        console.print(f"  site {name}: {entry.get('status')} ({when})")
+    for line in fed.certificate_warnings():
+        warn_loudly(line)
+
+
+from fedshield.server.federation_commands import register as _register_federation_commands  # noqa: E402
+
+_register_federation_commands(app)
 
 
 def main() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from fedshield.common.flower_env import child_env, flower_executable
 from fedshield.common.run_config import RunConfig
 
 CONNECTION = "fedshield"
+TOKEN_POINTER = "fedshield.json"
 
 
 class SubmissionError(FedShieldError):
@@ -50,8 +52,16 @@ def write_app(app_dir: Path, cfg: RunConfig, extra_config: dict[str, Any]) -> Pa
     return app_dir
 
 
-def write_flwr_home(flwr_home: Path, address: str, *, root_certificates: Path | None) -> Path:
-    """A private ``$FLWR_HOME/config.toml`` with one connection, ``fedshield``, to our SuperLink."""
+def write_flwr_home(flwr_home: Path, address: str, *, root_certificates: Path | None,
+                    control_token: Path | None = None) -> Path:
+    """A private ``$FLWR_HOME/config.toml`` with one connection, ``fedshield``, to our SuperLink.
+
+    ``control_token``: the federation's coordinator token file, presented on every Control API call
+    (:mod:`fedshield.server.coordinator_flwr`); remembered in ``$FLWR_HOME/fedshield.json``.
+    """
+    atomic_write_text(flwr_home / TOKEN_POINTER,
+                      json.dumps({"control-token-file": str(control_token) if control_token else None}) + "\n",
+                      mode=0o600)
     lines = [f"[superlink.{CONNECTION}]", f'address = "{address}"']
     if root_certificates is None:
         lines.append("insecure = true")
@@ -62,8 +72,35 @@ def write_flwr_home(flwr_home: Path, address: str, *, root_certificates: Path | 
 
 
 def _flwr(args: list[str], flwr_home: Path, timeout: float) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([flower_executable("flwr"), *args], capture_output=True, text=True, timeout=timeout,
-                          env=child_env({"FLWR_HOME": str(flwr_home)}), stdin=subprocess.DEVNULL, check=False)
+    """Flower's ``flwr`` CLI against our private FLWR_HOME, with the coordinator token when there is one."""
+    from fedshield.server.control_guard import TOKEN_ENV
+
+    env = {"FLWR_HOME": str(flwr_home)}
+    try:
+        token_file = json.loads((flwr_home / TOKEN_POINTER).read_text()).get("control-token-file")
+    except (OSError, ValueError):
+        token_file = None
+    if token_file:
+        env[TOKEN_ENV] = token_file
+        cmd = [sys.executable, "-m", "fedshield.server.coordinator_flwr", *args]
+    else:
+        cmd = [flower_executable("flwr"), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(env),
+                          stdin=subprocess.DEVNULL, check=False)
+
+
+def register_sites(public_keys: dict[str, Path], flwr_home: Path, timeout: float = 120.0) -> dict[str, int]:
+    """Allow the sites holding these keys (Flower's SuperNode authentication); return their node ids."""
+    proc = _flwr(["fedshield-register-sites", CONNECTION, *(f"{n}={p}" for n, p in public_keys.items())],
+                 flwr_home, timeout)
+    try:
+        out = json.loads(proc.stdout.strip().splitlines()[-1])
+    except (json.JSONDecodeError, IndexError):
+        out = None
+    if proc.returncode != 0 or not isinstance(out, dict):
+        detail = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
+        raise SubmissionError(f"registering the enrolled sites with the SuperLink failed: {detail}")
+    return {str(k): int(v) for k, v in out.items()}
 
 
 def submit(app_dir: Path, flwr_home: Path, timeout: float = 120.0) -> int:

@@ -73,13 +73,17 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         def round_config(rnd: int) -> dict[str, Any]:
             return {**cfg.to_flower(), **schema.to_config(), "round": rnd}
 
+        # --min-clients is what the run waits for before round 1 (wait_for_sites above). From then on a
+        # round goes ahead with the sites still connected, at least two: a site that drops out must not
+        # stall the federation (Flower's sampling would otherwise wait up to a day for it to return).
+        round_min = min(cfg.min_clients, 2)
         inner = make_strategy(
             cfg.strategy,
             fraction_fit=cfg.fraction_train,
             fraction_evaluate=1.0,
-            min_fit_clients=cfg.min_clients,
-            min_evaluate_clients=cfg.min_clients,
-            min_available_clients=cfg.min_clients,
+            min_fit_clients=round_min,
+            min_evaluate_clients=round_min,
+            min_available_clients=round_min,
             initial_parameters=ndarrays_to_parameters(model_to_ndarrays(model)),
             on_fit_config_fn=round_config,
             on_evaluate_config_fn=round_config,
@@ -89,7 +93,8 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         )
         strategy = RecordingStrategy(wrap_central_dp(inner, cfg, len(healthy)), recorder)
         legacy = LegacyContext(context, config=ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
-        DefaultWorkflow(fit_workflow=with_initial_evaluation(default_fit_workflow))(grid, legacy)
+        fit = secure_fit_workflow(cfg, replies) if cfg.secagg else default_fit_workflow
+        DefaultWorkflow(fit_workflow=with_initial_evaluation(fit))(grid, legacy)
     except Exception as exc:
         _notify(grid, cfg, "failed")
         recorder.finish("failed", error=str(exc))
@@ -97,6 +102,23 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
     # Sites first, results last: `fl-server start` stops the SuperLink once results say "finished".
     _notify(grid, cfg, "finished")
     recorder.finish("finished")
+
+
+def secure_fit_workflow(cfg: RunConfig, replies: dict[int, dict[str, Any]]):  # type: ignore[no-untyped-def]
+    """SecAgg+ as the fit workflow (see :mod:`fedshield.strategies.secure_aggregation`)."""
+    from fedshield.strategies.secure_aggregation import FedShieldSecAggPlus, install_mask_prg
+
+    install_mask_prg()
+    # Weights are the sites' example counts; SecAgg+ scales them by max_weight, which must cover the largest.
+    largest = max((int(r.get("examples-train", 0)) for r in replies.values() if "error" not in r), default=1)
+
+    def sampled_sites(context: Context) -> int:  # what the strategy will sample this round (FedAvg's rule)
+        available = context.client_manager.num_available()
+        return max(int(available * cfg.fraction_train), min(cfg.min_clients, 2))
+
+    return FedShieldSecAggPlus(shares=cfg.secagg_shares, threshold_fraction=cfg.secagg_threshold,
+                               sampled_sites=sampled_sites, max_weight=float(max(largest, 1)),
+                               timeout=cfg.secagg_timeout)
 
 
 def _notify(grid: Grid, cfg: RunConfig, status: str) -> None:

@@ -2,8 +2,10 @@
 
 Flower has no public in-process SuperLink API in 1.4x; like Flower's own CLI
 (``flwr/cli/local_superlink.py``) we start ``flower-superlink`` and poll ``GET /health``. The SuperLink
-keeps its state in SQLite in the run folder, never installs dependencies at run time, and runs with
-telemetry and update checks off (see :mod:`fedshield.common.flower_env`).
+keeps its state in memory (see :meth:`SuperLink.command`), never installs dependencies at run time, and
+runs with telemetry and update checks off (see :mod:`fedshield.common.flower_env`). With a federation's
+control token it is started through :mod:`fedshield.server.control_guard`, so that only the coordinator
+can use its Control API.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import os
 import signal
 import ssl
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -19,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedshield.common.errors import FedShieldError
-from fedshield.common.flower_env import child_env, flower_executable
+from fedshield.common.flower_env import child_env
 
 
 @dataclass(frozen=True)
@@ -38,12 +41,15 @@ class SuperLinkStartError(FedShieldError):
 class SuperLink:
     """A ``flower-superlink`` child process bound to ``host:port``."""
 
-    def __init__(self, *, host: str, port: int, state_db: Path, log_path: Path,
-                 tls: TlsFiles | None, enable_node_auth: bool = False) -> None:
+    def __init__(self, *, host: str, port: int, state_db: Path | None, log_path: Path,
+                 tls: TlsFiles | None, enable_node_auth: bool = False, control_token: Path | None = None,
+                 fleet_ready_file: Path | None = None) -> None:
         self.host, self.port = host, port
         self.state_db, self.log_path = state_db, log_path
         self.tls = tls
         self.enable_node_auth = enable_node_auth
+        self.control_token = control_token
+        self.fleet_ready_file = fleet_ready_file  # the guard holds sites off (503) until this file exists
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -52,10 +58,17 @@ class SuperLink:
 
     def command(self) -> list[str]:
         cmd = [
-            flower_executable("flower-superlink"),
+            # Flower's flower-superlink, through our entry point: the control guard (with a federation)
+            # and an exit when fl-server start is gone.
+            sys.executable, "-m", "fedshield.server.control_guard",
             "--host", self.host,
             "--port", str(self.port),
-            "--database", str(self.state_db),
+            # In memory unless a file is asked for: with the SQLite file, Flower 1.41 keeps every message
+            # object (the model arrays) in SQLite, and each object request then took tens of ms on our
+            # 2-core hosts; in memory the same 3-site round went from 6.5-8 s to 3.2 s
+            # (benchmarks/deploy_latency.py). Nothing FedShield needs is lost: results, checkpoints and
+            # privacy ledgers are our own files, and a run does not survive a SuperLink restart anyway.
+            "--database", ":flwr-in-memory:" if self.state_db is None else str(self.state_db),
             "--isolation", "subprocess",
             "--disable-runtime-dependency-installation",
         ]
@@ -74,7 +87,7 @@ class SuperLink:
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=child_env(), start_new_session=True)
+                                            stdin=subprocess.DEVNULL, env=self._env(), start_new_session=True)
         finally:
             log.close()
         deadline = time.monotonic() + timeout
@@ -87,6 +100,16 @@ class SuperLink:
             time.sleep(0.2)
         self.stop()
         raise SuperLinkStartError(f"flower-superlink did not become healthy within {timeout:.0f} s; see {self.log_path}")
+
+    def _env(self) -> dict[str, str]:
+        from fedshield.server.control_guard import PARENT_ENV, READY_ENV, TOKEN_ENV
+
+        extra = {PARENT_ENV: str(os.getpid())}
+        if self.control_token is not None:
+            extra[TOKEN_ENV] = str(self.control_token)
+        if self.fleet_ready_file is not None:
+            extra[READY_ENV] = str(self.fleet_ready_file)
+        return child_env(extra)
 
     def healthy(self) -> bool:
         scheme = "http" if self.tls is None else "https"

@@ -35,6 +35,11 @@ def available_tasks() -> dict[str, Task]:
     return tasks
 
 
+def builtin_task_names() -> set[str]:
+    """Names of the tasks FedShield itself ships (entry points that point into ``fedshield.tasks``)."""
+    return {ep.name for ep in entry_points(group=GROUP) if ep.value.startswith("fedshield.tasks.")}
+
+
 def get_task(name: str) -> Task:
     """The task called ``name``, or a one-line error listing the installed ones."""
     tasks = available_tasks()

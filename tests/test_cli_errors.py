@@ -24,7 +24,8 @@ def _one_line_error(proc, *needles: str) -> None:
         assert needle in errors[0], errors[0]
 
 
-@pytest.mark.parametrize("cmd", [["fl-server"], ["fl-server", "start"], ["fl-server", "status"], ["fl-client"],
+@pytest.mark.parametrize("cmd", [["fl-server"], ["fl-server", "start"], ["fl-server", "status"], ["fl-server", "init"],
+                                 ["fl-server", "add-site"], ["fl-server", "revoke-site"], ["fl-client"],
                                  ["fl-client", "join"], ["fl-client", "privacy"], ["fl-sim"], ["fl-sim", "run"],
                                  ["fl-sim", "split"], ["fl-sim", "tasks"]])
 def test_every_command_has_help(cmd: list[str]) -> None:
@@ -47,7 +48,7 @@ def test_join_bad_data_folders(tmp_path: Path, digits_sites: Path) -> None:
 
 def test_join_requires_an_explicit_transport_choice(digits_sites: Path) -> None:
     _one_line_error(run_cli("fl-client", "join", "--data", str(digits_sites / "hospital_a")),
-                    "--root-certificates", "--insecure")
+                    "--kit", "--insecure")
 
 
 def test_join_unreachable_server_gives_up_in_bounded_time(digits_sites: Path, tmp_path: Path) -> None:
@@ -61,7 +62,9 @@ def test_join_unreachable_server_gives_up_in_bounded_time(digits_sites: Path, tm
 def test_server_start_bad_input(tmp_path: Path) -> None:
     _one_line_error(run_cli("fl-server", "start", "--task", "nope", "--insecure", "--run-dir", str(tmp_path / "r1")),
                     "unknown task 'nope'")
-    _one_line_error(run_cli("fl-server", "start", "--run-dir", str(tmp_path / "r2")), "--insecure")
+    _one_line_error(run_cli("fl-server", "start", "--run-dir", str(tmp_path / "r2")), "--dir", "--insecure")
+    _one_line_error(run_cli("fl-server", "start", "--dir", str(tmp_path / "nofed"), "--run-dir", str(tmp_path / "r5")),
+                    "no federation.toml", "fl-server init")
     _one_line_error(run_cli("fl-server", "start", "--insecure", "--strategy", "magic", "--run-dir", str(tmp_path / "r3")),
                     "--strategy 'magic'")
     with socket.socket() as busy:
@@ -75,6 +78,24 @@ def test_server_start_bad_input(tmp_path: Path) -> None:
     (finished / "results.json").write_text(json.dumps({"status": "finished"}))
     _one_line_error(run_cli("fl-server", "start", "--insecure", "--run-dir", str(finished)), "finished run")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["done"]  # nothing half-written
+
+
+def test_federation_commands_bad_input(tmp_path: Path) -> None:
+    fed = tmp_path / "fed"
+    assert run_cli("fl-server", "init", "--dir", str(fed), "--server-ip", "127.0.0.1", "--sites", "a", "b").returncode == 0
+    _one_line_error(run_cli("fl-server", "init", "--dir", str(fed), "--server-ip", "127.0.0.1"), "already holds a federation")
+    _one_line_error(run_cli("fl-server", "init", "--dir", str(tmp_path / "f2")), "--server-name", "--server-ip")
+    _one_line_error(run_cli("fl-server", "init", "--dir", str(tmp_path / "f3"), "--server-ip", "not-an-ip"),
+                    "--server-ip 'not-an-ip'")
+    _one_line_error(run_cli("fl-server", "add-site", "a", "--dir", str(fed)), "already enrolled")
+    _one_line_error(run_cli("fl-server", "revoke-site", "zed", "--dir", str(fed)), "not part of")
+    _one_line_error(run_cli("fl-server", "add-site", "x", "--dir", str(tmp_path / "nofed")), "fl-server init")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fed"]
+    kit = fed / "kits" / "a"
+    (kit / "node.key").write_text("corrupted")
+    _one_line_error(run_cli("fl-client", "join", "--kit", str(kit), "--data", str(tmp_path)), "node.key", "new kit")
+    _one_line_error(run_cli("fl-client", "join", "--kit", str(kit), "--insecure", "--data", str(tmp_path)),
+                    "--insecure and --kit")
 
 
 def test_sim_bad_input(tmp_path: Path) -> None:

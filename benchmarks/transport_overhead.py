@@ -1,0 +1,92 @@
+"""What TLS, site authentication and SecAgg+ cost per deployed round, side by side in one run, on loopback.
+
+For each federation size (default 5 and 20 sites; digits-cnn, 454,922 parameters, IID split, no DP so
+that local training stays small and the transport is what differs), three FedShield deployments:
+
+1. ``--insecure``: plain HTTP, no site authentication (the baseline);
+2. ``--dir``: TLS + site authentication + the control guard (``fl-server init`` federation);
+3. ``--dir --secagg``: the same plus SecAgg+ (all-to-all shares, ChaCha20 masks).
+
+Prints the steady round time (median round-to-round time of rounds 2..R) and its ratio to the
+baseline of the same size. Every site runs its own SuperNode and warm executor with 1 torch thread.
+
+    python benchmarks/transport_overhead.py               # ~10 minutes on 2 cores, ~12 GB RAM at 20 sites
+    python benchmarks/transport_overhead.py --sites 5     # one size only
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from deploy_latency import BIN, _env, _free_port, steady_round_s  # noqa: E402
+
+
+def _run(data: Path, work: Path, sites: list[str], rounds: int, mode: str) -> float:
+    port = _free_port()
+    server_args = ["--insecure"]
+    fed = work / "federation"
+    if mode != "insecure":
+        subprocess.run([str(BIN / "fl-server"), "init", "--dir", str(fed), "--server-ip", "127.0.0.1", "--port",
+                        str(port), "--sites", *sites], check=True, env=_env(), capture_output=True)
+        server_args = ["--dir", str(fed)] + (["--secagg"] if mode == "secagg" else [])
+    server = subprocess.Popen([str(BIN / "fl-server"), "start", *server_args, "--task", "digits-cnn", "--rounds",
+                               str(rounds), "--min-clients", str(len(sites)), "--run-dir", str(work / "run"),
+                               "--port", str(port), "--no-dp"], env=_env(), stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    clients = []
+    for site in sites:
+        transport = ["--insecure"] if mode == "insecure" else ["--kit", str(fed / "kits" / site)]
+        clients.append(subprocess.Popen(
+            [str(BIN / "fl-client"), "join", *transport, "--data", str(data / site), "--server",
+             f"127.0.0.1:{port}", "--threads", "1", "--no-dp", "--state-dir", str(work / f"st-{site}"),
+             "--connect-timeout", "300"], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    try:
+        if server.wait(timeout=3600) != 0:
+            raise RuntimeError(f"{mode} run with {len(sites)} sites failed; see {work / 'run' / 'server.log'}")
+        for proc in clients:
+            proc.wait(timeout=120)
+    finally:
+        for proc in [server, *clients]:
+            if proc.poll() is None:
+                proc.terminate()
+    return steady_round_s(work / "run" / "results.json")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sites", default="5,20", help="comma-separated federation sizes")
+    parser.add_argument("--rounds", type=int, default=4)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sites.split(",")]
+    modes = {"insecure": "insecure (plain HTTP)", "tls": "TLS + site auth", "secagg": "TLS + site auth + SecAgg+"}
+    rows: list[tuple[int, str, float, float]] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for n in sizes:
+            data = root / f"data-{n}"
+            subprocess.run([str(BIN / "fl-sim"), "split", "--dataset", "digits", "--sites", str(n), "--iid",
+                            "--out", str(data)], check=True, env=_env(), capture_output=True)
+            sites = sorted(p.name for p in data.iterdir() if p.is_dir())
+            base = None
+            for mode, label in modes.items():
+                t0 = time.monotonic()
+                round_s = _run(data, root / f"{mode}-{n}", sites, args.rounds, mode)
+                base = base or round_s
+                rows.append((n, label, round_s, round_s / base))
+                print(f"  ({label}, {n} sites: {time.monotonic() - t0:.0f} s wall)", file=sys.stderr, flush=True)
+    print(f"digits-cnn (454,922 parameters), no DP, {args.rounds} rounds, loopback, {os.cpu_count()} cores")
+    print(f"{'sites':>5}  {'setup':<28}{'round s':>9}{'x insecure':>12}")
+    for n, label, round_s, ratio in rows:
+        print(f"{n:>5}  {label:<28}{round_s:>9.2f}{ratio:>12.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+"""SecAgg+ wiring: Flower's ``SecAggPlusWorkflow`` and ``secaggplus_mod``, with three Flower 1.41 defects fixed.
+
+Protocol: Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead", CCS 2020.
+Each site quantises its update, adds a private mask and pairwise masks agreed with its neighbours
+(ECDH), and secret-shares the mask seeds; the server can only remove the masks of the *sum*, and
+recovers a dropped site's pairwise masks from the shares of the others.
+
+What FedShield changes, and why:
+
+1. **Mask expansion.** Flower expands every mask seed with ``numpy.random.RandomState`` seeded with 32
+   bits folded (XOR) out of the shared secret: a server can enumerate 2**32 seeds and strip a site's
+   pairwise masks. :func:`chacha20_masks` expands the full seed with ChaCha20 (``cryptography``) keyed by
+   SHA-256 of the seed instead; :func:`install_mask_prg` rebinds ``pseudo_rand_gen`` in the two Flower
+   modules that use it (client mod and server workflow), so both sides expand identically.
+2. **Even share counts.** With an integer ``num_shares`` Flower sends the sites the requested count and
+   only afterwards bumps an even count to odd for its own neighbour graph; the sites then reject the
+   keys they receive and every site fails the round. :func:`effective_shares` makes the count odd (or
+   all sampled sites) *before* the workflow sees it.
+3. **Modulus overflow.** The default modulus 2**32 with quantisation range 2**22 wraps once the sum of
+   more than 1,024 sites' quantised values exceeds it. :func:`modulus_for` picks the smallest power of
+   two that holds ``sites × quantisation_range × 2`` (masks are drawn from the full range, and the
+   ChaCha20 expansion is not limited to 32 bits as ``RandomState`` was).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+from flwr.app import Context, Message
+from flwr.server.workflow import SecAggPlusWorkflow
+
+QUANTIZATION_RANGE = 2**22
+CLIPPING_RANGE = 8.0
+MIN_MODULUS = 2**32
+INT64_LIMIT = 2**63  # Flower adds sites' masked int64 vectors before reducing them modulo the modulus
+MASK_DOMAIN = b"fedshield/secagg+/mask/v1"
+
+
+def chacha20_masks(seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]) -> list[np.ndarray]:
+    """Masks uniform in ``[0, num_range)`` for arrays of the given shapes, expanded from ``seed``.
+
+    Drop-in for Flower's ``pseudo_rand_gen`` (same signature, int64 arrays; a 0-d shape gives a 0-d
+    array). Key = SHA-256(domain ‖ seed) over the whole seed; keystream = ChaCha20 with a zero nonce
+    (each key is used for exactly one expansion). ``num_range`` a power of two (Flower requires it):
+    the low bits of uniform 64-bit words are exactly uniform.
+    """
+    if num_range <= 1 or num_range & (num_range - 1):
+        raise ValueError(f"mask range {num_range} must be a power of two > 1")
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(MASK_DOMAIN + bytes(seed))
+    key = digest.finalize()
+    sizes = [int(np.prod(d)) if len(d) else 1 for d in dimensions_list]
+    encryptor = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor()
+    words = np.frombuffer(encryptor.update(b"\x00" * (8 * sum(sizes))), dtype="<u8")
+    values = (words & np.uint64(num_range - 1)).astype(np.int64)
+    out: list[np.ndarray] = []
+    offset = 0
+    for dims, size in zip(dimensions_list, sizes):
+        chunk = values[offset:offset + size]
+        out.append(np.array(chunk[0], dtype=np.int64) if len(dims) == 0 else chunk.reshape(dims))
+        offset += size
+    return out
+
+
+def install_mask_prg() -> None:
+    """Make Flower's SecAgg+ client mod and server workflow expand masks with :func:`chacha20_masks`."""
+    # importlib, not `import a.b.c as m`: Flower's package re-exports the function ``secaggplus_mod``
+    # under its module's name, so attribute access would give the function, not the module.
+    names = ("flwr.common.secure_aggregation.secaggplus_utils",
+             "flwr.client.mod.secure_aggregation.secaggplus_mod",
+             "flwr.server.workflow.secure_aggregation.secaggplus_workflow")
+    for module in (importlib.import_module(name) for name in names):
+        module.pseudo_rand_gen = chacha20_masks  # type: ignore[attr-defined]
+
+
+def effective_shares(requested: int, sampled: int) -> int:
+    """The share count to use: all sampled sites if ``requested`` covers them, else odd and ≥ 3."""
+    if sampled < 2:
+        raise ValueError("secure aggregation needs at least 2 sites per round")
+    if requested == 0 or requested >= sampled - 1:  # 0: every sampled site (all-to-all)
+        return sampled
+    shares = max(3, requested)
+    return shares + 1 if shares % 2 == 0 else shares
+
+
+def modulus_for(sites: int, quantization_range: int = QUANTIZATION_RANGE) -> int:
+    """Smallest power of two ≥ 2**32 holding the sum of ``sites`` quantised values with a factor 2 margin."""
+    need = max(MIN_MODULUS, 2 * sites * quantization_range)
+    modulus = 1 << math.ceil(math.log2(need))
+    if modulus * (sites + 2) >= INT64_LIMIT:
+        raise ValueError(f"{sites} sites would overflow int64 sums under SecAgg+; lower the quantization range")
+    return modulus
+
+
+class FedShieldSecAggPlus(SecAggPlusWorkflow):
+    """Flower's SecAgg+ fit workflow with the share count fixed per round (see module docstring).
+
+    ``sampled_sites`` tells how many sites the strategy will sample this round, so the share count and
+    the modulus are chosen before Flower builds its setup message.
+    """
+
+    def __init__(self, *, shares: int, threshold_fraction: float, sampled_sites: Callable[[Context], int],
+                 max_weight: float, timeout: float | None, **kwargs: Any) -> None:
+        super().__init__(num_shares=max(3, shares), reconstruction_threshold=threshold_fraction,
+                         max_weight=max_weight, clipping_range=CLIPPING_RANGE,
+                         quantization_range=QUANTIZATION_RANGE, timeout=timeout, **kwargs)
+        self.requested_shares = shares
+        self.sampled_sites = sampled_sites
+
+    def setup_stage(self, grid, context, state):  # type: ignore[no-untyped-def]  # Flower's signature
+        sampled = self.sampled_sites(context)
+        self.num_shares = effective_shares(self.requested_shares, sampled)
+        self.modulus_range = modulus_for(sampled, self.quantization_range)
+        return super().setup_stage(grid, context, state)
+
+
+def secaggplus_when_asked(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+    """Flower's ``secaggplus_mod``, only for TRAIN messages that belong to a SecAgg+ round.
+
+    Flower's mod assumes every TRAIN message carries SecAgg+ stage configs and fails on a plain round;
+    FedShield's ClientApp serves both kinds of run.
+    """
+    from flwr.app import MessageType
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS not in msg.content.config_records:
+        return call_next(msg, context)
+    return secaggplus_mod(msg, context, call_next)

@@ -1,0 +1,123 @@
+"""End to end with TLS, site authentication and SecAgg+, and the attacks a federation must refuse.
+
+One provisioned federation (`fl-server init`), one real coordinator (`fl-server start --dir`), and while
+it waits for its sites: a second client identity tries to submit a run, a kit from another federation,
+a never-registered key and a revoked site try to join. Then the three enrolled sites train 2 DP rounds.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import BIN, cli_env, run_cli, start_cli
+
+from fedshield.common import pki
+from fedshield.common.net import free_port
+
+pytestmark = pytest.mark.slow
+SITES = ("hospital_a", "hospital_b", "hospital_c")
+
+
+def _wait_for(path: Path, text: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"{text!r} not in {path} after {timeout} s:\n{path.read_text(errors='replace')[-3000:]}")
+
+
+def _join(kit: Path, data: Path, port: int, state: Path) -> subprocess.CompletedProcess[str]:
+    return run_cli("fl-client", "join", "--kit", str(kit), "--data", str(data), "--server", f"127.0.0.1:{port}",
+                   "--state-dir", str(state), "--threads", "1", "--connect-timeout", "30", timeout=180)
+
+
+def test_tls_federation_trains_and_refuses_every_intruder(tmp_path: Path, digits_sites: Path) -> None:
+    port = free_port()
+    fed = tmp_path / "federation"
+    proc = run_cli("fl-server", "init", "--dir", str(fed), "--server-ip", "127.0.0.1", "--port", str(port),
+                   "--sites", *SITES, "hospital_d")
+    assert proc.returncode == 0, proc.stderr
+    # hospital_d keeps a copy of its kit, then is revoked
+    shutil.copytree(fed / "kits" / "hospital_d", tmp_path / "revoked-kit")
+    assert run_cli("fl-server", "revoke-site", "hospital_d", "--dir", str(fed)).returncode == 0
+    # a kit from another federation, and a kit whose key was never registered
+    assert run_cli("fl-server", "init", "--dir", str(tmp_path / "other"), "--server-ip", "127.0.0.1",
+                   "--sites", "mallory").returncode == 0
+    unregistered = tmp_path / "unregistered-kit"
+    shutil.copytree(fed / "kits" / "hospital_a", unregistered)
+    private, public = pki.new_node_key()
+    pki.write_private(unregistered / "node.key", private)
+    (unregistered / "node.pub").write_bytes(public)
+
+    run_dir = tmp_path / "run"
+    server = start_cli("fl-server", "start", "--dir", str(fed), "--secagg", "--task", "digits-cnn", "--rounds", "2",
+                       "--min-clients", "3", "--run-dir", str(run_dir), "--epsilon", "8", "--join-timeout", "600",
+                       log=tmp_path / "server.out")
+    sites: list[subprocess.Popen[bytes]] = []
+    try:
+        _wait_for(tmp_path / "server.out", "waiting for 3 site(s)")
+
+        # 1. a second client identity (it even has the CA certificate) tries to start a run
+        home = tmp_path / "intruder-flwr"
+        home.mkdir()
+        (home / "config.toml").write_text(f'[superlink.target]\naddress = "127.0.0.1:{port}"\n'
+                                          f'root-certificates = "{fed / "kits" / "hospital_a" / "ca.crt"}"\n')
+        env = {**cli_env(), "FLWR_HOME": str(home)}
+        intruder = subprocess.run([str(BIN / "flwr"), "run", str(run_dir / "app"), "target", "--format", "json"],
+                                  env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        answer = json.loads(intruder.stdout)  # flwr --format json reports failure in the document
+        assert answer["success"] is False and "run-id" not in answer, answer
+        assert "only the coordinator starts runs" in answer["error-message"]
+        listing = subprocess.run([str(BIN / "flwr"), "ls", "target", "--format", "json"], env=env,
+                                 capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        assert json.loads(listing.stdout)["success"] is False
+        _wait_for(run_dir / "server.log", "FedShield guard: refused POST /v1/control/start-run")
+
+        # 2. a kit from another federation: the site refuses the server (wrong CA), nothing starts
+        other = _join(tmp_path / "other" / "kits" / "mallory", digits_sites / "hospital_a", port, tmp_path / "st-o")
+        assert other.returncode == 2, other.stdout + other.stderr
+        assert "another federation" in other.stderr
+        # 3. a key that was never registered, 4. a revoked site: the server refuses them
+        for kit in (unregistered, tmp_path / "revoked-kit"):
+            refused = _join(kit, digits_sites / "hospital_a", port, tmp_path / f"st-{kit.name}")
+            assert refused.returncode != 0, refused.stdout + refused.stderr
+            assert "refused this site's key" in refused.stderr, refused.stdout + refused.stderr
+
+        # the enrolled sites train
+        for name in SITES:
+            sites.append(start_cli("fl-client", "join", "--kit", str(fed / "kits" / name), "--data",
+                                   str(digits_sites / name), "--server", f"127.0.0.1:{port}", "--epsilon", "8",
+                                   "--threads", "1", "--state-dir", str(tmp_path / f"state-{name}"),
+                                   "--connect-timeout", "60", log=tmp_path / f"{name}.out"))
+        assert server.wait(timeout=600) == 0, (tmp_path / "server.out").read_text()[-3000:]
+        for name, proc in zip(SITES, sites):
+            assert proc.wait(timeout=60) == 0, (tmp_path / f"{name}.out").read_text()[-3000:]
+    finally:
+        for proc in [server, *sites]:
+            if proc.poll() is None:
+                proc.terminate()  # our CLIs stop their SuperLink/SuperNode on SIGTERM
+        for proc in [server, *sites]:
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+    doc = json.loads((run_dir / "results.json").read_text())
+    assert doc["status"] == "finished" and set(doc["sites"]) == set(SITES)
+    assert doc["config"]["secagg"] is True
+    rounds = {r["round"]: r for r in doc["rounds"]}
+    assert rounds[2]["evaluate"]["aggregate"]["accuracy"] >= rounds[0]["evaluate"]["aggregate"]["accuracy"] + 0.15
+    for rnd in (1, 2):
+        assert set(rounds[rnd]["train"]["sites"]) == set(SITES)
+        assert all(s["dp"] for s in rounds[rnd]["train"]["sites"].values())
+    # no intruder trained: none of them has a privacy ledger
+    for state in ("st-o", "st-unregistered-kit", "st-revoked-kit"):
+        assert not (tmp_path / state / "privacy-ledger.json").exists()
+    assert "TLS on" in (tmp_path / "server.out").read_text()
