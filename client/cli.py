@@ -171,6 +171,8 @@ def join(
                 raise FedShieldError(f"the site's SuperNode stopped (exit {code}): {last_line(node.log_path)}; "
                                      f"full log {node.log_path}")
             time.sleep(0.2)
+        if outcome is not None and not outcome.startswith("refused"):
+            _wait_replies_sent(node.log_path, log_start)
     finally:
         node.stop()
         events_file.unlink(missing_ok=True)
@@ -179,6 +181,30 @@ def join(
     if outcome != "finished":
         raise FedShieldError(f"the coordinator ended the run with status {outcome}; see its results.json")
     console.print("run complete; this site's data never left this machine")
+
+
+def _wait_replies_sent(log_path: Path, since: int, timeout: float = 10.0) -> None:
+    """Let the SuperNode deliver its last reply (the run-complete answer) before it is stopped.
+
+    The ClientApp reports the end of the run before its reply has left the SuperNode; stopping the
+    SuperNode at once could cut that reply in half, and the server would then spend minutes retrying
+    to pull it (Flower retries a missing object up to 500 times). Flower 1.41's SuperNode logs
+    "Receiving:", "Sending:" and "Sent successfully"/"Failed to send" per message; wait until every
+    message received has been sent, at most ``timeout`` seconds.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(log_path, "rb") as fh:
+                fh.seek(since)
+                text = fh.read()
+        except OSError:
+            return
+        received = text.count(b"Receiving: ")
+        done = text.count(b"Sent successfully") + text.count(b"Failed to send")
+        if received and done >= received:
+            return
+        time.sleep(0.05)
 
 
 def _show(event: dict) -> str | None:

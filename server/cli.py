@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Optional
@@ -11,6 +12,7 @@ import typer
 
 from fedshield.common import cli_options as opts
 from fedshield.common.cli_support import console, guarded, set_debug, warn_loudly
+from fedshield.common.atomic_io import atomic_write_json
 from fedshield.common.errors import ConfigError, FedShieldError, RunFolderError
 
 app = typer.Typer(
@@ -139,7 +141,10 @@ def start(
         flwr_home = write_flwr_home(folder / ".flwr", address, root_certificates=fed.ca_cert if fed else None,
                                     control_token=fed.control_token if fed else None)
         if fed is not None:
-            _register_sites(fed, flwr_home)
+            node_ids = _register_sites(fed, flwr_home)
+            # lets `fl-server revoke-site` unregister a site from this running SuperLink at once
+            atomic_write_json(fed.coordinator_file, {"pid": os.getpid(), "flwr-home": str(flwr_home),
+                                                     "nodes": node_ids}, mode=0o600)
             (folder / ".fleet-ready").touch()  # sites may now activate (the guard answered 503 so far)
         run_id = submit(app_dir, flwr_home)
         console.print(f"server listening on {host}:{port}; run {run_id}: {task}, {rounds} rounds, "
@@ -176,6 +181,8 @@ def start(
             time.sleep(0.5)
     finally:
         superlink.stop()
+        if fed is not None:
+            fed.coordinator_file.unlink(missing_ok=True)
     if doc is None or doc.get("status") != "finished":
         reason = (doc or {}).get("error") or status or "unknown"
         raise FedShieldError(f"run failed: {reason}; server log {folder / 'server.log'}")
@@ -185,7 +192,7 @@ def start(
     console.print(f"results: {folder / 'results.json'}  final model: {folder / 'model-final.pt'}")
 
 
-def _register_sites(fed, flwr_home: Path) -> None:  # type: ignore[no-untyped-def]
+def _register_sites(fed, flwr_home: Path) -> dict[str, int]:  # type: ignore[no-untyped-def]
     """Register every enrolled site's public key with the SuperLink (Flower's SuperNode authentication)."""
     from fedshield.common.atomic_io import atomic_write_text
     from fedshield.server.run_submission import register_sites
@@ -194,8 +201,9 @@ def _register_sites(fed, flwr_home: Path) -> None:  # type: ignore[no-untyped-de
     for site, entry in sorted(fed.enrolled().items()):
         keys[site] = flwr_home / "site-keys" / f"{site}.pub"
         atomic_write_text(keys[site], str(entry["public-key"]) + "\n")
-    register_sites(keys, flwr_home)
+    node_ids = register_sites(keys, flwr_home)
     console.print(f"TLS on; {len(fed.enrolled())} enrolled site key(s) registered; revoked sites are refused")
+    return node_ids
 
 
 @app.command()

@@ -88,6 +88,11 @@ class Federation:
     def control_token(self) -> Path:
         return self.server_dir / "control.token"
 
+    @property
+    def coordinator_file(self) -> Path:
+        """Written by a running ``fl-server start --dir``: its pid, Flower CLI home and site node ids."""
+        return self.server_dir / "coordinator.json"
+
     def kit_dir(self, site: str) -> Path:
         return self.root / "kits" / site
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 from typing import Optional
 
@@ -97,12 +96,28 @@ def register(app: typer.Typer) -> None:
 
         fed = Federation.load(dir)
         fed.revoke_site(site)
-        console.print(f"revoked {site}: the server refuses its key from the next `fl-server start`")
-        if _port_open("127.0.0.1", fed.port):
-            warn_loudly(f"a server is listening on port {fed.port}: restart it so the revocation applies now")
+        console.print(f"revoked {site}: its key is never registered again")
+        _unregister_from_running_server(fed, site)
 
 
-def _port_open(host: str, port: int) -> bool:
-    with socket.socket() as sock:
-        sock.settimeout(0.3)
-        return sock.connect_ex((host, port)) == 0
+def _unregister_from_running_server(fed, site: str) -> None:  # type: ignore[no-untyped-def]
+    """If `fl-server start --dir` is running on this federation, drop the site's key from its SuperLink now."""
+    import json
+    import os
+
+    from fedshield.server.run_submission import SubmissionError, unregister_site
+
+    try:
+        running = json.loads(fed.coordinator_file.read_text())
+        os.kill(int(running["pid"]), 0)
+    except (OSError, ValueError, KeyError):
+        return  # no coordinator running: the next start does not register the site
+    node_id = running.get("nodes", {}).get(site)
+    if node_id is None:
+        return
+    try:
+        unregister_site(int(node_id), Path(running["flwr-home"]))
+    except SubmissionError as exc:
+        warn_loudly(f"{exc}; restart the coordinator so the revocation applies")
+        return
+    console.print(f"the running coordinator (pid {running['pid']}) no longer accepts {site}")

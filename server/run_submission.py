@@ -103,6 +103,18 @@ def register_sites(public_keys: dict[str, Path], flwr_home: Path, timeout: float
     return {str(k): int(v) for k, v in out.items()}
 
 
+def unregister_site(node_id: int, flwr_home: Path, timeout: float = 60.0) -> None:
+    """``flwr supernode unregister NODE_ID``: the running SuperLink stops accepting that site's key."""
+    proc = _flwr(["supernode", "unregister", str(node_id), CONNECTION, "--format", "json"], flwr_home, timeout)
+    try:
+        ok = bool(json.loads(proc.stdout).get("success", False))
+    except (json.JSONDecodeError, AttributeError):
+        ok = False
+    if proc.returncode != 0 or not ok:
+        detail = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
+        raise SubmissionError(f"unregistering node {node_id} from the running SuperLink failed: {detail}")
+
+
 def submit(app_dir: Path, flwr_home: Path, timeout: float = 120.0) -> int:
     """``flwr run APP fedshield --format json``; return the run id."""
     proc = _flwr(["run", str(app_dir), CONNECTION, "--format", "json"], flwr_home, timeout)

@@ -42,7 +42,7 @@ def test_tls_federation_trains_and_refuses_every_intruder(tmp_path: Path, digits
     port = free_port()
     fed = tmp_path / "federation"
     proc = run_cli("fl-server", "init", "--dir", str(fed), "--server-ip", "127.0.0.1", "--port", str(port),
-                   "--sites", *SITES, "hospital_d")
+                   "--sites", *SITES, "hospital_d", "hospital_e")
     assert proc.returncode == 0, proc.stderr
     # hospital_d keeps a copy of its kit, then is revoked
     shutil.copytree(fed / "kits" / "hospital_d", tmp_path / "revoked-kit")
@@ -84,8 +84,12 @@ def test_tls_federation_trains_and_refuses_every_intruder(tmp_path: Path, digits
         other = _join(tmp_path / "other" / "kits" / "mallory", digits_sites / "hospital_a", port, tmp_path / "st-o")
         assert other.returncode == 2, other.stdout + other.stderr
         assert "another federation" in other.stderr
-        # 3. a key that was never registered, 4. a revoked site: the server refuses them
-        for kit in (unregistered, tmp_path / "revoked-kit"):
+        # 5. a site revoked while the coordinator runs: dropped from the running SuperLink at once
+        shutil.copytree(fed / "kits" / "hospital_e", tmp_path / "revoked-live-kit")
+        live = run_cli("fl-server", "revoke-site", "hospital_e", "--dir", str(fed))
+        assert live.returncode == 0 and "no longer accepts hospital_e" in live.stdout, live.stdout + live.stderr
+        # 3. a key that was never registered, 4./5. revoked sites: the server refuses them
+        for kit in (unregistered, tmp_path / "revoked-kit", tmp_path / "revoked-live-kit"):
             refused = _join(kit, digits_sites / "hospital_a", port, tmp_path / f"st-{kit.name}")
             assert refused.returncode != 0, refused.stdout + refused.stderr
             assert "refused this site's key" in refused.stderr, refused.stdout + refused.stderr
@@ -118,6 +122,7 @@ def test_tls_federation_trains_and_refuses_every_intruder(tmp_path: Path, digits
         assert set(rounds[rnd]["train"]["sites"]) == set(SITES)
         assert all(s["dp"] for s in rounds[rnd]["train"]["sites"].values())
     # no intruder trained: none of them has a privacy ledger
-    for state in ("st-o", "st-unregistered-kit", "st-revoked-kit"):
+    assert not (fed / "server" / "coordinator.json").exists()  # removed when the coordinator stopped
+    for state in ("st-o", "st-unregistered-kit", "st-revoked-kit", "st-revoked-live-kit"):
         assert not (tmp_path / state / "privacy-ledger.json").exists()
     assert "TLS on" in (tmp_path / "server.out").read_text()
