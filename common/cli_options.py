@@ -32,7 +32,8 @@ SecAgg = Annotated[bool, typer.Option(
     "--secagg", help="Secure aggregation (Flower's SecAgg+, ChaCha20 masks): the server learns only the sum of the "
     "sites' updates; a site that drops out mid-round is recovered from its shares.")]
 SecAggShares = Annotated[int, typer.Option(
-    "--secagg-shares", min=0, help="SecAgg+ secret shares per site: 0 = every sampled site; else odd, at least 3.")]
+    "--secagg-shares", min=0, help="SecAgg+ neighbours (secret shares) per site: 0 = automatic (every sampled site up to 7, "
+    "then about 2·log2(n)+1); else made odd, at least 3.")]
 SecAggThreshold = Annotated[float, typer.Option(
     "--secagg-threshold", help="Share of a site's shares needed to reconstruct its masks (fraction in (0,1)).")]
 SecAggTimeout = Annotated[float, typer.Option(

@@ -42,7 +42,7 @@ class RunConfig:
         central_clip: clipping norm C of each site's update (initial norm when adaptive).
         central_delta: δ at which the client-level ε is reported.
         secagg: run every training round under SecAgg+ (the server learns only the sum of the updates).
-        secagg_shares: secret shares per site (0 = every sampled site; else made odd, at least 3).
+        secagg_shares: neighbours/secret shares per site (0 = automatic: all up to 7 sites, then ~2·log2(n)+1; else made odd, ≥ 3).
         secagg_threshold: share of a site's shares needed to reconstruct (fraction, Flower's default 0.5+).
         secagg_timeout: seconds a SecAgg+ stage waits for sites before treating the rest as dropped.
         run_dir: where the ServerApp writes ``results.json`` and checkpoints.

@@ -49,7 +49,7 @@ def chacha20_masks(seed: bytes, num_range: int, dimensions_list: list[tuple[int,
     Drop-in for Flower's ``pseudo_rand_gen`` (same signature, int64 arrays; a 0-d shape gives a 0-d
     array). Key = SHA-256(domain ‖ seed) over the whole seed; keystream = ChaCha20 with a zero nonce
     (each key is used for exactly one expansion). ``num_range`` a power of two (Flower requires it):
-    the low bits of uniform 64-bit words are exactly uniform.
+    the low bits of uniform words are exactly uniform.
     """
     if num_range <= 1 or num_range & (num_range - 1):
         raise ValueError(f"mask range {num_range} must be a power of two > 1")
@@ -57,9 +57,12 @@ def chacha20_masks(seed: bytes, num_range: int, dimensions_list: list[tuple[int,
     digest.update(MASK_DOMAIN + bytes(seed))
     key = digest.finalize()
     sizes = [int(np.prod(d)) if len(d) else 1 for d in dimensions_list]
+    # 32-bit words when the range fits (the usual 2**32 modulus): half the keystream of 64-bit words;
+    # the low bits of uniform words are exactly uniform because the range is a power of two.
+    word = np.dtype("<u4") if num_range <= 2**32 else np.dtype("<u8")
     encryptor = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor()
-    words = np.frombuffer(encryptor.update(b"\x00" * (8 * sum(sizes))), dtype="<u8")
-    values = (words & np.uint64(num_range - 1)).astype(np.int64)
+    words = np.frombuffer(encryptor.update(b"\x00" * (word.itemsize * sum(sizes))), dtype=word)
+    values = np.bitwise_and(words, word.type(num_range - 1)).astype(np.int64)
     out: list[np.ndarray] = []
     offset = 0
     for dims, size in zip(dimensions_list, sizes):
@@ -81,10 +84,17 @@ def install_mask_prg() -> None:
 
 
 def effective_shares(requested: int, sampled: int) -> int:
-    """The share count to use: all sampled sites if ``requested`` covers them, else odd and ≥ 3."""
+    """The share count to use: all sampled sites if ``requested`` covers them, else odd and ≥ 3.
+
+    ``requested`` 0 means automatic: every sampled site up to 7 sites, beyond that an odd count of
+    about 2·log2(n)+1 neighbours, the logarithmic neighbourhood SecAgg+ is designed around (Bell et
+    al. 2020, Sec. 3): each site then expands O(log n) masks instead of n-1.
+    """
     if sampled < 2:
         raise ValueError("secure aggregation needs at least 2 sites per round")
-    if requested == 0 or requested >= sampled - 1:  # 0: every sampled site (all-to-all)
+    if requested == 0:
+        requested = sampled if sampled <= 7 else 2 * math.ceil(math.log2(sampled)) + 1
+    if requested >= sampled - 1:
         return sampled
     shares = max(3, requested)
     return shares + 1 if shares % 2 == 0 else shares

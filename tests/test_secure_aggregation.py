@@ -53,7 +53,9 @@ def test_install_rebinds_both_sides():
     (4, 10, 5),    # Flower would send 4 to the sites and use 5 itself: every site failed
     (6, 20, 7),
     (5, 20, 5),
-    (0, 7, 7),     # 0: every sampled site
+    (0, 7, 7),     # 0: automatic, every sampled site up to 7
+    (0, 20, 11),   # then 2*ceil(log2 n)+1 neighbours
+    (0, 1000, 21),
     (2, 10, 3),    # at least 3
     (9, 10, 10),   # covers (almost) everyone: all-to-all
     (50, 10, 10),
