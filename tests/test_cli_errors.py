@@ -91,6 +91,8 @@ def test_federation_commands_bad_input(tmp_path: Path) -> None:
     _one_line_error(run_cli("fl-server", "revoke-site", "zed", "--dir", str(fed)), "not part of")
     _one_line_error(run_cli("fl-server", "add-site", "x", "--dir", str(tmp_path / "nofed")), "fl-server init")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fed"]
+    status = run_cli("fl-server", "status", "--dir", str(fed))
+    assert status.returncode == 0 and "site a: enrolled" in status.stdout and "days left" in status.stdout
     kit = fed / "kits" / "a"
     (kit / "node.key").write_text("corrupted")
     _one_line_error(run_cli("fl-client", "join", "--kit", str(kit), "--data", str(tmp_path)), "node.key", "new kit")
