@@ -42,7 +42,7 @@ def _check_run_dir(run_dir: Path) -> None:
 def start(
     task: opts.Task = "digits-cnn",
     rounds: opts.Rounds = 5,
-    min_clients: int = typer.Option(2, "--min-clients", min=1, help="Sites that must join before round 1 (and train each round)."),
+    min_clients: int = typer.Option(2, "--min-clients", min=1, help="Sites that must join before round 1; later rounds go ahead with the sites still connected (at least 2)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Folder for results.json, checkpoints and logs (default ./runs/<time>)."),
     dir: Optional[Path] = typer.Option(None, "--dir", help="The federation folder from `fl-server init`: TLS, site "
                                        "authentication, only enrolled sites, only this coordinator starts runs."),
