@@ -17,14 +17,19 @@ from fedshield.common.errors import ConfigError, FedShieldError, ServerUnreachab
 AUTH_REFUSED_MARK = "Failed to activate SuperNode"
 
 
-def _auth_refused(log_path: Path, since: int) -> bool:
-    """Whether the SuperNode log, from byte ``since`` on (this join's part), shows a refused key."""
+def _log_since(log_path: Path, since: int) -> bytes | None:
+    """The SuperNode log from byte ``since`` on (this join's part), or None if unreadable."""
     try:
         with open(log_path, "rb") as fh:
             fh.seek(since)
-            return AUTH_REFUSED_MARK.encode() in fh.read()
+            return fh.read()
     except OSError:
-        return False
+        return None
+
+
+def _auth_refused(log_path: Path, since: int) -> bool:
+    """Whether this join's part of the SuperNode log shows a refused key."""
+    return AUTH_REFUSED_MARK.encode() in (_log_since(log_path, since) or b"")
 
 app = typer.Typer(
     help="Run a FedShield site: validate your data folder, connect to the coordinator and train "
@@ -194,11 +199,8 @@ def _wait_replies_sent(log_path: Path, since: int, timeout: float = 10.0) -> Non
     """
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        try:
-            with open(log_path, "rb") as fh:
-                fh.seek(since)
-                text = fh.read()
-        except OSError:
+        text = _log_since(log_path, since)
+        if text is None:
             return
         received = text.count(b"Receiving: ")
         done = text.count(b"Sent successfully") + text.count(b"Failed to send")

@@ -10,12 +10,11 @@ A test pins this to the installed Flower version (tests/test_prompt_polling.py).
 
 from __future__ import annotations
 
-import os
 import time as _time
 from types import SimpleNamespace
 from typing import Any
 
-from fedshield.common.flower_env import silence_flower
+from fedshield.common.flower_env import exit_with_parent_from_env, silence_flower
 
 IDLE_PULL_S = 0.25  # instead of 3 s: one small loopback/LAN request per interval per site
 REPLY_WAIT_S = 0.05  # instead of 0.5 s
@@ -45,11 +44,7 @@ def patch_supernode_polling() -> None:
 def main() -> None:
     silence_flower()
     patch_supernode_polling()
-    if parent := os.environ.get("FEDSHIELD_PARENT_PID"):
-        # end with `fl-client join`, even when it was killed with SIGKILL (Flower's graceful SIGINT path)
-        from flwr.supercore.app_utils import start_parent_process_monitor
-
-        start_parent_process_monitor(int(parent))
+    exit_with_parent_from_env()  # end with `fl-client join`
     from flwr.supernode.cli import flower_supernode
 
     flower_supernode()

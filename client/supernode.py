@@ -9,13 +9,12 @@ of retrying forever (Flower issue #6250).
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from fedshield.common.flower_env import child_env
+from fedshield.common.flower_env import child_env, parent_env
 from fedshield.server.superlink import stop_process_group
 
 
@@ -76,7 +75,7 @@ class SuperNode:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the children
         try:
-            env = child_env({"FEDSHIELD_PARENT_PID": str(os.getpid())}, threads=self.threads)
+            env = child_env(parent_env(), threads=self.threads)
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=env, start_new_session=True)
             if self.warm:

@@ -58,6 +58,23 @@ def child_env(extra: dict[str, str] | None = None, *, threads: int | None = None
     return env
 
 
+PARENT_PID_ENV = "FEDSHIELD_PARENT_PID"
+
+
+def parent_env() -> dict[str, str]:
+    """Variables that make a child started through our entry points end when this process is gone."""
+    return {PARENT_PID_ENV: str(os.getpid())}
+
+
+def exit_with_parent_from_env() -> None:
+    """In a Flower entry point: end (Flower's graceful SIGINT path) when ``$FEDSHIELD_PARENT_PID`` is gone,
+    even if that parent was killed with SIGKILL, so a CLI never leaves a port or a retry loop behind."""
+    if parent := os.environ.get(PARENT_PID_ENV):
+        from flwr.supercore.app_utils import start_parent_process_monitor
+
+        start_parent_process_monitor(int(parent))
+
+
 def flower_executable(name: str) -> str:
     """Absolute path of a Flower console script installed beside this interpreter."""
     path = bin_dir() / name

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
@@ -168,5 +169,5 @@ def signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
     try:
         cert.verify_directly_issued_by(ca_cert)
         return True
-    except (ValueError, TypeError, Exception):  # InvalidSignature and friends
+    except (InvalidSignature, ValueError, TypeError):  # bad signature, other key type, not the issuer
         return False

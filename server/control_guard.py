@@ -21,9 +21,8 @@ Flower's app factory offers extensions, ``flwr.superlink.main._get_middleware``)
 
 A refused request gets HTTP 403 and one line in the SuperLink log naming the peer and the path.
 Run as ``FEDSHIELD_CONTROL_TOKEN_FILE=... python -m fedshield.server.control_guard <flower-superlink args>``.
-Without the token variable (``--insecure`` development runs) no guard is installed. With
-``FEDSHIELD_PARENT_PID`` the SuperLink ends when that process (``fl-server start``) is gone, even if it
-was killed with SIGKILL: a coordinator never leaves an open port behind.
+Without the token variable (``--insecure`` development runs) no guard is installed. The SuperLink ends
+when ``fl-server start`` is gone (:func:`fedshield.common.flower_env.exit_with_parent_from_env`).
 """
 
 from __future__ import annotations
@@ -34,10 +33,9 @@ import os
 import sys
 from typing import Any, Awaitable, Callable
 
-from fedshield.common.flower_env import silence_flower
+from fedshield.common.flower_env import exit_with_parent_from_env, silence_flower
 
 TOKEN_ENV = "FEDSHIELD_CONTROL_TOKEN_FILE"
-PARENT_ENV = "FEDSHIELD_PARENT_PID"
 READY_ENV = "FEDSHIELD_FLEET_READY_FILE"
 NOT_READY = "the coordinator is still registering its sites; retry shortly"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
@@ -122,10 +120,7 @@ def main() -> None:
     silence_flower()
     if token_file := os.environ.get(TOKEN_ENV):
         install(read_token(token_file), os.environ.get(READY_ENV) or None)
-    if parent := os.environ.get(PARENT_ENV):
-        from flwr.supercore.app_utils import start_parent_process_monitor
-
-        start_parent_process_monitor(int(parent))  # SIGINT: Flower's own graceful shutdown
+    exit_with_parent_from_env()
     from flwr.superlink.cli import flower_superlink
 
     flower_superlink()

@@ -32,10 +32,10 @@ import tomli_w
 
 from fedshield.common import pki
 from fedshield.common.atomic_io import atomic_write_bytes, atomic_write_text
+from fedshield.client.site_kit import KIT_FILE
 from fedshield.common.errors import ConfigError
 
 FEDERATION_FILE = "federation.toml"
-KIT_FILE = "kit.toml"
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 EXPIRY_WARNING_DAYS = 30
 
@@ -137,8 +137,6 @@ class Federation:
         check_site_name(site)
         if site in self.sites and self.sites[site].get("status") == "enrolled":
             raise ConfigError(f"site {site!r} is already enrolled in {self.root}; revoke-site it first to replace its key")
-        if site in self.sites:  # revoked earlier: a new key, never the old one
-            pass
         private, public = pki.new_node_key()
         kit = self.kit_dir(site)
         if kit.exists():

@@ -89,6 +89,11 @@ def _flwr(args: list[str], flwr_home: Path, timeout: float) -> subprocess.Comple
                           stdin=subprocess.DEVNULL, check=False)
 
 
+def _last_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The last line a failed ``flwr`` call printed (stderr first), for a one-line error."""
+    return ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
+
+
 def register_sites(public_keys: dict[str, Path], flwr_home: Path, timeout: float = 120.0) -> dict[str, int]:
     """Allow the sites holding these keys (Flower's SuperNode authentication); return their node ids."""
     proc = _flwr(["fedshield-register-sites", CONNECTION, *(f"{n}={p}" for n, p in public_keys.items())],
@@ -98,8 +103,7 @@ def register_sites(public_keys: dict[str, Path], flwr_home: Path, timeout: float
     except (json.JSONDecodeError, IndexError):
         out = None
     if proc.returncode != 0 or not isinstance(out, dict):
-        detail = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
-        raise SubmissionError(f"registering the enrolled sites with the SuperLink failed: {detail}")
+        raise SubmissionError(f"registering the enrolled sites with the SuperLink failed: {_last_line(proc)}")
     return {str(k): int(v) for k, v in out.items()}
 
 
@@ -111,8 +115,7 @@ def unregister_site(node_id: int, flwr_home: Path, timeout: float = 60.0) -> Non
     except (json.JSONDecodeError, AttributeError):
         ok = False
     if proc.returncode != 0 or not ok:
-        detail = ((proc.stderr or proc.stdout).strip().splitlines() or ["no output"])[-1]
-        raise SubmissionError(f"unregistering node {node_id} from the running SuperLink failed: {detail}")
+        raise SubmissionError(f"unregistering node {node_id} from the running SuperLink failed: {_last_line(proc)}")
 
 
 def submit(app_dir: Path, flwr_home: Path, timeout: float = 120.0) -> int:
@@ -123,8 +126,7 @@ def submit(app_dir: Path, flwr_home: Path, timeout: float = 120.0) -> int:
     except json.JSONDecodeError:
         out = {}
     if proc.returncode != 0 or not out.get("success", True) or "run-id" not in out:
-        detail = out.get("error-message") or (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
-        raise SubmissionError(f"flwr run refused the run: {detail if isinstance(detail, str) else detail[0]}")
+        raise SubmissionError(f"flwr run refused the run: {out.get('error-message') or _last_line(proc)}")
     return int(out["run-id"])
 
 

@@ -73,10 +73,7 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         def round_config(rnd: int) -> dict[str, Any]:
             return {**cfg.to_flower(), **schema.to_config(), "round": rnd}
 
-        # --min-clients is what the run waits for before round 1 (wait_for_sites above). From then on a
-        # round goes ahead with the sites still connected, at least two: a site that drops out must not
-        # stall the federation (Flower's sampling would otherwise wait up to a day for it to return).
-        round_min = min(cfg.min_clients, 2)
+        round_min = round_min_sites(cfg)
         inner = make_strategy(
             cfg.strategy,
             fraction_fit=cfg.fraction_train,
@@ -104,6 +101,16 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
     recorder.finish("finished")
 
 
+def round_min_sites(cfg: RunConfig) -> int:
+    """Sites a round needs once the run has started.
+
+    ``--min-clients`` is what the run waits for before round 1 (``wait_for_sites``). From then on a round
+    goes ahead with the sites still connected, at least two: a site that drops out must not stall the
+    federation (Flower's sampling would otherwise wait up to a day for it to return).
+    """
+    return min(cfg.min_clients, 2)
+
+
 def secure_fit_workflow(cfg: RunConfig, replies: dict[int, dict[str, Any]]):  # type: ignore[no-untyped-def]
     """SecAgg+ as the fit workflow (see :mod:`fedshield.strategies.secure_aggregation`)."""
     from fedshield.strategies.secure_aggregation import FedShieldSecAggPlus, install_mask_prg
@@ -114,7 +121,7 @@ def secure_fit_workflow(cfg: RunConfig, replies: dict[int, dict[str, Any]]):  # 
 
     def sampled_sites(context: Context) -> int:  # what the strategy will sample this round (FedAvg's rule)
         available = context.client_manager.num_available()
-        return max(int(available * cfg.fraction_train), min(cfg.min_clients, 2))
+        return max(int(available * cfg.fraction_train), round_min_sites(cfg))
 
     return FedShieldSecAggPlus(shares=cfg.secagg_shares, threshold_fraction=cfg.secagg_threshold,
                                sampled_sites=sampled_sites, max_weight=float(max(largest, 1)),

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedshield.common.errors import FedShieldError
-from fedshield.common.flower_env import child_env
+from fedshield.common.flower_env import child_env, parent_env
 
 
 @dataclass(frozen=True)
@@ -102,9 +102,9 @@ class SuperLink:
         raise SuperLinkStartError(f"flower-superlink did not become healthy within {timeout:.0f} s; see {self.log_path}")
 
     def _env(self) -> dict[str, str]:
-        from fedshield.server.control_guard import PARENT_ENV, READY_ENV, TOKEN_ENV
+        from fedshield.server.control_guard import READY_ENV, TOKEN_ENV
 
-        extra = {PARENT_ENV: str(os.getpid())}
+        extra = parent_env()
         if self.control_token is not None:
             extra[TOKEN_ENV] = str(self.control_token)
         if self.fleet_ready_file is not None:
