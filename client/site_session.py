@@ -39,6 +39,7 @@ class SiteIdentity:
     state_dir: Path
     events_file: str | None
     node_config: Mapping[str, Any]
+    virtual: int | None = None  # simulation: the virtual site's number (its folder may not exist yet)
 
 
 def identify_site(node_config: Mapping[str, Any], cfg: RunConfig) -> SiteIdentity:
@@ -52,7 +53,7 @@ def identify_site(node_config: Mapping[str, Any], cfg: RunConfig) -> SiteIdentit
         pid = int(node_config["partition-id"])
         name = f"site_{pid:04d}"
         root = Path(cfg.sim_data_dir)
-        return SiteIdentity(name, root / name, root.parent / "site-state" / name, None, node_config)
+        return SiteIdentity(name, root / name, root.parent / "site-state" / name, None, node_config, virtual=pid)
     raise ConfigError("this SuperNode has no data-path in its node config; start it with `fl-client join --data DIR`")
 
 
@@ -86,7 +87,15 @@ _stats = {"messages": 0, "data_loads": 0, "model_builds": 0}
 
 
 def load_site(site: SiteIdentity, cfg: RunConfig) -> tuple[Task, TaskOptions, SiteData]:
-    """Load and validate the site's data for the run's task (cached per process)."""
+    """Load and validate the site's data for the run's task (cached per process).
+
+    A virtual site of ``fl-sim run`` gets its folder written here, the first time its data is needed.
+    """
+    if site.virtual is not None and not site.data_path.is_dir():
+        from fedshield.simulations.virtual_sites import has_plan, materialize_site
+
+        if has_plan(site.data_path.parent):
+            materialize_site(site.data_path.parent, site.virtual)
     site_task, options = site_options(site.data_path, {"seed": cfg.seed})
     if site_task is not None and site_task != cfg.task:
         raise ConfigError(

@@ -16,6 +16,7 @@ from rich.table import Table
 from fedshield.common.atomic_io import read_json
 
 HEADLINE = ("accuracy", "r2", "mse")
+MAX_TABLE_SITES = 20
 
 
 def headline_metric(aggregate: dict[str, Any]) -> tuple[str, float] | None:
@@ -45,7 +46,7 @@ def round_line(doc: dict[str, Any], entry: dict[str, Any]) -> str:
     if central:
         head = headline_metric(central)
         if head:
-            parts.append(f"pooled {head[0]} {head[1]:.4f}")
+            parts.append(f"central test {head[0]} {head[1]:.4f}")
     failures = (train or {}).get("failures", []) + entry.get("evaluate", {}).get("failures", [])
     for failure in failures:
         parts.append(f"[{failure['site']} failed: {failure['reason'][:160]}]")
@@ -66,7 +67,18 @@ def summary_table(doc: dict[str, Any]) -> Table:
     for name in metric_names:
         table.add_column(name, justify="right")
     table.add_column("ε spent", justify="right")
-    for site, info in sorted(doc.get("sites", {}).items()):
+    described = doc.get("sites", {})
+    last_sites = last.get("evaluate", {}).get("sites", {})
+    if doc.get("total_sites", len(described)) > len(described) and last_sites:
+        # sampled rounds: the sites of the last round, which the handshake may not have described
+        sites = sorted((name, described.get(name, {"examples-val": info.get("examples", "")}))
+                       for name, info in last_sites.items())
+    else:
+        sites = sorted(described.items())
+    if len(sites) > MAX_TABLE_SITES:  # a 1,000-site simulation: show the first ones, say how many more
+        table.caption = f"first {MAX_TABLE_SITES} of {len(sites)} described sites; all of them in results.json"
+        sites = sites[:MAX_TABLE_SITES]
+    for site, info in sites:
         ev = last.get("evaluate", {}).get("sites", {}).get(site, {})
         tr = last_train.get("train", {}).get("sites", {}).get(site, {})
         eps = tr.get("epsilon")

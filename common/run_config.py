@@ -28,6 +28,8 @@ class RunConfig:
         seed: seed of model initialisation, sampling and held-out splits.
         min_clients: sites that must be connected before round 1, and trained per round at least.
         fraction_train: share of connected sites sampled per round (1.0 = all).
+        per_round: sites sampled per round, trained and evaluated (0 = use ``fraction_train``; training
+            then samples that share and evaluation asks every site).
         strategy: aggregation strategy name (``fedavg``, ``fedprox``, ``fedadam``...).
         model: task-specific model variant (tabular: ``auto``, ``logistic``, ``linear``, ``mlp``).
         dp: sample-level DP-SGD at every site (``--no-dp`` turns it off, loudly).
@@ -46,7 +48,10 @@ class RunConfig:
         secagg_threshold: share of a site's shares needed to reconstruct (fraction, Flower's default 0.5+).
         secagg_timeout: seconds a SecAgg+ stage waits for sites before treating the rest as dropped.
         run_dir: where the ServerApp writes ``results.json`` and checkpoints.
-        sim_data_dir: simulation only: folder of per-site data folders (``site_NNNN``).
+        sim_data_dir: simulation only: folder of per-site data folders (``site_NNNN``), or of the
+            partition plan they are built from lazily (:mod:`fedshield.simulations.virtual_sites`).
+        max_site_examples: simulation only: examples at the largest virtual site (the partition knows
+            it), which SecAgg+'s weight quantisation must cover; 0 = the largest the handshake saw.
         device: ``auto``, ``cpu`` or ``cuda`` for site training.
     """
 
@@ -59,6 +64,7 @@ class RunConfig:
     seed: int = 0
     min_clients: int = 2
     fraction_train: float = 1.0
+    per_round: int = 0
     strategy: str = "fedavg"
     model: str = "auto"
     dp: bool = True
@@ -77,6 +83,7 @@ class RunConfig:
     secagg_timeout: float = 300.0
     run_dir: str = ""
     sim_data_dir: str = ""
+    max_site_examples: int = 0
     device: str = "auto"
 
     @staticmethod
@@ -98,6 +105,7 @@ class RunConfig:
             (0 <= self.momentum < 1, "--momentum must be in [0, 1)"),
             (self.min_clients >= 1, "--min-clients must be at least 1"),
             (0 < self.fraction_train <= 1, "--fraction-train must be in (0, 1]"),
+            (self.per_round >= 0, "--per-round must be a positive number of sites (or 0 for every site)"),
             (self.epsilon > 0, "--epsilon must be positive (use --no-dp to train without privacy)"),
             (0 <= self.delta < 1, "--delta must be in [0, 1); 0 picks δ below 1/N per site"),
             (self.max_grad_norm > 0, "--max-grad-norm must be positive"),

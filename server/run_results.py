@@ -57,6 +57,7 @@ class RunRecorder:
         self.model_template: nn.Module | None = None
         self.schema: DataSchema | None = None
         self.node_sites: dict[int, str] = {}
+        self.total_sites = 0
         self._rounds: dict[int, dict[str, Any]] = {}
         self.doc: dict[str, Any] = {
             "format": RESULTS_FORMAT,
@@ -87,8 +88,14 @@ class RunRecorder:
         self.doc.update(extra)
         self.write()
 
-    def set_sites(self, sites: dict[int, dict[str, Any]], schema: DataSchema, model: nn.Module) -> None:
-        """Record the handshake: node id -> site description, the agreed schema, the model."""
+    def set_sites(self, sites: dict[int, dict[str, Any]], schema: DataSchema, model: nn.Module,
+                  total: int | None = None) -> None:
+        """Record the handshake: node id -> site description, the agreed schema, the model.
+
+        ``total``: sites in the federation (a sampled simulation describes only some of them).
+        """
+        self.total_sites = total or len(sites)
+        self.doc["total_sites"] = self.total_sites
         self.schema = schema
         self.model_template = model
         for node_id, info in sites.items():
@@ -154,7 +161,7 @@ class RunRecorder:
         if eps:
             train["epsilon_max"] = max(eps)
         if self.cfg.central_dp != "off":
-            train["client_level_epsilon"] = _clean(client_level_epsilon(self.cfg, max(1, len(self.doc["sites"])), rnd))
+            train["client_level_epsilon"] = _clean(client_level_epsilon(self.cfg, max(1, self.total_sites), rnd))
         entry["train"] = train
         if parameters is not None:
             self._checkpoint(rnd, parameters)

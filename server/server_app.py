@@ -11,6 +11,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from fedshield.common.flower_env import silence_flower
 
 silence_flower()
@@ -26,7 +28,7 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from fedshield.common.metrics import weighted_mean  # noqa: E402
 from fedshield.common.run_config import RunConfig  # noqa: E402
 from fedshield.common.torch_arrays import model_to_ndarrays  # noqa: E402
-from fedshield.server.central_evaluation import pooled_validation_fn  # noqa: E402
+from fedshield.server.central_evaluation import central_test_fn  # noqa: E402
 from fedshield.server.initial_evaluation import with_initial_evaluation  # noqa: E402
 from fedshield.server.prompt_grid import PromptGrid  # noqa: E402
 from fedshield.server.run_results import RunRecorder  # noqa: E402
@@ -62,43 +64,67 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         recorder.set_status("waiting-for-sites", connected=0)
         node_ids = wait_for_sites(grid, cfg.min_clients, timeout=join_timeout,
                                   on_progress=lambda n: recorder.set_status("waiting-for-sites", connected=n))
-        replies = query_sites(grid, node_ids, cfg, "describe", timeout=QUERY_TIMEOUT_S)
+        replies = query_sites(grid, handshake_nodes(node_ids, cfg, mode), cfg, "describe", timeout=QUERY_TIMEOUT_S)
         schema, healthy = agree_schema(replies)
         task = get_task(cfg.task)
         model = build_model(task, schema, TaskOptions(model=cfg.model, seed=cfg.seed), seed=cfg.seed)
-        recorder.set_sites(healthy, schema, model)
+        recorder.set_sites(healthy, schema, model, total=len(node_ids))
         recorder.set_status("running", connected=len(node_ids),
                             refused_sites={str(r.get("site", nid)): r["error"] for nid, r in replies.items() if "error" in r})
 
         def round_config(rnd: int) -> dict[str, Any]:
             return {**cfg.to_flower(), **schema.to_config(), "round": rnd}
 
-        round_min = round_min_sites(cfg)
         inner = make_strategy(
             cfg.strategy,
-            fraction_fit=cfg.fraction_train,
-            fraction_evaluate=1.0,
-            min_fit_clients=round_min,
-            min_evaluate_clients=round_min,
-            min_available_clients=round_min,
+            **sampling_options(cfg),
             initial_parameters=ndarrays_to_parameters(model_to_ndarrays(model)),
             on_fit_config_fn=round_config,
             on_evaluate_config_fn=round_config,
-            evaluate_fn=pooled_validation_fn(cfg, schema) if mode == "simulation" else None,
+            evaluate_fn=central_test_fn(cfg, schema) if mode == "simulation" else None,
             fit_metrics_aggregation_fn=_numeric_mean,
             evaluate_metrics_aggregation_fn=_numeric_mean,
         )
-        strategy = RecordingStrategy(wrap_central_dp(inner, cfg, len(healthy)), recorder)
+        strategy = RecordingStrategy(wrap_central_dp(inner, cfg, len(node_ids)), recorder)
         legacy = LegacyContext(context, config=ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
         fit = secure_fit_workflow(cfg, replies) if cfg.secagg else default_fit_workflow
         DefaultWorkflow(fit_workflow=with_initial_evaluation(fit))(grid, legacy)
     except Exception as exc:
-        _notify(grid, cfg, "failed")
+        _notify(grid, cfg, "failed", mode)
         recorder.finish("failed", error=str(exc))
         raise
     # Sites first, results last: `fl-server start` stops the SuperLink once results say "finished".
-    _notify(grid, cfg, "finished")
+    _notify(grid, cfg, "finished", mode)
     recorder.finish("finished")
+
+
+def handshake_nodes(node_ids: list[int], cfg: RunConfig, mode: str) -> list[int]:
+    """Which sites describe their data before round 1: all of them, except in a sampled simulation.
+
+    A simulation's virtual sites all come from one partition of one data set, so a seeded sample of
+    ``--per-round`` of them establishes the schema; asking all 1,000 would load every site's data.
+    """
+    if mode != "simulation" or not cfg.per_round or cfg.per_round >= len(node_ids):
+        return node_ids
+    rng = np.random.default_rng(cfg.seed)  # sample positions: node ids are uint64, numpy would round them
+    picked = rng.choice(len(node_ids), size=max(cfg.per_round, 2), replace=False)
+    return sorted(node_ids[int(i)] for i in picked)
+
+
+def sampling_options(cfg: RunConfig) -> dict[str, Any]:
+    """FedAvg's sampling arguments: a share of the sites, or exactly ``--per-round`` of them.
+
+    Flower samples ``max(int(available · fraction), min_clients)`` sites; with ``--per-round`` the
+    fraction is set negligible so the count is exactly ``min_clients`` (a fraction such as 0.29 would
+    otherwise round down to one site fewer).
+    """
+    if cfg.per_round:
+        tiny = 1e-9
+        return {"fraction_fit": tiny, "fraction_evaluate": tiny, "min_fit_clients": cfg.per_round,
+                "min_evaluate_clients": cfg.per_round, "min_available_clients": cfg.per_round}
+    round_min = round_min_sites(cfg)
+    return {"fraction_fit": cfg.fraction_train, "fraction_evaluate": 1.0, "min_fit_clients": round_min,
+            "min_evaluate_clients": round_min, "min_available_clients": round_min}
 
 
 def round_min_sites(cfg: RunConfig) -> int:
@@ -118,8 +144,11 @@ def secure_fit_workflow(cfg: RunConfig, replies: dict[int, dict[str, Any]]):  # 
     install_mask_prg()
     # Weights are the sites' example counts; SecAgg+ scales them by max_weight, which must cover the largest.
     largest = max((int(r.get("examples-train", 0)) for r in replies.values() if "error" not in r), default=1)
+    largest = max(largest, cfg.max_site_examples)  # a sampled simulation's handshake did not see every site
 
     def sampled_sites(context: Context) -> int:  # what the strategy will sample this round (FedAvg's rule)
+        if cfg.per_round:
+            return cfg.per_round
         available = context.client_manager.num_available()
         return max(int(available * cfg.fraction_train), round_min_sites(cfg))
 
@@ -128,8 +157,14 @@ def secure_fit_workflow(cfg: RunConfig, replies: dict[int, dict[str, Any]]):  # 
                                timeout=cfg.secagg_timeout)
 
 
-def _notify(grid: Grid, cfg: RunConfig, status: str) -> None:
-    """Tell every connected site the run is over, so `fl-client join` can exit cleanly."""
+def _notify(grid: Grid, cfg: RunConfig, status: str, mode: str) -> None:
+    """Tell every connected site the run is over, so `fl-client join` can exit cleanly.
+
+    Deployment only: virtual sites have no process to stop, and a 1,000-site simulation would
+    otherwise end with 1,000 messages.
+    """
+    if mode == "simulation":
+        return
     try:
         nodes = sorted(grid.get_node_ids())
         if nodes:

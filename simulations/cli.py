@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -24,25 +25,40 @@ app = typer.Typer(
 DEFAULT_DATASET = {"digits-cnn": "digits", "tabular": "breast-cancer"}
 
 
+PartitionKind = Annotated[Optional[str], typer.Option(
+    "--partition", help="How examples are dealt to sites: iid, dirichlet (label skew, --dirichlet α), shards "
+    "(--shards K labels per site) or quantity (size skew, --quantity-skew β). Implied by those flags; default iid.")]
+Dirichlet = Annotated[Optional[float], typer.Option(
+    "--dirichlet", help="Dirichlet α label skew: small = very non-IID (0.1), large = near IID (100).")]
+Shards = Annotated[Optional[int], typer.Option(
+    "--shards", help="Pathological non-IID: each site gets K label-sorted shards, so at most K labels.")]
+QuantitySkew = Annotated[Optional[float], typer.Option(
+    "--quantity-skew", help="Site sizes ∝ Dirichlet(β): small β = very unequal sizes, labels stay IID.")]
+Iid = Annotated[bool, typer.Option("--iid", help="Split uniformly at random (the default).")]
+
+
 @app.command()
 @guarded
 def split(
     dataset: str = typer.Option(..., "--dataset", help="Bundled real data set: digits, breast-cancer or diabetes."),
     sites: int = typer.Option(3, "--sites", min=1, help="Number of site folders to write."),
     out: Path = typer.Option(..., "--out", help="New (or empty) folder to write hospital_a, hospital_b, ... into."),
-    dirichlet: Optional[float] = typer.Option(None, "--dirichlet", help="Label skew: Dirichlet α (small = very non-IID). Default: IID."),
-    iid: bool = typer.Option(False, "--iid", help="Split uniformly at random (the default)."),
+    partition: PartitionKind = None,
+    dirichlet: Dirichlet = None,
+    shards: Shards = None,
+    quantity_skew: QuantitySkew = None,
+    iid: Iid = False,
     seed: int = typer.Option(0, "--seed", help="Seed of the split."),
 ) -> None:
     """Write one site folder per site from a bundled data set, in the documented site formats.
 
     Example: fl-sim split --dataset digits --sites 3 --dirichlet 0.5 --out ./data
     """
+    from fedshield.simulations.partition import spec_from_flags
     from fedshield.simulations.split import write_sites
 
-    if iid and dirichlet is not None:
-        raise ConfigError("--iid and --dirichlet exclude each other; pick one")
-    paths = write_sites(dataset, sites, out, dirichlet=dirichlet, seed=seed)
+    spec = spec_from_flags(partition=partition, iid=iid, dirichlet=dirichlet, shards=shards, quantity_skew=quantity_skew)
+    paths = write_sites(dataset, sites, out, dirichlet=None, seed=seed, spec=spec)
     for path in paths:
         console.print(f"wrote {path}")
 
@@ -51,11 +67,17 @@ def split(
 @guarded
 def run(
     task: opts.Task = "digits-cnn",
-    clients: int = typer.Option(10, "--clients", min=1, help="Number of virtual sites."),
+    clients: int = typer.Option(10, "--clients", min=1, help="Number of virtual sites (1,000 fit on a laptop: only sampled sites are built)."),
+    per_round: int = typer.Option(0, "--per-round", min=0, help="Sites sampled per round for training and evaluation (0 = every site)."),
     rounds: opts.Rounds = 5,
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Bundled data set (default: digits for digits-cnn, breast-cancer for tabular)."),
-    dirichlet: Optional[float] = typer.Option(None, "--dirichlet", help="Dirichlet α label skew; default IID."),
-    iid: bool = typer.Option(False, "--iid", help="IID split (the default)."),
+    partition: PartitionKind = None,
+    dirichlet: Dirichlet = None,
+    shards: Shards = None,
+    quantity_skew: QuantitySkew = None,
+    iid: Iid = False,
+    augment: int = typer.Option(0, "--augment", min=0, help="Image data: examples per real one given to sites (1 = none; 0 = automatic: enough for ~16 per site, e.g. 1,000 digit sites)."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of the real examples held out of every site as the server's central test set."),
     seed: opts.Seed = 0,
     local_epochs: opts.LocalEpochs = 1,
     batch_size: opts.BatchSize = 32,
@@ -77,58 +99,163 @@ def run(
     secagg_timeout: opts.SecAggTimeout = 300.0,
     no_dp: bool = typer.Option(False, "--no-dp", help="Train WITHOUT differential privacy (explicit opt-out, recorded in results)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Output folder (default ./runs/sim-<time>)."),
-    cpus_per_client: float = typer.Option(1.0, "--cpus-per-client", help="Ray CPUs per virtual site."),
-    gpus_per_client: float = typer.Option(0.0, "--gpus-per-client", help="Ray GPU fraction per virtual site."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join an existing Ray cluster (e.g. auto)."),
+    cpus_per_client: float = typer.Option(1.0, "--cpus-per-client", help="Ray CPUs per virtual site (sites trained at once = CPUs / this)."),
+    gpus_per_client: float = typer.Option(0.0, "--gpus-per-client", help="Ray GPU fraction per virtual site (e.g. 0.25: four sites share a GPU)."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join an existing Ray cluster: auto (the one `ray start` runs here) or HOST:PORT of its head."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots and summary.md (`fl-sim report` draws them later)."),
     json_out: opts.JsonOut = False,
     debug: opts.Debug = False,
 ) -> None:
-    """Simulate a federation of --clients sites on this machine and write results.json.
+    """Simulate a federation of --clients sites on this machine; write results.json, plots and summary.md.
 
-    Example: fl-sim run --task digits-cnn --clients 10 --rounds 5 --dirichlet 0.5
+    Examples:
+      fl-sim run --task digits-cnn --clients 10 --rounds 5 --dirichlet 0.5
+      fl-sim run --task digits-cnn --clients 1000 --per-round 50 --rounds 20 --dirichlet 0.3 --epsilon 3
     """
     set_debug(debug)
     from fedshield.simulations import runner
-    from fedshield.simulations.split import write_sites
+    from fedshield.simulations.partition import spec_from_flags
+    from fedshield.simulations.partition_view import partition_table
+    from fedshield.simulations.run_setup import prepare_data
     from fedshield.tasks.registry import get_task
 
-    if iid and dirichlet is not None:
-        raise ConfigError("--iid and --dirichlet exclude each other; pick one")
+    spec = spec_from_flags(partition=partition, iid=iid, dirichlet=dirichlet, shards=shards, quantity_skew=quantity_skew)
     get_task(task)  # unknown task: fail before writing anything
     data_name = dataset or DEFAULT_DATASET.get(task)
     if data_name is None:
         raise ConfigError(f"--dataset is required for task {task!r}")
+    if per_round > clients:
+        raise ConfigError(f"--per-round {per_round} is more than --clients {clients}; sample at most every site")
     folder = run_dir or Path("runs") / time.strftime("sim-%Y%m%d-%H%M%S")
-    if (folder / "results.json").exists():
-        raise RunFolderError(f"{folder}: already holds a run; pass a new --run-dir")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise RunFolderError(f"--run-dir {folder}: exists and is not empty; pass a new folder")
     learning_rate = lr if lr is not None else RunConfig.default_lr(not no_dp)
     cfg = RunConfig(task=task, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=learning_rate,
-                    seed=seed, min_clients=clients, strategy=strategy, model=model, dp=not no_dp,
+                    seed=seed, min_clients=clients, per_round=per_round, strategy=strategy, model=model, dp=not no_dp,
                     central_dp=central_dp, central_dp_side=central_dp_side, central_noise=noise_multiplier,
                     central_clip=clip, central_delta=central_delta, secagg=secagg, secagg_shares=secagg_shares,
                     secagg_threshold=secagg_threshold, secagg_timeout=secagg_timeout,
                     epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant,
                     run_dir=str(folder.resolve()), sim_data_dir=str((folder / "data").resolve()),
                     device=device).validate()
+    if ray_address:
+        runner.check_ray_address(ray_address)
     if no_dp:
         warn_loudly("--no-dp: sites train WITHOUT differential privacy; recorded in results.json")
-    write_sites(data_name, clients, folder / "data", dirichlet=dirichlet, seed=seed,
-                names=[f"site_{i:04d}" for i in range(clients)])
-    console.print(f"simulating {clients} sites of {data_name} for {task}, {rounds} rounds, "
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        prepared = prepare_data(folder, data_name, clients, spec, seed=seed, test_fraction=test_fraction, augment=augment)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)  # bad input leaves no partial run folder behind
+        raise
+    cfg.max_site_examples = prepared.largest_site
+    console.print(partition_table(prepared, spec.describe()))
+    sampled = f"{per_round} per round" if per_round else "all every round"
+    console.print(f"simulating {clients} sites ({sampled}) of {data_name} for {task}, {rounds} rounds, "
                   f"{'DP-SGD ε≤' + format(epsilon, 'g') + ' per site' if not no_dp else 'NO DP'} → {folder}")
     watcher = ResultsWatcher(folder / "results.json", lambda doc, entry: console.print(round_line(doc, entry))).start()
     try:
         doc = runner.run(cfg, clients, runner.SimulationResources(cpus_per_client, gpus_per_client, ray_address, debug))
     finally:
         watcher.stop()
+        if not no_plots and (folder / "results.json").exists():
+            from fedshield.simulations.report import report_run
+
+            report_run(folder)
     if json_out:
         import json
 
         console.print_json(json.dumps(doc))
     else:
         console.print(summary_table(doc))
-        console.print(f"results: {folder / 'results.json'}")
+        console.print(f"results: {folder / 'results.json'}" + ("" if no_plots else f"; report: {folder / 'summary.md'}"))
+
+
+@app.command()
+@guarded
+def sweep(
+    task: opts.Task = "digits-cnn",
+    clients: int = typer.Option(10, "--clients", min=1, help="Virtual sites in every cell."),
+    rounds: opts.Rounds = 5,
+    epsilon: str = typer.Option("1,3,8,inf", "--epsilon", help="Comma-separated ε per site; inf = no DP."),
+    dirichlet: str = typer.Option("iid", "--dirichlet", help="Comma-separated Dirichlet α label skews; iid = no skew."),
+    per_round: str = typer.Option("0", "--per-round", help="Comma-separated sites per round (0 = every site)."),
+    strategy: str = typer.Option("fedavg", "--strategy", help="Comma-separated strategies (see fl-sim run --help)."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds per setting (0, 1, ...): the error bars."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder; rerun with the same one to resume (default ./runs/sweep-<time>)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Bundled data set (default: the task's)."),
+    local_epochs: opts.LocalEpochs = 1,
+    batch_size: opts.BatchSize = 32,
+    lr: opts.LearningRate = None,
+    debug: opts.Debug = False,
+) -> None:
+    """Run every combination of the listed values as one simulated federation; resumable; one CSV and a plot.
+
+    Example: fl-sim sweep --task digits-cnn --clients 20 --epsilon 0.5,1,3,8,inf --dirichlet 0.1,1.0 --seeds 3
+    """
+    set_debug(debug)
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from fedshield.simulations import sweep as sw
+    from fedshield.tasks.registry import get_task
+
+    get_task(task)
+    fixed = {"--local-epochs": str(local_epochs), "--batch-size": str(batch_size)}
+    if dataset:
+        fixed["--dataset"] = dataset
+    if lr is not None:
+        fixed["--lr"] = str(lr)
+    spec = sw.SweepSpec(task=task, clients=clients, rounds=rounds, epsilons=sw.parse_list("--epsilon", epsilon, float),
+                        partitions=["iid" if p.lower() == "iid" else p for p in sw.parse_list("--dirichlet", dirichlet, str)],
+                        per_round=sw.parse_list("--per-round", per_round, int),
+                        strategies=sw.parse_list("--strategy", strategy, str), seeds=seeds, fixed=fixed).validate()
+    from fedshield.strategies.registry import strategy_names
+
+    unknown = [name for name in spec.strategies if name not in strategy_names()]
+    if unknown:
+        raise ConfigError(f"--strategy {unknown[0]!r} is unknown; choose from: {', '.join(strategy_names())}")
+    folder = out or Path("runs") / time.strftime("sweep-%Y%m%d-%H%M%S")
+    sw.open_sweep(spec, folder)
+    cells = spec.cells()
+    todo = [c for c in cells if not sw.cell_finished(folder, c)]
+    console.print(f"sweep {folder}: {len(cells)} cells, {len(cells) - len(todo)} already finished, {len(todo)} to run")
+    errors: dict[str, str] = {}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        bar = progress.add_task("cells", total=len(cells), completed=len(cells) - len(todo))
+        for cell in todo:
+            progress.update(bar, description=cell.key)
+            ok, error = sw.run_cell(spec, folder, cell)
+            row = sw.cell_row(folder, cell, "" if ok else error)
+            if not ok:
+                errors[cell.key] = error
+            figure = f"{row['metric']} {row['central']:.4f}" if ok and row.get("central") is not None else error
+            progress.console.print(f"{'done' if ok else 'FAILED'} {cell.key}: {figure}")
+            sw.write_table(folder, spec, errors)
+            progress.advance(bar)
+    for path in sw.report_sweep(folder, errors):
+        console.print(f"wrote {path}")
+    if errors:
+        raise sw.SweepIncomplete(f"{len(errors)} of {len(cells)} cells failed (first: {next(iter(errors.values()))}); "
+                                 f"logs in {folder / sw.CELLS_DIR}; rerun the same command to retry them")
+
+
+@app.command()
+@guarded
+def report(
+    folder: Path = typer.Argument(..., help="A run folder (fl-sim run --run-dir) or a sweep folder (fl-sim sweep --out)."),
+) -> None:
+    """Redraw the plots and summary.md of a finished run or sweep from its result files.
+
+    Example: fl-sim report ./runs/sim-20261123-101500
+    """
+    from fedshield.simulations.report import report_run
+    from fedshield.simulations.sweep import is_sweep, report_sweep
+
+    written = report_sweep(folder) if is_sweep(folder) else report_run(folder)
+    for path in written:
+        console.print(f"wrote {path}")
 
 
 @app.command()

@@ -8,11 +8,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from sklearn import datasets as skd
+from sklearn.model_selection import train_test_split
 
 from fedshield.common.errors import ConfigError
 
@@ -76,3 +78,80 @@ def load_dataset(name: str) -> BundledDataset:
         return _LOADERS[name]()
     except KeyError:
         raise ConfigError(f"--dataset {name!r} is unknown; bundled data sets: {', '.join(dataset_names())}") from None
+
+
+# ---------------------------------------------------------------- simulation pools
+MIN_EXAMPLES_PER_SITE = 16  # what `--augment 0` (auto) aims for, on average, per virtual site
+
+
+@dataclass(frozen=True)
+class SimulationPool:
+    """A bundled data set cut for one simulation.
+
+    ``sites``: what the partitioner deals to the virtual sites (possibly augmented); ``test``: a
+    stratified share of the *real* examples that no site ever sees, the server's central test set.
+    ``copies``: examples in ``sites`` per real example (1 = not augmented).
+    """
+
+    sites: BundledDataset
+    test: BundledDataset
+    copies: int
+
+
+def _subset(data: BundledDataset, idx: np.ndarray) -> BundledDataset:
+    return BundledDataset(data.name, data.task, data.x[idx], data.y[idx], data.feature_names, data.target,
+                          dict(data.site_config))
+
+
+def augment_images(x: np.ndarray, copies: int, seed: int) -> np.ndarray:
+    """``x`` (N, H, W) uint8 followed by ``copies - 1`` jittered copies: (N·copies, H, W) uint8.
+
+    Each copy is a seeded random affine transform of the original: rotation ±12°, scale 0.9-1.1,
+    shift ±2 px (the usual digit augmentation, e.g. Simard et al. 2003). Bilinear resampling.
+    """
+    if copies <= 1:
+        return x
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.as_tensor(x, dtype=torch.float32).unsqueeze(1) / 255.0
+    out = [x]
+    n, _, h, w = images.shape
+    for _ in range(copies - 1):
+        angle = (torch.rand(n, generator=gen) * 2 - 1) * (12 * np.pi / 180)
+        scale = 0.9 + torch.rand(n, generator=gen) * 0.2
+        shift = (torch.rand(n, 2, generator=gen) * 2 - 1) * (2.0 / (w / 2))
+        cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+        theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
+        grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
+        moved = torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        out.append((moved.squeeze(1).clamp(0, 1) * 255).round().to(torch.uint8).numpy())
+    return np.concatenate(out)
+
+
+def auto_copies(real_for_sites: int, sites: int) -> int:
+    """Copies per real example so that ``sites`` sites get ``MIN_EXAMPLES_PER_SITE`` each on average."""
+    return max(1, math.ceil(sites * MIN_EXAMPLES_PER_SITE / max(real_for_sites, 1)))
+
+
+def simulation_pool(name: str, *, sites: int, test_fraction: float, augment: int, seed: int) -> SimulationPool:
+    """Hold out the central test set, then augment the rest when ``augment`` copies (0 = auto) > 1.
+
+    Only image data sets can be augmented; tabular ones with too few rows for the sites fail later in
+    the partitioner with the flag to change.
+    """
+    if not 0 < test_fraction < 1:
+        raise ConfigError(f"--test-fraction {test_fraction}: must be in (0, 1), e.g. 0.2")
+    if augment < 0:
+        raise ConfigError(f"--augment {augment}: give copies per example (1 = none) or 0 for automatic")
+    data = load_dataset(name)
+    stratify = data.y if data.is_classification else None
+    site_idx, test_idx = train_test_split(np.arange(len(data.y)), test_size=test_fraction, random_state=seed,
+                                          shuffle=True, stratify=stratify)
+    site_part, test = _subset(data, np.sort(site_idx)), _subset(data, np.sort(test_idx))
+    images = data.x.ndim == 3
+    copies = augment or (auto_copies(len(site_idx), sites) if images else 1)
+    if copies > 1 and not images:
+        raise ConfigError(f"--augment {copies}: only image data sets can be augmented; {name} is tabular, use --augment 1")
+    if copies > 1:
+        site_part = BundledDataset(data.name, data.task, augment_images(site_part.x, copies, seed),
+                                   np.tile(site_part.y, copies), data.feature_names, data.target, dict(data.site_config))
+    return SimulationPool(site_part, test, copies)

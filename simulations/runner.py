@@ -2,7 +2,7 @@
 
 The ServerApp and ClientApp are the very objects deployment runs; the simulation only differs in
 where sites find their data (``<run-dir>/data/site_NNNN``, written by the partitioner) and in that the
-ServerApp can also evaluate the pooled validation data (the centralized-equivalent figure).
+ServerApp can also evaluate a central test set that no site holds (see server/central_evaluation.py).
 Flower's in-process ``run_simulation`` is deprecated in 1.4x but is the only engine entry point that
 runs without a background SuperLink process; it is used as Flower's own docs show.
 """
@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +57,7 @@ def run(cfg: RunConfig, clients: int, resources: SimulationResources) -> dict[st
         "include_dashboard": False,
     }
     if resources.ray_address:
+        check_ray_address(resources.ray_address)
         init_args["address"] = resources.ray_address
     else:
         init_args["num_cpus"] = os.cpu_count() or 1
@@ -77,6 +80,35 @@ def run(cfg: RunConfig, clients: int, resources: SimulationResources) -> dict[st
     if doc.get("status") != "finished":
         raise SimulationFailed(f"simulation {doc.get('status')}: {doc.get('error', 'see --debug output')}")
     return doc
+
+
+RAY_CURRENT_CLUSTER = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
+RAY_DEFAULT_PORT = 6379
+
+
+def check_ray_address(address: str, *, timeout: float = 3.0) -> None:
+    """Fail fast, in one line, when no Ray cluster answers at ``address`` (Ray itself retries for minutes).
+
+    ``auto`` means the cluster this machine runs (``RAY_ADDRESS`` or the one ``ray start`` recorded);
+    ``host:port`` and ``ray://host:port`` are checked with a TCP connection to that port.
+    """
+    target = address
+    if address == "auto":
+        target = os.environ.get("RAY_ADDRESS", "")
+        if not target and RAY_CURRENT_CLUSTER.is_file():
+            target = RAY_CURRENT_CLUSTER.read_text().strip()
+        if not target or target == "auto":
+            raise ConfigError("--ray-address auto: no Ray cluster runs on this machine; start one with "
+                              "`ray start --head`, or drop --ray-address to simulate locally")
+    hostport = target.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host:
+        host, port = hostport, str(RAY_DEFAULT_PORT)
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"--ray-address {address}: no Ray cluster answers at {host}:{port} ({exc}); check the "
+                          "head's address and that `ray start --head` runs there, or drop --ray-address") from None
 
 
 def _visible_gpus() -> int:

@@ -18,7 +18,7 @@ import numpy as np
 
 from fedshield.common.errors import ConfigError
 from fedshield.simulations.datasets import BundledDataset, load_dataset
-from fedshield.simulations.partition import dirichlet_partition, iid_partition
+from fedshield.simulations.partition import PartitionSpec, make_partition
 
 
 def site_names(n: int) -> list[str]:
@@ -35,7 +35,8 @@ def _toml(values: dict[str, object]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_site(folder: Path, data: BundledDataset, idx: np.ndarray) -> None:
+def write_site_folder(folder: Path, data: BundledDataset, idx: np.ndarray) -> None:
+    """Write examples ``idx`` of ``data`` as one site folder (the documented format of its task)."""
     folder.mkdir(parents=True)
     if data.task == "digits-cnn":
         np.savez(folder / "data.npz", x=data.x[idx], y=data.y[idx])
@@ -49,7 +50,7 @@ def _write_site(folder: Path, data: BundledDataset, idx: np.ndarray) -> None:
 
 
 def write_sites(dataset: str, sites: int, out: Path, *, dirichlet: float | None, seed: int,
-                names: list[str] | None = None) -> list[Path]:
+                names: list[str] | None = None, spec: PartitionSpec | None = None) -> list[Path]:
     """Partition ``dataset`` into ``sites`` folders under ``out``; return their paths."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -61,15 +62,14 @@ def write_sites(dataset: str, sites: int, out: Path, *, dirichlet: float | None,
     if bad:
         raise ConfigError(f"site name {bad[0]!r} is not a plain folder name; use letters, digits, - or _")
     data = load_dataset(dataset)
-    if dirichlet is None:
-        parts = iid_partition(data.y, sites, seed)
-    else:
-        parts = dirichlet_partition(data.y, sites, dirichlet, seed)
+    if spec is None:
+        spec = PartitionSpec("dirichlet", alpha=dirichlet) if dirichlet is not None else PartitionSpec()
+    parts = make_partition(data.y, sites, spec, seed)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         for name, idx in zip(labels, parts):
-            _write_site(tmp / name, data, idx)
+            write_site_folder(tmp / name, data, idx)
         if out.exists():
             out.rmdir()
         tmp.rename(out)

@@ -31,7 +31,10 @@ CLIENT_CLIPPING_KEY = "central-dp-client-clipping"
 
 def sampled_per_round(cfg: RunConfig, n_sites: int) -> int:
     """Sites sampled per round, as Flower's FedAvg computes it (fraction, at least min-clients)."""
-    return min(n_sites, max(int(n_sites * cfg.fraction_train), cfg.min_clients))
+    if cfg.per_round:
+        return min(n_sites, cfg.per_round)
+    # the ServerApp's round minimum after round 1 (server_app.round_min_sites): min(--min-clients, 2)
+    return min(n_sites, max(int(n_sites * cfg.fraction_train), min(cfg.min_clients, 2)))
 
 
 def wrap_central_dp(strategy: Strategy, cfg: RunConfig, n_sites: int) -> Strategy:

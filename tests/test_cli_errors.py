@@ -103,6 +103,19 @@ def test_federation_commands_bad_input(tmp_path: Path) -> None:
 def test_sim_bad_input(tmp_path: Path) -> None:
     _one_line_error(run_cli("fl-sim", "run", "--dirichlet", "0", "--run-dir", str(tmp_path / "a")), "--dirichlet 0")
     _one_line_error(run_cli("fl-sim", "run", "--task", "tabular", "--clients", "2000", "--run-dir", str(tmp_path / "b")),
-                    "--sites 2000")
+                    "2000 sites is more than the 455 examples")
     _one_line_error(run_cli("fl-sim", "run", "--epsilon", "-1", "--run-dir", str(tmp_path / "c")), "--epsilon")
+    _one_line_error(run_cli("fl-sim", "run", "--clients", "5", "--per-round", "6", "--run-dir", str(tmp_path / "d")),
+                    "--per-round 6 is more than --clients 5")
+    _one_line_error(run_cli("fl-sim", "run", "--task", "tabular", "--clients", "300", "--run-dir", str(tmp_path / "e")),
+                    "cannot give every site 2")
+    _one_line_error(run_cli("fl-sim", "run", "--shards", "0", "--run-dir", str(tmp_path / "f")), "--shards 0")
+    _one_line_error(run_cli("fl-sim", "run", "--iid", "--quantity-skew", "0.5", "--run-dir", str(tmp_path / "g")),
+                    "exclude each other")
+    _one_line_error(run_cli("fl-sim", "run", "--ray-address", f"127.0.0.1:{free_port()}", "--run-dir",
+                            str(tmp_path / "h")), "no Ray cluster answers at 127.0.0.1")
+    _one_line_error(run_cli("fl-sim", "sweep", "--epsilon", "1,abc", "--out", str(tmp_path / "i")), "'abc' is not a float")
+    _one_line_error(run_cli("fl-sim", "sweep", "--dirichlet", "0,1", "--out", str(tmp_path / "j")), "--dirichlet 0")
+    _one_line_error(run_cli("fl-sim", "report", str(tmp_path)), "no results.json")
+    assert not [p.name for p in tmp_path.iterdir()]  # bad input leaves no partial output
     _one_line_error(run_cli("fl-server", "status", "--run-dir", str(tmp_path)), "no results.json")

@@ -1,0 +1,60 @@
+"""Prepare one simulated federation's data: central test set, pool, partition, lazy site plan.
+
+What ``fl-sim run`` (and every cell of ``fl-sim sweep``) does before Flower's engine starts. The
+partition is computed here once, up front (indices only, O(examples) memory); site folders are
+written later, only for sites the ServerApp samples (:mod:`fedshield.simulations.virtual_sites`).
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedshield.common.atomic_io import atomic_write_bytes
+from fedshield.simulations.datasets import simulation_pool
+from fedshield.simulations.partition import PartitionSpec, label_counts, make_partition
+from fedshield.simulations.virtual_sites import write_plan
+
+PARTITION_FILE = "partition.npz"
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    """The partition a run trains on: (sites, classes) counts, names, and the test set's size."""
+
+    dataset: str
+    names: list[str]
+    counts: np.ndarray
+    class_names: list[str]
+    copies: int
+    test_examples: int
+    largest_site: int
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return self.counts.sum(axis=1)
+
+
+def virtual_site_names(n: int) -> list[str]:
+    """site_0000, site_0001, ...: the names virtual site ``partition-id`` maps to."""
+    return [f"site_{i:04d}" for i in range(n)]
+
+
+def prepare_data(run_dir: Path, dataset: str, sites: int, spec: PartitionSpec, *, seed: int,
+                 test_fraction: float, augment: int) -> PreparedData:
+    """Write ``<run_dir>/data`` (plan + test set) and ``<run_dir>/partition.npz`` (counts per site)."""
+    pool = simulation_pool(dataset, sites=sites, test_fraction=test_fraction, augment=augment, seed=seed)
+    parts = make_partition(pool.sites.y, sites, spec, seed)
+    names = virtual_site_names(sites)
+    counts, class_names = label_counts(pool.sites.y, parts)
+    write_plan(run_dir / "data", pool.sites, pool.test, parts, names,
+               {"partition": spec.to_dict(), "seed": seed, "copies": pool.copies, "test_fraction": test_fraction,
+                "test_examples": int(len(pool.test.y))})
+    buffer = io.BytesIO()
+    np.savez(buffer, counts=counts, class_names=np.array(class_names), names=np.array(names))
+    atomic_write_bytes(run_dir / PARTITION_FILE, buffer.getvalue())
+    return PreparedData(dataset, names, counts, class_names, pool.copies, int(len(pool.test.y)),
+                        int(max(len(p) for p in parts)))

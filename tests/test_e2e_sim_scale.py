@@ -1,0 +1,60 @@
+"""Scale: 200 virtual sites, 10 per round, take no more memory than 10 sites (Ray, real processes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from conftest import BIN, cli_env
+
+pytestmark = pytest.mark.slow
+
+
+def _run_measuring_peak(args: list[str], log: Path) -> tuple[int, int]:
+    """Run ``fl-sim`` with ``args``; (exit code, peak RSS in bytes of its whole process tree, Ray included)."""
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen([str(BIN / "fl-sim"), *args], env=cli_env(), stdout=fh, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        total = 0
+        try:
+            for p in [root, *root.children(recursive=True)]:
+                try:
+                    total += p.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        peak = max(peak, total)
+        time.sleep(0.1)
+    if proc.poll() is None:
+        proc.kill()
+    return proc.wait(), peak
+
+
+def test_two_hundred_sites_cost_no_more_memory_than_ten(tmp_path: Path) -> None:
+    common = ["run", "--task", "digits-cnn", "--rounds", "2", "--per-round", "10", "--epsilon", "8", "--no-plots"]
+    rc_small, small = _run_measuring_peak([*common, "--clients", "10", "--run-dir", str(tmp_path / "ten")],
+                                          tmp_path / "ten.log")
+    assert rc_small == 0, (tmp_path / "ten.log").read_text()[-3000:]
+    rc_big, big = _run_measuring_peak([*common, "--clients", "200", "--run-dir", str(tmp_path / "many")],
+                                      tmp_path / "many.log")
+    assert rc_big == 0, (tmp_path / "many.log").read_text()[-3000:]
+    print(f"peak RSS of the process tree: 10 sites {small / 2**20:.0f} MiB, 200 sites {big / 2**20:.0f} MiB")
+    assert big <= 1.2 * small, f"200 sites took {big / small:.2f}x the memory of 10 sites"
+
+    doc = json.loads((tmp_path / "many" / "results.json").read_text())
+    assert doc["status"] == "finished" and doc["total_sites"] == 200
+    trained = [r["train"] for r in doc["rounds"] if "train" in r]
+    assert [t["sampled"] for t in trained] == [10, 10] and all(len(t["sites"]) == 10 for t in trained)
+    # sites are built lazily: only those the rounds (and the handshake) touched have a folder
+    built = list((tmp_path / "many" / "data").glob("site_*"))
+    assert len(built) <= 10 + 2 * (10 + 10) + 10 and len(built) < 200

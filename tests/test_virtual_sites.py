@@ -1,0 +1,78 @@
+"""Lazy virtual sites: one plan on disk, a site's folder written only when it is served."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fedshield.common.errors import ConfigError
+from fedshield.common.run_config import RunConfig
+from fedshield.client.site_session import identify_site, load_site
+from fedshield.simulations.datasets import augment_images, auto_copies, load_dataset, simulation_pool
+from fedshield.simulations.partition import PartitionSpec
+from fedshield.simulations.run_setup import prepare_data
+from fedshield.simulations.virtual_sites import materialize_site, site_indices
+
+
+def test_sites_are_built_on_first_use_with_exactly_their_partition(tmp_path: Path) -> None:
+    prepared = prepare_data(tmp_path, "digits", 40, PartitionSpec("dirichlet", alpha=0.5), seed=1,
+                            test_fraction=0.2, augment=1)
+    data = tmp_path / "data"
+    assert not list(data.glob("site_*"))  # nothing per site up front
+    assert prepared.counts.shape == (40, 10) and prepared.sizes.sum() == 1797 - prepared.test_examples
+    cfg = RunConfig(task="digits-cnn", sim_data_dir=str(data), seed=1)
+    site = identify_site({"partition-id": 7, "num-partitions": 40}, cfg)
+    assert not site.data_path.exists()  # identifying a site (e.g. for a notice) builds nothing
+    _, _, loaded = load_site(site, cfg)
+    assert sorted(p.name for p in data.glob("site_*")) == ["site_0007"]
+    assert len(loaded.train) + len(loaded.val) == prepared.sizes[7]
+    pool_y = np.load(data / "pool" / "y.npy")
+    expected = np.bincount(pool_y[site_indices(data, 7)], minlength=10)
+    got = np.bincount(np.load(data / "site_0007" / "data.npz")["y"], minlength=10)
+    assert np.array_equal(expected, got) and np.array_equal(got, prepared.counts[7])
+
+
+def test_concurrent_builders_of_one_site_agree(tmp_path: Path) -> None:
+    prepare_data(tmp_path, "breast-cancer", 5, PartitionSpec(), seed=0, test_fraction=0.2, augment=1)
+    folders: list[Path] = []
+    threads = [threading.Thread(target=lambda: folders.append(materialize_site(tmp_path / "data", 3))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(folders)) == 1 and (folders[0] / "data.csv").is_file()
+    assert not [p for p in (tmp_path / "data").iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_central_test_set_is_real_and_held_out_of_every_site() -> None:
+    pool = simulation_pool("digits", sites=1000, test_fraction=0.2, augment=0, seed=0)
+    real = load_dataset("digits")
+    assert pool.copies == auto_copies(len(real.y) - len(pool.test.y), 1000) and pool.copies > 1
+    assert len(pool.sites.y) == pool.copies * (len(real.y) - len(pool.test.y))
+    assert len(pool.sites.y) / 1000 >= 16
+    # every test image is a real digit that is not among the sites' real examples
+    site_real = {bytes(x) for x in pool.sites.x[: len(real.y) - len(pool.test.y)]}
+    assert not any(bytes(x) in site_real for x in pool.test.x)
+    real_set = {bytes(x) for x in real.x}
+    assert all(bytes(x) in real_set for x in pool.test.x)
+
+
+def test_augmented_copies_differ_but_keep_shape_and_ink() -> None:
+    x = load_dataset("digits").x[:50]
+    out = augment_images(x, 3, seed=0)
+    assert out.shape == (150, 28, 28) and out.dtype == np.uint8
+    assert np.array_equal(out[:50], x) and not np.array_equal(out[50:100], x)
+    ink = x.astype(float).sum(axis=(1, 2))
+    moved = out[50:100].astype(float).sum(axis=(1, 2))
+    assert np.all(np.abs(moved / ink - 1) < 0.35)  # a jittered digit, not noise
+    assert np.array_equal(augment_images(x, 3, seed=0), out)
+
+
+def test_tabular_data_cannot_be_augmented_and_bad_fractions_are_refused() -> None:
+    with pytest.raises(ConfigError, match="only image data sets"):
+        simulation_pool("breast-cancer", sites=10, test_fraction=0.2, augment=3, seed=0)
+    with pytest.raises(ConfigError, match="--test-fraction"):
+        simulation_pool("digits", sites=10, test_fraction=1.0, augment=1, seed=0)
