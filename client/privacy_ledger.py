@@ -18,6 +18,7 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 from opacus.accountants import PRVAccountant, RDPAccountant
@@ -172,18 +173,9 @@ class PrivacyLedger:
                 f"{self.path}: the privacy budget left (ε {left:.3g} of {self.epsilon_budget:g}) cannot cover "
                 f"{rounds} round(s) even at noise multiplier {MAX_NOISE_MULTIPLIER:g}; raise --epsilon or plan fewer --rounds"
             )
-        lo, hi = 0.05, 1.0
-        while eps(hi) > self.epsilon_budget:
-            lo, hi = hi, hi * 2
-        for _ in range(60):
-            mid = (lo + hi) / 2
-            if eps(mid) > self.epsilon_budget:
-                lo = mid
-            else:
-                hi = mid
-            if hi - lo < 1e-3 * hi:  # σ to 0.1 %: leaves a fraction of a percent of the budget unused
-                break
-        plan = RunPlan(noise_multiplier=hi, sample_rate=sample_rate,
+        sigma = _smallest_sigma(eps, self.epsilon_budget) if prior else _fresh_sigma(
+            sample_rate, total_steps, self.delta, self.epsilon_budget, self.accountant)
+        plan = RunPlan(noise_multiplier=sigma, sample_rate=sample_rate,
                        steps_per_round=steps_per_round, rounds=rounds)
         self.plans[run_id] = plan
         return plan
@@ -207,6 +199,29 @@ class PrivacyLedger:
         """Mark a recorded round as released (its update left the site)."""
         entry.status = "released"
         self.save()
+
+
+def _smallest_sigma(eps: Callable[[float], float], budget: float) -> float:
+    """Bisection for the smallest σ with ``eps(σ) <= budget`` (ε falls as σ grows), to 0.1 % of σ."""
+    lo, hi = 0.05, 1.0
+    while eps(hi) > budget:
+        lo, hi = hi, hi * 2
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if eps(mid) > budget:
+            lo = mid
+        else:
+            hi = mid
+        if hi - lo < 1e-3 * hi:  # leaves a fraction of a percent of the budget unused
+            break
+    return hi
+
+
+@lru_cache(maxsize=1024)
+def _fresh_sigma(sample_rate: float, steps: int, delta: float, budget: float, accountant: str) -> float:
+    """σ for a site with no history: the same for every site of a simulation with equal sizes, so cached."""
+    return _smallest_sigma(lambda sigma: epsilon_of([(sigma, sample_rate, steps)], delta, accountant,
+                                                    orders=SEARCH_ORDERS), budget)
 
 
 ACCOUNTANTS = {"rdp": RDPAccountant, "prv": PRVAccountant}

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
@@ -88,14 +90,30 @@ MIN_EXAMPLES_PER_SITE = 16  # what `--augment 0` (auto) aims for, on average, pe
 class SimulationPool:
     """A bundled data set cut for one simulation.
 
-    ``sites``: what the partitioner deals to the virtual sites (possibly augmented); ``test``: a
-    stratified share of the *real* examples that no site ever sees, the server's central test set.
-    ``copies``: examples in ``sites`` per real example (1 = not augmented).
+    ``real``: the real examples the sites share out; with ``copies`` > 1 each is followed, in
+    :meth:`write_x`, by jittered copies (:func:`augmented_copies`), so the pool has
+    ``copies · len(real)`` examples and its labels are :attr:`labels`. ``test``: a stratified share of
+    the real examples that no site ever sees, the server's central test set.
     """
 
-    sites: BundledDataset
+    real: BundledDataset
     test: BundledDataset
     copies: int
+    seed: int
+
+    @property
+    def labels(self) -> np.ndarray:
+        """(copies · N,) labels of the whole pool, in pool order."""
+        return np.tile(self.real.y, self.copies)
+
+    def write_x(self, path: Path) -> None:
+        """Write the pool's examples as one ``.npy`` file, one copy at a time (memory: one copy)."""
+        shape = (len(self.real.y) * self.copies, *self.real.x.shape[1:])
+        with open(path, "wb") as fh:
+            np.lib.format.write_array_header_1_0(
+                fh, {"descr": np.lib.format.dtype_to_descr(self.real.x.dtype), "fortran_order": False, "shape": shape})
+            for chunk in augmented_copies(self.real.x, self.copies, self.seed):
+                fh.write(np.ascontiguousarray(chunk).tobytes())
 
 
 def _subset(data: BundledDataset, idx: np.ndarray) -> BundledDataset:
@@ -103,17 +121,17 @@ def _subset(data: BundledDataset, idx: np.ndarray) -> BundledDataset:
                           dict(data.site_config))
 
 
-def augment_images(x: np.ndarray, copies: int, seed: int) -> np.ndarray:
-    """``x`` (N, H, W) uint8 followed by ``copies - 1`` jittered copies: (N·copies, H, W) uint8.
+def augmented_copies(x: np.ndarray, copies: int, seed: int) -> Iterator[np.ndarray]:
+    """``x`` (N, H, W) uint8, then ``copies - 1`` jittered copies of it, each (N, H, W) uint8.
 
     Each copy is a seeded random affine transform of the original: rotation ±12°, scale 0.9-1.1,
     shift ±2 px (the usual digit augmentation, e.g. Simard et al. 2003). Bilinear resampling.
     """
+    yield x
     if copies <= 1:
-        return x
+        return
     gen = torch.Generator().manual_seed(seed)
     images = torch.as_tensor(x, dtype=torch.float32).unsqueeze(1) / 255.0
-    out = [x]
     n, _, h, w = images.shape
     for _ in range(copies - 1):
         angle = (torch.rand(n, generator=gen) * 2 - 1) * (12 * np.pi / 180)
@@ -123,8 +141,12 @@ def augment_images(x: np.ndarray, copies: int, seed: int) -> np.ndarray:
         theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
         grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
         moved = torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-        out.append((moved.squeeze(1).clamp(0, 1) * 255).round().to(torch.uint8).numpy())
-    return np.concatenate(out)
+        yield (moved.squeeze(1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+
+
+def augment_images(x: np.ndarray, copies: int, seed: int) -> np.ndarray:
+    """All of :func:`augmented_copies` in one (N·copies, H, W) array."""
+    return np.concatenate(list(augmented_copies(x, copies, seed)))
 
 
 def auto_copies(real_for_sites: int, sites: int) -> int:
@@ -133,7 +155,7 @@ def auto_copies(real_for_sites: int, sites: int) -> int:
 
 
 def simulation_pool(name: str, *, sites: int, test_fraction: float, augment: int, seed: int) -> SimulationPool:
-    """Hold out the central test set, then augment the rest when ``augment`` copies (0 = auto) > 1.
+    """Hold out the central test set; the rest, with ``augment`` copies each (0 = auto), is the pool.
 
     Only image data sets can be augmented; tabular ones with too few rows for the sites fail later in
     the partitioner with the flag to change.
@@ -146,12 +168,8 @@ def simulation_pool(name: str, *, sites: int, test_fraction: float, augment: int
     stratify = data.y if data.is_classification else None
     site_idx, test_idx = train_test_split(np.arange(len(data.y)), test_size=test_fraction, random_state=seed,
                                           shuffle=True, stratify=stratify)
-    site_part, test = _subset(data, np.sort(site_idx)), _subset(data, np.sort(test_idx))
     images = data.x.ndim == 3
     copies = augment or (auto_copies(len(site_idx), sites) if images else 1)
     if copies > 1 and not images:
         raise ConfigError(f"--augment {copies}: only image data sets can be augmented; {name} is tabular, use --augment 1")
-    if copies > 1:
-        site_part = BundledDataset(data.name, data.task, augment_images(site_part.x, copies, seed),
-                                   np.tile(site_part.y, copies), data.feature_names, data.target, dict(data.site_config))
-    return SimulationPool(site_part, test, copies)
+    return SimulationPool(_subset(data, np.sort(site_idx)), _subset(data, np.sort(test_idx)), copies, seed)

@@ -47,10 +47,11 @@ def prepare_data(run_dir: Path, dataset: str, sites: int, spec: PartitionSpec, *
                  test_fraction: float, augment: int) -> PreparedData:
     """Write ``<run_dir>/data`` (plan + test set) and ``<run_dir>/partition.npz`` (counts per site)."""
     pool = simulation_pool(dataset, sites=sites, test_fraction=test_fraction, augment=augment, seed=seed)
-    parts = make_partition(pool.sites.y, sites, spec, seed)
+    labels = pool.labels
+    parts = make_partition(labels, sites, spec, seed)
     names = virtual_site_names(sites)
-    counts, class_names = label_counts(pool.sites.y, parts)
-    write_plan(run_dir / "data", pool.sites, pool.test, parts, names,
+    counts, class_names = label_counts(labels, parts)
+    write_plan(run_dir / "data", pool, parts, names,
                {"partition": spec.to_dict(), "seed": seed, "copies": pool.copies, "test_fraction": test_fraction,
                 "test_examples": int(len(pool.test.y))})
     buffer = io.BytesIO()

@@ -2,7 +2,7 @@
 
 ``fl-sim run`` writes into ``<run>/data``::
 
-    pool/x.npy, pool/y.npy    the examples the sites share out (memory-mapped when read)
+    pool/x.npy, pool/y.npy    the examples the sites share out (a site's rows are read with pread)
     pool/order.npy            example indices grouped by site; pool/offsets.npy: (sites + 1,) bounds
     pool/plan.json            data set, task, site names and sizes, partitioner, seed, augmentation
     test/                     the server's central test set, in the task's site-folder format
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from fedshield.common.errors import ConfigError, DataError
-from fedshield.simulations.datasets import BundledDataset
+from fedshield.simulations.datasets import BundledDataset, SimulationPool
 
 PLAN_FORMAT = "fedshield-partition-plan"
 POOL_DIR = "pool"
@@ -34,8 +34,8 @@ TEST_DIR = "test"
 _lock = threading.Lock()
 
 
-def write_plan(data_dir: Path, sites: BundledDataset, test: BundledDataset, parts: list[np.ndarray],
-               names: list[str], meta: dict[str, Any]) -> None:
+def write_plan(data_dir: Path, pool: SimulationPool, parts: list[np.ndarray], names: list[str],
+               meta: dict[str, Any]) -> None:
     """Write the pool, the plan and the central test folder into the new folder ``data_dir``."""
     from fedshield.simulations.split import write_site_folder
 
@@ -44,18 +44,19 @@ def write_plan(data_dir: Path, sites: BundledDataset, test: BundledDataset, part
         raise ConfigError(f"{data_dir}: already exists; pass a new --run-dir")
     data_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.", dir=data_dir.parent))
+    real = pool.real
     try:
-        pool = tmp / POOL_DIR
-        pool.mkdir()
-        np.save(pool / "x.npy", sites.x)
-        np.save(pool / "y.npy", sites.y)
-        np.save(pool / "order.npy", np.concatenate(parts).astype(np.int64))
-        np.save(pool / "offsets.npy", np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64))
-        plan = {"format": PLAN_FORMAT, "version": 1, "dataset": sites.name, "task": sites.task,
-                "feature_names": list(sites.feature_names), "target": sites.target,
-                "site_config": sites.site_config, "names": names, "sizes": [int(len(p)) for p in parts], **meta}
-        (pool / "plan.json").write_text(json.dumps(plan, indent=1))
-        write_site_folder(tmp / TEST_DIR, test, np.arange(len(test.y)))
+        folder = tmp / POOL_DIR
+        folder.mkdir()
+        pool.write_x(folder / "x.npy")
+        np.save(folder / "y.npy", pool.labels)
+        np.save(folder / "order.npy", np.concatenate(parts).astype(np.int64))
+        np.save(folder / "offsets.npy", np.concatenate([[0], np.cumsum([len(p) for p in parts])]).astype(np.int64))
+        plan = {"format": PLAN_FORMAT, "version": 1, "dataset": real.name, "task": real.task,
+                "feature_names": list(real.feature_names), "target": real.target,
+                "site_config": real.site_config, "names": names, "sizes": [int(len(p)) for p in parts], **meta}
+        (folder / "plan.json").write_text(json.dumps(plan, indent=1))
+        write_site_folder(tmp / TEST_DIR, pool.test, np.arange(len(pool.test.y)))
         tmp.rename(data_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -74,29 +75,64 @@ def read_plan(data_dir: Path) -> dict[str, Any]:
     return plan
 
 
+class NpyRows:
+    """Rows of a C-ordered ``.npy`` file read with ``pread``: no memory map, so a Ray actor that serves
+    hundreds of virtual sites holds only the rows it read, not the pages of the whole pool."""
+
+    def __init__(self, path: Path) -> None:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0)
+            self.shape, fortran, self.dtype = read_header(fh)
+            self.offset = fh.tell()
+        if fortran:
+            raise DataError(f"{path}: Fortran-ordered arrays are not supported; rerun fl-sim run")
+        self.path = path
+        self.row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+
+    def take(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (in that order) as an in-memory array of shape (len(idx), *row shape)."""
+        out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
+        flat = out.reshape(len(idx), -1).view(np.uint8)
+        fd = os.open(self.path, os.O_RDONLY)
+        try:
+            for i, row in enumerate(np.asarray(idx, dtype=np.int64)):
+                flat[i] = np.frombuffer(os.pread(fd, self.row_bytes, self.offset + int(row) * self.row_bytes), np.uint8)
+        finally:
+            os.close(fd)
+        return out
+
+
 @lru_cache(maxsize=4)
-def _pool(data_dir: str) -> tuple[dict[str, Any], BundledDataset, np.ndarray, np.ndarray]:
+def _pool(data_dir: str) -> tuple[dict[str, Any], NpyRows, np.ndarray, np.ndarray, np.ndarray]:
     plan = read_plan(Path(data_dir))
     pool = Path(data_dir) / POOL_DIR
-    data = BundledDataset(plan["dataset"], plan["task"], np.load(pool / "x.npy", mmap_mode="r"),
-                          np.load(pool / "y.npy", mmap_mode="r"), tuple(plan["feature_names"]), plan["target"],
-                          dict(plan["site_config"]))
-    return plan, data, np.load(pool / "order.npy", mmap_mode="r"), np.load(pool / "offsets.npy")
+    return (plan, NpyRows(pool / "x.npy"), np.load(pool / "y.npy"), np.load(pool / "order.npy"),
+            np.load(pool / "offsets.npy"))
 
 
 def site_indices(data_dir: Path, site: int) -> np.ndarray:
     """Pool indices of virtual site number ``site``."""
-    _, _, order, offsets = _pool(str(data_dir))
+    _, _, _, order, offsets = _pool(str(data_dir))
     if not 0 <= site < len(offsets) - 1:
         raise DataError(f"{data_dir}: no virtual site {site}; the plan has {len(offsets) - 1}")
     return np.asarray(order[offsets[site]:offsets[site + 1]])
+
+
+def site_examples(data_dir: Path, site: int) -> BundledDataset:
+    """Virtual site ``site``'s examples, read from the pool."""
+    plan, x, y, _, _ = _pool(str(data_dir))
+    idx = site_indices(data_dir, site)
+    return BundledDataset(plan["dataset"], plan["task"], x.take(idx), y[idx], tuple(plan["feature_names"]),
+                          plan["target"], dict(plan["site_config"]))
 
 
 def materialize_site(data_dir: Path, site: int) -> Path:
     """The folder of virtual site ``site``, written (atomically) on first use."""
     from fedshield.simulations.split import write_site_folder
 
-    plan, data, _, _ = _pool(str(data_dir))
+    plan = _pool(str(data_dir))[0]
     folder = Path(data_dir) / plan["names"][site]
     if folder.is_dir():
         return folder
@@ -105,7 +141,8 @@ def materialize_site(data_dir: Path, site: int) -> Path:
             return folder
         tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=data_dir))
         try:
-            write_site_folder(tmp / "site", data, site_indices(data_dir, site))
+            examples = site_examples(data_dir, site)
+            write_site_folder(tmp / "site", examples, np.arange(len(examples.y)))
             try:
                 os.rename(tmp / "site", folder)
             except OSError:  # another process (a second Ray actor) wrote it first: same content

@@ -14,7 +14,7 @@ from fedshield.client.site_session import identify_site, load_site
 from fedshield.simulations.datasets import augment_images, auto_copies, load_dataset, simulation_pool
 from fedshield.simulations.partition import PartitionSpec
 from fedshield.simulations.run_setup import prepare_data
-from fedshield.simulations.virtual_sites import materialize_site, site_indices
+from fedshield.simulations.virtual_sites import NpyRows, materialize_site, site_indices
 
 
 def test_sites_are_built_on_first_use_with_exactly_their_partition(tmp_path: Path) -> None:
@@ -51,13 +51,24 @@ def test_central_test_set_is_real_and_held_out_of_every_site() -> None:
     pool = simulation_pool("digits", sites=1000, test_fraction=0.2, augment=0, seed=0)
     real = load_dataset("digits")
     assert pool.copies == auto_copies(len(real.y) - len(pool.test.y), 1000) and pool.copies > 1
-    assert len(pool.sites.y) == pool.copies * (len(real.y) - len(pool.test.y))
-    assert len(pool.sites.y) / 1000 >= 16
+    assert len(pool.labels) == pool.copies * (len(real.y) - len(pool.test.y)) == pool.copies * len(pool.real.y)
+    assert len(pool.labels) / 1000 >= 16
     # every test image is a real digit that is not among the sites' real examples
-    site_real = {bytes(x) for x in pool.sites.x[: len(real.y) - len(pool.test.y)]}
+    site_real = {bytes(x) for x in pool.real.x}
     assert not any(bytes(x) in site_real for x in pool.test.x)
     real_set = {bytes(x) for x in real.x}
     assert all(bytes(x) in real_set for x in pool.test.x)
+
+
+def test_pool_file_streams_every_copy(tmp_path: Path) -> None:
+    pool = simulation_pool("digits", sites=300, test_fraction=0.2, augment=3, seed=4)
+    pool.write_x(tmp_path / "x.npy")
+    x = np.load(tmp_path / "x.npy")
+    assert x.shape == (3 * len(pool.real.y), 28, 28)
+    assert np.array_equal(x, augment_images(pool.real.x, 3, seed=4))
+    rows = NpyRows(tmp_path / "x.npy")
+    idx = np.array([5, 0, len(x) - 1, 5])
+    assert np.array_equal(rows.take(idx), x[idx])
 
 
 def test_augmented_copies_differ_but_keep_shape_and_ink() -> None:
