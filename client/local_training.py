@@ -95,6 +95,21 @@ def site_delta(settings: PrivacySettings, n_train: int) -> float:
     return settings.delta if settings.delta > 0 else min(1e-5, 1.0 / (10.0 * max(n_train, 1)))
 
 
+def planned_rounds(cfg: RunConfig) -> int:
+    """Rounds a site plans its noise for: all of them, or, when the server samples ``per_round`` of
+    ``min_clients`` sites, the participations it can expect plus three standard deviations (binomial).
+
+    Planning every round for a site that is sampled in one of twenty would spend a twentieth of its
+    budget and drown its update in noise. The plan only sets σ: the ledger still refuses any round
+    past the budget, so a site sampled more often than planned sits out the surplus rounds.
+    """
+    if not cfg.per_round or cfg.per_round >= cfg.min_clients:
+        return cfg.rounds
+    p = cfg.per_round / cfg.min_clients
+    mean = cfg.rounds * p
+    return max(1, min(cfg.rounds, math.ceil(mean + 3 * math.sqrt(mean * (1 - p)))))
+
+
 def train_round(
     task: Task,
     site: SiteData,
@@ -124,15 +139,16 @@ def train_round(
     steps = len(loader) * cfg.local_epochs
     ledger = PrivacyLedger.open(privacy.state_dir, epsilon_budget=privacy.epsilon, delta=delta,
                                 accountant=privacy.accountant)
-    plan = ledger.plan_run(run_id, sample_rate=sample_rate, steps_per_round=steps, rounds=cfg.rounds)
+    plan = ledger.plan_run(run_id, sample_rate=sample_rate, steps_per_round=steps, rounds=planned_rounds(cfg))
     private = make_private(task, site, model, optimizer, loader, noise_multiplier=plan.noise_multiplier,
                            max_grad_norm=privacy.max_grad_norm)
-    entry = ledger.begin_round(run_id, rnd, steps=steps, plan=plan)
     try:
+        entry = ledger.begin_round(run_id, rnd, steps=steps, plan=plan)  # refuses a round past the budget
         result = task.train(private.model, private.loader, private.optimizer, epochs=cfg.local_epochs,
                             device=device, criterion=private.criterion)
     finally:
-        # Detach Opacus from the model (hooks, per-sample gradient buffers) so it can be reused.
+        # Detach Opacus from the model (hooks, per-sample gradient buffers) so it can be reused, also
+        # after a refusal: a warm process (a Ray actor) trains the next site on the same model object.
         private.model.to_standard_module()
     taken = sum(s for _, _, s in private.engine.accountant.history)
     if taken > steps:  # the ledger must never under-count what Opacus' own accountant saw

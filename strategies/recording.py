@@ -45,12 +45,12 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 def short_reason(text: str) -> str:
     """The site's own error message out of Flower's wrapped error (Ray traceback, ClientApp exception)."""
-    text = _ANSI.sub("", text.replace("\\n", "\n"))
+    text = _ANSI.sub("", text.replace("\\n", "\n").replace("\\'", "'"))  # a repr inside a repr
     if "Message: " in text:
         text = text.rsplit("Message: ", 1)[1]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     first = lines[0] if lines else text.strip()
-    return first.rstrip("')\"").strip()[:300]
+    return first.rstrip("')\">").strip()[:300]  # the closing quotes and '>' of the wrapping reprs
 
 
 def _failed(sampled: list[int], answered: set[int], failures: list) -> list[tuple[int, str]]:

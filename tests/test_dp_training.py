@@ -101,3 +101,21 @@ def test_private_round_records_ledger_and_improves(tmp_path: Path) -> None:
     assert out.epsilon == pytest.approx(ledger.epsilon_spent()) and 0 < out.epsilon < 8.0
     assert out.sample_rate == pytest.approx(1 / 16)  # Opacus' q = 1 / len(loader)
     assert np.isfinite(out.result.loss)
+
+
+def test_a_refused_round_leaves_the_model_trainable_by_the_next_site(tmp_path: Path) -> None:
+    """A warm process (a Ray actor) trains many sites on one model object: a site that refuses for lack
+    of budget must not leave Opacus' hooks on it (1,000-site run: every later site in that actor failed)."""
+    from fedshield.client.privacy_ledger import BudgetExhaustedError
+
+    task = get_task("digits-cnn")
+    site = _digits_site(128)
+    model = task.build_model(site.schema, TaskOptions())
+    cfg = RunConfig(rounds=1, batch_size=32, lr=0.5)
+    spent = PrivacySettings(True, 1.0, 1e-5, 1.0, tmp_path / "spent")
+    train_round(task, site, model, cfg, run_id="r", rnd=1, privacy=spent, device=torch.device("cpu"))
+    with pytest.raises(BudgetExhaustedError, match="refuses this round"):  # planned 1 round, asked for a 2nd
+        train_round(task, site, model, cfg, run_id="r", rnd=2, privacy=spent, device=torch.device("cpu"))
+    fresh = PrivacySettings(True, 8.0, 1e-5, 1.0, tmp_path / "fresh")
+    out = train_round(task, site, model, cfg, run_id="r", rnd=1, privacy=fresh, device=torch.device("cpu"))
+    assert 0 < out.epsilon <= 8.0 and np.isfinite(out.result.loss)
