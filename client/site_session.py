@@ -53,7 +53,8 @@ def identify_site(node_config: Mapping[str, Any], cfg: RunConfig) -> SiteIdentit
         pid = int(node_config["partition-id"])
         name = f"site_{pid:04d}"
         root = Path(cfg.sim_data_dir)
-        return SiteIdentity(name, root / name, root.parent / "site-state" / name, None, node_config, virtual=pid)
+        states = Path(cfg.sim_state_dir) if cfg.sim_state_dir else root.parent / "site-state"
+        return SiteIdentity(name, root / name, states / name, None, node_config, virtual=pid)
     raise ConfigError("this SuperNode has no data-path in its node config; start it with `fl-client join --data DIR`")
 
 

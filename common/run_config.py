@@ -50,6 +50,9 @@ class RunConfig:
         run_dir: where the ServerApp writes ``results.json`` and checkpoints.
         sim_data_dir: simulation only: folder of per-site data folders (``site_NNNN``), or of the
             partition plan they are built from lazily (:mod:`fedshield.simulations.virtual_sites`).
+        sim_state_dir: simulation only: folder of per-site state folders (privacy ledgers), one
+            ``site_NNNN`` each; default ``<sim_data_dir>/../site-state``. Reusing it across runs makes
+            the virtual sites' ε compose across those runs, as a real site's does.
         max_site_examples: simulation only: examples at the largest virtual site (the partition knows
             it), which SecAgg+'s weight quantisation must cover; 0 = the largest the handshake saw.
         device: ``auto``, ``cpu`` or ``cuda`` for site training.
@@ -83,6 +86,7 @@ class RunConfig:
     secagg_timeout: float = 300.0
     run_dir: str = ""
     sim_data_dir: str = ""
+    sim_state_dir: str = ""
     max_site_examples: int = 0
     device: str = "auto"
 

@@ -84,12 +84,12 @@ def start(
     from fedshield.common.run_config import RunConfig
     from fedshield.server.run_submission import run_status, submit, write_app, write_flwr_home
     from fedshield.server.superlink import SuperLink
-    from fedshield.tasks.registry import get_task
+    from fedshield.tasks.registry import check_task_name, get_task
 
     from fedshield.server.federation import Federation
     from fedshield.server.superlink import TlsFiles
 
-    get_task(task)
+    check_task_name(task)  # flags first; torch (get_task below) takes seconds to import
     if insecure and dir is not None:
         raise ConfigError("--insecure and --dir exclude each other; pick one")
     if not insecure and dir is None:
@@ -116,6 +116,7 @@ def start(
     from fedshield.strategies.registry import make_strategy
 
     make_strategy(strategy)  # unknown strategy: fail now, not inside the server
+    get_task(task)  # a task plugin that fails to load: fail now too
     if port_in_use(host, port):
         raise ConfigError(f"--port {port}: already in use on {host}; stop what uses it or pick another --port")
     if insecure:

@@ -24,13 +24,12 @@ from torch import nn
 from fedshield.common.atomic_io import atomic_write_bytes, atomic_write_json
 from fedshield.common.metrics import weighted_mean
 from fedshield.common.run_config import RunConfig
+from fedshield.common.run_files import RESULTS_FILE, RESULTS_FORMAT
 from fedshield.common.torch_arrays import state_dict_from_ndarrays
 from fedshield.strategies.central_dp import client_level_epsilon
 from fedshield.tasks.base import DataSchema
 
-RESULTS_FILE = "results.json"
 FINAL_MODEL = "model-final.pt"
-RESULTS_FORMAT = "fedshield-results"
 
 
 def _clean(value: Any) -> Any:

@@ -77,7 +77,7 @@ def run(
     quantity_skew: QuantitySkew = None,
     iid: Iid = False,
     augment: int = typer.Option(0, "--augment", min=0, help="Image data: examples per real one given to sites (1 = none; 0 = automatic: enough for ~16 per site, e.g. 1,000 digit sites)."),
-    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of the real examples held out of every site as the server's central test set."),
+    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of the real examples held out of every site as the server's central test set (0 = none: the sites hold every example, as `fl-sim split` deals them)."),
     seed: opts.Seed = 0,
     local_epochs: opts.LocalEpochs = 1,
     batch_size: opts.BatchSize = 32,
@@ -99,6 +99,7 @@ def run(
     secagg_timeout: opts.SecAggTimeout = 300.0,
     no_dp: bool = typer.Option(False, "--no-dp", help="Train WITHOUT differential privacy (explicit opt-out, recorded in results)."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Output folder (default ./runs/sim-<time>)."),
+    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Folder of the virtual sites' privacy ledgers (default RUN_DIR/site-state); reuse it across runs and their ε composes, as a real site's does."),
     cpus_per_client: float = typer.Option(1.0, "--cpus-per-client", help="Ray CPUs per virtual site (sites trained at once = CPUs / this)."),
     gpus_per_client: float = typer.Option(0.0, "--gpus-per-client", help="Ray GPU fraction per virtual site (e.g. 0.25: four sites share a GPU)."),
     ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join an existing Ray cluster: auto (the one `ray start` runs here) or HOST:PORT of its head."),
@@ -114,14 +115,12 @@ def run(
       fl-sim run --task digits-cnn --clients 1000 --per-round 50 --rounds 20 --dirichlet 0.3 --epsilon 3
     """
     set_debug(debug)
-    from fedshield.simulations import runner
     from fedshield.simulations.partition import spec_from_flags
-    from fedshield.simulations.partition_view import partition_table
-    from fedshield.simulations.run_setup import prepare_data
-    from fedshield.tasks.registry import get_task
+    from fedshield.tasks.registry import check_task_name
 
+    # every flag is checked before torch, Flower or Ray is imported: a typo costs well under a second
     spec = spec_from_flags(partition=partition, iid=iid, dirichlet=dirichlet, shards=shards, quantity_skew=quantity_skew)
-    get_task(task)  # unknown task: fail before writing anything
+    check_task_name(task)
     data_name = dataset or DEFAULT_DATASET.get(task)
     if data_name is None:
         raise ConfigError(f"--dataset is required for task {task!r}")
@@ -130,6 +129,8 @@ def run(
     folder = run_dir or Path("runs") / time.strftime("sim-%Y%m%d-%H%M%S")
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise RunFolderError(f"--run-dir {folder}: exists and is not empty; pass a new folder")
+    if state_dir is not None and state_dir.exists() and not state_dir.is_dir():
+        raise ConfigError(f"--state-dir {state_dir}: is a file; pass a folder (it holds one ledger folder per site)")
     learning_rate = lr if lr is not None else RunConfig.default_lr(not no_dp)
     cfg = RunConfig(task=task, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=learning_rate,
                     seed=seed, min_clients=clients, per_round=per_round, strategy=strategy, model=model, dp=not no_dp,
@@ -138,7 +139,14 @@ def run(
                     secagg_threshold=secagg_threshold, secagg_timeout=secagg_timeout,
                     epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant,
                     run_dir=str(folder.resolve()), sim_data_dir=str((folder / "data").resolve()),
+                    sim_state_dir=str(state_dir.resolve()) if state_dir else "",
                     device=device).validate()
+    from fedshield.simulations import runner
+    from fedshield.simulations.partition_view import partition_table
+    from fedshield.simulations.run_setup import prepare_data
+    from fedshield.tasks.registry import get_task
+
+    get_task(task)  # a plugin that fails to load: fail before writing anything
     if ray_address:
         runner.check_ray_address(ray_address)
     if no_dp:
@@ -198,9 +206,9 @@ def sweep(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fedshield.simulations import sweep as sw
-    from fedshield.tasks.registry import get_task
+    from fedshield.tasks.registry import check_task_name
 
-    get_task(task)
+    check_task_name(task)
     fixed = {"--local-epochs": str(local_epochs), "--batch-size": str(batch_size)}
     if dataset:
         fixed["--dataset"] = dataset

@@ -14,9 +14,6 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-import torch
-from sklearn import datasets as skd
-from sklearn.model_selection import train_test_split
 
 from fedshield.common.errors import ConfigError
 
@@ -42,6 +39,9 @@ class BundledDataset:
 
 
 def _digits() -> BundledDataset:
+    import torch
+    from sklearn import datasets as skd
+
     bunch = skd.load_digits()
     images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
     up = torch.nn.functional.interpolate(images, size=(28, 28), mode="bilinear", align_corners=False)
@@ -54,6 +54,8 @@ def _csv_safe(name: str) -> str:
 
 
 def _breast_cancer() -> BundledDataset:
+    from sklearn import datasets as skd
+
     bunch = skd.load_breast_cancer()
     names = tuple(_csv_safe(n) for n in bunch.feature_names)
     return BundledDataset("breast-cancer", "tabular", bunch.data, bunch.target.astype(np.int64), names,
@@ -61,6 +63,8 @@ def _breast_cancer() -> BundledDataset:
 
 
 def _diabetes() -> BundledDataset:
+    from sklearn import datasets as skd
+
     bunch = skd.load_diabetes(scaled=False)
     names = tuple(_csv_safe(n) for n in bunch.feature_names)
     return BundledDataset("diabetes", "tabular", bunch.data, bunch.target.astype(np.float64), names,
@@ -130,6 +134,8 @@ def augmented_copies(x: np.ndarray, copies: int, seed: int) -> Iterator[np.ndarr
     yield x
     if copies <= 1:
         return
+    import torch
+
     gen = torch.Generator().manual_seed(seed)
     images = torch.as_tensor(x, dtype=torch.float32).unsqueeze(1) / 255.0
     n, _, h, w = images.shape
@@ -155,19 +161,25 @@ def auto_copies(real_for_sites: int, sites: int) -> int:
 
 
 def simulation_pool(name: str, *, sites: int, test_fraction: float, augment: int, seed: int) -> SimulationPool:
-    """Hold out the central test set; the rest, with ``augment`` copies each (0 = auto), is the pool.
+    """Hold out the central test set (none at ``test_fraction`` 0); the rest, with ``augment`` copies
+    each (0 = auto), is the pool.
 
     Only image data sets can be augmented; tabular ones with too few rows for the sites fail later in
     the partitioner with the flag to change.
     """
-    if not 0 < test_fraction < 1:
-        raise ConfigError(f"--test-fraction {test_fraction}: must be in (0, 1), e.g. 0.2")
+    if not 0 <= test_fraction < 1:
+        raise ConfigError(f"--test-fraction {test_fraction}: must be in [0, 1), e.g. 0.2 (0 = no central test set)")
     if augment < 0:
         raise ConfigError(f"--augment {augment}: give copies per example (1 = none) or 0 for automatic")
     data = load_dataset(name)
     stratify = data.y if data.is_classification else None
-    site_idx, test_idx = train_test_split(np.arange(len(data.y)), test_size=test_fraction, random_state=seed,
-                                          shuffle=True, stratify=stratify)
+    if test_fraction == 0:  # every example goes to the sites, exactly as `fl-sim split` would deal them
+        site_idx, test_idx = np.arange(len(data.y)), np.arange(0)
+    else:
+        from sklearn.model_selection import train_test_split
+
+        site_idx, test_idx = train_test_split(np.arange(len(data.y)), test_size=test_fraction, random_state=seed,
+                                              shuffle=True, stratify=stratify)
     images = data.x.ndim == 3
     copies = augment or (auto_copies(len(site_idx), sites) if images else 1)
     if copies > 1 and not images:

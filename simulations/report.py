@@ -14,9 +14,7 @@ import numpy as np
 
 from fedshield.common.atomic_io import atomic_write_text, read_json
 from fedshield.common.errors import RunFolderError
-from fedshield.server.central_evaluation import PREDICTIONS_FILE
-from fedshield.server.run_results import RESULTS_FILE, RESULTS_FORMAT
-from fedshield.simulations import plots
+from fedshield.common.run_files import PREDICTIONS_FILE, RESULTS_FILE, RESULTS_FORMAT
 from fedshield.simulations.run_setup import PARTITION_FILE
 
 PLOTS_DIR = "plots"
@@ -47,6 +45,8 @@ def report_run(run_dir: Path) -> list[Path]:
     run_dir = Path(run_dir)
     doc = load_results(run_dir)
     out = run_dir / PLOTS_DIR
+    from fedshield.simulations import plots  # matplotlib: only when drawing
+
     written = [plots.plot_metrics_per_round(doc, out / "metrics.png"),
                plots.plot_epsilon_per_site(doc, out / "epsilon.png")]
     predictions = run_dir / PREDICTIONS_FILE

@@ -25,7 +25,6 @@ from typing import Any
 
 from fedshield.common.atomic_io import atomic_write_json, atomic_write_text, read_json
 from fedshield.common.errors import ConfigError, FedShieldError, RunFolderError
-from fedshield.simulations import plots
 from fedshield.simulations.report import final_central
 
 SWEEP_FILE = "sweep.json"
@@ -242,6 +241,8 @@ def report_sweep(out: Path, errors: dict[str, str] | None = None) -> list[Path]:
     groups = varied_keys(spec)
     points = [{"epsilon": math.inf if r["epsilon"] == "inf" else float(r["epsilon"]), metric: r["central"],
                "seed": r["seed"], **{k: r[k] for k in groups}} for r in done]
+    from fedshield.simulations import plots
+
     curve = plots.plot_privacy_utility(points, out / "plots" / "privacy_utility.png", metric=metric, group_keys=groups)
     summary = out / "summary.md"
     atomic_write_text(summary, sweep_summary_markdown(spec, rows, metric, groups, curve.relative_to(out)))

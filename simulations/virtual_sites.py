@@ -56,7 +56,8 @@ def write_plan(data_dir: Path, pool: SimulationPool, parts: list[np.ndarray], na
                 "feature_names": list(real.feature_names), "target": real.target,
                 "site_config": real.site_config, "names": names, "sizes": [int(len(p)) for p in parts], **meta}
         (folder / "plan.json").write_text(json.dumps(plan, indent=1))
-        write_site_folder(tmp / TEST_DIR, pool.test, np.arange(len(pool.test.y)))
+        if len(pool.test.y):
+            write_site_folder(tmp / TEST_DIR, pool.test, np.arange(len(pool.test.y)))
         tmp.rename(data_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

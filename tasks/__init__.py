@@ -1,14 +1,28 @@
-"""fedshield.tasks: the Task protocol, the registry, and the built-in tasks."""
+"""fedshield.tasks: the Task protocol, the registry, and the built-in tasks.
 
-from fedshield.tasks.base import DataSchema, SiteData, Task, TaskOptions, TrainResult
-from fedshield.tasks.registry import available_tasks, get_task
+The names below are imported on first use (PEP 562), so that importing the registry to check a task
+name does not import torch.
+"""
 
-__all__ = [
-    "DataSchema",
-    "SiteData",
-    "Task",
-    "TaskOptions",
-    "TrainResult",
-    "available_tasks",
-    "get_task",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "DataSchema": "base",
+    "SiteData": "base",
+    "Task": "base",
+    "TaskOptions": "base",
+    "TrainResult": "base",
+    "available_tasks": "registry",
+    "get_task": "registry",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{_EXPORTS[name]}"), name)

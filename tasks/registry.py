@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import logging
 from importlib.metadata import entry_points
+from typing import TYPE_CHECKING
 
 from fedshield.common.errors import TaskNotFoundError
-from fedshield.tasks.base import Task
+
+if TYPE_CHECKING:  # the protocol imports torch; check_task_name must not
+    from fedshield.tasks.base import Task
 
 GROUP = "fedshield.tasks"
 log = logging.getLogger(__name__)
@@ -21,6 +24,8 @@ log = logging.getLogger(__name__)
 @functools.cache
 def available_tasks() -> dict[str, Task]:
     """Every installed task, by name."""
+    from fedshield.tasks.base import Task
+
     tasks: dict[str, Task] = {}
     for ep in entry_points(group=GROUP):
         try:
@@ -38,6 +43,14 @@ def available_tasks() -> dict[str, Task]:
 def builtin_task_names() -> set[str]:
     """Names of the tasks FedShield itself ships (entry points that point into ``fedshield.tasks``)."""
     return {ep.name for ep in entry_points(group=GROUP) if ep.value.startswith("fedshield.tasks.")}
+
+
+def check_task_name(name: str) -> None:
+    """Fail fast on a task no entry point declares, without importing any task (torch takes seconds)."""
+    declared = {ep.name for ep in entry_points(group=GROUP)}
+    if name not in declared:
+        raise TaskNotFoundError(f"unknown task {name!r}; installed tasks: {', '.join(sorted(declared)) or 'none'} "
+                                "(list them with `fl-sim tasks`)")
 
 
 def get_task(name: str) -> Task:

@@ -139,8 +139,9 @@ def test_deployment_matches_simulation_on_the_same_seed(tmp_path: Path, digits_s
             if proc.poll() is None:
                 proc.kill()
     # digits_sites was written by `fl-sim split --dataset digits --sites 3 --dirichlet 0.5` (seed 0): the
-    # simulation partitions the same way, with the same seed
+    # simulation partitions the same way, with the same seed, when it holds out no central test set
     sim = run_cli("fl-sim", "run", "--clients", "3", "--rounds", "2", "--dirichlet", "0.5", "--no-dp",
+                  "--test-fraction", "0",
                   "--run-dir", str(tmp_path / "sim"), timeout=600)
     assert sim.returncode == 0, sim.stderr[-3000:]
     dep_doc = json.loads((tmp_path / "dep" / "results.json").read_text())

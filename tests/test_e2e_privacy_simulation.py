@@ -15,15 +15,15 @@ pytestmark = pytest.mark.slow
 
 
 def test_site_with_spent_budget_refuses_and_federation_finishes(tmp_path: Path) -> None:
-    run_dir = tmp_path / "sim"
-    spent = PrivacyLedger.open(run_dir / "site-state" / "site_0001", epsilon_budget=1.0, delta=1e-5)
+    run_dir, states = tmp_path / "sim", tmp_path / "ledgers"
+    spent = PrivacyLedger.open(states / "site_0001", epsilon_budget=1.0, delta=1e-5)
     plan = spent.plan_run("earlier-run", sample_rate=0.1, steps_per_round=50, rounds=1)
     spent.release_round(spent.begin_round("earlier-run", 1, steps=50, plan=plan))
     proc = run_cli("fl-sim", "run", "--task", "tabular", "--clients", "3", "--rounds", "2", "--run-dir", str(run_dir),
-                   "--epsilon", "1", timeout=600)
+                   "--epsilon", "1", "--state-dir", str(states), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads((run_dir / "results.json").read_text())
-    assert doc["status"] == "finished"
+    assert doc["status"] == "finished" and not (run_dir / "site-state").exists()
     for rnd in (r for r in doc["rounds"] if "train" in r):
         assert set(rnd["train"]["sites"]) == {"site_0000", "site_0002"}
         (failure,) = rnd["train"]["failures"]
@@ -32,7 +32,9 @@ def test_site_with_spent_budget_refuses_and_federation_finishes(tmp_path: Path) 
         for site in rnd["train"]["sites"].values():
             assert site["epsilon"] <= 1.0 + 1e-6
     # the refusing site's ledger is unchanged: it spent nothing more
-    assert PrivacyLedger.open(run_dir / "site-state" / "site_0001", epsilon_budget=1.0, delta=1e-5).entries == spent.entries
+    assert PrivacyLedger.open(states / "site_0001", epsilon_budget=1.0, delta=1e-5).entries == spent.entries
+    # the sites that trained recorded this run in the shared state folder, so a next run composes on it
+    assert [e.run_id for e in PrivacyLedger.open(states / "site_0000", epsilon_budget=1.0, delta=1e-5).entries]
     assert doc["final"]["evaluate"]["accuracy"] > 0.8
 
 

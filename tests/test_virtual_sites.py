@@ -35,6 +35,19 @@ def test_sites_are_built_on_first_use_with_exactly_their_partition(tmp_path: Pat
     assert np.array_equal(expected, got) and np.array_equal(got, prepared.counts[7])
 
 
+def test_no_test_fraction_deals_every_example_as_fl_sim_split_does(tmp_path: Path) -> None:
+    from fedshield.simulations.split import write_sites
+
+    spec = PartitionSpec("dirichlet", alpha=0.5)
+    prepare_data(tmp_path / "sim", "digits", 3, spec, seed=0, test_fraction=0.0, augment=1)
+    assert not (tmp_path / "sim" / "data" / "test").exists()  # no central test set to evaluate on
+    folders = write_sites("digits", 3, tmp_path / "split", dirichlet=0.5, seed=0)
+    for i, folder in enumerate(folders):
+        split = np.load(folder / "data.npz")
+        sim = np.load(materialize_site(tmp_path / "sim" / "data", i) / "data.npz")
+        assert np.array_equal(split["x"], sim["x"]) and np.array_equal(split["y"], sim["y"])
+
+
 def test_concurrent_builders_of_one_site_agree(tmp_path: Path) -> None:
     prepare_data(tmp_path, "breast-cancer", 5, PartitionSpec(), seed=0, test_fraction=0.2, augment=1)
     folders: list[Path] = []
