@@ -11,6 +11,7 @@ import json
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -80,17 +81,21 @@ def test_tls_federation_trains_and_refuses_every_intruder(tmp_path: Path, digits
         assert json.loads(listing.stdout)["success"] is False
         _wait_for(run_dir / "server.log", "FedShield guard: refused POST /v1/control/start-run")
 
-        # 2. a kit from another federation: the site refuses the server (wrong CA), nothing starts
-        other = _join(tmp_path / "other" / "kits" / "mallory", digits_sites / "hospital_a", port, tmp_path / "st-o")
-        assert other.returncode == 2, other.stdout + other.stderr
-        assert "another federation" in other.stderr
         # 5. a site revoked while the coordinator runs: dropped from the running SuperLink at once
         shutil.copytree(fed / "kits" / "hospital_e", tmp_path / "revoked-live-kit")
         live = run_cli("fl-server", "revoke-site", "hospital_e", "--dir", str(fed))
         assert live.returncode == 0 and "no longer accepts hospital_e" in live.stdout, live.stdout + live.stderr
+        # the intruders knock at once (each is refused on its own; together they take one join's time):
+        # 2. a kit from another federation: the site refuses the server (wrong CA), nothing starts;
         # 3. a key that was never registered, 4./5. revoked sites: the server refuses them
-        for kit in (unregistered, tmp_path / "revoked-kit", tmp_path / "revoked-live-kit"):
-            refused = _join(kit, digits_sites / "hospital_a", port, tmp_path / f"st-{kit.name}")
+        kits = [tmp_path / "other" / "kits" / "mallory", unregistered, tmp_path / "revoked-kit",
+                tmp_path / "revoked-live-kit"]
+        with ThreadPoolExecutor(len(kits)) as pool:
+            other, *refusals = pool.map(
+                lambda kit: _join(kit, digits_sites / "hospital_a", port, tmp_path / f"st-{kit.name}"), kits)
+        assert other.returncode == 2, other.stdout + other.stderr
+        assert "another federation" in other.stderr
+        for refused in refusals:
             assert refused.returncode != 0, refused.stdout + refused.stderr
             assert "refused this site's key" in refused.stderr, refused.stdout + refused.stderr
 
@@ -123,6 +128,6 @@ def test_tls_federation_trains_and_refuses_every_intruder(tmp_path: Path, digits
         assert all(s["dp"] for s in rounds[rnd]["train"]["sites"].values())
     # no intruder trained: none of them has a privacy ledger
     assert not (fed / "server" / "coordinator.json").exists()  # removed when the coordinator stopped
-    for state in ("st-o", "st-unregistered-kit", "st-revoked-kit", "st-revoked-live-kit"):
+    for state in ("st-mallory", "st-unregistered-kit", "st-revoked-kit", "st-revoked-live-kit"):
         assert not (tmp_path / state / "privacy-ledger.json").exists()
     assert "TLS on" in (tmp_path / "server.out").read_text()
