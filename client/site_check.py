@@ -14,10 +14,29 @@ from fedshield.tasks.base import SiteData, TaskOptions
 from fedshield.tasks.registry import get_task
 
 
+def _colour_images(folder: Path) -> bool:
+    """Whether the folder's images are colour: x of data.npz is N×H×W×3, or the first image is RGB."""
+    try:
+        if (folder / "data.npz").is_file():
+            import numpy as np
+
+            with np.load(folder / "data.npz", allow_pickle=False) as npz:
+                return "x" in npz.files and npz["x"].ndim == 4
+        first = next((p for p in sorted((folder / "images").rglob("*")) if p.is_file()), None)
+        if first is None:
+            return False
+        from PIL import Image
+
+        with Image.open(first) as img:
+            return img.mode in ("RGB", "RGBA", "P", "CMYK", "YCbCr")
+    except Exception:  # unreadable: let the task's own loader say what is wrong
+        return False
+
+
 def infer_task(folder: Path) -> str | None:
     """Guess the task from the folder's contents when neither --task nor fedshield.toml names it."""
     if (folder / "data.npz").is_file() or (folder / "images").is_dir():
-        return "digits-cnn"
+        return "cifar-cnn" if _colour_images(folder) else "digits-cnn"
     if any(folder.glob("*.csv")):
         return "tabular"
     return None

@@ -12,6 +12,8 @@ Example::
     classes = 2              # tabular: number of classes, when a site lacks some labels
     target_shift = 150.0     # tabular regression: train on (y - shift) / scale, federation-wide
     target_scale = 75.0
+    labels = ["cat", "dog"]  # image tasks: the class names, in index order (images/<name>/ folders)
+    max_length = 128         # text tasks: tokens per example (longer texts are an error)
     allowed-tasks = ["my-plugin-task"]   # third-party tasks this site runs (built-ins always)
 """
 
@@ -28,7 +30,7 @@ CONFIG_FILE = "fedshield.toml"
 _TYPES: dict[str, tuple[type, ...]] = {
     "task": (str,), "target": (str,), "model": (str,), "kind": (str,), "val_fraction": (float, int),
     "seed": (int,), "file": (str,), "classes": (int,), "target_shift": (float, int),
-    "target_scale": (float, int), "allowed-tasks": (list,),
+    "target_scale": (float, int), "labels": (list,), "max_length": (int,), "allowed-tasks": (list,),
 }
 
 
@@ -48,6 +50,9 @@ def read_site_config(folder: Path) -> dict[str, Any]:
             raise ConfigError(f"{path}: {key} = {value!r} has the wrong type; expected {_TYPES[key][0].__name__}")
     if "kind" in raw and raw["kind"] not in ("classification", "regression"):
         raise ConfigError(f"{path}: kind = {raw['kind']!r}; use \"classification\" or \"regression\"")
+    labels = raw.get("labels", [])
+    if not all(isinstance(n, str) and n for n in labels) or len(set(labels)) != len(labels) or len(labels) == 1:
+        raise ConfigError(f"{path}: labels must list two or more distinct class names (strings), in index order")
     if "val_fraction" in raw and not 0 < float(raw["val_fraction"]) < 1:
         raise ConfigError(f"{path}: val_fraction = {raw['val_fraction']!r}; use a number in (0, 1)")
     return raw
@@ -62,7 +67,8 @@ def site_options(folder: Path, overrides: dict[str, Any]) -> tuple[str | None, T
         kind=raw.get("kind"),
         val_fraction=float(raw.get("val_fraction", 0.2)),
         seed=int(raw.get("seed", 0)),
-        extra={k: raw[k] for k in ("file", "classes", "target_shift", "target_scale") if k in raw},
+        extra={k: raw[k] for k in ("file", "classes", "target_shift", "target_scale", "labels", "max_length")
+               if k in raw},
     )
     return raw.get("task"), options
 

@@ -4,6 +4,8 @@
 - ``breast-cancer``: 569 tumours, 30 numeric features, target ``diagnosis`` (0 malignant, 1 benign).
 - ``diabetes``: 442 patients, 10 features, target ``progression`` (raw units, 25-346), trained as
   ``(y - 150) / 75`` via ``fedshield.toml``.
+- ``shapes``: *generated*, not real: 3,000 32×32 colour images of ten shapes, CIFAR-10's format
+  (:mod:`fedshield.simulations.shapes_dataset`), for ``cifar-cnn``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from fedshield.common.errors import ConfigError
 class BundledDataset:
     """Examples of one bundled data set and which task they feed.
 
-    ``x``: (N, 28, 28) uint8 images or (N, F) float64 features; ``y``: (N,) labels or targets.
+    ``x``: (N, 28, 28) uint8 greyscale or (N, 32, 32, 3) uint8 colour images, or (N, F) float64
+    features; ``y``: (N,) labels or targets.
     """
 
     name: str
@@ -72,7 +75,14 @@ def _diabetes() -> BundledDataset:
                                           "target_shift": 150.0, "target_scale": 75.0})
 
 
-_LOADERS = {"digits": _digits, "breast-cancer": _breast_cancer, "diabetes": _diabetes}
+def _shapes() -> BundledDataset:
+    from fedshield.simulations.shapes_dataset import SHAPES, generate_shapes
+
+    x, y = generate_shapes()
+    return BundledDataset("shapes", "cifar-cnn", x, y, site_config={"labels": list(SHAPES)})
+
+
+_LOADERS = {"digits": _digits, "breast-cancer": _breast_cancer, "diabetes": _diabetes, "shapes": _shapes}
 
 
 def dataset_names() -> list[str]:
@@ -180,8 +190,8 @@ def simulation_pool(name: str, *, sites: int, test_fraction: float, augment: int
 
         site_idx, test_idx = train_test_split(np.arange(len(data.y)), test_size=test_fraction, random_state=seed,
                                               shuffle=True, stratify=stratify)
-    images = data.x.ndim == 3
-    copies = augment or (auto_copies(len(site_idx), sites) if images else 1)
-    if copies > 1 and not images:
-        raise ConfigError(f"--augment {copies}: only image data sets can be augmented; {name} is tabular, use --augment 1")
+    greyscale = data.x.ndim == 3  # the jitter of augmented_copies is written for greyscale digits
+    copies = augment or (auto_copies(len(site_idx), sites) if greyscale else 1)
+    if copies > 1 and not greyscale:
+        raise ConfigError(f"--augment {copies}: only the greyscale digits can be augmented, not {name}; use --augment 1")
     return SimulationPool(_subset(data, np.sort(site_idx)), _subset(data, np.sort(test_idx)), copies, seed)

@@ -1,7 +1,7 @@
 """Write site folders from a bundled data set, in the documented site formats.
 
-Digits sites get ``data.npz`` (x N×28×28 uint8, y N int64); tabular sites get ``data.csv`` with a
-header. Each folder also gets a ``fedshield.toml`` naming its task (and target). The whole output is
+Image sites get ``data.npz`` (x N×28×28 or N×32×32×3 uint8, y N int64); tabular sites get
+``data.csv`` with a header. Each folder also gets a ``fedshield.toml`` naming its task (and target). The whole output is
 written into a temporary folder beside ``out`` and renamed into place, so an interrupted split leaves
 nothing half-written.
 """
@@ -38,7 +38,7 @@ def _toml(values: dict[str, object]) -> str:
 def write_site_folder(folder: Path, data: BundledDataset, idx: np.ndarray) -> None:
     """Write examples ``idx`` of ``data`` as one site folder (the documented format of its task)."""
     folder.mkdir(parents=True)
-    if data.task == "digits-cnn":
+    if data.x.ndim >= 3:  # images
         np.savez(folder / "data.npz", x=data.x[idx], y=data.y[idx])
     else:
         with open(folder / "data.csv", "w", newline="") as fh:

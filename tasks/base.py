@@ -29,6 +29,8 @@ class DataSchema:
         num_outputs: number of classes (classification) or 1 (regression).
         feature_names: column names of tabular features, in order; empty for images.
         target: name of the target column (tabular); empty for images.
+        labels: class names in index order, where a task names its classes (e.g. image label
+            folders); empty otherwise. Sites must agree on them, not only on their number.
     """
 
     kind: Kind
@@ -36,6 +38,7 @@ class DataSchema:
     num_outputs: int
     feature_names: tuple[str, ...] = ()
     target: str = ""
+    labels: tuple[str, ...] = ()
 
     def to_config(self) -> dict[str, str | int]:
         """Flatten into scalar values that fit a Flower ``ConfigRecord``."""
@@ -45,23 +48,26 @@ class DataSchema:
             "schema-num-outputs": self.num_outputs,
             "schema-feature-names": "\x1f".join(self.feature_names),
             "schema-target": self.target,
+            "schema-labels": "\x1f".join(self.labels),
         }
 
     @classmethod
     def from_config(cls, cfg: dict[str, object]) -> "DataSchema":
         """Inverse of :meth:`to_config`."""
         names = str(cfg.get("schema-feature-names", ""))
+        labels = str(cfg.get("schema-labels", ""))
         return cls(
             kind=str(cfg["schema-kind"]),  # type: ignore[arg-type]
             input_shape=tuple(int(d) for d in str(cfg["schema-input-shape"]).split(",") if d),
             num_outputs=int(cfg["schema-num-outputs"]),  # type: ignore[arg-type]
             feature_names=tuple(names.split("\x1f")) if names else (),
             target=str(cfg.get("schema-target", "")),
+            labels=tuple(labels.split("\x1f")) if labels else (),
         )
 
     def mismatch(self, other: "DataSchema") -> str | None:
         """Return a one-phrase description of how ``other`` differs from this schema, or None."""
-        for name in ("kind", "input_shape", "num_outputs", "feature_names", "target"):
+        for name in ("kind", "input_shape", "num_outputs", "feature_names", "target", "labels"):
             mine, theirs = getattr(self, name), getattr(other, name)
             if mine != theirs:
                 return f"{name.replace('_', ' ')} {theirs!r} != federation's {mine!r}"

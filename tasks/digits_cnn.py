@@ -7,7 +7,6 @@ as is.
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fedshield.common.errors import DataError
+from fedshield.tasks.npz_arrays import read_npz_xy
 from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
 from fedshield.tasks.holdout import holdout_indices
 from fedshield.tasks.supervised import SupervisedTask
@@ -42,17 +42,7 @@ class DigitsCNN(nn.Module):
 
 
 def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            missing = [k for k in ("x", "y") if k not in npz.files]
-            if missing:
-                raise DataError(f"{path}: missing array {missing[0]!r}; save x (N×28×28 uint8) and y (N labels)")
-            x, y = npz["x"], npz["y"]
-    except DataError:
-        raise
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
-        raise DataError(f"{path}: not a readable .npz archive of numeric arrays; write it with "
-                        "numpy.savez(path, x=images, y=labels)") from None
+    x, y = read_npz_xy(path, "N×28×28 uint8")
     if x.ndim != 3 or x.shape[1:] != (SIDE, SIDE):
         raise DataError(f"{path}: x has shape {x.shape}; digits-cnn needs N×28×28 greyscale images")
     if x.dtype != np.uint8:

@@ -15,7 +15,7 @@ from fedshield.simulations.split import write_sites
 
 
 @pytest.mark.parametrize("dataset,task,n", [("digits", "digits-cnn", 1797), ("breast-cancer", "tabular", 569),
-                                            ("diabetes", "tabular", 442)])
+                                            ("diabetes", "tabular", 442), ("shapes", "cifar-cnn", 3000)])
 def test_split_writes_loadable_sites_covering_every_example(tmp_path: Path, dataset: str, task: str, n: int) -> None:
     sites = write_sites(dataset, 3, tmp_path / "out", dirichlet=0.5, seed=0)
     assert [p.name for p in sites] == ["hospital_a", "hospital_b", "hospital_c"]
