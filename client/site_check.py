@@ -37,9 +37,18 @@ def infer_task(folder: Path) -> str | None:
     """Guess the task from the folder's contents when neither --task nor fedshield.toml names it."""
     if (folder / "data.npz").is_file() or (folder / "images").is_dir():
         return "cifar-cnn" if _colour_images(folder) else "digits-cnn"
-    if any(folder.glob("*.csv")):
-        return "tabular"
+    csvs = sorted(folder.glob("*.csv"))
+    if csvs:
+        return "text-transformer" if _header(csvs[0]) == ["text", "label"] else "tabular"
     return None
+
+
+def _header(path: Path) -> list[str]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return [h.strip().lower() for h in fh.readline().split(",")]
+    except OSError:
+        return []
 
 
 def check_site(folder: Path, *, task: str | None, overrides: dict[str, object]) -> tuple[str, TaskOptions, SiteData]:

@@ -6,6 +6,8 @@
   ``(y - 150) / 75`` via ``fedshield.toml``.
 - ``shapes``: *generated*, not real: 3,000 32×32 colour images of ten shapes, CIFAR-10's format
   (:mod:`fedshield.simulations.shapes_dataset`), for ``cifar-cnn``.
+- ``reviews``: *generated*, not real: 2,000 short product reviews labelled negative/positive
+  (:mod:`fedshield.simulations.reviews_dataset`), for ``text-transformer``.
 """
 
 from __future__ import annotations
@@ -24,8 +26,8 @@ from fedshield.common.errors import ConfigError
 class BundledDataset:
     """Examples of one bundled data set and which task they feed.
 
-    ``x``: (N, 28, 28) uint8 greyscale or (N, 32, 32, 3) uint8 colour images, or (N, F) float64
-    features; ``y``: (N,) labels or targets.
+    ``x``: (N, 28, 28) uint8 greyscale or (N, 32, 32, 3) uint8 colour images, (N, F) float64
+    features, or (N,) unicode texts; ``y``: (N,) labels or targets.
     """
 
     name: str
@@ -82,7 +84,16 @@ def _shapes() -> BundledDataset:
     return BundledDataset("shapes", "cifar-cnn", x, y, site_config={"labels": list(SHAPES)})
 
 
-_LOADERS = {"digits": _digits, "breast-cancer": _breast_cancer, "diabetes": _diabetes, "shapes": _shapes}
+def _reviews() -> BundledDataset:
+    from fedshield.simulations.reviews_dataset import LABELS, generate_reviews
+
+    texts, y = generate_reviews()
+    return BundledDataset("reviews", "text-transformer", texts, y, ("text",), "label",
+                          {"labels": list(LABELS), "max_length": 32})
+
+
+_LOADERS = {"digits": _digits, "breast-cancer": _breast_cancer, "diabetes": _diabetes, "shapes": _shapes,
+            "reviews": _reviews}
 
 
 def dataset_names() -> list[str]:

@@ -1,7 +1,7 @@
 """Write site folders from a bundled data set, in the documented site formats.
 
 Image sites get ``data.npz`` (x N×28×28 or N×32×32×3 uint8, y N int64); tabular sites get
-``data.csv`` with a header. Each folder also gets a ``fedshield.toml`` naming its task (and target). The whole output is
+``data.csv`` with a header; text sites ``data.csv`` with the columns ``text,label``. Each folder also gets a ``fedshield.toml`` naming its task (and target). The whole output is
 written into a temporary folder beside ``out`` and renamed into place, so an interrupted split leaves
 nothing half-written.
 """
@@ -40,6 +40,12 @@ def write_site_folder(folder: Path, data: BundledDataset, idx: np.ndarray) -> No
     folder.mkdir(parents=True)
     if data.x.ndim >= 3:  # images
         np.savez(folder / "data.npz", x=data.x[idx], y=data.y[idx])
+    elif data.x.dtype.kind == "U":  # texts: text,label with the class names of the site's fedshield.toml
+        names = data.site_config["labels"]
+        with open(folder / "data.csv", "w", newline="", encoding="utf-8") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["text", "label"])
+            writer.writerows((str(text), names[int(label)]) for text, label in zip(data.x[idx], data.y[idx]))
     else:
         with open(folder / "data.csv", "w", newline="") as fh:
             writer = csv.writer(fh)

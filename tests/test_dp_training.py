@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +27,28 @@ def _digits_site(n: int = 256) -> SiteData:
     return SiteData(TensorDataset(x, y), TensorDataset(x[:64], y[:64]), schema, Path("."))
 
 
-@pytest.mark.parametrize("task_name", ["digits-cnn", "tabular"])
+def _text_site(n: int = 64) -> SiteData:
+    from fedshield.simulations.reviews_dataset import generate_reviews
+    from fedshield.tasks.hashing_tokenizer import encode
+
+    texts, y = generate_reviews(n)
+    ids = torch.as_tensor(encode(list(texts), buckets=2048, max_length=32))
+    data = TensorDataset(ids, torch.as_tensor(y))
+    return SiteData(data, data, DataSchema("classification", (32,), 2, labels=("negative", "positive")), Path("."))
+
+
+@pytest.mark.parametrize("task_name", ["digits-cnn", "tabular", "cifar-cnn", "text-transformer"])
 def test_every_per_sample_gradient_is_clipped_to_c(task_name: str) -> None:
     torch.manual_seed(0)
     task = get_task(task_name)
     if task_name == "digits-cnn":
         site = _digits_site(64)
+    elif task_name == "cifar-cnn":
+        x = torch.rand(64, 3, 32, 32)
+        site = SiteData(TensorDataset(x, torch.arange(64) % 10), TensorDataset(x, torch.arange(64) % 10),
+                        DataSchema("classification", (3, 32, 32), 10), Path("."))
+    elif task_name == "text-transformer":
+        site = _text_site()
     else:
         x = torch.randn(64, 5) * 10
         site = SiteData(TensorDataset(x, (x[:, 0] > 0).long()), TensorDataset(x, (x[:, 0] > 0).long()),
@@ -59,6 +76,27 @@ def test_every_per_sample_gradient_is_clipped_to_c(task_name: str) -> None:
         private.optimizer.pre_step()
         summed = torch.sqrt(sum((p.summed_grad ** 2).sum() for p in model.parameters() if p.requires_grad))
         assert summed <= C * len(x) * (1 + 1e-4)
+
+
+def test_opacus_per_sample_gradients_of_the_transformer_are_exact() -> None:
+    """DPMultiheadAttention with batch-first input: Opacus' per-sample gradients equal per-example autograd."""
+    torch.manual_seed(0)
+    task = get_task("text-transformer")
+    site = _text_site(8)
+    model = task.build_model(site.schema, TaskOptions())
+    twin = copy.deepcopy(model)  # plain autograd, no Opacus hooks
+    x, y = site.train.tensors
+    twin_params = [p for p in twin.parameters() if p.requires_grad]
+    references = [torch.autograd.grad(nn.functional.cross_entropy(twin(x[i:i + 1]), y[i:i + 1]), twin_params)
+                  for i in range(3)]
+    private = make_private(task, site, model, torch.optim.SGD(model.parameters(), lr=0.1),
+                           DataLoader(site.train, batch_size=8), noise_multiplier=0.0, max_grad_norm=1e9)
+    nn.functional.cross_entropy(private.model(x), y).backward()  # mean: Opacus scales back by the batch size
+    params = [p for p in model.parameters() if p.requires_grad]
+    for i, reference in enumerate(references):
+        for p, ref in zip(params, reference):
+            assert torch.allclose(p.grad_sample[i], ref, atol=1e-5, rtol=1e-3)
+    private.model.to_standard_module()
 
 
 def test_noise_has_std_sigma_c_over_batch() -> None:
