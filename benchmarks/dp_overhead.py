@@ -1,12 +1,14 @@
 """What DP-SGD costs per training step, side by side in one run.
 
-For each task (digits-cnn, tabular) at batch 64 on CPU: median time per optimizer step (forward,
-backward, step) without DP, with DP in the mode FedShield picks for the task (ghost clipping for the
-CNN, expanded weights for tabular), and with Opacus' default mode (hooks) for reference; each
+For each task (digits-cnn, tabular, cifar-cnn, text-transformer) at batch 64 on CPU: median time per
+optimizer step (forward, backward, step) without DP, with DP in the mode FedShield picks for the task
+(ghost clipping for the CNNs, expanded weights for tabular, hooks for the transformer), and with
+Opacus' default mode (hooks) for reference where FedShield picks another; each
 configuration runs in a fresh process (clean peak memory), repeated --repeats times (median of the
 per-run medians). Prints one table with the ratios to the non-private step.
 
-    python benchmarks/dp_overhead.py            # ~2 minutes on 2 cores
+    python benchmarks/dp_overhead.py            # ~5 minutes on 2 cores
+    python benchmarks/dp_overhead.py --tasks cifar-cnn,text-transformer
 """
 
 from __future__ import annotations
@@ -21,10 +23,32 @@ import time
 import warnings
 
 BATCH = 64
-CONFIGS = [
-    ("digits-cnn", "none"), ("digits-cnn", "platform"), ("digits-cnn", "hooks"),
-    ("tabular", "none"), ("tabular", "platform"), ("tabular", "hooks"),
-]
+TASKS = ("digits-cnn", "tabular", "cifar-cnn", "text-transformer")
+PLATFORM_MODE = {"digits-cnn": "ghost", "tabular": "ew", "cifar-cnn": "ghost", "text-transformer": "hooks"}
+
+
+def configs(tasks: list[str]) -> list[tuple[str, str]]:
+    """(task, none|platform|hooks); no separate hooks run where the platform's mode already is hooks."""
+    return [(t, m) for t in tasks for m in ("none", "platform", "hooks") if not (m == "hooks" and PLATFORM_MODE[t] == "hooks")]
+
+
+def _inputs(task_name: str, n: int):
+    """A schema and n random examples shaped as the task's sites hold them."""
+    import torch
+
+    from fedshield.tasks.base import DataSchema
+
+    if task_name == "digits-cnn":
+        return DataSchema("classification", (1, 28, 28), 10), torch.rand(n, 1, 28, 28), torch.randint(0, 10, (n,))
+    if task_name == "cifar-cnn":
+        return DataSchema("classification", (3, 32, 32), 10), torch.rand(n, 3, 32, 32), torch.randint(0, 10, (n,))
+    if task_name == "text-transformer":
+        ids = torch.randint(2, 2048, (n, 32))
+        ids[torch.rand(n, 32) < 0.3] = 0  # some padding, as short texts have
+        ids[:, 0] = 1  # [CLS]
+        return DataSchema("classification", (32,), 2), ids, torch.randint(0, 2, (n,))
+    return (DataSchema("classification", (30,), 2, tuple(f"f{i}" for i in range(30)), "t"), torch.randn(n, 30),
+            torch.randint(0, 2, (n,)))
 
 
 def worker(task_name: str, mode: str, steps: int, warmup: int) -> dict:
@@ -33,19 +57,13 @@ def worker(task_name: str, mode: str, steps: int, warmup: int) -> dict:
     from torch.utils.data import DataLoader, TensorDataset
 
     from fedshield.client.local_training import make_private
-    from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
+    from fedshield.tasks.base import SiteData, TaskOptions
     from fedshield.tasks.registry import get_task
 
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
     task = get_task(task_name)
-    n = BATCH * 40
-    if task_name == "digits-cnn":
-        schema = DataSchema("classification", (1, 28, 28), 10)
-        x, y = torch.rand(n, 1, 28, 28), torch.randint(0, 10, (n,))
-    else:
-        schema = DataSchema("classification", (30,), 2, tuple(f"f{i}" for i in range(30)), "t")
-        x, y = torch.randn(n, 30), torch.randint(0, 2, (n,))
+    schema, x, y = _inputs(task_name, BATCH * 40)
     site = SiteData(TensorDataset(x, y), TensorDataset(x[:10], y[:10]), schema, None)  # type: ignore[arg-type]
     model = task.build_model(schema, TaskOptions(model="mlp" if task_name == "tabular" else "auto"))
     model.train()
@@ -84,26 +102,33 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="fresh-process runs per configuration (median)")
     parser.add_argument("--steps", type=int, default=30, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks (default: all)")
     parser.add_argument("--worker", nargs=2, metavar=("TASK", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        parser.error(f"--tasks: unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1], args.steps, args.warmup)))
         return
     results: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):  # interleave configurations so drift hits all alike
-        for task_name, mode in CONFIGS:
+        for task_name, mode in configs(tasks):
             out = subprocess.run([sys.executable, __file__, "--worker", task_name, mode, "--steps", str(args.steps),
                                   "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
             results.setdefault((task_name, mode), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"DP-SGD step cost on CPU, batch {BATCH}, median of {args.repeats} fresh-process runs x {args.steps} steps")
-    print(f"{'task':<12}{'configuration':<34}{'ms/step':>9}{'x non-DP':>10}{'peak RSS MB':>13}")
-    for task_name in ("digits-cnn", "tabular"):
+    print(f"{'task':<18}{'configuration':<34}{'ms/step':>9}{'x non-DP':>10}{'peak RSS MB':>13}")
+    for task_name in tasks:
         base = statistics.median(r["median_ms"] for r in results[(task_name, "none")])
         for mode, label in (("none", "no DP"), ("platform", "DP, FedShield ({})"), ("hooks", "DP, Opacus default (hooks)")):
-            runs = results[(task_name, mode)]
+            runs = results.get((task_name, mode))
+            if runs is None:
+                continue
             ms = statistics.median(r["median_ms"] for r in runs)
             rss = statistics.median(r["peak_rss_mb"] for r in runs)
-            print(f"{task_name:<12}{label.format(runs[0]['opacus_mode']):<34}{ms:>9.2f}{ms / base:>10.2f}{rss:>13.0f}")
+            print(f"{task_name:<18}{label.format(runs[0]['opacus_mode']):<34}{ms:>9.2f}{ms / base:>10.2f}{rss:>13.0f}")
 
 
 if __name__ == "__main__":
