@@ -61,6 +61,9 @@ def run(cfg: RunConfig, clients: int, resources: SimulationResources) -> dict[st
         check_ray_address(resources.ray_address)
         init_args["address"] = resources.ray_address
     else:
+        # a new local Ray instance even when `ray start` runs a cluster on this machine: ray.init()
+        # would otherwise attach to that cluster and, given num_cpus, hang (measured: no progress in 300 s)
+        init_args["address"] = "local"
         init_args["num_cpus"] = os.cpu_count() or 1
         init_args["num_gpus"] = _visible_gpus()
     backend_config = {
