@@ -231,6 +231,13 @@ def varied_keys(spec: SweepSpec) -> tuple[str, ...]:
                                      ("strategy", spec.strategies)) if len(values) > 1)
 
 
+def _legend_value(key: str, value: Any) -> Any:
+    """How a grid value reads in the plot's legend: partitions by name (``α=0.1``, ``iid``)."""
+    if key == "partition" and str(value) != "iid":
+        return f"Dirichlet α {value}"
+    return value
+
+
 def report_sweep(out: Path, errors: dict[str, str] | None = None) -> list[Path]:
     """Rewrite the table, draw the privacy–utility curve and write ``summary.md``; return the files."""
     out = Path(out)
@@ -240,7 +247,7 @@ def report_sweep(out: Path, errors: dict[str, str] | None = None) -> list[Path]:
     metric = next((r["metric"] for r in done), "accuracy")
     groups = varied_keys(spec)
     points = [{"epsilon": math.inf if r["epsilon"] == "inf" else float(r["epsilon"]), metric: r["central"],
-               "seed": r["seed"], **{k: r[k] for k in groups}} for r in done]
+               "seed": r["seed"], **{k: _legend_value(k, r[k]) for k in groups}} for r in done]
     from fedshield.simulations import plots
 
     curve = plots.plot_privacy_utility(points, out / "plots" / "privacy_utility.png", metric=metric, group_keys=groups)
