@@ -96,7 +96,7 @@ def test_augmented_copies_differ_but_keep_shape_and_ink() -> None:
 
 
 def test_tabular_data_cannot_be_augmented_and_bad_fractions_are_refused() -> None:
-    with pytest.raises(ConfigError, match="only image data sets"):
+    with pytest.raises(ConfigError, match="only the greyscale digits can be augmented"):
         simulation_pool("breast-cancer", sites=10, test_fraction=0.2, augment=3, seed=0)
     with pytest.raises(ConfigError, match="--test-fraction"):
         simulation_pool("digits", sites=10, test_fraction=1.0, augment=1, seed=0)
