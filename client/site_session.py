@@ -98,7 +98,7 @@ def load_site(site: SiteIdentity, cfg: RunConfig) -> tuple[Task, TaskOptions, Si
         if has_plan(site.data_path.parent):
             materialize_site(site.data_path.parent, site.virtual)
     site_task, options = site_options(site.data_path, {"seed": cfg.seed})
-    if site_task is not None and site_task != cfg.task:
+    if site_task is not None and site_task != cfg.task and not _reads_sites_of(cfg.task, site_task):
         raise ConfigError(
             f"{site.data_path}/fedshield.toml: site holds data for task {site_task!r}, the run asks for "
             f"{cfg.task!r}; join a {site_task!r} federation"
@@ -114,6 +114,15 @@ def load_site(site: SiteIdentity, cfg: RunConfig) -> tuple[Task, TaskOptions, Si
                 _cache.popitem(last=False)
         _cache.move_to_end(key)
         return _cache[key]
+
+
+def _reads_sites_of(run_task: str, site_task: str) -> bool:
+    """Whether ``run_task`` declares that it reads site folders written for ``site_task`` (its optional
+    ``reads_sites_of`` attribute; e.g. ``transfer-mobilenet`` reads ``cifar-cnn``'s colour images)."""
+    from fedshield.tasks.registry import available_tasks
+
+    task = available_tasks().get(run_task)
+    return site_task in getattr(task, "reads_sites_of", ())
 
 
 def site_model(task: Task, schema: DataSchema, options: TaskOptions, *, seed: int) -> nn.Module:

@@ -32,6 +32,8 @@ class RunConfig:
             then samples that share and evaluation asks every site).
         strategy: aggregation strategy name (``fedavg``, ``fedprox``, ``fedadam``...).
         model: task-specific model variant (tabular: ``auto``, ``logistic``, ``linear``, ``mlp``).
+        init_weights: absolute path of weights the global model starts from (``--init-weights``;
+            :mod:`fedshield.tasks.init_weights`); empty for a fresh model from ``seed``.
         dp: sample-level DP-SGD at every site (``--no-dp`` turns it off, loudly).
         epsilon: each site's target ε for this run (a site may ask for less).
         delta: target δ; 0 means "below 1/N" chosen per site (N = the site's training examples).
@@ -70,6 +72,7 @@ class RunConfig:
     per_round: int = 0
     strategy: str = "fedavg"
     model: str = "auto"
+    init_weights: str = ""
     dp: bool = True
     epsilon: float = 8.0
     delta: float = 0.0

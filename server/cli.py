@@ -57,6 +57,7 @@ def start(
     seed: opts.Seed = 0,
     strategy: opts.Strategy = "fedavg",
     model: opts.Model = "auto",
+    init_weights: opts.InitWeights = None,
     fraction_train: float = typer.Option(1.0, "--fraction-train", help="Share of connected sites trained per round."),
     epsilon: float = typer.Option(8.0, "--epsilon", help="Proposed per-site ε (each site's own budget wins)."),
     max_grad_norm: opts.MaxGradNorm = 1.0,
@@ -117,6 +118,9 @@ def start(
 
     make_strategy(strategy)  # unknown strategy: fail now, not inside the server
     get_task(task)  # a task plugin that fails to load: fail now too
+    from fedshield.tasks.init_weights import check_start
+
+    cfg.model, cfg.init_weights = check_start(task, model, init_weights)
     if port_in_use(host, port):
         raise ConfigError(f"--port {port}: already in use on {host}; stop what uses it or pick another --port")
     if insecure:

@@ -37,6 +37,7 @@ from fedshield.strategies.central_dp import wrap_central_dp  # noqa: E402
 from fedshield.strategies.recording import RecordingStrategy  # noqa: E402
 from fedshield.strategies.registry import make_strategy  # noqa: E402
 from fedshield.tasks.base import TaskOptions  # noqa: E402
+from fedshield.tasks.init_weights import resolve_model, start_from  # noqa: E402
 from fedshield.tasks.model_factory import build_model  # noqa: E402
 from fedshield.tasks.registry import get_task  # noqa: E402
 
@@ -67,7 +68,10 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         replies = query_sites(grid, handshake_nodes(node_ids, cfg, mode), cfg, "describe", timeout=QUERY_TIMEOUT_S)
         schema, healthy = agree_schema(replies)
         task = get_task(cfg.task)
+        cfg.model = resolve_model(task, cfg.model, pretrained=bool(cfg.init_weights))
         model = build_model(task, schema, TaskOptions(model=cfg.model, seed=cfg.seed), seed=cfg.seed)
+        if cfg.init_weights:
+            start_from(task, model, cfg.init_weights)
         recorder.set_sites(healthy, schema, model, total=len(node_ids))
         recorder.set_status("running", connected=len(node_ids),
                             refused_sites={str(r.get("site", nid)): r["error"] for nid, r in replies.items() if "error" in r})

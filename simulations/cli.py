@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 
 DEFAULT_DATASET = {"digits-cnn": "digits", "tabular": "breast-cancer", "cifar-cnn": "shapes",
-                   "text-transformer": "reviews"}
+                   "text-transformer": "reviews", "transfer-mobilenet": "shapes"}
 
 
 PartitionKind = Annotated[Optional[str], typer.Option(
@@ -71,7 +71,7 @@ def run(
     clients: int = typer.Option(10, "--clients", min=1, help="Number of virtual sites (1,000 fit on a laptop: only sampled sites are built)."),
     per_round: int = typer.Option(0, "--per-round", min=0, help="Sites sampled per round for training and evaluation (0 = every site)."),
     rounds: opts.Rounds = 5,
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Bundled data set (default: digits for digits-cnn, breast-cancer for tabular, shapes for cifar-cnn, reviews for text-transformer)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Bundled data set (default: digits for digits-cnn, breast-cancer for tabular, shapes for cifar-cnn and transfer-mobilenet, reviews for text-transformer)."),
     partition: PartitionKind = None,
     dirichlet: Dirichlet = None,
     shards: Shards = None,
@@ -85,6 +85,7 @@ def run(
     lr: opts.LearningRate = None,
     strategy: opts.Strategy = "fedavg",
     model: opts.Model = "auto",
+    init_weights: opts.InitWeights = None,
     epsilon: float = typer.Option(8.0, "--epsilon", help="Each site's ε budget (sample-level DP-SGD)."),
     delta: float = typer.Option(0.0, "--delta", help="δ; 0 picks min(1e-5, 1/(10·N)) per site."),
     max_grad_norm: opts.MaxGradNorm = 1.0,
@@ -148,6 +149,9 @@ def run(
     from fedshield.tasks.registry import get_task
 
     get_task(task)  # a plugin that fails to load: fail before writing anything
+    from fedshield.tasks.init_weights import check_start
+
+    cfg.model, cfg.init_weights = check_start(task, model, init_weights)
     if ray_address:
         runner.check_ray_address(ray_address)
     if no_dp:

@@ -129,6 +129,9 @@ class Task(Protocol):
     #: Opacus ``grad_sample_mode`` for DP-SGD: ``ghost`` (fast gradient clipping; conv/linear/attention
     #: models), ``hooks`` or ``ew`` (expanded weights; tiny models). See ../shared/notes/opacus-cpu.md.
     dp_mode: str
+    # Optional: ``reads_sites_of`` (tuple of task names whose site folders this task also reads, so a
+    # site whose fedshield.toml names one of them may join this task's runs); ``resolve_model(model,
+    # *, pretrained) -> str`` and ``head_prefixes() -> tuple[str, ...]`` (see ``--init-weights``).
 
     def criterion(self, schema: DataSchema) -> nn.Module:
         """The loss as a module with a ``reduction`` attribute (Opacus' ghost clipping wraps it)."""

@@ -117,5 +117,9 @@ def test_sim_bad_input(tmp_path: Path) -> None:
     _one_line_error(run_cli("fl-sim", "sweep", "--epsilon", "1,abc", "--out", str(tmp_path / "i")), "'abc' is not a float")
     _one_line_error(run_cli("fl-sim", "sweep", "--dirichlet", "0,1", "--out", str(tmp_path / "j")), "--dirichlet 0")
     _one_line_error(run_cli("fl-sim", "report", str(tmp_path)), "no results.json")
+    _one_line_error(run_cli("fl-sim", "run", "--init-weights", str(tmp_path / "none.pt"), "--run-dir", str(tmp_path / "k")),
+                    "--init-weights")
+    _one_line_error(run_cli("fl-sim", "run", "--task", "transfer-mobilenet", "--model", "head@2", "--run-dir",
+                            str(tmp_path / "l")), "--model 'head@2': transfer-mobilenet models are auto, head or full")
     assert not [p.name for p in tmp_path.iterdir()]  # bad input leaves no partial output
     _one_line_error(run_cli("fl-server", "status", "--run-dir", str(tmp_path)), "no results.json")

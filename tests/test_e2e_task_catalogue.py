@@ -38,6 +38,45 @@ def test_two_private_rounds_improve_the_tasks_metric(tmp_path: Path, task: str) 
         assert len(sites) == 2 and all(s["dp"] and 0 < s["epsilon"] <= 8 + 1e-6 for s in sites)
 
 
+def _pretrain_backbone(path: Path) -> None:
+    """A MobileNetV2@0.35 feature extractor trained without privacy on *public* images (3,000 shapes of
+    another seed than the sites'), saved without its classifier, as a backbone from elsewhere would be."""
+    import torch
+
+    from fedshield.simulations.shapes_dataset import generate_shapes
+    from fedshield.tasks.mobilenet_v2 import MobileNetV2
+
+    x, y = generate_shapes(3000, seed=7)
+    xt = torch.as_tensor(x, dtype=torch.float32).permute(0, 3, 1, 2) / 255
+    yt = torch.as_tensor(y)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(123)  # not the run's seed: the run's fresh head must not equal this one's
+        model = MobileNetV2(10, width=0.35)
+        opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+        for _ in range(2):
+            for idx in torch.randperm(len(xt)).split(32):
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(xt[idx]), yt[idx]).backward()
+                opt.step()
+    torch.save({k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}, path)
+
+
+def test_transfer_head_learns_privately_on_a_pretrained_backbone(tmp_path: Path) -> None:
+    """transfer-mobilenet: --init-weights loads a public backbone, --model head trains only the fresh
+    classifier under DP-SGD (measured 0.14 -> 0.75, 0.79)."""
+    _pretrain_backbone(tmp_path / "backbone.pt")
+    proc = run_cli("fl-sim", "run", "--task", "transfer-mobilenet", "--model", "head@0.35", "--init-weights",
+                   str(tmp_path / "backbone.pt"), "--clients", "2", "--rounds", "2", "--epsilon", "8",
+                   "--run-dir", str(tmp_path / "run"), "--no-plots", timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "run" / "results.json").read_text())
+    rounds = {r["round"]: r for r in doc["rounds"]}
+    first, last = rounds[0]["centralized"]["accuracy"], rounds[2]["centralized"]["accuracy"]
+    assert first < 0.3 and last >= first + 0.3, f"central accuracy {first:.3f} -> {last:.3f}"
+    sites = rounds[2]["train"]["sites"].values()
+    assert len(sites) == 2 and all(s["dp"] and 0 < s["epsilon"] <= 8 + 1e-6 for s in sites)
+
+
 def _colour_png_site(folder: Path) -> Path:
     rng = np.random.default_rng(0)
     for label in ("cat", "dog"):
