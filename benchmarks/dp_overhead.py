@@ -1,14 +1,19 @@
 """What DP-SGD costs per training step, side by side in one run.
 
-For each task (digits-cnn, tabular, cifar-cnn, text-transformer) at batch 64 on CPU: median time per
-optimizer step (forward, backward, step) without DP, with DP in the mode FedShield picks for the task
-(ghost clipping for the CNNs, expanded weights for tabular, hooks for the transformer), and with
+For each task (digits-cnn, tabular, cifar-cnn, text-transformer, and transfer-mobilenet both end to end
+and head-only: ``transfer-mobilenet-full``, ``transfer-mobilenet-head``, full width) at batch 64 on CPU:
+median time per optimizer step (forward, backward, step) without DP, with DP in the mode FedShield
+picks for the task (ghost clipping for the CNNs, expanded weights for tabular, hooks for the
+transformer and MobileNetV2), and with
 Opacus' default mode (hooks) for reference where FedShield picks another; each
 configuration runs in a fresh process (clean peak memory), repeated --repeats times (median of the
 per-run medians). Prints one table with the ratios to the non-private step.
 
     python benchmarks/dp_overhead.py            # ~5 minutes on 2 cores
     python benchmarks/dp_overhead.py --tasks cifar-cnn,text-transformer
+    python benchmarks/dp_overhead.py --tasks transfer-mobilenet-full,transfer-mobilenet-head --steps 10
+
+For transfer-mobilenet the table adds the DP step of the head-only model over the end-to-end one.
 """
 
 from __future__ import annotations
@@ -23,8 +28,12 @@ import time
 import warnings
 
 BATCH = 64
-TASKS = ("digits-cnn", "tabular", "cifar-cnn", "text-transformer")
-PLATFORM_MODE = {"digits-cnn": "ghost", "tabular": "ew", "cifar-cnn": "ghost", "text-transformer": "hooks"}
+TASKS = ("digits-cnn", "tabular", "cifar-cnn", "text-transformer", "transfer-mobilenet-full", "transfer-mobilenet-head")
+PLATFORM_MODE = {"digits-cnn": "ghost", "tabular": "ew", "cifar-cnn": "ghost", "text-transformer": "hooks",
+                 "transfer-mobilenet-full": "hooks", "transfer-mobilenet-head": "hooks"}
+#: benchmark name -> (task, --model)
+VARIANT = {"tabular": ("tabular", "mlp"), "transfer-mobilenet-full": ("transfer-mobilenet", "full"),
+           "transfer-mobilenet-head": ("transfer-mobilenet", "head")}
 
 
 def configs(tasks: list[str]) -> list[tuple[str, str]]:
@@ -40,7 +49,7 @@ def _inputs(task_name: str, n: int):
 
     if task_name == "digits-cnn":
         return DataSchema("classification", (1, 28, 28), 10), torch.rand(n, 1, 28, 28), torch.randint(0, 10, (n,))
-    if task_name == "cifar-cnn":
+    if task_name == "cifar-cnn" or task_name.startswith("transfer-mobilenet"):
         return DataSchema("classification", (3, 32, 32), 10), torch.rand(n, 3, 32, 32), torch.randint(0, 10, (n,))
     if task_name == "text-transformer":
         ids = torch.randint(2, 2048, (n, 32))
@@ -62,10 +71,11 @@ def worker(task_name: str, mode: str, steps: int, warmup: int) -> dict:
 
     warnings.simplefilter("ignore")
     torch.manual_seed(0)
-    task = get_task(task_name)
+    name, variant = VARIANT.get(task_name, (task_name, "auto"))
+    task = get_task(name)
     schema, x, y = _inputs(task_name, BATCH * 40)
     site = SiteData(TensorDataset(x, y), TensorDataset(x[:10], y[:10]), schema, None)  # type: ignore[arg-type]
-    model = task.build_model(schema, TaskOptions(model="mlp" if task_name == "tabular" else "auto"))
+    model = task.build_model(schema, TaskOptions(model=variant))
     model.train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     loader = DataLoader(site.train, batch_size=BATCH, shuffle=True)
@@ -119,7 +129,7 @@ def main() -> None:
                                   "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
             results.setdefault((task_name, mode), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"DP-SGD step cost on CPU, batch {BATCH}, median of {args.repeats} fresh-process runs x {args.steps} steps")
-    print(f"{'task':<18}{'configuration':<34}{'ms/step':>9}{'x non-DP':>10}{'peak RSS MB':>13}")
+    print(f"{'task':<25}{'configuration':<34}{'ms/step':>9}{'x non-DP':>10}{'peak RSS MB':>13}")
     for task_name in tasks:
         base = statistics.median(r["median_ms"] for r in results[(task_name, "none")])
         for mode, label in (("none", "no DP"), ("platform", "DP, FedShield ({})"), ("hooks", "DP, Opacus default (hooks)")):
@@ -128,7 +138,12 @@ def main() -> None:
                 continue
             ms = statistics.median(r["median_ms"] for r in runs)
             rss = statistics.median(r["peak_rss_mb"] for r in runs)
-            print(f"{task_name:<18}{label.format(runs[0]['opacus_mode']):<34}{ms:>9.2f}{ms / base:>10.2f}{rss:>13.0f}")
+            print(f"{task_name:<25}{label.format(runs[0]['opacus_mode']):<34}{ms:>9.2f}{ms / base:>10.2f}{rss:>13.0f}")
+    full, head = (results.get((f"transfer-mobilenet-{v}", "platform")) for v in ("full", "head"))
+    if full and head:
+        ms_full, ms_head = (statistics.median(r["median_ms"] for r in runs) for runs in (full, head))
+        print(f"transfer-mobilenet: a DP step of the head-only model takes {ms_head / ms_full:.3f}x the "
+              f"end-to-end one ({ms_full / ms_head:.1f}x faster)")
 
 
 if __name__ == "__main__":
