@@ -64,3 +64,16 @@ def warn_loudly(message: str) -> None:
     """A warning a user cannot miss (``--insecure``, ``--no-dp``)."""
     err_console.print(f"[bold yellow on red] WARNING [/] [bold yellow]{message}[/]", soft_wrap=True)
 
+
+
+def print_tasks() -> None:
+    """`fl-sim tasks` / `fl-server tasks`: every installed task (built-in and plugins), its site data
+    format and metrics."""
+    from fedshield.tasks.registry import available_tasks, builtin_task_names
+
+    builtin = builtin_task_names()
+    for name, task in sorted(available_tasks().items()):
+        origin = "" if name in builtin else " \\[plugin]"  # escaped: rich markup
+        console.print(f"[bold]{name}[/]{origin}: {task.summary}")
+        console.print(f"  data: {task.data_format}")
+        console.print(f"  metrics: {', '.join(task.metrics)}")

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from fedshield.common import cli_options as opts
-from fedshield.common.cli_support import console, guarded, set_debug, warn_loudly
+from fedshield.common.cli_support import console, guarded, print_tasks, set_debug, warn_loudly
 from fedshield.common.atomic_io import atomic_write_json
 from fedshield.common.errors import ConfigError, FedShieldError, RunFolderError
 
@@ -209,6 +209,17 @@ def _register_sites(fed, flwr_home: Path) -> dict[str, int]:  # type: ignore[no-
     node_ids = register_sites(keys, flwr_home)
     console.print(f"TLS on; {len(fed.enrolled())} enrolled site key(s) registered; revoked sites are refused")
     return node_ids
+
+
+@app.command()
+@guarded
+def tasks() -> None:
+    """List the tasks this server can run (built-in and third-party plugins): name, data format, metrics.
+
+    A plugin is a package declaring an entry point in the group ``fedshield.tasks`` (docs/writing-a-task.md);
+    sites run it only if they allow it (`fl-client join --allow-task NAME`).
+    """
+    print_tasks()
 
 
 @app.command()

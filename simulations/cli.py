@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from fedshield.common import cli_options as opts
-from fedshield.common.cli_support import console, guarded, set_debug, warn_loudly
+from fedshield.common.cli_support import console, guarded, print_tasks, set_debug, warn_loudly
 from fedshield.common.errors import ConfigError, RunFolderError
 from fedshield.common.results_view import ResultsWatcher, round_line, summary_table
 from fedshield.common.run_config import RunConfig
@@ -275,12 +275,7 @@ def report(
 @guarded
 def tasks() -> None:
     """List installed tasks (built-in and third-party plugins): name, data format, metrics."""
-    from fedshield.tasks.registry import available_tasks
-
-    for name, task in sorted(available_tasks().items()):
-        console.print(f"[bold]{name}[/]: {task.summary}")
-        console.print(f"  data: {task.data_format}")
-        console.print(f"  metrics: {', '.join(task.metrics)}")
+    print_tasks()
 
 
 def main() -> None:

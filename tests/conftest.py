@@ -19,9 +19,10 @@ def cli_env() -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    """Run ``fl-server``/``fl-client``/``fl-sim`` to completion, capturing output."""
-    return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, env=cli_env(), capture_output=True,
+def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run ``fl-server``/``fl-client``/``fl-sim`` to completion, capturing output (``env``: extra variables)."""
+    return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, env={**cli_env(), **(env or {})}, capture_output=True,
                           text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
 
 
