@@ -127,7 +127,11 @@ def train_round(
     loader = DataLoader(site.train, batch_size=min(cfg.batch_size, n), shuffle=True, generator=generator)
     model.to(device)
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum)
+    # A task whose private data reaches only one submodule (a GAN's discriminator) names it: the
+    # platform's optimizer and Opacus cover that part; the task trains the rest from it alone.
+    part = getattr(task, "private_part", None)
+    trained = part(model) if callable(part) else model
+    optimizer = torch.optim.SGD(trained.parameters(), lr=cfg.lr, momentum=cfg.momentum)
     if not privacy.enabled:
         result = task.train(model, loader, optimizer, epochs=cfg.local_epochs, device=device)
         return RoundOutcome(result, epsilon=math.inf, delta=0.0, noise_multiplier=0.0, sample_rate=0.0)
@@ -140,12 +144,21 @@ def train_round(
     ledger = PrivacyLedger.open(privacy.state_dir, epsilon_budget=privacy.epsilon, delta=delta,
                                 accountant=privacy.accountant)
     plan = ledger.plan_run(run_id, sample_rate=sample_rate, steps_per_round=steps, rounds=planned_rounds(cfg))
-    private = make_private(task, site, model, optimizer, loader, noise_multiplier=plan.noise_multiplier,
+    private = make_private(task, site, trained, optimizer, loader, noise_multiplier=plan.noise_multiplier,
                            max_grad_norm=privacy.max_grad_norm)
     try:
         entry = ledger.begin_round(run_id, rnd, steps=steps, plan=plan)  # refuses a round past the budget
-        result = task.train(private.model, private.loader, private.optimizer, epochs=cfg.local_epochs,
-                            device=device, criterion=private.criterion)
+        with warnings.catch_warnings():
+            # A frozen feature extractor (transfer-mobilenet --model head) or a detached input (the
+            # generated half of dcgan's batch) leaves no input needing a gradient, and torch says so
+            # at every step of Opacus' per-sample hooks; the per-sample gradients are unaffected.
+            warnings.filterwarnings("ignore", message="Full backward hook is firing")
+            if trained is model:
+                result = task.train(private.model, private.loader, private.optimizer, epochs=cfg.local_epochs,
+                                    device=device, criterion=private.criterion)
+            else:  # the hooks live on the part's layers, so the task calls the part through the whole model
+                result = task.train(model, private.loader, private.optimizer, epochs=cfg.local_epochs,  # type: ignore[call-arg]
+                                    device=device, criterion=private.criterion, private_module=private.model)
     finally:
         # Detach Opacus from the model (hooks, per-sample gradient buffers) so it can be reused, also
         # after a refusal: a warm process (a Ray actor) trains the next site on the same model object.

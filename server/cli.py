@@ -118,9 +118,11 @@ def start(
 
     make_strategy(strategy)  # unknown strategy: fail now, not inside the server
     get_task(task)  # a task plugin that fails to load: fail now too
-    from fedshield.tasks.init_weights import check_start
+    from fedshield.tasks.run_settings import resolve_settings
 
-    cfg.model, cfg.init_weights = check_start(task, model, init_weights)
+    settings = resolve_settings(task, model=model, init_weights=init_weights, lr=lr, dp=not no_dp)
+    cfg.model, cfg.init_weights, cfg.lr = settings.model, settings.init_weights, settings.lr
+    cfg.validate()
     if port_in_use(host, port):
         raise ConfigError(f"--port {port}: already in use on {host}; stop what uses it or pick another --port")
     if insecure:

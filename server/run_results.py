@@ -4,6 +4,7 @@ Layout of ``<run-dir>``::
 
     results.json              status, config, sites, one entry per round (train / evaluate / centralized)
     checkpoints/round-NNN.pt  the global model after round NNN
+    samples/round-NNN.png     what a generative task's model draws after round NNN (dcgan)
     model-final.pt            the global model after the last round
 
 ``fl-server start`` polls ``results.json`` to show progress, and ``fl-server status`` prints it.
@@ -30,6 +31,7 @@ from fedshield.strategies.central_dp import client_level_epsilon
 from fedshield.tasks.base import DataSchema
 
 FINAL_MODEL = "model-final.pt"
+SAMPLES_DIR = "samples"
 
 
 def _clean(value: Any) -> Any:
@@ -208,6 +210,19 @@ class RunRecorder:
         data = buffer.getvalue()
         atomic_write_bytes(self.run_dir / "checkpoints" / f"round-{rnd:03d}.pt", data)
         atomic_write_bytes(self.run_dir / FINAL_MODEL, data)
+        self._samples(rnd, parameters)
+
+    def _samples(self, rnd: int, parameters: list[np.ndarray]) -> None:
+        """``samples/round-NNN.png`` for tasks that draw what they generate (``sample_grid``)."""
+        from fedshield.tasks.registry import get_task
+
+        grid = getattr(get_task(self.cfg.task), "sample_grid", None)
+        if not callable(grid) or self.model_template is None:
+            return
+        from fedshield.common.torch_arrays import ndarrays_to_model
+
+        ndarrays_to_model(self.model_template, parameters)
+        atomic_write_bytes(self.run_dir / SAMPLES_DIR / f"round-{rnd:03d}.png", grid(self.model_template))  # type: ignore[operator]
 
     def write(self) -> None:
         self.doc["updated_at"] = time.time()

@@ -23,7 +23,7 @@ app = typer.Typer(
 )
 
 DEFAULT_DATASET = {"digits-cnn": "digits", "tabular": "breast-cancer", "cifar-cnn": "shapes",
-                   "text-transformer": "reviews", "transfer-mobilenet": "shapes"}
+                   "text-transformer": "reviews", "transfer-mobilenet": "shapes", "dcgan": "digits"}
 
 
 PartitionKind = Annotated[Optional[str], typer.Option(
@@ -71,7 +71,7 @@ def run(
     clients: int = typer.Option(10, "--clients", min=1, help="Number of virtual sites (1,000 fit on a laptop: only sampled sites are built)."),
     per_round: int = typer.Option(0, "--per-round", min=0, help="Sites sampled per round for training and evaluation (0 = every site)."),
     rounds: opts.Rounds = 5,
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Bundled data set (default: digits for digits-cnn, breast-cancer for tabular, shapes for cifar-cnn and transfer-mobilenet, reviews for text-transformer)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Bundled data set (default: digits for digits-cnn and dcgan, breast-cancer for tabular, shapes for cifar-cnn and transfer-mobilenet, reviews for text-transformer)."),
     partition: PartitionKind = None,
     dirichlet: Dirichlet = None,
     shards: Shards = None,
@@ -149,9 +149,11 @@ def run(
     from fedshield.tasks.registry import get_task
 
     get_task(task)  # a plugin that fails to load: fail before writing anything
-    from fedshield.tasks.init_weights import check_start
+    from fedshield.tasks.run_settings import resolve_settings
 
-    cfg.model, cfg.init_weights = check_start(task, model, init_weights)
+    settings = resolve_settings(task, model=model, init_weights=init_weights, lr=lr, dp=not no_dp)
+    cfg.model, cfg.init_weights, cfg.lr = settings.model, settings.init_weights, settings.lr
+    cfg.validate()
     if ray_address:
         runner.check_ray_address(ray_address)
     if no_dp:

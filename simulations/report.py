@@ -113,4 +113,6 @@ def run_summary_markdown(doc: dict[str, Any], images: list[Path]) -> str:
 
 
 def _headline(doc: dict[str, Any]) -> str:
-    return "accuracy" if doc.get("schema", {}).get("schema-kind", "classification") == "classification" else "r2"
+    from fedshield.common.results_view import headline_metric_name
+
+    return headline_metric_name(doc)

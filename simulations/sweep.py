@@ -25,6 +25,7 @@ from typing import Any
 
 from fedshield.common.atomic_io import atomic_write_json, atomic_write_text, read_json
 from fedshield.common.errors import ConfigError, FedShieldError, RunFolderError
+from fedshield.common.results_view import headline_metric_name
 from fedshield.simulations.report import final_central
 
 SWEEP_FILE = "sweep.json"
@@ -202,7 +203,7 @@ def cell_row(out: Path, cell: Cell, error: str = "") -> dict[str, Any]:
         doc = read_json(cell_dir(out, cell) / "results.json")
     except (OSError, ValueError):
         return {**row, "status": "failed" if error else "pending"}
-    metric = "accuracy" if doc.get("schema", {}).get("schema-kind", "classification") == "classification" else "r2"
+    metric = headline_metric_name(doc)
     final = doc.get("final", {})
     row.update({"status": doc.get("status"), "metric": metric, "central": final_central(doc).get(metric),
                 "federated": final.get("evaluate", {}).get(metric),

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-Kind = Literal["classification", "regression"]
+Kind = Literal["classification", "regression", "generation"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class DataSchema:
     """What every site of one federation must agree on, and what the server builds the model from.
 
     Attributes:
-        kind: ``classification`` or ``regression``.
+        kind: ``classification``, ``regression`` or ``generation`` (a generative model; no targets).
         input_shape: shape of one example's features, e.g. ``(1, 28, 28)`` or ``(30,)``.
         num_outputs: number of classes (classification) or 1 (regression).
         feature_names: column names of tabular features, in order; empty for images.
@@ -129,7 +129,10 @@ class Task(Protocol):
     #: Opacus ``grad_sample_mode`` for DP-SGD: ``ghost`` (fast gradient clipping; conv/linear/attention
     #: models), ``hooks`` or ``ew`` (expanded weights; tiny models). See ../shared/notes/opacus-cpu.md.
     dp_mode: str
-    # Optional: ``reads_sites_of`` (tuple of task names whose site folders this task also reads, so a
+    # Optional: ``private_part(model) -> nn.Module`` (only that submodule sees private data and is made
+    # private; ``train`` then also gets ``private_module=`` Opacus' wrapper of it, see tasks/dcgan.py);
+    # ``default_lr(dp) -> float`` (the task's --lr default); ``sample_grid(model) -> bytes`` (a PNG
+    # written next to each checkpoint); ``reads_sites_of`` (tuple of task names whose site folders this task also reads, so a
     # site whose fedshield.toml names one of them may join this task's runs); ``resolve_model(model,
     # *, pretrained) -> str`` and ``head_prefixes() -> tuple[str, ...]`` (see ``--init-weights``).
 

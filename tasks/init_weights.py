@@ -42,17 +42,6 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     return dict(obj)
 
 
-def check_start(task_name: str, model: str, init_weights: Path | None) -> tuple[str, str]:
-    """CLI-side checks before anything starts: the file reads as weights and ``--model`` is one the
-    task knows. Returns the resolved ``(model, absolute weights path or "")`` for the run config."""
-    from fedshield.tasks.registry import get_task
-
-    if init_weights is not None:
-        read_weights(init_weights)
-    return resolve_model(get_task(task_name), model, pretrained=init_weights is not None), (
-        str(Path(init_weights).resolve()) if init_weights is not None else "")
-
-
 def resolve_model(task: object, model: str, *, pretrained: bool) -> str:
     """The task's own resolution of ``--model`` (``transfer-mobilenet``: ``auto`` → ``head`` or
     ``full``), or ``model`` unchanged for tasks without one."""

@@ -11,16 +11,13 @@ Sites hold colour images in ``cifar-cnn``'s formats, resized to 32×32.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from fedshield.common.errors import ConfigError
-from fedshield.tasks.base import DataSchema, SiteData, TaskOptions, TrainResult
+from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
 from fedshield.tasks.cifar_cnn import CifarCNNTask
 from fedshield.tasks.mobilenet_v2 import MobileNetV2
 
@@ -74,15 +71,6 @@ class TransferMobileNetTask(CifarCNNTask):
         variant = parse_variant(model)
         trains = ("head" if pretrained else "full") if variant.trains == "auto" else variant.trains
         return str(Variant(trains, variant.width))
-
-    def train(self, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *, epochs: int,
-              device: torch.device, criterion: nn.Module | None = None) -> TrainResult:
-        with warnings.catch_warnings():
-            # With the features frozen no input of the head needs a gradient, and torch says so at
-            # every step of Opacus' per-sample hooks; the head's per-sample gradients are unaffected
-            # (tests/test_task_transfer.py checks the round changes exactly the head).
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            return super().train(model, loader, optimizer, epochs=epochs, device=device, criterion=criterion)
 
     def load_site(self, path: Path, options: TaskOptions) -> SiteData:
         parse_variant(options.model)  # a bad --model fails before the images are read

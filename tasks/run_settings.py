@@ -1,0 +1,34 @@
+"""Settings a run takes from its task, resolved by `fl-server start` and `fl-sim run` before anything
+starts: the model variant (``resolve_model``), the weights to start from, the learning-rate default."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from fedshield.common.run_config import RunConfig
+from fedshield.tasks.init_weights import read_weights, resolve_model
+from fedshield.tasks.registry import get_task
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """``model``: the resolved ``--model``; ``init_weights``: absolute path or ""; ``lr``: local step size."""
+
+    model: str
+    init_weights: str
+    lr: float
+
+
+def resolve_settings(task_name: str, *, model: str, init_weights: Path | None, lr: float | None,
+                     dp: bool) -> TaskSettings:
+    """Check ``--init-weights`` reads as weights and ``--model`` is one the task knows (one-line
+    ``ConfigError`` otherwise); without ``--lr``, the task's ``default_lr(dp)`` if it has one, else
+    :meth:`RunConfig.default_lr`."""
+    task = get_task(task_name)
+    if init_weights is not None:
+        read_weights(init_weights)
+    task_lr = getattr(task, "default_lr", None)
+    step = lr if lr is not None else (task_lr(dp) if callable(task_lr) else RunConfig.default_lr(dp))
+    return TaskSettings(resolve_model(task, model, pretrained=init_weights is not None),
+                        str(Path(init_weights).resolve()) if init_weights is not None else "", float(step))
