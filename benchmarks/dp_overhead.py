@@ -1,7 +1,8 @@
 """What DP-SGD costs per training step, side by side in one run.
 
 For each task (digits-cnn, tabular, cifar-cnn, text-transformer, and transfer-mobilenet both end to end
-and head-only: ``transfer-mobilenet-full``, ``transfer-mobilenet-head``, full width) at batch 64 on CPU:
+and head-only: ``transfer-mobilenet-full``, ``transfer-mobilenet-head``, full width; dcgan: one
+discriminator step, private or not, and its two generator steps) at batch 64 on CPU:
 median time per optimizer step (forward, backward, step) without DP, with DP in the mode FedShield
 picks for the task (ghost clipping for the CNNs, expanded weights for tabular, hooks for the
 transformer and MobileNetV2), and with
@@ -28,9 +29,10 @@ import time
 import warnings
 
 BATCH = 64
-TASKS = ("digits-cnn", "tabular", "cifar-cnn", "text-transformer", "transfer-mobilenet-full", "transfer-mobilenet-head")
+TASKS = ("digits-cnn", "tabular", "cifar-cnn", "text-transformer", "transfer-mobilenet-full", "transfer-mobilenet-head",
+         "dcgan")
 PLATFORM_MODE = {"digits-cnn": "ghost", "tabular": "ew", "cifar-cnn": "ghost", "text-transformer": "hooks",
-                 "transfer-mobilenet-full": "hooks", "transfer-mobilenet-head": "hooks"}
+                 "transfer-mobilenet-full": "hooks", "transfer-mobilenet-head": "hooks", "dcgan": "hooks"}
 #: benchmark name -> (task, --model)
 VARIANT = {"tabular": ("tabular", "mlp"), "transfer-mobilenet-full": ("transfer-mobilenet", "full"),
            "transfer-mobilenet-head": ("transfer-mobilenet", "head")}
@@ -47,7 +49,7 @@ def _inputs(task_name: str, n: int):
 
     from fedshield.tasks.base import DataSchema
 
-    if task_name == "digits-cnn":
+    if task_name in ("digits-cnn", "dcgan"):
         return DataSchema("classification", (1, 28, 28), 10), torch.rand(n, 1, 28, 28), torch.randint(0, 10, (n,))
     if task_name == "cifar-cnn" or task_name.startswith("transfer-mobilenet"):
         return DataSchema("classification", (3, 32, 32), 10), torch.rand(n, 3, 32, 32), torch.randint(0, 10, (n,))
@@ -58,6 +60,19 @@ def _inputs(task_name: str, n: int):
         return DataSchema("classification", (32,), 2), ids, torch.randint(0, 2, (n,))
     return (DataSchema("classification", (30,), 2, tuple(f"f{i}" for i in range(30)), "t"), torch.randn(n, 30),
             torch.randint(0, 2, (n,)))
+
+
+class _OneBatch:
+    """One batch as a loader (``dataset`` and ``len`` give the task its expected batch size)."""
+
+    def __init__(self, x, y) -> None:  # type: ignore[no-untyped-def]
+        self.batch, self.dataset = (x, y), range(len(x))
+
+    def __len__(self) -> int:
+        return 1
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter([self.batch])
 
 
 def worker(task_name: str, mode: str, steps: int, warmup: int) -> dict:
@@ -77,16 +92,22 @@ def worker(task_name: str, mode: str, steps: int, warmup: int) -> dict:
     site = SiteData(TensorDataset(x, y), TensorDataset(x[:10], y[:10]), schema, None)  # type: ignore[arg-type]
     model = task.build_model(schema, TaskOptions(model=variant))
     model.train()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    part = getattr(task, "private_part", None)  # dcgan: only the discriminator is made private
+    trained = part(model) if callable(part) else model
+    optimizer = torch.optim.SGD(trained.parameters(), lr=0.05)
     loader = DataLoader(site.train, batch_size=BATCH, shuffle=True)
     criterion = None
     used = "none"
+    private_module = None
     if mode != "none":
         if mode == "hooks":
             task.dp_mode = "hooks"  # type: ignore[misc]
-        private = make_private(task, site, model, optimizer, loader, noise_multiplier=1.0, max_grad_norm=1.0)
-        model, optimizer, loader, criterion, used = (private.model, private.optimizer, private.loader,
-                                                     private.criterion, private.mode)
+        private = make_private(task, site, trained, optimizer, loader, noise_multiplier=1.0, max_grad_norm=1.0)
+        optimizer, loader, criterion, used = private.optimizer, private.loader, private.criterion, private.mode
+        if trained is model:
+            model = private.model
+        else:
+            private_module = private.model
     times = []
     batches = iter(loader)
     for i in range(warmup + steps):
@@ -96,11 +117,15 @@ def worker(task_name: str, mode: str, steps: int, warmup: int) -> dict:
             batches = iter(loader)
             xb, yb = next(batches)
         start = time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        out = model(xb)
-        loss = criterion(out, yb) if criterion is not None else task.loss(out, yb)
-        loss.backward()
-        optimizer.step()
+        if callable(part):  # a GAN step: the task's own discriminator step and generator steps
+            task.train(model, _OneBatch(xb, yb), optimizer, epochs=1, device=torch.device("cpu"),
+                       private_module=private_module)
+        else:
+            optimizer.zero_grad(set_to_none=True)
+            out = model(xb)
+            loss = criterion(out, yb) if criterion is not None else task.loss(out, yb)
+            loss.backward()
+            optimizer.step()
         if i >= warmup:
             times.append((time.perf_counter() - start) * 1000)
     return {"task": task_name, "mode": mode, "opacus_mode": used, "median_ms": statistics.median(times),

@@ -1,4 +1,5 @@
-"""Every catalogue task, end to end: a 2-site simulation under DP-SGD (ε 8) learns in 2 rounds, and
+"""Every catalogue task, end to end: a 2-site simulation under DP-SGD (ε 8) learns in 2 rounds (dcgan:
+its Fréchet distance falls; transfer-mobilenet: from a public backbone, head only), and
 `fl-client join` accepts a site folder in the task's documented format."""
 
 from __future__ import annotations
@@ -16,10 +17,11 @@ from fedshield.common.net import free_port
 
 pytestmark = pytest.mark.slow
 
-# task -> (headline metric, least gain over the initial model after 2 DP rounds); measured in the comment
+# task -> (headline metric, least change towards better after 2 DP rounds; negative: lower is better)
 CATALOGUE = {
     "cifar-cnn": ("accuracy", 0.08),  # measured 0.09 -> 0.28
     "text-transformer": ("accuracy", 0.08),  # measured 0.47 -> 0.73, 0.74 (ROC-AUC 0.41 -> 0.81, 0.82)
+    "dcgan": ("frechet_digits", -250.0),  # measured 1099 -> 670 -> 506
 }
 
 
@@ -32,10 +34,13 @@ def test_two_private_rounds_improve_the_tasks_metric(tmp_path: Path, task: str) 
     doc = json.loads((tmp_path / "run" / "results.json").read_text())
     rounds = {r["round"]: r for r in doc["rounds"]}
     first, last = rounds[0]["centralized"][metric], rounds[2]["centralized"][metric]
-    assert last >= first + gain, f"{task}: central {metric} {first:.3f} -> {last:.3f}"
+    improved = last >= first + gain if gain > 0 else last <= first + gain
+    assert improved, f"{task}: central {metric} {first:.3f} -> {last:.3f}"
     for rnd in (1, 2):
         sites = rounds[rnd]["train"]["sites"].values()
         assert len(sites) == 2 and all(s["dp"] and 0 < s["epsilon"] <= 8 + 1e-6 for s in sites)
+    if task == "dcgan":  # a sample grid after every round
+        assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["round-001.png", "round-002.png"]
 
 
 def _pretrain_backbone(path: Path) -> None:

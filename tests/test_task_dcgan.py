@@ -1,0 +1,79 @@
+"""dcgan: the models, DP on the discriminator only, the Fréchet distance, unlabelled sites, sample grids."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from opacus.validators import ModuleValidator
+from PIL import Image
+from torch.utils.data import TensorDataset
+
+from fedshield.client.local_training import PrivacySettings, train_round
+from fedshield.common.errors import DataError
+from fedshield.common.run_config import RunConfig
+from fedshield.tasks.base import SiteData, TaskOptions
+from fedshield.tasks.dcgan import SCHEMA
+from fedshield.tasks.frechet_digits import _bundled_digits, features, frechet_distance
+from fedshield.tasks.model_factory import build_model
+from fedshield.tasks.registry import get_task
+
+TASK = get_task("dcgan")
+
+
+def test_models_are_opacus_compatible_and_shaped_as_documented() -> None:
+    model = TASK.build_model(SCHEMA, TaskOptions())
+    assert ModuleValidator.validate(model, strict=False) == []
+    assert model.generator(torch.randn(3, 64)).shape == (3, 1, 28, 28)
+    assert model.discriminator(torch.rand(3, 1, 28, 28)).shape == (3,)
+    images = model.sample(4, seed=1)
+    assert images.min() >= 0 and images.max() <= 1 and torch.equal(images, model.sample(4, seed=1))
+
+
+def _site(n: int = 200) -> SiteData:
+    x, _ = _bundled_digits()
+    x = x[:n]
+    y = torch.zeros(n, dtype=torch.long)
+    return SiteData(TensorDataset(x[: n - 50], y[: n - 50]), TensorDataset(x[n - 50:], y[n - 50:]), SCHEMA, Path("."))
+
+
+def test_dp_round_trains_both_networks_and_accounts_only_discriminator_steps(tmp_path: Path) -> None:
+    site = _site()
+    model = build_model(TASK, SCHEMA, TaskOptions(), seed=0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = RunConfig(task="dcgan", rounds=1, batch_size=30, lr=0.05)
+    out = train_round(TASK, site, model, cfg, run_id="r", rnd=1,
+                      privacy=PrivacySettings(True, 8.0, 1e-5, 1.0, tmp_path / "state"), device=torch.device("cpu"))
+    assert out.result.steps == 5 and 0 < out.epsilon <= 8  # one accountant step per discriminator step
+    changed = {k.split(".")[0] for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed == {"generator", "discriminator"}
+    # Opacus is detached again: the next round (or site, in a warm process) starts from a plain model
+    assert not any(hasattr(p, "grad_sample") and p.grad_sample is not None for p in model.parameters())
+
+
+def test_frechet_distance_ranks_real_above_noise() -> None:
+    x, _ = _bundled_digits()
+    a, b = features(x[:300]), features(x[300:600])
+    noise = features(torch.rand(300, 1, 28, 28))
+    assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-3)
+    assert frechet_distance(a, b) < 0.2 * frechet_distance(a, noise)
+
+
+def test_unlabelled_npz_is_a_site_and_wrong_shapes_are_one_line(tmp_path: Path) -> None:
+    site = tmp_path / "s"
+    site.mkdir()
+    np.savez(site / "data.npz", x=np.zeros((10, 28, 28), dtype=np.uint8))
+    data = TASK.load_site(site, TaskOptions())
+    assert len(data.train) == 8 and len(data.val) == 2 and data.schema.kind == "generation"
+    np.savez(site / "data.npz", x=np.zeros((10, 32, 32), dtype=np.uint8))
+    with pytest.raises(DataError, match=r"data.npz: x is uint8 \(10, 32, 32\); dcgan needs N×28×28"):
+        TASK.load_site(site, TaskOptions())
+
+
+def test_sample_grid_is_an_8_by_8_png() -> None:
+    png = TASK.sample_grid(TASK.build_model(SCHEMA, TaskOptions()))
+    with Image.open(io.BytesIO(png)) as img:
+        assert img.format == "PNG" and img.size == ((8 * 29 + 1) * 2,) * 2
