@@ -2,7 +2,8 @@
 
 For each task (digits-cnn, tabular, cifar-cnn, text-transformer, and transfer-mobilenet both end to end
 and head-only: ``transfer-mobilenet-full``, ``transfer-mobilenet-head``, full width; dcgan: one
-discriminator step, private or not, and its two generator steps) at batch 64 on CPU:
+discriminator step, private or not, and its two generator steps; seq2seq-attention on generated dates)
+at batch 64 on CPU:
 median time per optimizer step (forward, backward, step) without DP, with DP in the mode FedShield
 picks for the task (ghost clipping for the CNNs, expanded weights for tabular, hooks for the
 transformer and MobileNetV2), and with
@@ -30,9 +31,10 @@ import warnings
 
 BATCH = 64
 TASKS = ("digits-cnn", "tabular", "cifar-cnn", "text-transformer", "transfer-mobilenet-full", "transfer-mobilenet-head",
-         "dcgan")
+         "dcgan", "seq2seq-attention")
 PLATFORM_MODE = {"digits-cnn": "ghost", "tabular": "ew", "cifar-cnn": "ghost", "text-transformer": "hooks",
-                 "transfer-mobilenet-full": "hooks", "transfer-mobilenet-head": "hooks", "dcgan": "hooks"}
+                 "transfer-mobilenet-full": "hooks", "transfer-mobilenet-head": "hooks", "dcgan": "hooks",
+                 "seq2seq-attention": "hooks"}
 #: benchmark name -> (task, --model)
 VARIANT = {"tabular": ("tabular", "mlp"), "transfer-mobilenet-full": ("transfer-mobilenet", "full"),
            "transfer-mobilenet-head": ("transfer-mobilenet", "head")}
@@ -53,6 +55,13 @@ def _inputs(task_name: str, n: int):
         return DataSchema("classification", (1, 28, 28), 10), torch.rand(n, 1, 28, 28), torch.randint(0, 10, (n,))
     if task_name == "cifar-cnn" or task_name.startswith("transfer-mobilenet"):
         return DataSchema("classification", (3, 32, 32), 10), torch.rand(n, 3, 32, 32), torch.randint(0, 10, (n,))
+    if task_name == "seq2seq-attention":  # generated dates, as the task's demo sites hold them
+        from fedshield.simulations.dates_dataset import generate_dates
+        from fedshield.tasks.byte_tokens import VOCAB, source_tensor, target_tensor
+
+        pairs, _ = generate_dates(n)
+        return (DataSchema("sequence", (48,), VOCAB), source_tensor(list(pairs[:, 0]), 48),
+                target_tensor(list(pairs[:, 1]), 16))
     if task_name == "text-transformer":
         ids = torch.randint(2, 2048, (n, 32))
         ids[torch.rand(n, 32) < 0.3] = 0  # some padding, as short texts have
@@ -120,6 +129,8 @@ def worker(task_name: str, mode: str, steps: int, warmup: int) -> dict:
         if callable(part):  # a GAN step: the task's own discriminator step and generator steps
             task.train(model, _OneBatch(xb, yb), optimizer, epochs=1, device=torch.device("cpu"),
                        private_module=private_module)
+        elif task_name == "seq2seq-attention":  # the task's own batch loss (teacher forcing)
+            task.train(model, _OneBatch(xb, yb), optimizer, epochs=1, device=torch.device("cpu"))
         else:
             optimizer.zero_grad(set_to_none=True)
             out = model(xb)

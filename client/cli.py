@@ -224,7 +224,7 @@ def _show(event: dict) -> str | None:
         console.print(f"round {rnd}: train loss {event.get('loss', float('nan')):.4f} in {event.get('seconds', 0):.1f} s"
                       + (f", ε spent {eps:.3f}" if isinstance(eps, (int, float)) else ""))
     elif kind == "evaluate":
-        shown = {k: v for k, v in event.items() if k in ("loss", "accuracy", "f1", "roc_auc", "mse", "mae", "r2", "frechet_digits")}
+        shown = {k: v for k, v in event.items() if k in ("loss", "accuracy", "f1", "roc_auc", "mse", "mae", "r2", "frechet_digits", "exact_match", "bleu")}
         console.print(f"round {rnd}: validation " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     elif kind == "error":
         console.print(f"[red]round {rnd} {event.get('stage')}: {event.get('message')}[/]")

@@ -37,6 +37,8 @@ def infer_task(folder: Path) -> str | None:
     """Guess the task from the folder's contents when neither --task nor fedshield.toml names it."""
     if (folder / "data.npz").is_file() or (folder / "images").is_dir():
         return "cifar-cnn" if _colour_images(folder) else "digits-cnn"
+    if sorted(folder.glob("*.tsv")):
+        return "seq2seq-attention"
     csvs = sorted(folder.glob("*.csv"))
     if csvs:
         return "text-transformer" if _header(csvs[0]) == ["text", "label"] else "tabular"

@@ -15,14 +15,14 @@ from rich.table import Table
 
 from fedshield.common.atomic_io import read_json
 
-HEADLINE = ("accuracy", "r2", "mse", "frechet_digits")
+HEADLINE = ("accuracy", "r2", "mse", "frechet_digits", "bleu")
 MAX_TABLE_SITES = 20
 
 
 def headline_metric_name(doc: dict[str, Any]) -> str:
-    """The metric a run is judged by, from its schema kind: accuracy, r2, or frechet_digits (dcgan)."""
+    """The metric a run is judged by, from its schema kind: accuracy, r2, frechet_digits (dcgan) or bleu."""
     kind = doc.get("schema", {}).get("schema-kind", "classification")
-    return {"classification": "accuracy", "generation": "frechet_digits"}.get(kind, "r2")
+    return {"classification": "accuracy", "generation": "frechet_digits", "sequence": "bleu"}.get(kind, "r2")
 
 
 def headline_metric(aggregate: dict[str, Any]) -> tuple[str, float] | None:
@@ -45,7 +45,7 @@ def round_line(doc: dict[str, Any], entry: dict[str, Any]) -> str:
         if train.get("epsilon_max") is not None:
             parts.append(f"ε≤{train['epsilon_max']:.3f}")
     evaluation = entry.get("evaluate", {}).get("aggregate", {})
-    for key in ("loss", "accuracy", "f1", "roc_auc", "mse", "mae", "r2", "frechet_digits"):
+    for key in ("loss", "accuracy", "f1", "roc_auc", "mse", "mae", "r2", "frechet_digits", "exact_match", "bleu"):
         if evaluation.get(key) is not None:
             parts.append(f"val {key} {evaluation[key]:.4f}")
     central = entry.get("centralized")
@@ -67,7 +67,7 @@ def summary_table(doc: dict[str, Any]) -> Table:
     table.add_column("val", justify="right")
     last = next((r for r in reversed(doc.get("rounds", [])) if "evaluate" in r), {})
     last_train = next((r for r in reversed(doc.get("rounds", [])) if "train" in r), {})
-    shown = ("accuracy", "f1", "roc_auc", "mse", "r2", "frechet_digits", "loss")
+    shown = ("accuracy", "f1", "roc_auc", "mse", "r2", "frechet_digits", "exact_match", "bleu", "loss")
     present = {k for s in last.get("evaluate", {}).get("sites", {}).values() for k in s}
     metric_names = [m for m in shown if m in present]
     for name in metric_names:

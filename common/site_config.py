@@ -14,6 +14,7 @@ Example::
     target_scale = 75.0
     labels = ["cat", "dog"]  # image tasks: the class names, in index order (images/<name>/ folders)
     max_length = 128         # text tasks: tokens per example (longer texts are an error)
+    max_target_length = 16   # seq2seq-attention: bytes of a target text (max_length: of a source text)
     allowed-tasks = ["my-plugin-task"]   # third-party tasks this site runs (built-ins always)
 """
 
@@ -30,7 +31,7 @@ CONFIG_FILE = "fedshield.toml"
 _TYPES: dict[str, tuple[type, ...]] = {
     "task": (str,), "target": (str,), "model": (str,), "kind": (str,), "val_fraction": (float, int),
     "seed": (int,), "file": (str,), "classes": (int,), "target_shift": (float, int),
-    "target_scale": (float, int), "labels": (list,), "max_length": (int,), "allowed-tasks": (list,),
+    "target_scale": (float, int), "labels": (list,), "max_length": (int,), "max_target_length": (int,), "allowed-tasks": (list,),
 }
 
 
@@ -67,7 +68,8 @@ def site_options(folder: Path, overrides: dict[str, Any]) -> tuple[str | None, T
         kind=raw.get("kind"),
         val_fraction=float(raw.get("val_fraction", 0.2)),
         seed=int(raw.get("seed", 0)),
-        extra={k: raw[k] for k in ("file", "classes", "target_shift", "target_scale", "labels", "max_length")
+        extra={k: raw[k] for k in ("file", "classes", "target_shift", "target_scale", "labels", "max_length",
+                                 "max_target_length")
                if k in raw},
     )
     return raw.get("task"), options

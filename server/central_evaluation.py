@@ -50,7 +50,7 @@ def central_test_fn(cfg: RunConfig, schema: DataSchema) -> EvaluateFn | None:
         ndarrays_to_model(model, parameters)
         metrics = task.evaluate(model, test, device=torch.device("cpu"))
         loss = float(metrics.pop("loss"))
-        if out is not None and schema.kind != "generation":  # a generator predicts no labels
+        if out is not None and schema.kind in ("classification", "regression"):  # labels or values to plot
             save_predictions(out, model, test, schema, server_round)
         return loss, metrics
 

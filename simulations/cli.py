@@ -23,7 +23,8 @@ app = typer.Typer(
 )
 
 DEFAULT_DATASET = {"digits-cnn": "digits", "tabular": "breast-cancer", "cifar-cnn": "shapes",
-                   "text-transformer": "reviews", "transfer-mobilenet": "shapes", "dcgan": "digits"}
+                   "text-transformer": "reviews", "transfer-mobilenet": "shapes", "dcgan": "digits",
+                   "seq2seq-attention": "dates"}
 
 
 PartitionKind = Annotated[Optional[str], typer.Option(
@@ -41,7 +42,7 @@ Iid = Annotated[bool, typer.Option("--iid", help="Split uniformly at random (the
 @app.command()
 @guarded
 def split(
-    dataset: str = typer.Option(..., "--dataset", help="Bundled data set: digits, breast-cancer, diabetes (real, from scikit-learn) shapes (generated 32×32 colour images, cifar-cnn) or reviews (generated texts, text-transformer)."),
+    dataset: str = typer.Option(..., "--dataset", help="Bundled data set: digits, breast-cancer, diabetes (real, from scikit-learn) shapes (generated 32×32 colour images, cifar-cnn), reviews (generated texts, text-transformer) or dates (generated date translations, seq2seq-attention)."),
     sites: int = typer.Option(3, "--sites", min=1, help="Number of site folders to write."),
     out: Path = typer.Option(..., "--out", help="New (or empty) folder to write hospital_a, hospital_b, ... into."),
     partition: PartitionKind = None,
@@ -71,7 +72,7 @@ def run(
     clients: int = typer.Option(10, "--clients", min=1, help="Number of virtual sites (1,000 fit on a laptop: only sampled sites are built)."),
     per_round: int = typer.Option(0, "--per-round", min=0, help="Sites sampled per round for training and evaluation (0 = every site)."),
     rounds: opts.Rounds = 5,
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Bundled data set (default: digits for digits-cnn and dcgan, breast-cancer for tabular, shapes for cifar-cnn and transfer-mobilenet, reviews for text-transformer)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Bundled data set (default: digits for digits-cnn and dcgan, breast-cancer for tabular, shapes for cifar-cnn and transfer-mobilenet, reviews for text-transformer, dates for seq2seq-attention)."),
     partition: PartitionKind = None,
     dirichlet: Dirichlet = None,
     shards: Shards = None,

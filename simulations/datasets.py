@@ -8,6 +8,8 @@
   (:mod:`fedshield.simulations.shapes_dataset`), for ``cifar-cnn``.
 - ``reviews``: *generated*, not real: 2,000 short product reviews labelled negative/positive
   (:mod:`fedshield.simulations.reviews_dataset`), for ``text-transformer``.
+- ``dates``: *generated*, not real: 3,000 dates written in five styles → ISO 8601
+  (:mod:`fedshield.simulations.dates_dataset`), for ``seq2seq-attention``; the style is the label.
 """
 
 from __future__ import annotations
@@ -27,7 +29,8 @@ class BundledDataset:
     """Examples of one bundled data set and which task they feed.
 
     ``x``: (N, 28, 28) uint8 greyscale or (N, 32, 32, 3) uint8 colour images, (N, F) float64
-    features, or (N,) unicode texts; ``y``: (N,) labels or targets.
+    features, (N,) unicode texts, or (N, 2) unicode (source, target) pairs; ``y``: (N,) labels or
+    targets (for pairs: a category used to partition, e.g. the date style).
     """
 
     name: str
@@ -92,7 +95,15 @@ def _reviews() -> BundledDataset:
                           {"labels": list(LABELS), "max_length": 32})
 
 
-_LOADERS = {"digits": _digits, "breast-cancer": _breast_cancer, "diabetes": _diabetes, "shapes": _shapes,
+def _dates() -> BundledDataset:
+    from fedshield.simulations.dates_dataset import generate_dates
+
+    pairs, styles = generate_dates()
+    return BundledDataset("dates", "seq2seq-attention", pairs, styles, ("source", "target"), "",
+                          {"max_length": 48, "max_target_length": 16})
+
+
+_LOADERS = {"dates": _dates, "digits": _digits, "breast-cancer": _breast_cancer, "diabetes": _diabetes, "shapes": _shapes,
             "reviews": _reviews}
 
 

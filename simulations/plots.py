@@ -25,7 +25,8 @@ from fedshield.common.atomic_io import atomic_write_bytes  # noqa: E402
 
 DPI = 110
 _METRIC_LABELS = {"accuracy": "accuracy", "r2": "R²", "mse": "mean squared error", "mae": "mean absolute error",
-                  "loss": "loss", "frechet_digits": "Fréchet distance (digits features)"}
+                  "loss": "loss", "frechet_digits": "Fréchet distance (digits features)",
+                  "bleu": "BLEU", "exact_match": "exact match"}
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -67,7 +68,7 @@ def _main_metric(rounds: list[dict[str, Any]]) -> str:
     for entry in rounds:
         keys.update((entry.get("evaluate") or {}).get("aggregate") or {})
         keys.update(entry.get("centralized") or {})
-    return next((m for m in ("accuracy", "r2", "mse", "frechet_digits") if m in keys), "accuracy")
+    return next((m for m in ("accuracy", "r2", "mse", "frechet_digits", "bleu") if m in keys), "accuracy")
 
 
 def _series(rounds: list[dict[str, Any]], getter: Any) -> tuple[list[int], list[float]]:

@@ -40,6 +40,9 @@ def write_site_folder(folder: Path, data: BundledDataset, idx: np.ndarray) -> No
     folder.mkdir(parents=True)
     if data.x.ndim >= 3:  # images
         np.savez(folder / "data.npz", x=data.x[idx], y=data.y[idx])
+    elif data.x.dtype.kind == "U" and data.x.ndim == 2:  # translation pairs: source<TAB>target, no header
+        with open(folder / "data.tsv", "w", encoding="utf-8") as fh:
+            fh.writelines(f"{source}\t{target}\n" for source, target in data.x[idx])
     elif data.x.dtype.kind == "U":  # texts: text,label with the class names of the site's fedshield.toml
         names = data.site_config["labels"]
         with open(folder / "data.csv", "w", newline="", encoding="utf-8") as fh:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-Kind = Literal["classification", "regression", "generation"]
+Kind = Literal["classification", "regression", "generation", "sequence"]
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,8 @@ class DataSchema:
     """What every site of one federation must agree on, and what the server builds the model from.
 
     Attributes:
-        kind: ``classification``, ``regression`` or ``generation`` (a generative model; no targets).
+        kind: ``classification``, ``regression``, ``generation`` (a generative model; no targets) or
+            ``sequence`` (a target sequence per example, e.g. a translation).
         input_shape: shape of one example's features, e.g. ``(1, 28, 28)`` or ``(30,)``.
         num_outputs: number of classes (classification) or 1 (regression).
         feature_names: column names of tabular features, in order; empty for images.

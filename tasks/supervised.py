@@ -36,6 +36,10 @@ class SupervisedTask:
             return nn.functional.cross_entropy(outputs, targets)
         return nn.functional.mse_loss(outputs.reshape(-1), targets.reshape(-1))
 
+    def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module | None) -> torch.Tensor:
+        """The loss of one batch; ``criterion`` is Opacus' ghost-clipping wrapper when given."""
+        return criterion(model(x), y) if criterion is not None else self.loss(model(x), y)
+
     def train(self, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *, epochs: int,
               device: torch.device, criterion: nn.Module | None = None) -> TrainResult:
         model.train()
@@ -46,7 +50,7 @@ class SupervisedTask:
                     continue
                 x, y = x.to(device), y.to(device)
                 optimizer.zero_grad(set_to_none=True)
-                loss = criterion(model(x), y) if criterion is not None else self.loss(model(x), y)
+                loss = self.step_loss(model, x, y, criterion)
                 loss.backward()
                 optimizer.step()
                 total += float(loss.detach())

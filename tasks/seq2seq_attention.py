@@ -1,0 +1,99 @@
+"""``seq2seq-attention``: the design documents' LSTM translator with attention, on byte-level tokens.
+
+Sites hold ``source<TAB>target`` pairs (UTF-8 TSV). Trained under DP-SGD with teacher forcing
+(loss: per-example mean cross-entropy over its target bytes); evaluated by greedy decoding.
+Metrics: ``exact_match`` (share of targets reproduced exactly) and ``bleu`` (sacreBLEU's corpus BLEU,
+0-100, default 13a tokenisation), plus the teacher-forced ``loss``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedshield.common.errors import DataError
+from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
+from fedshield.tasks.byte_tokens import PAD, VOCAB, decode, source_tensor, target_tensor
+from fedshield.tasks.holdout import holdout_indices
+from fedshield.tasks.seq2seq_model import Seq2SeqAttention
+from fedshield.tasks.supervised import SupervisedTask
+from fedshield.tasks.tsv_pairs import find_tsv, read_pairs
+
+DEFAULT_MAX_SOURCE = 48
+DEFAULT_MAX_TARGET = 16
+
+
+def _limit(options: TaskOptions, key: str, default: int) -> int:
+    value = options.extra.get(key, default)
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1024:
+        raise DataError(f"fedshield.toml: {key} = {value!r}; give a whole number of bytes from 1 to 1024")
+    return value
+
+
+def sequence_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over examples of each example's mean cross-entropy over its non-pad target bytes.
+    logits (N, T, V), target (N, T) → scalar (per-example means keep every example's weight equal
+    under DP-SGD's per-sample clipping)."""
+    ce = nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=PAD, reduction="none")
+    valid = (target != PAD).sum(dim=1).clamp(min=1)
+    return (ce.sum(dim=1) / valid).mean()
+
+
+class Seq2SeqAttentionTask(SupervisedTask):
+    """LSTM encoder–decoder with Luong attention translating short texts byte by byte."""
+
+    name = "seq2seq-attention"
+    summary = ("LSTM encoder-decoder with attention (DPLSTM, hidden 96) translating short texts byte by byte; "
+               "exact match and BLEU")
+    data_format = ("data.tsv: one source<TAB>target pair per line (UTF-8, no header); at most max_length bytes "
+                   "of source (default 48) and max_target_length of target (default 16); 20% held out")
+    metrics = ("loss", "exact_match", "bleu")
+    dp_mode = "hooks"  # DPLSTM: per-sample gradients through Opacus' RNNLinear hooks
+
+    def default_lr(self, dp: bool) -> float:
+        """SGD step: 1.0 with DP-SGD, 2.0 without (measured, docs/tasks/seq2seq-attention.md)."""
+        return 1.0 if dp else 2.0
+
+    def criterion(self, schema: DataSchema) -> nn.Module:
+        return nn.CrossEntropyLoss(ignore_index=PAD)
+
+    def load_site(self, path: Path, options: TaskOptions) -> SiteData:
+        path = Path(path)
+        max_source = _limit(options, "max_length", DEFAULT_MAX_SOURCE)
+        max_target = _limit(options, "max_target_length", DEFAULT_MAX_TARGET)
+        sources, targets = read_pairs(find_tsv(path, options.extra.get("file")), max_source=max_source,
+                                      max_target=max_target)
+        train, val = holdout_indices(len(sources), None, val_fraction=options.val_fraction, seed=options.seed,
+                                     where=str(path))
+        src, tgt = source_tensor(sources, max_source), target_tensor(targets, max_target)
+        schema = DataSchema(kind="sequence", input_shape=(max_source,), num_outputs=VOCAB)
+        index_train, index_val = torch.as_tensor(train), torch.as_tensor(val)
+        return SiteData(TensorDataset(src[index_train], tgt[index_train]),
+                        TensorDataset(src[index_val], tgt[index_val]), schema, path)
+
+    def build_model(self, schema: DataSchema, options: TaskOptions) -> nn.Module:
+        return Seq2SeqAttention(vocab=schema.num_outputs)
+
+    def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module | None) -> torch.Tensor:
+        """Teacher forcing: the decoder reads the target shifted right and predicts it."""
+        return sequence_loss(model(x, y[:, :-1]), y[:, 1:])
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, data: TensorDataset, *, device: torch.device,
+                 batch_size: int = 256) -> dict[str, float]:
+        import sacrebleu
+
+        model.eval()
+        losses, predictions, references = [], [], []
+        for src, tgt in DataLoader(data, batch_size=batch_size):
+            src, tgt = src.to(device), tgt.to(device)
+            losses.append(float(sequence_loss(model(src, tgt[:, :-1]), tgt[:, 1:])) * len(src))
+            decoded = model.greedy(src, max_len=tgt.shape[1] - 2).cpu()  # type: ignore[operator]
+            predictions += [decode(row.tolist()) for row in decoded]
+            references += [decode(row[1:].tolist()) for row in tgt.cpu()]
+        exact = sum(p == r for p, r in zip(predictions, references)) / max(len(references), 1)
+        bleu = sacrebleu.corpus_bleu(predictions, [references]).score
+        return {"loss": sum(losses) / max(len(references), 1), "exact_match": float(exact), "bleu": float(bleu)}

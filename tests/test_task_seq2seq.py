@@ -1,0 +1,117 @@
+"""seq2seq-attention: byte tokens, the TSV loader's refusals, the model under Opacus, the metrics."""
+
+from __future__ import annotations
+
+import tempfile
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+from opacus import GradSampleModule
+from opacus.validators import ModuleValidator
+
+from fedshield.client.site_check import infer_task
+from fedshield.common.errors import DataError
+from fedshield.common.site_config import site_options
+from fedshield.simulations.dates_dataset import STYLES, generate_dates
+from fedshield.tasks.base import TaskOptions
+from fedshield.tasks.byte_tokens import BOS, EOS, PAD, decode, encode, source_tensor, target_tensor
+from fedshield.tasks.registry import get_task
+from fedshield.tasks.seq2seq_attention import sequence_loss
+from fedshield.tasks.seq2seq_model import Seq2SeqAttention
+
+TASK = get_task("seq2seq-attention")
+
+
+def _site(folder: Path, text: str, toml: str = "") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "data.tsv").write_bytes(text.encode("utf-8") if isinstance(text, str) else text)
+    if toml:
+        (folder / "fedshield.toml").write_text(toml)
+    return folder
+
+
+def test_byte_tokens_round_trip_any_text_and_pad_as_documented() -> None:
+    assert decode(encode("22 novembre 2026 — größer")) == "22 novembre 2026 — größer"
+    src = source_tensor(["ab"], 4)
+    assert src.tolist() == [[PAD, PAD, *encode("ab")]]  # left-padded
+    tgt = target_tensor(["ab"], 4)
+    assert tgt.tolist() == [[BOS, *encode("ab"), EOS, PAD, PAD]]
+
+
+def test_generated_dates_pair_each_style_with_its_iso_date() -> None:
+    pairs, styles = generate_dates(10, seed=3)
+    assert pairs.shape == (10, 2) and set(styles.tolist()) == set(range(len(STYLES)))
+    for (source, target), style in zip(pairs, styles):
+        year, month, day = target.split("-")
+        assert year in source and len(target) == 10
+        assert (str(int(day)) in source) if style != 2 else source.startswith(f"{day}/{month}/")
+    assert (generate_dates(10, seed=3)[0] == pairs).all()
+
+
+def test_tsv_site_loads_holds_out_and_is_recognised(tmp_path: Path) -> None:
+    pairs, _ = generate_dates(20)
+    site = _site(tmp_path / "s", "".join(f"{s}\t{t}\n" for s, t in pairs) + "\n")
+    data = TASK.load_site(site, TaskOptions())
+    assert len(data.train) == 16 and len(data.val) == 4
+    assert data.schema.kind == "sequence" and data.schema.input_shape == (48,)
+    assert infer_task(site) == "seq2seq-attention"
+
+
+@pytest.mark.parametrize("text,toml,message", [
+    ("a\tb\nno tab here\n", "", r"data.tsv:2: no tab; each line is source<TAB>target"),
+    ("a\tb\nx\ty\tz\n", "", r"data.tsv:2: 2 tabs"),
+    ("a\tb\n\tb\n", "", r"data.tsv:2: empty source"),
+    ("a\tb\nc\t \n", "", r"data.tsv:2: empty target"),
+    ("a\tb\nabcdefgh\tb\n", "max_length = 4\n", r"data.tsv:2: source is 8 bytes, more than max_length = 4"),
+    ("a\tb\nc\t2026-11-22\n", "max_target_length = 5\n", r"data.tsv:2: target is 10 bytes, more than max_target_length"),
+    (b"a\tb\n\xff\tb\n", "", r"data.tsv: not UTF-8"),
+    ("a\tb\n", "", r"1 pair\(s\); a site needs at least 2"),
+])
+def test_malformed_pairs_are_refused_naming_file_and_row(tmp_path: Path, text, toml: str, message: str) -> None:
+    site = _site(tmp_path / "s", text, toml)
+    _, options = site_options(site, {})
+    with pytest.raises(DataError, match=message):
+        TASK.load_site(site, options)
+
+
+def test_model_is_opacus_ready_and_per_sample_gradients_are_exact() -> None:
+    """Opacus' per-sample gradients through both DPLSTMs and the attention equal per-example autograd."""
+    torch.manual_seed(0)
+    model = Seq2SeqAttention(hidden=16, embed=8)
+    assert ModuleValidator.validate(model, strict=False) == []
+    src = source_tensor(["12 may 2020", "may 12, 2020", "x"], 16)
+    tgt = target_tensor(["2020-05-12", "2020-05-12", "y"], 10)
+    gsm = GradSampleModule(model, loss_reduction="sum")
+    loss = sequence_loss(gsm(src, tgt[:, :-1]), tgt[:, 1:]) * len(src)  # per-example means, summed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # embeddings' integer inputs need no gradient; torch says so
+        loss.backward()
+    per_sample = {n: p.grad_sample.clone() for n, p in gsm.named_parameters() if p.grad_sample is not None}
+    gsm.to_standard_module()
+    names = {name.removeprefix("_module.") for name in per_sample}
+    assert names == {name for name, _ in model.named_parameters()}  # every parameter, both LSTMs included
+    for i in range(3):
+        model.zero_grad(set_to_none=True)
+        sequence_loss(model(src[i:i + 1], tgt[i:i + 1, :-1]), tgt[i:i + 1, 1:]).backward()
+        for name, p in model.named_parameters():
+            expected = p.grad if p.grad is not None else torch.zeros_like(p)
+            got = per_sample.get(f"_module.{name}", per_sample.get(name))
+            assert torch.allclose(got[i], expected, atol=1e-5), name
+
+
+def test_metrics_of_a_model_that_copies_the_target() -> None:
+    """exact_match and BLEU reach their maximum when every decoded text equals its reference."""
+    data = TASK.load_site(_site(Path(tempfile.mkdtemp()) / "s",
+                                "".join(f"{d} may 2020\t2020-05-{d:02d}\n" for d in range(1, 11))),
+                          TaskOptions(val_fraction=0.5))
+    model = TASK.build_model(data.schema, TaskOptions())
+    refs = data.val.tensors[1]
+
+    def oracle(src: torch.Tensor, max_len: int) -> torch.Tensor:  # "decodes" the references themselves
+        return refs[:, 1:]
+
+    model.greedy = oracle  # type: ignore[method-assign]
+    metrics = TASK.evaluate(model, data.val, device=torch.device("cpu"))
+    assert metrics["exact_match"] == 1.0 and metrics["bleu"] == pytest.approx(100.0)
