@@ -6,4 +6,4 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 . scripts/venv.sh
-exec python -m pytest -n 2 --dist worksteal "$@"
+exec python -m pytest -n 2 --dist worksteal --durations=15 "$@"
