@@ -1,5 +1,7 @@
 """FedShield's fixes to Flower 1.41's SecAgg+: mask expansion, share counts, modulus."""
 
+import importlib
+
 import numpy as np
 import pytest
 
@@ -12,7 +14,10 @@ from fedshield.strategies.secure_aggregation import (
 
 
 def test_masks_use_the_whole_seed_not_32_folded_bits():
-    from flwr.common.secure_aggregation.secaggplus_utils import pseudo_rand_gen as flower_prg
+    # Flower's own function, even after another test in this process imported the ClientApp (which
+    # installs FedShield's PRG in its place)
+    utils = importlib.import_module("flwr.common.secure_aggregation.secaggplus_utils")
+    flower_prg = getattr(utils, "flower_pseudo_rand_gen", utils.pseudo_rand_gen)
 
     # Flower folds the seed into 32 bits by XOR of 4-byte words: these two seeds collide there...
     a = bytes(range(32))
