@@ -11,6 +11,7 @@ import typer
 
 from fedshield.common.cli_support import console, guarded, set_debug, warn_loudly
 from fedshield.common.errors import ConfigError, FedShieldError, ServerUnreachableError
+from fedshield.common.results_view import ROUND_METRICS
 
 # What Flower 1.41's SuperNode logs when the SuperLink does not accept its key (HTTP 412 on activation,
 # then exit code 305): its process exit status alone does not tell this apart from other failures.
@@ -224,7 +225,7 @@ def _show(event: dict) -> str | None:
         console.print(f"round {rnd}: train loss {event.get('loss', float('nan')):.4f} in {event.get('seconds', 0):.1f} s"
                       + (f", ε spent {eps:.3f}" if isinstance(eps, (int, float)) else ""))
     elif kind == "evaluate":
-        shown = {k: v for k, v in event.items() if k in ("loss", "accuracy", "f1", "roc_auc", "mse", "mae", "r2", "frechet_digits", "exact_match", "bleu")}
+        shown = {k: v for k, v in event.items() if k in ROUND_METRICS}
         console.print(f"round {rnd}: validation " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     elif kind == "error":
         console.print(f"[red]round {rnd} {event.get('stage')}: {event.get('message')}[/]")

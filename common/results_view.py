@@ -16,6 +16,8 @@ from rich.table import Table
 from fedshield.common.atomic_io import read_json
 
 HEADLINE = ("accuracy", "r2", "mse", "frechet_digits", "bleu")
+#: validation metrics shown per round (server and sim progress lines, `fl-client join`), in this order
+ROUND_METRICS = ("loss", "accuracy", "f1", "roc_auc", "mse", "mae", "r2", "frechet_digits", "exact_match", "bleu")
 MAX_TABLE_SITES = 20
 
 
@@ -45,7 +47,7 @@ def round_line(doc: dict[str, Any], entry: dict[str, Any]) -> str:
         if train.get("epsilon_max") is not None:
             parts.append(f"ε≤{train['epsilon_max']:.3f}")
     evaluation = entry.get("evaluate", {}).get("aggregate", {})
-    for key in ("loss", "accuracy", "f1", "roc_auc", "mse", "mae", "r2", "frechet_digits", "exact_match", "bleu"):
+    for key in ROUND_METRICS:
         if evaluation.get(key) is not None:
             parts.append(f"val {key} {evaluation[key]:.4f}")
     central = entry.get("centralized")

@@ -85,12 +85,12 @@ def start(
     from fedshield.common.run_config import RunConfig
     from fedshield.server.run_submission import run_status, submit, write_app, write_flwr_home
     from fedshield.server.superlink import SuperLink
-    from fedshield.tasks.registry import check_task_name, get_task
+    from fedshield.tasks.registry import check_task_name
 
     from fedshield.server.federation import Federation
     from fedshield.server.superlink import TlsFiles
 
-    check_task_name(task)  # flags first; torch (get_task below) takes seconds to import
+    check_task_name(task)  # flags first; torch (resolve_settings below) takes seconds to import
     if insecure and dir is not None:
         raise ConfigError("--insecure and --dir exclude each other; pick one")
     if not insecure and dir is None:
@@ -117,8 +117,7 @@ def start(
     from fedshield.strategies.registry import make_strategy
 
     make_strategy(strategy)  # unknown strategy: fail now, not inside the server
-    get_task(task)  # a task plugin that fails to load: fail now too
-    from fedshield.tasks.run_settings import resolve_settings
+    from fedshield.tasks.run_settings import resolve_settings  # loads the task: a broken plugin fails here
 
     settings = resolve_settings(task, model=model, init_weights=init_weights, lr=lr, dp=not no_dp)
     cfg.model, cfg.init_weights, cfg.lr = settings.model, settings.init_weights, settings.lr

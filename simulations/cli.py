@@ -147,9 +147,7 @@ def run(
     from fedshield.simulations import runner
     from fedshield.simulations.partition_view import partition_table
     from fedshield.simulations.run_setup import prepare_data
-    from fedshield.tasks.registry import get_task
-
-    get_task(task)  # a plugin that fails to load: fail before writing anything
+    # loads the task: a plugin that fails to load fails here, before anything is written
     from fedshield.tasks.run_settings import resolve_settings
 
     settings = resolve_settings(task, model=model, init_weights=init_weights, lr=lr, dp=not no_dp)

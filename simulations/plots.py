@@ -22,6 +22,7 @@ from matplotlib.ticker import MaxNLocator, NullFormatter, NullLocator  # noqa: E
 from sklearn.metrics import auc, roc_curve  # noqa: E402
 
 from fedshield.common.atomic_io import atomic_write_bytes  # noqa: E402
+from fedshield.common.results_view import HEADLINE  # noqa: E402
 
 DPI = 110
 _METRIC_LABELS = {"accuracy": "accuracy", "r2": "R²", "mse": "mean squared error", "mae": "mean absolute error",
@@ -68,7 +69,7 @@ def _main_metric(rounds: list[dict[str, Any]]) -> str:
     for entry in rounds:
         keys.update((entry.get("evaluate") or {}).get("aggregate") or {})
         keys.update(entry.get("centralized") or {})
-    return next((m for m in ("accuracy", "r2", "mse", "frechet_digits", "bleu") if m in keys), "accuracy")
+    return next((m for m in HEADLINE if m in keys), "accuracy")
 
 
 def _series(rounds: list[dict[str, Any]], getter: Any) -> tuple[list[int], list[float]]:

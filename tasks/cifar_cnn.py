@@ -17,7 +17,7 @@ from fedshield.common.errors import DataError
 from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
 from fedshield.tasks.colour_images import label_set, load_folders, load_npz
 from fedshield.tasks.holdout import holdout_indices
-from fedshield.tasks.supervised import SupervisedTask
+from fedshield.tasks.supervised import CLASSIFICATION_METRICS, SupervisedTask
 
 SIDE = 32
 
@@ -47,7 +47,7 @@ class CifarCNNTask(SupervisedTask):
     data_format = ("data.npz with x (N×H×W×3 uint8, any size) and y (N class indices), or "
                    "images/<label>/*.png|jpg (colour, any size); labels 0-9 unless fedshield.toml sets "
                    "labels = [...]; resized to 32×32; 20% held out for validation")
-    metrics = ("loss", "accuracy", "precision", "recall", "f1", "roc_auc")
+    metrics = CLASSIFICATION_METRICS
     dp_mode = "ghost"  # conv + linear layers only: Opacus' fast gradient clipping applies
 
     def load_site(self, path: Path, options: TaskOptions) -> SiteData:

@@ -19,7 +19,7 @@ from fedshield.common.errors import DataError
 from fedshield.tasks.npz_arrays import read_npz_xy
 from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
 from fedshield.tasks.holdout import holdout_indices
-from fedshield.tasks.supervised import SupervisedTask
+from fedshield.tasks.supervised import CLASSIFICATION_METRICS, SupervisedTask
 
 SIDE = 28
 CLASSES = 10
@@ -87,7 +87,7 @@ class DigitsCNNTask(SupervisedTask):
     summary = "CNN (conv32-conv64-fc128) classifying 28×28 greyscale images into 10 classes"
     data_format = ("data.npz with x (N×28×28 uint8) and y (N labels 0-9), or images/<label>/*.png "
                    "(28×28 greyscale, label folders 0-9); 20% held out for validation")
-    metrics = ("loss", "accuracy", "precision", "recall", "f1", "roc_auc")
+    metrics = CLASSIFICATION_METRICS
     # Ghost clipping (Li et al. 2022, "Large Language Models Can Be Strong Differentially Private
     # Learners"): per-sample norms without materialising per-sample gradients; 2.4x non-private
     # at batch 32 on CPU versus 4-12x for hooks (shared/notes/opacus-cpu.md).

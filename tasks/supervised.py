@@ -18,6 +18,10 @@ class FlatMSELoss(nn.MSELoss):
         return super().forward(input.reshape(-1), target.reshape(-1))
 
 
+#: what :func:`fedshield.common.metrics.classification_metrics` reports, plus the loss
+CLASSIFICATION_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "roc_auc")
+
+
 class SupervisedTask:
     """Cross-entropy for classification, MSE for regression; metrics from :mod:`fedshield.common.metrics`.
 

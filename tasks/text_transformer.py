@@ -20,7 +20,7 @@ from torch.utils.data import TensorDataset
 from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
 from fedshield.tasks.hashing_tokenizer import PAD, encode
 from fedshield.tasks.holdout import holdout_indices
-from fedshield.tasks.supervised import SupervisedTask
+from fedshield.tasks.supervised import CLASSIFICATION_METRICS, SupervisedTask
 from fedshield.tasks.text_csv import find_csv, read_text_csv, text_label_set
 
 BUCKETS = 2048
@@ -76,7 +76,7 @@ class TextTransformerTask(SupervisedTask):
     data_format = ("one CSV with header text,label (UTF-8); labels 0..K-1 (classes = K in fedshield.toml, default "
                    "2) or the names of fedshield.toml labels = [...]; at most max_length tokens (default 64) per "
                    "text; 20% held out for validation")
-    metrics = ("loss", "accuracy", "precision", "recall", "f1", "roc_auc")
+    metrics = CLASSIFICATION_METRICS
     # ghost clipping has no rule for DPMultiheadAttention's parameters; hooks computes them exactly
     dp_mode = "hooks"
 

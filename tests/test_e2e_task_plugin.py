@@ -4,6 +4,7 @@ and `fl-server tasks` and learns in a 2-site private simulation like a built-in 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +24,9 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     there exactly as in site-packages. No build isolation: nothing is downloaded."""
     target = tmp_path_factory.mktemp("plugin") / "site-packages"
     build = tmp_path_factory.mktemp("plugin-build")
+    source = shutil.copytree(PLUGIN, build / PLUGIN.name)  # setuptools builds in place: not in the repository
     proc = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation",
-                           "--target", str(target), str(PLUGIN)], capture_output=True, text=True, cwd=build,
+                           "--target", str(target), str(source)], capture_output=True, text=True, cwd=build,
                           timeout=300, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert list(target.glob("fedshield_digits_mlp-*.dist-info/entry_points.txt"))
