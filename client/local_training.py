@@ -19,7 +19,9 @@ from opacus import PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fedshield.client.book_keeping import make_private_book_keeping
 from fedshield.client.privacy_ledger import PrivacyLedger
+from fedshield.common.allocator import retain_freed_memory
 from fedshield.common.run_config import RunConfig
 from fedshield.tasks.base import SiteData, Task, TrainResult
 
@@ -51,7 +53,7 @@ class RoundOutcome:
 
 @dataclass
 class PrivateTraining:
-    """What Opacus' ``make_private`` returns: model, DP optimizer, Poisson loader, and (ghost) criterion."""
+    """What Opacus' ``make_private`` returns: model, DP optimizer, Poisson loader, and (bk, ghost) criterion."""
 
     engine: PrivacyEngine
     model: nn.Module
@@ -63,12 +65,14 @@ class PrivateTraining:
 
 def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.optim.Optimizer,
                  loader: DataLoader, *, noise_multiplier: float, max_grad_norm: float) -> PrivateTraining:
-    """Opacus' front door with the task's fastest supported mode; falls back to ``hooks`` explicitly.
+    """Opacus' front door with the task's fastest supported mode; falls back (``bk`` → ``ghost`` →
+    ``hooks``) explicitly, with a warning naming the layer that forced it.
 
-    Poisson sampling is always on (the accountant's assumption). ``ghost`` needs the loss as a
-    module, which Opacus wraps to run its two backward passes; the task receives that wrapper.
+    Poisson sampling is always on (the accountant's assumption). ``bk`` and ``ghost`` need the loss as
+    a module, which is wrapped to run book-keeping's one backward pass or Opacus' two; the task
+    receives that wrapper.
     """
-    modes = [task.dp_mode] if task.dp_mode == "hooks" else [task.dp_mode, "hooks"]
+    modes = {"hooks": ["hooks"], "bk": ["bk", "ghost", "hooks"]}.get(task.dp_mode, [task.dp_mode, "hooks"])
     last_error: Exception | None = None
     for mode in modes:
         kwargs = dict(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
@@ -78,6 +82,11 @@ def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.
                 # Opacus warns that secure_mode is off (its CSPRNG noise is an opt-in, slow on CPU).
                 warnings.simplefilter("ignore")
                 engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+                if mode == "bk":  # one backward pass instead of ghost clipping's two (client/book_keeping.py)
+                    bk_model, bk_optimizer, bk_criterion, bk_loader = make_private_book_keeping(
+                        engine, module=model, optimizer=optimizer, criterion=task.criterion(site.schema),
+                        data_loader=loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm)
+                    return PrivateTraining(engine, bk_model, bk_optimizer, bk_loader, bk_criterion, mode)  # type: ignore[arg-type]
                 if mode == "ghost":
                     criterion = task.criterion(site.schema)
                     private_model, dp_optimizer, dp_criterion, dp_loader = engine.make_private(criterion=criterion, **kwargs)
@@ -122,6 +131,7 @@ def train_round(
     device: torch.device,
 ) -> RoundOutcome:
     """Train ``model`` in place for one round; with DP, check and record the spend in the ledger."""
+    retain_freed_memory()  # once per process: keeps a step's freed tensors mapped for the next (common/allocator.py)
     n = len(site.train)
     generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rnd)
     loader = DataLoader(site.train, batch_size=min(cfg.batch_size, n), shuffle=True, generator=generator)

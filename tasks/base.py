@@ -127,8 +127,10 @@ class Task(Protocol):
     summary: str
     data_format: str
     metrics: tuple[str, ...]
-    #: Opacus ``grad_sample_mode`` for DP-SGD: ``ghost`` (fast gradient clipping; conv/linear/attention
-    #: models), ``hooks`` or ``ew`` (expanded weights; tiny models). See ../shared/notes/opacus-cpu.md.
+    #: how DP-SGD clips per-sample gradients: ``bk`` (FedShield's one-pass book-keeping clipping,
+    #: client/book_keeping.py; models of Linear and Conv2d layers, falls back to ghost otherwise), or an
+    #: Opacus ``grad_sample_mode``: ``ghost`` (fast gradient clipping; conv/linear/attention models),
+    #: ``hooks`` or ``ew`` (expanded weights). See ../shared/notes/opacus-cpu.md.
     dp_mode: str
     # Optional: ``private_part(model) -> nn.Module`` (only that submodule sees private data and is made
     # private; ``train`` then also gets ``private_module=`` Opacus' wrapper of it, see tasks/dcgan.py);

@@ -48,7 +48,7 @@ class CifarCNNTask(SupervisedTask):
                    "images/<label>/*.png|jpg (colour, any size); labels 0-9 unless fedshield.toml sets "
                    "labels = [...]; resized to 32×32; 20% held out for validation")
     metrics = CLASSIFICATION_METRICS
-    dp_mode = "ghost"  # conv + linear layers only: Opacus' fast gradient clipping applies
+    dp_mode = "bk"  # conv + linear layers only: one-pass book-keeping clipping (client/book_keeping.py)
 
     def load_site(self, path: Path, options: TaskOptions) -> SiteData:
         path = Path(path)

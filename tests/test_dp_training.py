@@ -64,7 +64,14 @@ def test_every_per_sample_gradient_is_clipped_to_c(task_name: str) -> None:
     private.optimizer.zero_grad()
     loss = (private.criterion or task.loss)(private.model(x), y)
     loss.backward()
-    if private.mode == "ghost":
+    if private.mode == "bk":  # book-keeping leaves the clipped sum / E[B] in .grad (client/book_keeping.py)
+        total = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters() if p.requires_grad))
+        assert total * private.optimizer.expected_batch_size <= C * len(x) * (1 + 1e-4)
+        private.optimizer.zero_grad(set_to_none=True)
+        task.loss(private.model(x), y).backward()  # plain autograd: the unclipped mean gradient
+        mean_norm = torch.sqrt(sum((p.grad ** 2).sum() for p in model.parameters() if p.requires_grad))
+        assert mean_norm > C  # so (triangle inequality) some example's gradient exceeded C: clipping was needed
+    elif private.mode == "ghost":
         # ghost clipping never materialises per-sample gradients: check the resulting clipped sum
         private.optimizer.pre_step()
         total = torch.sqrt(sum((p.summed_grad.float() ** 2).sum() for p in model.parameters() if p.requires_grad))

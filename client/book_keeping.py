@@ -1,0 +1,321 @@
+"""Book-keeping per-sample clipping: DP-SGD's clipped gradient sum from one backward pass.
+
+Opacus' fastest mode, ghost clipping (Li et al. 2022, "Large Language Models Can Be Strong
+Differentially Private Learners"), runs two backward passes: one that finds each example's gradient
+norm, a second one on the loss reweighted by the clip factors. On CPU that makes a DP step 2.4-3×
+a plain one (../shared/notes/opacus-cpu.md). Book-keeping (Bu, Mao, Xu, Zha, Karypis 2023,
+"Differentially Private Optimization on Large Model at Small Cost", ICML) needs one: for a layer
+``Z = A·Wᵀ`` the per-sample weight gradient is ``G_iᵀ A_i`` (``G = ∂L/∂Z``), so once the backward pass
+has produced every layer's output gradient ``G`` and the forward pass its input ``A``:
+
+1. each example's squared gradient norm is summed over the layers from ``(A, G)`` alone, either from
+   materialised per-sample gradients (cost ``B·O·K·T``) or by the ghost-norm identity
+   ``‖G_iᵀA_i‖² = ⟨A_iA_iᵀ, G_iG_iᵀ⟩`` (cost ``B·T²·(O+K)``), whichever is cheaper for the layer;
+2. the clip factor is Opacus' flat clipping, ``c_i = min(1, C / ‖g_i‖)``;
+3. the clipped sum ``Σ_i c_i G_iᵀ A_i`` is one weighted matrix product per layer.
+
+The backward pass asks autograd only for the layer outputs' gradients, so no parameter gradient is
+computed twice. Noise, scaling by the expected batch size, Poisson sampling and the accountant stay
+Opacus' (its ``DPOptimizerFastGradientClipping``, which takes ``p.grad`` as the clipped sum as after
+ghost clipping's second pass, here with the noise drawn in one call: client/flat_noise_optimizer.py);
+only the clipped sum is computed here, because Opacus has no one-pass mode.
+
+Supported: models whose trainable parameters all belong to ``nn.Linear`` or ``nn.Conv2d`` (``groups=1``)
+layers, each called once per forward pass, and whose examples do not interact (no BatchNorm). Anything
+else raises :class:`BookKeepingUnsupported` when wrapped, and the platform falls back to ghost clipping.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from opacus import PrivacyEngine
+from opacus.data_loader import DPDataLoader
+from torch import nn
+from torch.utils.data import DataLoader
+
+from fedshield.client.flat_noise_optimizer import FlatNoiseDPOptimizer
+
+SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d)
+
+
+class BookKeepingUnsupported(ValueError):
+    """The model has a trainable layer book-keeping cannot clip (the caller falls back to ghost)."""
+
+
+class _Call(NamedTuple):
+    """One call of a supported layer in the forward pass: its input ``A`` and its output ``Z``."""
+
+    layer: nn.Module
+    inputs: torch.Tensor
+    output: torch.Tensor
+
+
+class BookKeepingModule(nn.Module):
+    """Wraps a model; records each supported layer's input and output during training forward passes."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__()
+        self._module = module
+        self.layers = _trainable_layers(module)
+        self.trainable = [p for layer in self.layers for p in layer.parameters(recurse=False) if p.requires_grad]
+        self._calls: list[_Call] = []
+        self._handles = [layer.register_forward_hook(self._record) for layer in self.layers]
+
+    def _record(self, layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        if output.requires_grad:  # a training pass (no_grad evaluation records nothing)
+            self._calls.append(_Call(layer, inputs[0].detach(), output))
+
+    def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        self._calls = []
+        return self._module(*args, **kwargs)
+
+    def take_calls(self) -> list[_Call]:
+        """The layer calls of the last forward pass (and forget them)."""
+        calls, self._calls = self._calls, []
+        return calls
+
+    def forbid_grad_accumulation(self) -> None:
+        """Poisson sampling forbids accumulation; book-keeping never accumulates (Opacus' interface)."""
+
+    def to_standard_module(self) -> nn.Module:
+        """Remove the hooks and return the wrapped model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+        self._calls = []
+        return self._module
+
+
+def _trainable_layers(module: nn.Module) -> list[nn.Module]:
+    """Supported layers that hold trainable parameters; raises when a trainable parameter lives elsewhere."""
+    layers = []
+    for name, sub in module.named_modules():
+        own = [p for p in sub.parameters(recurse=False) if p.requires_grad]
+        if not own:
+            continue
+        if not isinstance(sub, SUPPORTED_LAYERS):
+            raise BookKeepingUnsupported(f"layer {name or type(sub).__name__} ({type(sub).__name__}) has trainable "
+                                         "parameters; book-keeping clips Linear and Conv2d layers only")
+        if isinstance(sub, nn.Conv2d) and sub.groups != 1:
+            raise BookKeepingUnsupported(f"layer {name} is a grouped convolution (groups={sub.groups})")
+        layers.append(sub)
+    return layers
+
+
+def _padded(layer: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
+    """The convolution's input with its padding applied (any ``padding`` and ``padding_mode``)."""
+    if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
+        mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
+        return F.pad(a, layer._reversed_padding_repeated_twice, mode=mode)
+    ph, pw = layer.padding  # type: ignore[misc]
+    return F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
+
+
+def conv_per_sample_grads(layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """Per-sample weight gradients of a convolution from its input ``a`` ``(B, C, H, W)`` and its output's
+    gradient ``g`` ``(B, O, H', W')``: ``(1, B, O·C·kh·kw)`` in the weight's order, or, with the flag set,
+    ``(kh, B, kw·C·O)`` (kernel row first, output channel last).
+
+    Stride 1 with ``kw·C ≥ 64`` (any dilation): the input is unrolled along the width only (``kw``
+    shifted copies, channels last) and each kernel row ``i`` is one batched product over the rows
+    it sees, ``kh`` products ``(O × H'W')·(H'W' × kw·C)`` written in place; on CPU about twice as
+    fast as a full im2col (``F.unfold``), whose copy costs more than the products. Otherwise ``F.unfold``.
+    """
+    b, o = g.shape[:2]
+    kh, kw = layer.kernel_size
+    c = a.shape[1]
+    ap = _padded(layer, a)
+    if layer.stride != (1, 1) or kw * c < 64:
+        patches = F.unfold(ap, layer.kernel_size, dilation=layer.dilation, stride=layer.stride)  # (B, C·kh·kw, T)
+        return torch.bmm(g.reshape(b, o, -1), patches.transpose(1, 2)).reshape(1, b, -1), False
+    dh, dw = layer.dilation
+    ho, wo = g.shape[2:]
+    cl = ap.permute(0, 2, 3, 1).contiguous()  # (B, Hp, Wp, C)
+    sb, sr, sw, sc = cl.stride()
+    rows = cl.as_strided((b, cl.shape[1], wo, kw, c), (sb, sr, sw, sw * dw, sc)).contiguous()
+    rows = rows.reshape(b, cl.shape[1], wo, kw * c)  # rows[b, r, w, (j, c)] = input[b, c, r, w + j·dw]
+    gt = g.reshape(b, o, ho * wo).transpose(1, 2)  # (B, H'W', O)
+    out = torch.empty(kh, b, kw * c, o, dtype=g.dtype, device=g.device)
+    for i in range(kh):  # (kw·C × H'W')·(H'W' × O): the operand order MKL runs fastest here
+        torch.bmm(rows[:, i * dh:i * dh + ho].reshape(b, ho * wo, kw * c).transpose(1, 2), gt, out=out[i])
+    return out.reshape(kh, b, -1), True
+
+
+def _linear_sequences(call: _Call, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, G)`` of a linear layer as ``(B, T, K)`` and ``(B, T, O)``: T positions share the weight."""
+    a, b = call.inputs, grad.shape[0]
+    return a.reshape(b, -1, a.shape[-1]), grad.reshape(b, -1, grad.shape[-1])
+
+
+class _LayerTerms:
+    """One layer's per-sample squared norms (weight + bias) and how to form its clipped gradient sum."""
+
+    def __init__(self, call: _Call, grad: torch.Tensor) -> None:
+        self.layer = layer = call.layer
+        w_trained = layer.weight.requires_grad
+        b_trained = layer.bias is not None and layer.bias.requires_grad
+        self.per_sample: torch.Tensor | None = None  # (parts, B, numel/parts) when materialised
+        self.channels_last = False  # per_sample of a convolution in (kh, kw, C, O) order
+        self.a: torch.Tensor | None = None  # kept to form Σ c_i g_i a_iᵀ when not materialised
+        self.g: torch.Tensor | None = None
+        self.bias_grads: torch.Tensor | None = None  # (B, O)
+        b = grad.shape[0]
+        if isinstance(layer, nn.Linear) and grad.dim() == 2:  # one position: ‖g aᵀ‖² = ‖g‖²·‖a‖²
+            g_sq = torch.linalg.vecdot(grad, grad)
+            self.a, self.g = call.inputs, grad
+            if b_trained:
+                self.bias_grads = grad
+            if w_trained:
+                a_sq = torch.linalg.vecdot(call.inputs, call.inputs)
+                self.squared_norms = torch.addcmul(g_sq, a_sq, g_sq) if b_trained else a_sq * g_sq
+            else:
+                self.squared_norms = g_sq
+            return
+        sq: torch.Tensor | None = None
+        if isinstance(layer, nn.Conv2d):
+            if w_trained:
+                self.per_sample, self.channels_last = conv_per_sample_grads(layer, call.inputs, grad)
+                sq = torch.linalg.vector_norm(self.per_sample, dim=2).square().sum(0)
+            bias_grads = grad.reshape(b, grad.shape[1], -1).sum(2)
+        else:
+            a, g = _linear_sequences(call, grad)  # (B, T, K), (B, T, O)
+            t, k, o = a.shape[1], a.shape[2], g.shape[2]
+            if w_trained:
+                if o * k <= t * (o + k):  # materialise G_iᵀA_i: (B, O, K)
+                    self.per_sample = torch.bmm(g.transpose(1, 2), a).reshape(1, b, -1)
+                    sq = torch.linalg.vector_norm(self.per_sample[0], dim=1).square()
+                else:  # ghost norm: ⟨A Aᵀ, G Gᵀ⟩ over (T, T)
+                    sq = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))
+                    self.a, self.g = a, g
+            bias_grads = g.sum(1)
+        if b_trained:
+            self.bias_grads = bias_grads
+            bias_sq = torch.linalg.vecdot(bias_grads, bias_grads)
+            sq = bias_sq if sq is None else sq + bias_sq
+        assert sq is not None  # a supported layer holds a trainable parameter
+        self.squared_norms = sq
+
+    def clipped_sums(self, factors: torch.Tensor) -> None:
+        """Set ``Σ_i c_i ∂ℓ_i/∂θ`` as each trainable parameter's ``.grad``; ``factors`` is ``(B,)``."""
+        layer = self.layer
+        if self.g is not None and self.g.dim() == 2:  # linear, one position
+            gc = self.g * factors[:, None]
+            if layer.weight.requires_grad:
+                _accumulate(layer.weight, gc.t().mm(self.a))  # type: ignore[arg-type]
+            if self.bias_grads is not None:
+                _accumulate(layer.bias, gc.sum(0))  # type: ignore[arg-type]
+            return
+        weight = layer.weight
+        if weight.requires_grad:
+            if self.per_sample is not None:
+                w = torch.stack([torch.mv(part.t(), factors) for part in self.per_sample])  # (parts, numel/parts)
+                if self.channels_last:
+                    o, c, kh, kw = weight.shape
+                    w = w.reshape(kh, kw, c, o).permute(3, 2, 0, 1)
+            else:
+                assert self.a is not None and self.g is not None
+                gc = self.g * factors[:, None, None]
+                w = gc.reshape(-1, gc.shape[2]).t() @ self.a.reshape(-1, self.a.shape[2])
+            _accumulate(weight, w.reshape(weight.shape))
+        if self.bias_grads is not None:
+            _accumulate(layer.bias, factors @ self.bias_grads)  # type: ignore[arg-type]
+
+
+def _accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:
+    if param.grad is None:
+        param.grad = grad if grad.dtype == param.dtype else grad.to(param.dtype)
+    else:
+        param.grad.add_(grad)
+
+
+def clip_and_sum(module: BookKeepingModule, loss_per_sample: torch.Tensor, max_grad_norm: float,
+                 scale: float = 1.0) -> None:
+    """Set every trainable parameter's ``.grad`` to ``scale · Σ_i c_i ∇ℓ_i`` with the clip factors ``c_i``.
+
+    ``loss_per_sample``: ``(B,)`` per-example losses of the last forward pass of ``module``. ``scale``
+    is folded into the clip factors (no pass over the gradients): the DP optimizer's mean reduction.
+    """
+    calls = module.take_calls()
+    seen: set[int] = set()
+    for call in calls:
+        if id(call.layer) in seen:  # a shared layer's per-sample gradient is a sum over its calls
+            raise BookKeepingUnsupported("a layer was called twice in one forward pass; use ghost or hooks")
+        seen.add(id(call.layer))
+    # ∂(Σ_i ℓ_i)/∂Z: row i of each layer's output gradient is example i's own (examples do not interact)
+    grads = torch.autograd.grad(loss_per_sample, [c.output for c in calls], torch.ones_like(loss_per_sample),
+                                allow_unused=True) if calls else ()
+    terms = [_LayerTerms(c, g) for c, g in zip(calls, grads) if g is not None]
+    squared = terms[0].squared_norms if terms else torch.zeros_like(loss_per_sample)
+    for term in terms[1:]:
+        squared = squared + term.squared_norms
+    # c_i = min(1, C/‖g_i‖) = C / sqrt(max(‖g_i‖², C²)): Opacus' flat clipping (opacus/optimizers/optimizer.py)
+    # without its 1e-6 in the denominator, in three tensor operations; c_i·‖g_i‖ ≤ C exactly as there.
+    factors = torch.rsqrt(torch.clamp_min(squared, max_grad_norm ** 2)).mul_(max_grad_norm * scale)
+    for term in terms:
+        term.clipped_sums(factors)
+    for p in module.trainable:  # a layer the loss did not reach contributes zero (noise is still added)
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
+class BookKeepingLoss:
+    """The task's criterion computing per-example losses; ``backward()`` runs :func:`clip_and_sum`, leaving
+    ``Σ_i c_i ∇ℓ_i / E[B]`` (``scale`` = 1/E[B], the optimizer's mean reduction) in ``.grad``."""
+
+    def __init__(self, module: BookKeepingModule, criterion: nn.Module, max_grad_norm: float, scale: float) -> None:
+        self.module = module
+        self.criterion = criterion
+        self.criterion.reduction = "none"
+        self.max_grad_norm = max_grad_norm
+        self.scale = scale
+
+    def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> BookKeepingTensor:
+        per_sample = self.criterion(outputs, targets)
+        if per_sample.dim() > 1:  # e.g. a per-position loss: an example's loss is its sum
+            per_sample = per_sample.reshape(per_sample.shape[0], -1).sum(1)
+        return BookKeepingTensor(self, per_sample)
+
+
+class BookKeepingTensor:
+    """A batch loss as the training loop sees it: ``backward()``, ``detach()`` (the mean), ``item()``."""
+
+    def __init__(self, loss: BookKeepingLoss, per_sample: torch.Tensor) -> None:
+        self._loss = loss
+        self.loss_per_sample = per_sample
+
+    def detach(self) -> torch.Tensor:
+        return self.loss_per_sample.detach().mean()
+
+    def item(self) -> float:
+        return float(self.detach())
+
+    def backward(self) -> None:
+        clip_and_sum(self._loss.module, self.loss_per_sample, self._loss.max_grad_norm, self._loss.scale)
+
+
+def make_private_book_keeping(engine: PrivacyEngine, *, module: nn.Module, optimizer: torch.optim.Optimizer,
+                              criterion: nn.Module, data_loader: DataLoader, noise_multiplier: float,
+                              max_grad_norm: float) -> tuple[BookKeepingModule, FlatNoiseDPOptimizer,
+                                                             BookKeepingLoss, DataLoader]:
+    """``PrivacyEngine.make_private`` with book-keeping clipping, from Opacus' public parts.
+
+    As Opacus does it (opacus/privacy_engine.py): Poisson ``DPDataLoader``, sample rate
+    ``1/len(loader)``, expected batch ``int(N·q)``, mean loss reduction, the engine's accountant hooked
+    to every optimizer step. Raises :class:`BookKeepingUnsupported` for a model it cannot clip.
+    """
+    engine.validate(module=module, optimizer=None, data_loader=None)  # BatchNorm and the like: refused
+    wrapped = BookKeepingModule(module)
+    params = {id(p) for p in module.parameters()}
+    if any(id(p) not in params for group in optimizer.param_groups for p in group["params"]):
+        raise ValueError("Module parameters are different than optimizer Parameters")
+    loader = DPDataLoader.from_data_loader(data_loader)
+    sample_rate = 1 / len(loader)
+    expected_batch_size = int(len(loader.dataset) * sample_rate)  # type: ignore[arg-type]
+    dp_optimizer = FlatNoiseDPOptimizer(optimizer, noise_multiplier=noise_multiplier,
+                                                   max_grad_norm=max_grad_norm,
+                                                   expected_batch_size=expected_batch_size, loss_reduction="mean")
+    dp_optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
+    return wrapped, dp_optimizer, BookKeepingLoss(wrapped, criterion, max_grad_norm, dp_optimizer.grad_scale), loader

@@ -1,0 +1,126 @@
+"""Book-keeping clipping (client/book_keeping.py) against per-example autograd, and its Opacus wiring."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from opacus import PrivacyEngine
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedshield.client.book_keeping import (
+    BookKeepingModule,
+    BookKeepingUnsupported,
+    clip_and_sum,
+    make_private_book_keeping,
+)
+from fedshield.client.local_training import make_private
+from fedshield.tasks.base import DataSchema, SiteData
+from fedshield.tasks.registry import get_task
+
+
+def _clipped_sum_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> dict[str, torch.Tensor]:
+    """Σ_i min(1, C/‖g_i‖)·g_i from per-example gradients of vmap'd autograd (no Opacus, no book-keeping)."""
+    params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
+    frozen = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
+
+    def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(functional_call(model, {**p, **frozen}, (xi[None],)), yi[None])
+
+    per_example = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
+    norms = torch.stack([g.reshape(len(x), -1).norm(dim=1) for g in per_example.values()], 1).norm(dim=1)
+    factors = (clip / norms).clamp(max=1.0)
+    return {k: torch.einsum("b,b...->...", factors, g) for k, g in per_example.items()}
+
+
+def _bias_frozen(layer: nn.Module) -> nn.Module:
+    layer.bias.requires_grad_(False)  # type: ignore[union-attr]
+    return layer
+
+
+MODELS = {
+    # digits-cnn's shape: the 1-channel convolution by im2col, the 16-channel one by kernel rows
+    "conv-pool-linear": (lambda: nn.Sequential(nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                                               nn.Conv2d(16, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+                                               nn.Flatten(), nn.Linear(16 * 7 * 7, 3)), (1, 28, 28)),
+    "reflect-same-padding": (lambda: nn.Sequential(nn.Conv2d(3, 24, 3, padding="same", padding_mode="reflect"),
+                                                   nn.ReLU(), nn.Flatten(), nn.Linear(24 * 8 * 8, 3)), (3, 8, 8)),
+    "stride-dilation": (lambda: nn.Sequential(nn.Conv2d(3, 5, 3, stride=2, dilation=2), nn.Flatten(),
+                                              nn.Linear(5 * 6 * 6, 3)), (3, 16, 16)),
+    "dilated-stride-1": (lambda: nn.Sequential(nn.Conv2d(16, 6, (3, 5), dilation=(2, 1), padding=(1, 2)),
+                                               nn.Flatten(), nn.Linear(6 * 8 * 8, 3)), (16, 10, 8)),
+    "linear-over-positions": (lambda: nn.Sequential(nn.Linear(6, 7), nn.Tanh(), nn.Flatten(), nn.Linear(7 * 5, 3)),
+                              (5, 6)),
+    "ghost-norm-positions": (lambda: nn.Sequential(nn.Linear(40, 40), nn.Flatten(), nn.Linear(40 * 2, 3)), (2, 40)),
+    "frozen-parts": (lambda: nn.Sequential(nn.Linear(10, 16).requires_grad_(False), nn.ReLU(),
+                                           _bias_frozen(nn.Linear(16, 8)), nn.ReLU(), nn.Linear(8, 3, bias=False)),
+                     (10,)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_clipped_sum_equals_per_example_autograd(name: str) -> None:
+    torch.manual_seed(0)
+    build, shape = MODELS[name]
+    model = build()
+    x, y = torch.randn(12, *shape) * 3, torch.randint(0, 3, (12,))
+    clip = 0.5
+    reference = _clipped_sum_reference(model, x, y, clip)
+    wrapped = BookKeepingModule(model)
+    clip_and_sum(wrapped, nn.functional.cross_entropy(wrapped(x), y, reduction="none"), clip)
+    clipped = 0
+    for key, expected in reference.items():
+        got = model.get_parameter(key).grad
+        assert got is not None and torch.allclose(got, expected, rtol=1e-4, atol=1e-6), key
+        clipped += 1
+    assert clipped == sum(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    assert wrapped.to_standard_module() is model
+
+
+def test_unsupported_layers_fall_back_to_ghost_clipping_and_say_so(caplog: pytest.LogCaptureFixture) -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
+    with pytest.raises(BookKeepingUnsupported, match="LayerNorm"):
+        BookKeepingModule(model)
+    task = get_task("tabular")  # dp_mode "bk"
+    x = torch.randn(32, 4)
+    site = SiteData(TensorDataset(x, (x[:, 0] > 0).long()), TensorDataset(x, (x[:, 0] > 0).long()),
+                    DataSchema("classification", (4,), 2, tuple("abcd"), "t"), Path("."))
+    with caplog.at_level(logging.WARNING):
+        private = make_private(task, site, model, torch.optim.SGD(model.parameters(), lr=0.1),
+                               DataLoader(site.train, batch_size=8), noise_multiplier=1.0, max_grad_norm=1.0)
+    assert private.mode == "ghost"
+    assert "Opacus mode bk unavailable" in caplog.text and "LayerNorm" in caplog.text
+
+
+def test_every_step_is_noised_and_accounted_like_opacus() -> None:
+    """One accountant step per optimizer step at Opacus' sample rate; the update is (clipped sum + noise) / E[B]."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+    x = torch.randn(256, 5)
+    loader = DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=32)
+    engine = PrivacyEngine(accountant="rdp")
+    sigma, clip = 0.8, 1.0
+    wrapped, optimizer, criterion, dp_loader = make_private_book_keeping(
+        engine, module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=nn.CrossEntropyLoss(),
+        data_loader=loader, noise_multiplier=sigma, max_grad_norm=clip)
+    steps = 0
+    for xb, yb in dp_loader:
+        optimizer.zero_grad(set_to_none=True)
+        reference = _clipped_sum_reference(model, xb, yb, clip)
+        criterion(wrapped(xb), yb).backward()
+        clipped = [p.grad.clone() for p in model.parameters()]  # the clipped sum / E[B], Opacus' mean reduction
+        for (key, expected), got in zip(reference.items(), clipped):
+            assert torch.allclose(got * optimizer.expected_batch_size, expected, rtol=1e-4, atol=1e-6), key
+        assert optimizer.pre_step()
+        noise = torch.cat([((p.grad - c) * optimizer.expected_batch_size).flatten()
+                           for p, c in zip(model.parameters(), clipped)])
+        assert noise.std().item() == pytest.approx(sigma * clip, rel=0.25)  # 52 coordinates of N(0, σ²C²)
+        optimizer.original_optimizer.step()
+        steps += 1
+    assert engine.accountant.history == [(sigma, 1 / len(loader), steps)]
+    assert optimizer.expected_batch_size == 32
