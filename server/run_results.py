@@ -169,6 +169,11 @@ class RunRecorder:
         self.doc["current_round"] = rnd
         self.write()
 
+    def on_secagg_stages(self, rnd: int, stages: dict[str, float]) -> None:
+        """Wall time (s) of each SecAgg+ stage of round ``rnd``: setup, key shares, masked updates, unmasking."""
+        self._round(rnd)["secagg_stages_s"] = {k: round(v, 3) for k, v in stages.items()}
+        self.write()
+
     def on_evaluate(self, rnd, results, failed, loss, aggregate) -> None:
         entry = self._round(rnd)
         sites = {}

@@ -8,6 +8,7 @@ aggregation then replaces the fit workflow and nothing else.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -91,7 +92,7 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         )
         strategy = RecordingStrategy(wrap_central_dp(inner, cfg, len(node_ids)), recorder)
         legacy = LegacyContext(context, config=ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
-        fit = secure_fit_workflow(cfg, replies) if cfg.secagg else default_fit_workflow
+        fit = secure_fit_workflow(cfg, replies, recorder.on_secagg_stages) if cfg.secagg else default_fit_workflow
         DefaultWorkflow(fit_workflow=with_initial_evaluation(fit))(grid, legacy)
     except Exception as exc:
         _notify(grid, cfg, "failed", mode)
@@ -141,7 +142,8 @@ def round_min_sites(cfg: RunConfig) -> int:
     return min(cfg.min_clients, 2)
 
 
-def secure_fit_workflow(cfg: RunConfig, replies: dict[int, dict[str, Any]]):  # type: ignore[no-untyped-def]
+def secure_fit_workflow(cfg: RunConfig, replies: dict[int, dict[str, Any]],  # type: ignore[no-untyped-def]
+                        on_stages: Callable[[int, dict[str, float]], None] | None = None):
     """SecAgg+ as the fit workflow (see :mod:`fedshield.strategies.secure_aggregation`)."""
     from fedshield.strategies.secure_aggregation import FedShieldSecAggPlus, install_mask_prg
 
@@ -158,7 +160,7 @@ def secure_fit_workflow(cfg: RunConfig, replies: dict[int, dict[str, Any]]):  # 
 
     return FedShieldSecAggPlus(shares=cfg.secagg_shares, threshold_fraction=cfg.secagg_threshold,
                                sampled_sites=sampled_sites, max_weight=float(max(largest, 1)),
-                               timeout=cfg.secagg_timeout)
+                               timeout=cfg.secagg_timeout, on_stages=on_stages)
 
 
 def _notify(grid: Grid, cfg: RunConfig, status: str, mode: str) -> None:

@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import time
+from logging import INFO
 from collections.abc import Callable
 from typing import Any
 
@@ -34,13 +36,17 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 from flwr.app import Context, Message
+from flwr.common.logger import log
 from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
+from flwr.server.workflow.constant import Key as WorkflowKey
 
 QUANTIZATION_RANGE = 2**22
 CLIPPING_RANGE = 8.0
 MIN_MODULUS = 2**32
 INT64_LIMIT = 2**63  # Flower adds sites' masked int64 vectors before reducing them modulo the modulus
 MASK_DOMAIN = b"fedshield/secagg+/mask/v1"
+
 
 
 def chacha20_masks(seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]) -> list[np.ndarray]:
@@ -119,18 +125,43 @@ class FedShieldSecAggPlus(SecAggPlusWorkflow):
     """
 
     def __init__(self, *, shares: int, threshold_fraction: float, sampled_sites: Callable[[Context], int],
-                 max_weight: float, timeout: float | None, **kwargs: Any) -> None:
+                 max_weight: float, timeout: float | None,
+                 on_stages: Callable[[int, dict[str, float]], None] | None = None, **kwargs: Any) -> None:
         super().__init__(num_shares=max(3, shares), reconstruction_threshold=threshold_fraction,
                          max_weight=max_weight, clipping_range=CLIPPING_RANGE,
                          quantization_range=QUANTIZATION_RANGE, timeout=timeout, **kwargs)
         self.requested_shares = shares
         self.sampled_sites = sampled_sites
+        self.on_stages = on_stages  # told each round's stage times (s): the run's results.json records them
 
     def setup_stage(self, grid, context, state):  # type: ignore[no-untyped-def]  # Flower's signature
         sampled = self.sampled_sites(context)
         self.num_shares = effective_shares(self.requested_shares, sampled)
         self.modulus_range = modulus_for(sampled, self.quantization_range)
-        return super().setup_stage(grid, context, state)
+        self._stage_s: dict[str, float] = {}
+        return self._timed("setup", super().setup_stage, grid, context, state)
+
+    def share_keys_stage(self, grid, context, state):  # type: ignore[no-untyped-def]
+        return self._timed("key shares", super().share_keys_stage, grid, context, state)
+
+    def collect_masked_vectors_stage(self, grid, context, state):  # type: ignore[no-untyped-def]
+        return self._timed("masked updates", super().collect_masked_vectors_stage, grid, context, state)
+
+    def unmask_stage(self, grid, context, state):  # type: ignore[no-untyped-def]
+        ok = self._timed("unmasking", super().unmask_stage, grid, context, state)
+        log(INFO, "SecAgg+ stages (s): %s", ", ".join(f"{k} {v:.2f}" for k, v in self._stage_s.items()))
+        if self.on_stages is not None:
+            rnd = int(context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])  # type: ignore[arg-type]
+            self.on_stages(rnd, dict(self._stage_s))
+        return ok
+
+    def _timed(self, name: str, stage: Callable[..., bool], *args: Any) -> bool:
+        """Run one protocol stage and note its wall time (the server log's per-round breakdown)."""
+        start = time.perf_counter()
+        try:
+            return stage(*args)
+        finally:
+            self._stage_s[name] = time.perf_counter() - start
 
 
 def secaggplus_when_asked(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
