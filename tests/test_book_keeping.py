@@ -124,3 +124,29 @@ def test_every_step_is_noised_and_accounted_like_opacus() -> None:
         steps += 1
     assert engine.accountant.history == [(sigma, 1 / len(loader), steps)]
     assert optimizer.expected_batch_size == 32
+
+
+def test_opacus_modes_refuse_padding_modes_they_get_wrong() -> None:
+    """Opacus 1.6.0 clips reflect-padded convolutions with zero-padded per-sample gradients (wrong norms);
+    book-keeping matches autograd on them (test above), and the Opacus modes refuse such a model."""
+    from opacus import GradSampleModule
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 3, (6,))
+    params = {k: v.detach() for k, v in model.named_parameters()}
+    per_example = vmap(grad(lambda p, xi, yi: nn.functional.cross_entropy(functional_call(model, p, (xi[None],)),
+                                                                           yi[None])), in_dims=(None, 0, 0))(params, x, y)
+    opacus_model = GradSampleModule(model)
+    nn.functional.cross_entropy(opacus_model(x), y).backward()
+    error = (model[0].weight.grad_sample - per_example["0.weight"]).abs().max() / per_example["0.weight"].abs().max()
+    assert error > 0.1  # the defect this guard exists for
+    opacus_model.to_standard_module()
+
+    class HooksTask:
+        name, dp_mode = "reflect-cnn", "hooks"
+
+    site = SiteData(TensorDataset(x, y), TensorDataset(x, y), DataSchema("classification", (3, 8, 8), 3), Path("."))
+    with pytest.raises(RuntimeError, match="padding_mode='reflect'"):
+        make_private(HooksTask(), site, model, torch.optim.SGD(model.parameters(), lr=0.1),  # type: ignore[arg-type]
+                     DataLoader(site.train, batch_size=6), noise_multiplier=1.0, max_grad_norm=1.0)
