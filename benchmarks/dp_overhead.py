@@ -12,7 +12,7 @@ memory mapped as FedShield's training processes do (common/allocator.py). Each
 configuration runs in a fresh process (clean peak memory), repeated --repeats times (median of the
 per-run medians). Prints one table with the ratios to the non-private step.
 
-    python benchmarks/dp_overhead.py            # ~5 minutes on 2 cores
+    python benchmarks/dp_overhead.py            # ~30 minutes on 2 cores (all tasks)
     python benchmarks/dp_overhead.py --tasks cifar-cnn,text-transformer
     python benchmarks/dp_overhead.py --tasks transfer-mobilenet-full,transfer-mobilenet-head --steps 10
 
@@ -31,7 +31,7 @@ import time
 import warnings
 
 BATCH = 64
-MIN_TIMED_S = 1.0  # seconds of timed steps per run, at least
+MIN_TIMED_S = 5.0  # seconds of timed steps per run, at least (the machine drifts by 20% within minutes)
 MAX_STEPS = 5000
 TASKS = ("digits-cnn", "tabular", "cifar-cnn", "text-transformer", "transfer-mobilenet-full", "transfer-mobilenet-head",
          "dcgan", "seq2seq-attention")

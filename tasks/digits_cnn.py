@@ -89,7 +89,7 @@ class DigitsCNNTask(SupervisedTask):
                    "(28×28 greyscale, label folders 0-9); 20% held out for validation")
     metrics = CLASSIFICATION_METRICS
     # Conv2d and Linear only: one-pass book-keeping clipping (client/book_keeping.py, Bu et al. 2023),
-    # 1.24x a plain step at batch 64 on CPU against 2.8x for Opacus' ghost clipping (README).
+    # 1.2-1.3x a plain step at batch 64 on CPU against 2.4-2.7x for Opacus' ghost clipping (README).
     dp_mode = "bk"
 
     def load_site(self, path: Path, options: TaskOptions) -> SiteData:
