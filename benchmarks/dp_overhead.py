@@ -35,9 +35,6 @@ MIN_TIMED_S = 5.0  # seconds of timed steps per run, at least (the machine drift
 MAX_STEPS = 5000
 TASKS = ("digits-cnn", "tabular", "cifar-cnn", "text-transformer", "transfer-mobilenet-full", "transfer-mobilenet-head",
          "dcgan", "seq2seq-attention")
-PLATFORM_MODE = {"digits-cnn": "bk", "tabular": "bk", "cifar-cnn": "bk", "text-transformer": "hooks",
-                 "transfer-mobilenet-full": "hooks", "transfer-mobilenet-head": "hooks", "dcgan": "hooks",
-                 "seq2seq-attention": "hooks"}
 #: benchmark name -> (task, --model)
 VARIANT = {"tabular": ("tabular", "mlp"), "transfer-mobilenet-full": ("transfer-mobilenet", "full"),
            "transfer-mobilenet-head": ("transfer-mobilenet", "head")}
@@ -47,10 +44,18 @@ VARIANT = {"tabular": ("tabular", "mlp"), "transfer-mobilenet-full": ("transfer-
 REFERENCES = ("ghost", "hooks")
 
 
+def platform_mode(task_name: str) -> str:
+    """The ``dp_mode`` the task declares (what FedShield trains it with)."""
+    from fedshield.tasks.registry import get_task
+
+    return get_task(VARIANT.get(task_name, (task_name, ""))[0]).dp_mode
+
+
 def configs(tasks: list[str]) -> list[tuple[str, str]]:
     """(task, none|platform|ghost|hooks); ghost only beside book-keeping, no reference run of the platform's own mode."""
+    modes = {t: platform_mode(t) for t in tasks}
     return [(t, m) for t in tasks for m in ("none", "platform", *REFERENCES)
-            if m in ("none", "platform") or (m != PLATFORM_MODE[t] and (m == "hooks" or PLATFORM_MODE[t] == "bk"))]
+            if m in ("none", "platform") or (m != modes[t] and (m == "hooks" or modes[t] == "bk"))]
 
 
 def _inputs(task_name: str, n: int):

@@ -314,8 +314,7 @@ def make_private_book_keeping(engine: PrivacyEngine, *, module: nn.Module, optim
     loader = DPDataLoader.from_data_loader(data_loader)
     sample_rate = 1 / len(loader)
     expected_batch_size = int(len(loader.dataset) * sample_rate)  # type: ignore[arg-type]
-    dp_optimizer = FlatNoiseDPOptimizer(optimizer, noise_multiplier=noise_multiplier,
-                                                   max_grad_norm=max_grad_norm,
-                                                   expected_batch_size=expected_batch_size, loss_reduction="mean")
+    dp_optimizer = FlatNoiseDPOptimizer(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                                        expected_batch_size=expected_batch_size, loss_reduction="mean")
     dp_optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
     return wrapped, dp_optimizer, BookKeepingLoss(wrapped, criterion, max_grad_norm, dp_optimizer.grad_scale), loader

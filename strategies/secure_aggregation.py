@@ -133,12 +133,13 @@ class FedShieldSecAggPlus(SecAggPlusWorkflow):
         self.requested_shares = shares
         self.sampled_sites = sampled_sites
         self.on_stages = on_stages  # told each round's stage times (s): the run's results.json records them
+        self._stage_s: dict[str, float] = {}
 
     def setup_stage(self, grid, context, state):  # type: ignore[no-untyped-def]  # Flower's signature
         sampled = self.sampled_sites(context)
         self.num_shares = effective_shares(self.requested_shares, sampled)
         self.modulus_range = modulus_for(sampled, self.quantization_range)
-        self._stage_s: dict[str, float] = {}
+        self._stage_s = {}
         return self._timed("setup", super().setup_stage, grid, context, state)
 
     def share_keys_stage(self, grid, context, state):  # type: ignore[no-untyped-def]
