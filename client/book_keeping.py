@@ -298,13 +298,14 @@ class BookKeepingTensor:
 
 def make_private_book_keeping(engine: PrivacyEngine, *, module: nn.Module, optimizer: torch.optim.Optimizer,
                               criterion: nn.Module, data_loader: DataLoader, noise_multiplier: float,
-                              max_grad_norm: float) -> tuple[BookKeepingModule, FlatNoiseDPOptimizer,
+                              max_grad_norm: float, noise_generator: torch.Generator | None = None,
+                              ) -> tuple[BookKeepingModule, FlatNoiseDPOptimizer,
                                                              BookKeepingLoss, DataLoader]:
     """``PrivacyEngine.make_private`` with book-keeping clipping, from Opacus' public parts.
 
     As Opacus does it (opacus/privacy_engine.py): Poisson ``DPDataLoader``, sample rate
-    ``1/len(loader)``, expected batch ``int(N·q)``, mean loss reduction, the engine's accountant hooked
-    to every optimizer step. Raises :class:`BookKeepingUnsupported` for a model it cannot clip.
+    ``1/len(loader)`` drawn from ``data_loader``'s generator, expected batch ``int(N·q)``, mean loss
+    reduction, noise from ``noise_generator``, the engine's accountant hooked to every optimizer step. Raises :class:`BookKeepingUnsupported` for a model it cannot clip.
     """
     engine.validate(module=module, optimizer=None, data_loader=None)  # BatchNorm and the like: refused
     wrapped = BookKeepingModule(module)
@@ -315,6 +316,7 @@ def make_private_book_keeping(engine: PrivacyEngine, *, module: nn.Module, optim
     sample_rate = 1 / len(loader)
     expected_batch_size = int(len(loader.dataset) * sample_rate)  # type: ignore[arg-type]
     dp_optimizer = FlatNoiseDPOptimizer(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                                        expected_batch_size=expected_batch_size, loss_reduction="mean")
+                                        expected_batch_size=expected_batch_size, loss_reduction="mean",
+                                        generator=noise_generator)
     dp_optimizer.attach_step_hook(engine.accountant.get_optimizer_hook_fn(sample_rate=sample_rate))
     return wrapped, dp_optimizer, BookKeepingLoss(wrapped, criterion, max_grad_norm, dp_optimizer.grad_scale), loader

@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedshield.client.book_keeping import make_private_book_keeping
+from fedshield.client.private_randomness import DPRandomness, dp_randomness, simulation_noise_seed
 from fedshield.client.privacy_ledger import PrivacyLedger
 from fedshield.common.allocator import retain_freed_memory
 from fedshield.common.run_config import RunConfig
@@ -38,6 +39,7 @@ class PrivacySettings:
     max_grad_norm: float
     state_dir: Path
     accountant: str = "rdp"
+    virtual_site: int | None = None  # a simulation's virtual site: its DP randomness repeats with the run seed
 
 
 @dataclass(frozen=True)
@@ -64,11 +66,13 @@ class PrivateTraining:
 
 
 def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.optim.Optimizer,
-                 loader: DataLoader, *, noise_multiplier: float, max_grad_norm: float) -> PrivateTraining:
+                 loader: DataLoader, *, noise_multiplier: float, max_grad_norm: float,
+                 noise_generator: torch.Generator | None = None) -> PrivateTraining:
     """Opacus' front door with the task's fastest supported mode; falls back (``bk`` → ``ghost`` →
     ``hooks``) explicitly, with a warning naming the layer that forced it.
 
-    Poisson sampling is always on (the accountant's assumption). ``bk`` and ``ghost`` need the loss as
+    Poisson sampling is always on (the accountant's assumption), drawn from ``loader``'s generator;
+    the noise from ``noise_generator`` (:mod:`fedshield.client.private_randomness`). ``bk`` and ``ghost`` need the loss as
     a module, which is wrapped to run book-keeping's one backward pass or Opacus' two; the task
     receives that wrapper.
     """
@@ -76,7 +80,8 @@ def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.
     last_error: Exception | None = None
     for mode in modes:
         kwargs = dict(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
-                      max_grad_norm=max_grad_norm, poisson_sampling=True, grad_sample_mode=mode)
+                      max_grad_norm=max_grad_norm, poisson_sampling=True, grad_sample_mode=mode,
+                      noise_generator=noise_generator)
         try:
             if mode != "bk":
                 _refuse_padding_modes_opacus_gets_wrong(model)
@@ -87,7 +92,8 @@ def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.
                 if mode == "bk":  # one backward pass instead of ghost clipping's two (client/book_keeping.py)
                     bk_model, bk_optimizer, bk_criterion, bk_loader = make_private_book_keeping(
                         engine, module=model, optimizer=optimizer, criterion=task.criterion(site.schema),
-                        data_loader=loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm)
+                        data_loader=loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
+                        noise_generator=noise_generator)
                     return PrivateTraining(engine, bk_model, bk_optimizer, bk_loader, bk_criterion, mode)  # type: ignore[arg-type]
                 if mode == "ghost":
                     criterion = task.criterion(site.schema)
@@ -147,7 +153,14 @@ def train_round(
     """Train ``model`` in place for one round; with DP, check and record the spend in the ledger."""
     retain_freed_memory()  # once per process: keeps a step's freed tensors mapped for the next (common/allocator.py)
     n = len(site.train)
-    generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rnd)
+    seed = None if privacy.virtual_site is None else simulation_noise_seed(cfg.seed, privacy.virtual_site, rnd)
+    if seed is not None:  # a simulation's other draws (dropout, a GAN's latents) repeat with the run seed too
+        torch.manual_seed(seed ^ 0x5EED)
+    if privacy.enabled:  # which examples each step samples must stay as secret as the noise
+        randomness: DPRandomness | None = dp_randomness(seed, device)
+        generator = randomness.sampling
+    else:
+        randomness, generator = None, torch.Generator().manual_seed(cfg.seed * 1_000_003 + rnd)
     loader = DataLoader(site.train, batch_size=min(cfg.batch_size, n), shuffle=True, generator=generator)
     model.to(device)
     model.train()
@@ -156,7 +169,7 @@ def train_round(
     part = getattr(task, "private_part", None)
     trained = part(model) if callable(part) else model
     optimizer = torch.optim.SGD(trained.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    if not privacy.enabled:
+    if randomness is None:
         result = task.train(model, loader, optimizer, epochs=cfg.local_epochs, device=device)
         return RoundOutcome(result, epsilon=math.inf, delta=0.0, noise_multiplier=0.0, sample_rate=0.0)
 
@@ -169,7 +182,7 @@ def train_round(
                                 accountant=privacy.accountant)
     plan = ledger.plan_run(run_id, sample_rate=sample_rate, steps_per_round=steps, rounds=planned_rounds(cfg))
     private = make_private(task, site, trained, optimizer, loader, noise_multiplier=plan.noise_multiplier,
-                           max_grad_norm=privacy.max_grad_norm)
+                           max_grad_norm=privacy.max_grad_norm, noise_generator=randomness.noise)
     try:
         entry = ledger.begin_round(run_id, rnd, steps=steps, plan=plan)  # refuses a round past the budget
         with warnings.catch_warnings():

@@ -75,6 +75,7 @@ def privacy_settings(site: SiteIdentity, cfg: RunConfig) -> PrivacySettings:
         max_grad_norm=float(nc.get("max-grad-norm", cfg.max_grad_norm)),
         state_dir=site.state_dir,
         accountant=str(nc.get("accountant", cfg.accountant)),
+        virtual_site=site.virtual,  # None for a real site (data-path): it never takes a seed from the server
     )
 
 

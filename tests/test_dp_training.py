@@ -164,3 +164,28 @@ def test_a_refused_round_leaves_the_model_trainable_by_the_next_site(tmp_path: P
     fresh = PrivacySettings(True, 8.0, 1e-5, 1.0, tmp_path / "fresh")
     out = train_round(task, site, model, cfg, run_id="r", rnd=1, privacy=fresh, device=torch.device("cpu"))
     assert 0 < out.epsilon <= 8.0 and np.isfinite(out.result.loss)
+
+
+def _one_private_round(task_name: str, site: SiteData, state: Path, *, virtual_site: int | None) -> torch.Tensor:
+    """One DP round from a model and global torch state both fixed by the run seed, as a server could replay it."""
+    task = get_task(task_name)
+    torch.manual_seed(0)
+    model = task.build_model(site.schema, TaskOptions())
+    cfg = RunConfig(rounds=1, batch_size=32, lr=0.5, seed=0)
+    privacy = PrivacySettings(True, 8.0, 1e-5, 1.0, state, virtual_site=virtual_site)
+    torch.manual_seed(0)
+    train_round(task, site, model, cfg, run_id="r", rnd=1, privacy=privacy, device=torch.device("cpu"))
+    return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+@pytest.mark.parametrize("task_name", ["digits-cnn", "text-transformer"])  # book-keeping; Opacus' make_private
+def test_a_site_noise_and_sampling_cannot_be_replayed_from_the_run_seed(tmp_path: Path, task_name: str) -> None:
+    """The run seed comes from the server; a real site's Poisson sampling and noise must not follow from it
+    (they once came from torch's global generator, seeded with it), while a simulation's repeat."""
+    site = _digits_site(128) if task_name == "digits-cnn" else _text_site(128)
+    real = [_one_private_round(task_name, site, tmp_path / f"real{i}", virtual_site=None) for i in range(2)]
+    assert not torch.equal(real[0], real[1])
+    sim = [_one_private_round(task_name, site, tmp_path / f"sim{i}", virtual_site=3) for i in range(2)]
+    assert torch.equal(sim[0], sim[1])
+    other = _one_private_round(task_name, site, tmp_path / "other", virtual_site=4)
+    assert not torch.equal(sim[0], other)
