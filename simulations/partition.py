@@ -86,11 +86,25 @@ def _top_up(parts: list[list[int]], min_size: int, rng: np.random.Generator) -> 
             parts[site].append(parts[donor].pop(take))
 
 
+def _check_alpha(alpha: float) -> None:
+    if not alpha > 0:
+        raise ConfigError(f"--dirichlet {alpha}: α must be positive (small = more skew, e.g. 0.1-1.0)")
+
+
+def _check_beta(beta: float) -> None:
+    if not beta > 0:
+        raise ConfigError(f"--quantity-skew {beta}: β must be positive (small = very unequal sizes, e.g. 0.5)")
+
+
+def _check_shards(shards_per_site: int) -> None:
+    if shards_per_site < 1:
+        raise ConfigError(f"--shards {shards_per_site}: give each site at least 1 shard (labels per site)")
+
+
 def dirichlet_partition(labels: np.ndarray, n_sites: int, alpha: float, seed: int,
                         min_size: int = MIN_SITE_EXAMPLES) -> list[np.ndarray]:
     """Label-skewed partition; every site gets at least ``min_size`` examples."""
-    if not alpha > 0:
-        raise ConfigError(f"--dirichlet {alpha}: α must be positive (small = more skew, e.g. 0.1-1.0)")
+    _check_alpha(alpha)
     _check(len(labels), n_sites, min_size)
     bins = label_bins(labels)
     rng = np.random.default_rng(seed)
@@ -108,8 +122,7 @@ def dirichlet_partition(labels: np.ndarray, n_sites: int, alpha: float, seed: in
 def shard_partition(labels: np.ndarray, n_sites: int, shards_per_site: int, seed: int,
                     min_size: int = MIN_SITE_EXAMPLES) -> list[np.ndarray]:
     """Each site gets ``shards_per_site`` label-sorted shards (so at most that many labels)."""
-    if shards_per_site < 1:
-        raise ConfigError(f"--shards {shards_per_site}: give each site at least 1 shard (labels per site)")
+    _check_shards(shards_per_site)
     n_shards = n_sites * shards_per_site
     _check(len(labels), n_sites, min_size)
     if n_shards > len(labels) or (len(labels) // n_shards) * shards_per_site < min_size:
@@ -138,8 +151,7 @@ def shard_partition(labels: np.ndarray, n_sites: int, shards_per_site: int, seed
 def quantity_skew_partition(labels: np.ndarray, n_sites: int, beta: float, seed: int,
                             min_size: int = MIN_SITE_EXAMPLES) -> list[np.ndarray]:
     """Site sizes ∝ Dir(β) (each at least ``min_size``), examples dealt at random."""
-    if not beta > 0:
-        raise ConfigError(f"--quantity-skew {beta}: β must be positive (small = very unequal sizes, e.g. 0.5)")
+    _check_beta(beta)
     n = len(labels)
     _check(n, n_sites, min_size)
     rng = np.random.default_rng(seed)
@@ -192,4 +204,11 @@ def spec_from_flags(*, partition: str | None, iid: bool, dirichlet: float | None
         raise ConfigError("--partition shards needs --shards K (labels per site, e.g. 2)")
     if kind == "quantity" and quantity_skew is None:
         raise ConfigError("--partition quantity needs --quantity-skew β (e.g. 0.5)")
+    # the values too, here, before any data set is loaded: a bad flag costs well under a second
+    if dirichlet is not None:
+        _check_alpha(dirichlet)
+    if shards is not None:
+        _check_shards(shards)
+    if quantity_skew is not None:
+        _check_beta(quantity_skew)
     return PartitionSpec(kind, alpha=dirichlet, shards=shards, beta=quantity_skew)
