@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -68,20 +69,21 @@ def main() -> None:
     sizes = [int(s) for s in args.sites.split(",")]
     modes = {"insecure": "insecure (plain HTTP)", "tls": "TLS + site auth", "secagg": "TLS + site auth + SecAgg+"}
     rows: list[tuple[int, str, float, float]] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        for n in sizes:
-            data = root / f"data-{n}"
-            subprocess.run([str(BIN / "fl-sim"), "split", "--dataset", "digits", "--sites", str(n), "--iid",
-                            "--out", str(data)], check=True, env=_env(), capture_output=True)
-            sites = sorted(p.name for p in data.iterdir() if p.is_dir())
-            base = None
-            for mode, label in modes.items():
-                t0 = time.monotonic()
-                round_s = _run(data, root / f"{mode}-{n}", sites, args.rounds, mode)
-                base = base or round_s
-                rows.append((n, label, round_s, round_s / base))
-                print(f"  ({label}, {n} sites: {time.monotonic() - t0:.0f} s wall)", file=sys.stderr, flush=True)
+    # a failed federation's logs stay for reading; the folder goes only when every run succeeded
+    root = Path(tempfile.mkdtemp(prefix="transport-overhead-"))
+    for n in sizes:
+        data = root / f"data-{n}"
+        subprocess.run([str(BIN / "fl-sim"), "split", "--dataset", "digits", "--sites", str(n), "--iid",
+                        "--out", str(data)], check=True, env=_env(), capture_output=True)
+        sites = sorted(p.name for p in data.iterdir() if p.is_dir())
+        base = None
+        for mode, label in modes.items():
+            t0 = time.monotonic()
+            round_s = _run(data, root / f"{mode}-{n}", sites, args.rounds, mode)
+            base = base or round_s
+            rows.append((n, label, round_s, round_s / base))
+            print(f"  ({label}, {n} sites: {time.monotonic() - t0:.0f} s wall)", file=sys.stderr, flush=True)
+    shutil.rmtree(root, ignore_errors=True)
     print(f"digits-cnn (454,922 parameters), no DP, {args.rounds} rounds, loopback, {os.cpu_count()} cores")
     print(f"{'sites':>5}  {'setup':<28}{'round s':>9}{'x insecure':>12}")
     for n, label, round_s, ratio in rows:
