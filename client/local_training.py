@@ -72,9 +72,9 @@ def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.
     ``hooks``) explicitly, with a warning naming the layer that forced it.
 
     Poisson sampling is always on (the accountant's assumption), drawn from ``loader``'s generator;
-    the noise from ``noise_generator`` (:mod:`fedshield.client.private_randomness`). ``bk`` and ``ghost`` need the loss as
-    a module, which is wrapped to run book-keeping's one backward pass or Opacus' two; the task
-    receives that wrapper.
+    the noise from ``noise_generator`` (:mod:`fedshield.client.private_randomness`). ``bk`` and
+    ``ghost`` need the loss as a module, which is wrapped to run book-keeping's one backward pass or
+    Opacus' two; the task receives that wrapper.
     """
     modes = {"hooks": ["hooks"], "bk": ["bk", "ghost", "hooks"]}.get(task.dp_mode, [task.dp_mode, "hooks"])
     last_error: Exception | None = None
