@@ -298,14 +298,14 @@ class BookKeepingTensor:
 
 def make_private_book_keeping(engine: PrivacyEngine, *, module: nn.Module, optimizer: torch.optim.Optimizer,
                               criterion: nn.Module, data_loader: DataLoader, noise_multiplier: float,
-                              max_grad_norm: float, noise_generator: torch.Generator | None = None,
-                              ) -> tuple[BookKeepingModule, FlatNoiseDPOptimizer,
-                                                             BookKeepingLoss, DataLoader]:
+                              max_grad_norm: float, noise_generator: torch.Generator | None = None
+                              ) -> tuple[BookKeepingModule, FlatNoiseDPOptimizer, BookKeepingLoss, DataLoader]:
     """``PrivacyEngine.make_private`` with book-keeping clipping, from Opacus' public parts.
 
-    As Opacus does it (opacus/privacy_engine.py): Poisson ``DPDataLoader``, sample rate
-    ``1/len(loader)`` drawn from ``data_loader``'s generator, expected batch ``int(N·q)``, mean loss
-    reduction, noise from ``noise_generator``, the engine's accountant hooked to every optimizer step. Raises :class:`BookKeepingUnsupported` for a model it cannot clip.
+    As Opacus does it (opacus/privacy_engine.py): Poisson ``DPDataLoader`` drawing from
+    ``data_loader``'s generator, sample rate ``1/len(loader)``, expected batch ``int(N·q)``, mean loss
+    reduction, noise from ``noise_generator``, the engine's accountant hooked to every optimizer step.
+    Raises :class:`BookKeepingUnsupported` for a model it cannot clip.
     """
     engine.validate(module=module, optimizer=None, data_loader=None)  # BatchNorm and the like: refused
     wrapped = BookKeepingModule(module)

@@ -27,8 +27,8 @@ from __future__ import annotations
 import importlib
 import math
 import time
-from logging import INFO
 from collections.abc import Callable
+from logging import INFO
 from typing import Any
 
 import numpy as np
@@ -46,7 +46,6 @@ CLIPPING_RANGE = 8.0
 MIN_MODULUS = 2**32
 INT64_LIMIT = 2**63  # Flower adds sites' masked int64 vectors before reducing them modulo the modulus
 MASK_DOMAIN = b"fedshield/secagg+/mask/v1"
-
 
 
 def chacha20_masks(seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]) -> list[np.ndarray]:

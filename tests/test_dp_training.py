@@ -189,3 +189,27 @@ def test_a_site_noise_and_sampling_cannot_be_replayed_from_the_run_seed(tmp_path
     assert torch.equal(sim[0], sim[1])
     other = _one_private_round(task_name, site, tmp_path / "other", virtual_site=4)
     assert not torch.equal(sim[0], other)
+
+
+@pytest.mark.parametrize("mode", ["bk", "ghost", "hooks"])
+def test_every_dp_draw_comes_from_the_rounds_own_generators(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                            mode: str) -> None:
+    """With the round's generators fixed, the global generator's state changes nothing: neither the noise nor
+    the Poisson sampling fell back to it (the test above would miss either one alone)."""
+    from fedshield.client import local_training
+    from fedshield.client.private_randomness import dp_randomness
+
+    monkeypatch.setattr(local_training, "dp_randomness", lambda seed, device: dp_randomness(1234, device))
+    task = get_task("digits-cnn")  # no dropout: nothing else in its step is random
+    monkeypatch.setattr(task, "dp_mode", mode)
+    site = _digits_site(128)
+    results = []
+    for global_seed in (0, 1):
+        torch.manual_seed(0)
+        model = task.build_model(site.schema, TaskOptions())
+        privacy = PrivacySettings(True, 8.0, 1e-5, 1.0, tmp_path / f"{global_seed}")
+        torch.manual_seed(global_seed)
+        train_round(task, site, model, RunConfig(rounds=1, batch_size=32, lr=0.5), run_id="r", rnd=1,
+                    privacy=privacy, device=torch.device("cpu"))
+        results.append(torch.cat([p.detach().flatten() for p in model.parameters()]))
+    assert torch.equal(results[0], results[1])
