@@ -3,7 +3,8 @@
 Flower 1.41's SuperNode loop (``flwr/supernode/start_client_internal.py``) sleeps a fixed 3 s when the
 SuperLink has no message for it and 0.5 s while it waits for the ClientApp's reply; neither is
 configurable. Every deployed round pays those sleeps for each message. This entry point swaps the
-``time`` module *that one Flower module* sees for a proxy whose ``sleep`` is shorter, then starts
+``time`` module *that one Flower module* sees for a proxy whose ``sleep`` is shorter, scopes the tracing
+layer of the SuperNode's Runtime API to tracing runs (:func:`scope_runtime_tracing`), then starts
 Flower's own ``flower-supernode`` CLI unchanged. Everything else in ``time`` is untouched.
 A test pins this to the installed Flower version (tests/test_prompt_polling.py).
 """
@@ -41,9 +42,20 @@ def patch_supernode_polling() -> None:
     prompt_pulls.install(loop)  # objects of a message still arriving from the SuperLink
 
 
+def scope_runtime_tracing() -> None:
+    """The SuperNode's Runtime API (what the site's executor polls) runs Flower's tracing layer only when
+    tracing is on (:mod:`fedshield.common.scoped_middleware`)."""
+    import flwr.supernode.main as supernode_app
+
+    from fedshield.common.scoped_middleware import gated_factory
+
+    supernode_app.RuntimeTracingMiddleware = gated_factory(supernode_app.RuntimeTracingMiddleware)  # type: ignore
+
+
 def main() -> None:
     silence_flower()
     patch_supernode_polling()
+    scope_runtime_tracing()
     exit_with_parent_from_env()  # end with `fl-client join`
     from flwr.supernode.cli import flower_supernode
 

@@ -21,8 +21,10 @@ Flower's app factory offers extensions, ``flwr.superlink.main._get_middleware``)
 
 A refused request gets HTTP 403 and one line in the SuperLink log naming the peer and the path.
 Run as ``FEDSHIELD_CONTROL_TOKEN_FILE=... python -m fedshield.server.control_guard <flower-superlink args>``.
-Without the token variable (``--insecure`` development runs) no guard is installed. The SuperLink ends
-when ``fl-server start`` is gone (:func:`fedshield.common.flower_env.exit_with_parent_from_env`).
+Without the token variable (``--insecure`` development runs) no guard is installed. Either way
+Flower's own layers are scoped to the requests they act on (:mod:`fedshield.common.scoped_middleware`),
+the ServerApp gets two minutes to start (:mod:`fedshield.server.task_start_window`), and the SuperLink
+ends when ``fl-server start`` is gone (:func:`fedshield.common.flower_env.exit_with_parent_from_env`).
 """
 
 from __future__ import annotations
@@ -102,24 +104,50 @@ def read_token(path: str) -> str:
     return token
 
 
-def install(token: str, ready_file: str | None = None) -> None:
-    """Put :class:`CoordinatorOnly` outermost in the middleware of Flower's SuperLink app."""
+def install(token: str | None, ready_file: str | None = None) -> None:
+    """Build the SuperLink's middleware as Flower does, each of Flower's layers scoped to the requests it
+    acts on (:mod:`fedshield.common.scoped_middleware`), and, with a ``token``, :class:`CoordinatorOnly`
+    outermost."""
     from starlette.middleware import Middleware
 
     import flwr.superlink.main as superlink_main
 
+    from fedshield.common.scoped_middleware import scoped
+
     flower_middleware = superlink_main._get_middleware  # pylint: disable=protected-access
 
     def with_guard() -> list[Middleware]:
-        return [Middleware(CoordinatorOnly, token=token, ready_file=ready_file), *flower_middleware()]
+        guard = [] if token is None else [Middleware(CoordinatorOnly, token=token, ready_file=ready_file)]
+        return [*guard, *scoped(flower_middleware())]
 
     superlink_main._get_middleware = with_guard  # type: ignore[attr-defined]
 
 
+def superlink_app(scope_layers: bool = True):  # type: ignore[no-untyped-def]
+    """Flower's SuperLink FastAPI app, in this process, with its layers scoped as :func:`main` runs it
+    (no guard) or, ``scope_layers=False``, exactly as Flower builds it: for in-process comparisons."""
+    import warnings
+
+    import flwr.superlink.main as superlink_main
+
+    original = superlink_main._get_middleware  # pylint: disable=protected-access
+    try:
+        if scope_layers:
+            install(None)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return superlink_main.create_app()
+    finally:
+        superlink_main._get_middleware = original  # type: ignore[attr-defined]
+
+
 def main() -> None:
     silence_flower()
-    if token_file := os.environ.get(TOKEN_ENV):
-        install(read_token(token_file), os.environ.get(READY_ENV) or None)
+    token_file = os.environ.get(TOKEN_ENV)
+    install(read_token(token_file) if token_file else None, os.environ.get(READY_ENV) or None)
+    from fedshield.server import task_start_window
+
+    task_start_window.install()  # a ServerApp on a busy host gets 2 minutes to start, not 30 s
     exit_with_parent_from_env()
     from flwr.superlink.cli import flower_superlink
 

@@ -1,0 +1,95 @@
+"""Flower's HTTP middleware, each layer run only on the requests it can act on.
+
+Flower 1.41 serves the SuperLink's Fleet, Control and Runtime APIs from one FastAPI app with nine
+middleware layers (``_get_middleware`` in ``flwr/superlink/main.py``), all Starlette
+``BaseHTTPMiddleware``s, and every request passes through all nine. Six of them act on one API only
+(the four ``Control*`` layers on ``/v1/control/``, node authentication and the fleet event log on
+``/v1/fleet/``) or only when tracing is switched on (``RuntimeTracingMiddleware``); on every other
+request their ``dispatch`` checks the path or the switch and calls the next layer. That check is cheap,
+but a ``BaseHTTPMiddleware`` layer is not: each one runs the request in a task group with memory
+streams and re-wraps the response, on the SuperLink's single event loop. With 20 sites polling four
+times a second over TLS, the SuperLink's loop was busy ~80% of a round, most of it in these layers
+(py-spy, benchmarks/transport_overhead.py's 20-site federation), and every site's request waited in line.
+
+:func:`scoped` keeps every layer, its arguments and its order, and puts each of those six behind a
+pure-ASGI gate that hands it exactly the requests its own check lets through; the others go straight to
+the next layer, as the layer itself would send them. Layers not listed here (the protobuf translation,
+the error translator, anything an extension or a newer Flower adds) stay on every request. The gates
+decide on ``scope["path"]``, the path the router dispatches on, so a request reaches a Fleet or Control
+handler only through that API's layers. tests/test_scoped_middleware.py pins the list to the installed
+Flower and checks each layer's own pass-through condition.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+from starlette.middleware import Middleware
+
+Scope = dict[str, Any]
+
+CONTROL = "/v1/control/"
+FLEET = "/v1/fleet/"
+
+
+def _under(prefix: str) -> Callable[[Scope], bool]:
+    def applies(scope: Scope) -> bool:
+        return str(scope.get("path", "")).startswith(prefix)
+
+    applies.__name__ = f"under {prefix}"
+    return applies
+
+
+def tracing_enabled(scope: Scope) -> bool:
+    """``RuntimeTracingMiddleware`` passes every response through unless this switch is on (read per request, as there)."""
+    return os.getenv("FLWR_TRACING_ENABLED") == "1"
+
+
+#: "module.Class" of a Flower 1.41 middleware -> the requests it can act on
+SCOPES: dict[str, Callable[[Scope], bool]] = {
+    "flwr.superlink.routers.control.middlewares.ControlSensitiveResponseMiddleware": _under(CONTROL),
+    "flwr.superlink.routers.control.middlewares.ControlAuthenticationMiddleware": _under(CONTROL),
+    "flwr.superlink.routers.control.middlewares.ControlLicenseMiddleware": _under(CONTROL),
+    "flwr.superlink.routers.control.middlewares.ControlEventLogMiddleware": _under(CONTROL),
+    "flwr.superlink.routers.fleet.node_auth.NodeAuthMiddleware": _under(FLEET),
+    "flwr.superlink.routers.fleet.middlewares.FleetEventLogMiddleware": _under(FLEET),
+    "flwr.supercore.routers.runtime.tracing.RuntimeTracingMiddleware": tracing_enabled,
+}
+
+
+def _name(cls: Any) -> str:
+    return f"{getattr(cls, '__module__', '')}.{getattr(cls, '__qualname__', '')}"
+
+
+class Gated:
+    """Pure ASGI: ``layer`` for HTTP requests where ``applies(scope)``; everything else to ``app`` directly."""
+
+    def __init__(self, app: Any, layer: Middleware, applies: Callable[[Scope], bool]) -> None:
+        cls, args, kwargs = layer
+        self.app = app
+        self.layer = cls(app, *args, **kwargs)
+        self.applies = applies
+
+    async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http" and self.applies(scope):
+            await self.layer(scope, receive, send)
+        else:  # what a BaseHTTPMiddleware does with non-HTTP scopes, and these layers with these requests
+            await self.app(scope, receive, send)
+
+
+def scoped(layers: list[Middleware]) -> list[Middleware]:
+    """``layers`` in the same order, each listed in :data:`SCOPES` behind its gate."""
+    out = []
+    for layer in layers:
+        applies = SCOPES.get(_name(layer.cls))
+        out.append(layer if applies is None else Middleware(Gated, layer=layer, applies=applies))
+    return out
+
+
+def gated_factory(cls: type) -> Callable[[Any], Gated]:
+    """For ``app.add_middleware(cls)`` call sites: a factory that builds ``cls`` behind its gate."""
+    applies = SCOPES[_name(cls)]
+    return functools.partial(Gated, layer=Middleware(cls), applies=applies)
