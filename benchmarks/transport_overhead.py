@@ -32,6 +32,8 @@ from deploy_latency import BIN, _env, _free_port, steady_round_s  # noqa: E402
 
 def _run(data: Path, work: Path, sites: list[str], rounds: int, mode: str) -> float:
     port = _free_port()
+    work.mkdir(parents=True, exist_ok=True)
+    logs = [open(work / "fl-server.log", "wb")]  # every process's output beside the run, kept when one fails
     server_args = ["--insecure"]
     fed = work / "federation"
     if mode != "insecure":
@@ -40,24 +42,28 @@ def _run(data: Path, work: Path, sites: list[str], rounds: int, mode: str) -> fl
         server_args = ["--dir", str(fed)] + (["--secagg"] if mode == "secagg" else [])
     server = subprocess.Popen([str(BIN / "fl-server"), "start", *server_args, "--task", "digits-cnn", "--rounds",
                                str(rounds), "--min-clients", str(len(sites)), "--run-dir", str(work / "run"),
-                               "--port", str(port), "--no-dp"], env=_env(), stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
+                               "--port", str(port), "--no-dp"], env=_env(), stdout=logs[0],
+                              stderr=subprocess.STDOUT)
     clients = []
     for site in sites:
+        logs.append(open(work / f"site-{site}.log", "wb"))
         transport = ["--insecure"] if mode == "insecure" else ["--kit", str(fed / "kits" / site)]
         clients.append(subprocess.Popen(
             [str(BIN / "fl-client"), "join", *transport, "--data", str(data / site), "--server",
              f"127.0.0.1:{port}", "--threads", "1", "--no-dp", "--state-dir", str(work / f"st-{site}"),
-             "--connect-timeout", "300"], env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+             "--connect-timeout", "300"], env=_env(), stdout=logs[-1], stderr=subprocess.STDOUT))
     try:
         if server.wait(timeout=3600) != 0:
-            raise RuntimeError(f"{mode} run with {len(sites)} sites failed; see {work / 'run' / 'server.log'}")
+            raise RuntimeError(f"{mode} run with {len(sites)} sites failed; see {work / 'fl-server.log'}, "
+                               f"{work / 'run' / 'server.log'} and {work / 'site-*.log'}")
         for proc in clients:
             proc.wait(timeout=120)
     finally:
         for proc in [server, *clients]:
             if proc.poll() is None:
                 proc.terminate()
+        for log in logs:
+            log.close()
     return steady_round_s(work / "run" / "results.json")
 
 
