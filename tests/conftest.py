@@ -46,8 +46,8 @@ def digits_sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Under two xdist workers, in-process torch uses one thread each: two workers with two threads each
-    on 2 cores made a 4 s training test take 46 s. (The CLIs the tests start set their own threads.)"""
+    """Under xdist workers (./test.sh runs three), in-process torch uses one thread each: two workers with
+    two threads each on 2 cores made a 4 s training test take 46 s. (The CLIs the tests start set their own threads.)"""
     if os.environ.get("PYTEST_XDIST_WORKER"):
         import torch
 
@@ -55,6 +55,6 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """End-to-end (slow) tests first: with two workers (./test.sh), the short unit tests fill the gaps
+    """End-to-end (slow) tests first: with several workers (./test.sh), the short unit tests fill the gaps
     at the end instead of one long federation starting last."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)

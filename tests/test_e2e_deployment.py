@@ -54,9 +54,11 @@ def test_two_sites_learn_digits_with_dp(tmp_path: Path, digits_sites: Path) -> N
     assert set(doc["sites"]) == {"hospital_a", "hospital_b"}
     rounds = {r["round"]: r for r in doc["rounds"]}
     assert sorted(rounds) == [0, 1, 2, 3]
-    initial = rounds[0]["evaluate"]["aggregate"]["accuracy"]
-    final = rounds[3]["evaluate"]["aggregate"]["accuracy"]
-    assert final >= initial + 0.25, (initial, final)  # 3 DP rounds on skewed data: ~0.12 -> ~0.47
+    # 3 DP rounds on skewed data, unseeded DP noise: ROC-AUC 0.58 -> 0.93, loss 2.30 -> 1.52-1.74; accuracy
+    # 0.12 -> 0.36-0.55 (the argmax of an early private model swings, so accuracy is no test of learning here)
+    initial, final = rounds[0]["evaluate"]["aggregate"], rounds[3]["evaluate"]["aggregate"]
+    assert final["roc_auc"] >= initial["roc_auc"] + 0.25 and final["loss"] <= initial["loss"] - 0.35, (initial, final)
+    assert final["accuracy"] >= initial["accuracy"] + 0.1, (initial, final)
     for rnd in (1, 2, 3):
         train = rounds[rnd]["train"]
         assert set(train["sites"]) == {"hospital_a", "hospital_b"}

