@@ -17,6 +17,7 @@ baseline of the same size. Every site runs its own SuperNode and warm executor w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -33,37 +34,37 @@ from deploy_latency import BIN, _env, _free_port, steady_round_s  # noqa: E402
 def _run(data: Path, work: Path, sites: list[str], rounds: int, mode: str) -> float:
     port = _free_port()
     work.mkdir(parents=True, exist_ok=True)
-    logs = [open(work / "fl-server.log", "wb")]  # every process's output beside the run, kept when one fails
     server_args = ["--insecure"]
     fed = work / "federation"
     if mode != "insecure":
         subprocess.run([str(BIN / "fl-server"), "init", "--dir", str(fed), "--server-ip", "127.0.0.1", "--port",
                         str(port), "--sites", *sites], check=True, env=_env(), capture_output=True)
         server_args = ["--dir", str(fed)] + (["--secagg"] if mode == "secagg" else [])
-    server = subprocess.Popen([str(BIN / "fl-server"), "start", *server_args, "--task", "digits-cnn", "--rounds",
-                               str(rounds), "--min-clients", str(len(sites)), "--run-dir", str(work / "run"),
-                               "--port", str(port), "--no-dp"], env=_env(), stdout=logs[0],
-                              stderr=subprocess.STDOUT)
-    clients = []
-    for site in sites:
-        logs.append(open(work / f"site-{site}.log", "wb"))
-        transport = ["--insecure"] if mode == "insecure" else ["--kit", str(fed / "kits" / site)]
-        clients.append(subprocess.Popen(
-            [str(BIN / "fl-client"), "join", *transport, "--data", str(data / site), "--server",
-             f"127.0.0.1:{port}", "--threads", "1", "--no-dp", "--state-dir", str(work / f"st-{site}"),
-             "--connect-timeout", "300"], env=_env(), stdout=logs[-1], stderr=subprocess.STDOUT))
-    try:
-        if server.wait(timeout=3600) != 0:
-            raise RuntimeError(f"{mode} run with {len(sites)} sites failed; see {work / 'fl-server.log'}, "
-                               f"{work / 'run' / 'server.log'} and {work / 'site-*.log'}")
-        for proc in clients:
-            proc.wait(timeout=120)
-    finally:
-        for proc in [server, *clients]:
-            if proc.poll() is None:
-                proc.terminate()
-        for log in logs:
-            log.close()
+    procs: list[subprocess.Popen[bytes]] = []
+    # every process's output beside the run, kept when one fails; closed however this ends
+    with contextlib.ExitStack() as logs:
+        try:
+            server = subprocess.Popen(
+                [str(BIN / "fl-server"), "start", *server_args, "--task", "digits-cnn", "--rounds", str(rounds),
+                 "--min-clients", str(len(sites)), "--run-dir", str(work / "run"), "--port", str(port), "--no-dp"],
+                env=_env(), stdout=logs.enter_context(open(work / "fl-server.log", "wb")), stderr=subprocess.STDOUT)
+            procs.append(server)
+            for site in sites:
+                transport = ["--insecure"] if mode == "insecure" else ["--kit", str(fed / "kits" / site)]
+                procs.append(subprocess.Popen(
+                    [str(BIN / "fl-client"), "join", *transport, "--data", str(data / site), "--server",
+                     f"127.0.0.1:{port}", "--threads", "1", "--no-dp", "--state-dir", str(work / f"st-{site}"),
+                     "--connect-timeout", "300"], env=_env(),
+                    stdout=logs.enter_context(open(work / f"site-{site}.log", "wb")), stderr=subprocess.STDOUT))
+            if server.wait(timeout=3600) != 0:
+                raise RuntimeError(f"{mode} run with {len(sites)} sites failed; see {work / 'fl-server.log'}, "
+                                   f"{work / 'run' / 'server.log'} and {work / 'site-*.log'}")
+            for proc in procs[1:]:
+                proc.wait(timeout=120)
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.terminate()
     return steady_round_s(work / "run" / "results.json")
 
 

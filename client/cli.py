@@ -74,15 +74,13 @@ def join(
     Example: fl-client join --kit ./kits/hospital_a --data ./data/hospital_a
     """
     set_debug(debug)
-    from fedshield.client.device import resolve_device
     from fedshield.client.events import read_new
-    from fedshield.client.site_check import check_site
+    from fedshield.client.site_folder import check_folder
     from fedshield.client.supernode import SuperNode
     from fedshield.common.net import free_port, split_address, wait_reachable
     from fedshield.server.superlink import last_line
 
     from fedshield.client.site_kit import load_kit
-    from fedshield.common.site_config import site_allowed_tasks
 
     if insecure and kit is not None:
         raise ConfigError("--insecure and --kit exclude each other; pick one")
@@ -97,10 +95,14 @@ def join(
         raise ConfigError(f"--accountant {accountant!r}: use rdp or prv")
     if not 0 <= delta < 1:
         raise ConfigError("--delta must be in [0, 1)")
-    resolve_device(device)
     host, port = split_address(server, flag="--server")
-
     data = data.resolve()
+    check_folder(data)  # a mistyped --data fails before torch is imported (0.3 s instead of 3 s)
+    from fedshield.client.device import resolve_device
+    from fedshield.client.site_check import check_site
+    from fedshield.common.site_config import site_allowed_tasks
+
+    resolve_device(device)
     task_name, _options, site = check_site(data, task=task, overrides={"target": target})
     site_name = name or (site_kit.site if site_kit is not None else data.name)
     state = (state_dir or data / ".fedshield").resolve()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from fedshield.client.site_folder import check_folder
 from fedshield.common.errors import DataError
 from fedshield.common.site_config import site_options
 from fedshield.tasks.base import SiteData, TaskOptions
@@ -56,12 +57,7 @@ def _header(path: Path) -> list[str]:
 def check_site(folder: Path, *, task: str | None, overrides: dict[str, object]) -> tuple[str, TaskOptions, SiteData]:
     """Return (task name, options, validated data) for the site folder, or raise a one-line error."""
     folder = Path(folder)
-    if not folder.exists():
-        raise DataError(f"--data {folder}: folder does not exist; pass the site's data folder")
-    if not folder.is_dir():
-        raise DataError(f"--data {folder}: not a folder; pass the folder that holds the site's data")
-    if not any(p for p in folder.iterdir() if not p.name.startswith(".")):
-        raise DataError(f"--data {folder}: folder is empty; put data.npz, images/<label>/*.png or a CSV in it")
+    check_folder(folder)
     toml_task, options = site_options(folder, overrides)
     name = task or toml_task or infer_task(folder)
     if name is None:

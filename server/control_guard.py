@@ -36,12 +36,12 @@ import sys
 from typing import Any, Awaitable, Callable
 
 from fedshield.common.flower_env import exit_with_parent_from_env, silence_flower
+from fedshield.common.scoped_middleware import Scope
 
 TOKEN_ENV = "FEDSHIELD_CONTROL_TOKEN_FILE"
 READY_ENV = "FEDSHIELD_FLEET_READY_FILE"
 NOT_READY = "the coordinator is still registering its sites; retry shortly"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
-Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import run_cli
+from conftest import cli_env, run_cli
 
 from fedshield.common.net import free_port
 
@@ -44,6 +46,16 @@ def test_join_bad_data_folders(tmp_path: Path, digits_sites: Path) -> None:
                     "data.csv:3", "'oops'")
     _one_line_error(run_cli("fl-client", "join", "--data", str(digits_sites / "hospital_a"), "--insecure",
                             "--task", "nope"), "unknown task 'nope'")
+
+
+def test_a_mistyped_data_folder_is_refused_before_torch_loads(tmp_path: Path) -> None:
+    """`fl-client join` checks the folder before it imports torch (about 3 s on this machine's 2 cores)."""
+    code = ("import sys\nfrom fedshield.client.cli import main\n"
+            f"sys.argv = ['fl-client', 'join', '--insecure', '--data', {str(tmp_path / 'nope')!r}]\n"
+            "try:\n    main()\nexcept SystemExit as exc:\n    print('exit', exc.code, 'torch' in sys.modules)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=cli_env())
+    assert proc.stdout.split() == ["exit", "2", "False"], proc.stdout + proc.stderr
+    assert "does not exist" in proc.stderr
 
 
 def test_join_requires_an_explicit_transport_choice(digits_sites: Path) -> None:
