@@ -1,4 +1,4 @@
-"""Scale: 200 virtual sites, 10 per round, take no more memory than 10 sites (Ray, real processes)."""
+"""Scale: 200 virtual sites, 5 per round, take no more memory than 10 sites (Ray, real processes)."""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _run_measuring_peak(args: list[str], log: Path) -> tuple[int, int]:
 
 
 def test_two_hundred_sites_cost_no_more_memory_than_ten(tmp_path: Path) -> None:
-    common = ["run", "--task", "digits-cnn", "--rounds", "2", "--per-round", "10", "--epsilon", "8", "--no-plots"]
+    common = ["run", "--task", "digits-cnn", "--rounds", "2", "--per-round", "5", "--epsilon", "8", "--no-plots"]
     rc_small, small = _run_measuring_peak([*common, "--clients", "10", "--run-dir", str(tmp_path / "ten")],
                                           tmp_path / "ten.log")
     assert rc_small == 0, (tmp_path / "ten.log").read_text()[-3000:]
@@ -54,7 +54,7 @@ def test_two_hundred_sites_cost_no_more_memory_than_ten(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "many" / "results.json").read_text())
     assert doc["status"] == "finished" and doc["total_sites"] == 200
     trained = [r["train"] for r in doc["rounds"] if "train" in r]
-    assert [t["sampled"] for t in trained] == [10, 10] and all(len(t["sites"]) == 10 for t in trained)
+    assert [t["sampled"] for t in trained] == [5, 5] and all(len(t["sites"]) == 5 for t in trained)
     # sites are built lazily: only those the rounds (and the handshake) touched have a folder
     built = list((tmp_path / "many" / "data").glob("site_*"))
-    assert len(built) <= 10 + 2 * (10 + 10) + 10 and len(built) < 200
+    assert len(built) <= 5 + 2 * (5 + 5) + 5 and len(built) < 200
