@@ -54,7 +54,13 @@ class _Call(NamedTuple):
 
 
 class BookKeepingModule(nn.Module):
-    """Wraps a model; records each supported layer's input and output during training forward passes."""
+    """Wraps a model; records each supported layer's input and output during training forward passes.
+
+    An ``nn.Sequential`` whose children are supported layers or hold no trainable parameter is run
+    child by child, recording as it goes; any other model is recorded by forward hooks. On a small
+    model the hooks are most of the cost: a module with hooks leaves PyTorch's fast call path, which
+    made the forward pass of ``tabular``'s 30-64-2 MLP 1.5× the plain one.
+    """
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__()
@@ -62,7 +68,9 @@ class BookKeepingModule(nn.Module):
         self.layers = _trainable_layers(module)
         self.trainable = [p for layer in self.layers for p in layer.parameters(recurse=False) if p.requires_grad]
         self._calls: list[_Call] = []
-        self._handles = [layer.register_forward_hook(self._record) for layer in self.layers]
+        self._sequence = _recordable_sequence(module, self.layers)
+        self._handles = [] if self._sequence is not None else [
+            layer.register_forward_hook(self._record) for layer in self.layers]
 
     def _record(self, layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         if output.requires_grad:  # a training pass (no_grad evaluation records nothing)
@@ -70,7 +78,16 @@ class BookKeepingModule(nn.Module):
 
     def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         self._calls = []
-        return self._module(*args, **kwargs)
+        if self._sequence is None or len(args) != 1 or kwargs:
+            return self._module(*args, **kwargs)
+        x = args[0]
+        calls = self._calls
+        for child, recorded in self._sequence:
+            y = child(x)
+            if recorded and y.requires_grad:
+                calls.append(_Call(child, x.detach(), y))
+            x = y
+        return x
 
     def take_calls(self) -> list[_Call]:
         """The layer calls of the last forward pass (and forget them)."""
@@ -87,6 +104,20 @@ class BookKeepingModule(nn.Module):
         self._handles = []
         self._calls = []
         return self._module
+
+
+def _recordable_sequence(module: nn.Module, layers: list[nn.Module]) -> tuple[tuple[nn.Module, bool], ...] | None:
+    """``(child, is a clipped layer)`` for each child of a plain ``nn.Sequential`` whose trainable parameters
+    all sit in its direct children; ``None`` (record by hooks) for anything else."""
+    if type(module) is not nn.Sequential or module._forward_hooks or module._forward_pre_hooks:
+        return None
+    clipped = {id(layer) for layer in layers}
+    sequence = []
+    for child in module:
+        if id(child) not in clipped and any(p.requires_grad for p in child.parameters()):
+            return None  # trainable parameters inside a nested container: hooks find them
+        sequence.append((child, id(child) in clipped))
+    return tuple(sequence)
 
 
 def _trainable_layers(module: nn.Module) -> list[nn.Module]:
@@ -239,6 +270,9 @@ def clip_and_sum(module: BookKeepingModule, loss_per_sample: torch.Tensor, max_g
     is folded into the clip factors (no pass over the gradients): the DP optimizer's mean reduction.
     """
     calls = module.take_calls()
+    if not calls and module.trainable:
+        raise RuntimeError("book-keeping recorded no layer call in the last forward pass: compute the loss from "
+                           "the output of the model make_private returned, with gradients enabled")
     seen: set[int] = set()
     for call in calls:
         if id(call.layer) in seen:  # a shared layer's per-sample gradient is a sum over its calls
@@ -247,18 +281,31 @@ def clip_and_sum(module: BookKeepingModule, loss_per_sample: torch.Tensor, max_g
     # ∂(Σ_i ℓ_i)/∂Z: row i of each layer's output gradient is example i's own (examples do not interact)
     grads = torch.autograd.grad(loss_per_sample, [c.output for c in calls], torch.ones_like(loss_per_sample),
                                 allow_unused=True) if calls else ()
-    terms = [_LayerTerms(c, g) for c, g in zip(calls, grads) if g is not None]
-    squared = terms[0].squared_norms if terms else torch.zeros_like(loss_per_sample)
-    for term in terms[1:]:
-        squared = squared + term.squared_norms
-    # c_i = min(1, C/‖g_i‖) = C / sqrt(max(‖g_i‖², C²)): Opacus' flat clipping (opacus/optimizers/optimizer.py)
-    # without its 1e-6 in the denominator, in three tensor operations; c_i·‖g_i‖ ≤ C exactly as there.
-    factors = torch.rsqrt(torch.clamp_min(squared, max_grad_norm ** 2)).mul_(max_grad_norm * scale)
-    for term in terms:
-        term.clipped_sums(factors)
+    with torch.no_grad():
+        _clip_layers(calls, grads, max_grad_norm, scale, loss_per_sample)
     for p in module.trainable:  # a layer the loss did not reach contributes zero (noise is still added)
         if p.grad is None:
             p.grad = torch.zeros_like(p)
+
+
+def _clip_factors(squared: torch.Tensor, max_grad_norm: float, scale: float) -> torch.Tensor:
+    """``scale · c_i`` from the per-example squared norms ``(B,)``, overwriting them.
+
+    c_i = min(1, C/‖g_i‖) = C / sqrt(max(‖g_i‖², C²)): Opacus' flat clipping (opacus/optimizers/optimizer.py)
+    without its 1e-6 in the denominator, in three in-place tensor operations; c_i·‖g_i‖ ≤ C exactly as there.
+    """
+    return squared.clamp_min_(max_grad_norm ** 2).rsqrt_().mul_(max_grad_norm * scale)
+
+
+def _clip_layers(calls: list[_Call], grads: tuple[torch.Tensor | None, ...], max_grad_norm: float, scale: float,
+                 loss_per_sample: torch.Tensor) -> None:
+    terms = [_LayerTerms(c, g) for c, g in zip(calls, grads) if g is not None]
+    squared = terms[0].squared_norms if terms else torch.zeros_like(loss_per_sample)  # fresh: updated in place
+    for term in terms[1:]:
+        squared.add_(term.squared_norms)
+    factors = _clip_factors(squared, max_grad_norm, scale)
+    for term in terms:
+        term.clipped_sums(factors)
 
 
 class BookKeepingLoss:

@@ -42,7 +42,21 @@ def _bias_frozen(layer: nn.Module) -> nn.Module:
     return layer
 
 
+class _NestedHead(nn.Module):
+    """A model with its own ``forward`` (not an ``nn.Sequential``): book-keeping records it by forward hooks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(10, 16), nn.ReLU())
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.body(x))
+
+
 MODELS = {
+    "own-forward-by-hooks": (_NestedHead, (10,)),
+    "mlp-child-by-child": (lambda: nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3)), (10,)),
     # digits-cnn's shape: the 1-channel convolution by im2col, the 16-channel one by kernel rows
     "conv-pool-linear": (lambda: nn.Sequential(nn.Conv2d(1, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
                                                nn.Conv2d(16, 16, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
@@ -80,6 +94,14 @@ def test_clipped_sum_equals_per_example_autograd(name: str) -> None:
     assert clipped == sum(p.requires_grad for p in model.parameters())
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
     assert wrapped.to_standard_module() is model
+
+
+def test_a_loss_not_computed_through_the_wrapper_is_refused_not_taken_as_zero_gradients() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    wrapped = BookKeepingModule(model)
+    x, y = torch.randn(6, 4), torch.randint(0, 2, (6,))
+    with pytest.raises(RuntimeError, match="recorded no layer call"):
+        clip_and_sum(wrapped, nn.functional.cross_entropy(model(x), y, reduction="none"), 1.0)
 
 
 def test_unsupported_layers_fall_back_to_ghost_clipping_and_say_so(caplog: pytest.LogCaptureFixture) -> None:
