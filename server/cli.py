@@ -83,7 +83,8 @@ def start(
     from fedshield.common.net import port_in_use
     from fedshield.common.results_view import ResultsWatcher, round_line, summary_table
     from fedshield.common.run_config import RunConfig
-    from fedshield.server.run_submission import run_status, submit, write_app, write_flwr_home
+    from fedshield.server.run_status_probe import RunStatusProbe
+    from fedshield.server.run_submission import submit, write_app, write_flwr_home
     from fedshield.server.superlink import SuperLink
     from fedshield.tasks.registry import check_task_name
 
@@ -172,19 +173,23 @@ def start(
         status = None
         doc = None
         next_check = time.monotonic() + 10.0
-        while True:
-            doc = watcher.poll()
-            if doc is not None and doc.get("status") in ("finished", "failed"):
-                break
-            # results.json is the fast path; `flwr ls` (a whole Python process) only every 10 s, to
-            # notice a ServerApp that died before it could write its failure.
-            if time.monotonic() >= next_check:
-                status = run_status(run_id, flwr_home)
-                if status and status.startswith("finished"):
-                    doc = watcher.poll()
+        probe = RunStatusProbe(flwr_home)
+        try:
+            while True:
+                doc = watcher.poll()
+                if doc is not None and doc.get("status") in ("finished", "failed"):
                     break
-                next_check = time.monotonic() + 10.0
-            time.sleep(0.5)
+                # results.json is the fast path; the Control API only every 10 s, to notice a
+                # ServerApp that died before it could write its failure.
+                if time.monotonic() >= next_check:
+                    status = probe(run_id)
+                    if status and status.startswith("finished"):
+                        doc = watcher.poll()
+                        break
+                    next_check = time.monotonic() + 10.0
+                time.sleep(0.5)
+        finally:
+            probe.close()
     finally:
         superlink.stop()
         if fed is not None:

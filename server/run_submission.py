@@ -128,18 +128,3 @@ def submit(app_dir: Path, flwr_home: Path, timeout: float = 120.0) -> int:
     if proc.returncode != 0 or not out.get("success", True) or "run-id" not in out:
         raise SubmissionError(f"flwr run refused the run: {out.get('error-message') or _last_line(proc)}")
     return int(out["run-id"])
-
-
-def run_status(run_id: int, flwr_home: Path, timeout: float = 30.0) -> str | None:
-    """The run's status string as ``flwr ls`` reports it (e.g. ``running``, ``finished:completed``), or None
-    when it cannot tell within ``timeout`` s (a ``flwr`` process on a busy host: the caller asks again).
-    """
-    try:
-        proc = _flwr(["ls", CONNECTION, "--run-id", str(run_id), "--format", "json"], flwr_home, timeout)
-    except subprocess.TimeoutExpired:
-        return None
-    try:
-        runs = json.loads(proc.stdout).get("runs", [])
-    except json.JSONDecodeError:
-        return None
-    return str(runs[0].get("status")) if runs else None

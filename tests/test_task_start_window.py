@@ -68,9 +68,14 @@ def test_a_running_serverapp_that_stops_its_heartbeats_is_still_dropped_after_60
 
 
 def test_a_slow_status_probe_is_unknown_not_a_failed_run(tmp_path) -> None:
-    # `fl-server start` asks `flwr ls` every 10 s whether the run ended; on a busy host that Python process
-    # took over its 30 s and the exception ended a healthy federation. A probe that times out says nothing.
-    from fedshield.server.run_submission import run_status, write_flwr_home
+    # `fl-server start` asks every 10 s whether the run ended; on a busy host a probe once took over its
+    # timeout and the exception ended a healthy federation. A probe that gets no answer says nothing.
+    from fedshield.server.run_status_probe import RunStatusProbe
+    from fedshield.server.run_submission import write_flwr_home
 
     home = write_flwr_home(tmp_path / ".flwr", "127.0.0.1:9", root_certificates=None, control_token=None)
-    assert run_status(1, home, timeout=0.01) is None
+    probe = RunStatusProbe(home, timeout=0.01)
+    try:
+        assert probe(1) is None
+    finally:
+        probe.close()
