@@ -28,6 +28,16 @@ def _log_since(log_path: Path, since: int) -> bytes | None:
         return None
 
 
+# uvicorn's line when the SuperNode's local API cannot bind its port; Flower then exits before it connects
+PORT_TAKEN_MARK = b"address already in use"
+MAX_PORT_RESTARTS = 3
+
+
+def _port_taken(log_path: Path, since: int) -> bool:
+    """Whether this start's part of the SuperNode log shows that its local API could not bind its port."""
+    return PORT_TAKEN_MARK in (_log_since(log_path, since) or b"")
+
+
 def _auth_refused(log_path: Path, since: int) -> bool:
     """Whether this join's part of the SuperNode log shows a refused key."""
     return AUTH_REFUSED_MARK.encode() in (_log_since(log_path, since) or b"")
@@ -165,6 +175,7 @@ def join(
     node.start()
     offset = 0
     outcome: str | None = None
+    restarts = 0
     try:
         console.print(f"connected; waiting for the coordinator to start a round (SuperNode log: {node.log_path})")
         while outcome is None:
@@ -172,6 +183,17 @@ def join(
             for event in events:
                 outcome = _show(event) or outcome
             code = node.poll()
+            if code is not None and outcome is None and restarts < MAX_PORT_RESTARTS \
+                    and _port_taken(node.log_path, log_start):
+                # its local port was taken between choosing and binding it: it never reached the server
+                node.stop()
+                node.local_port = free_port()
+                console.print(f"the SuperNode's local port was taken by another process; restarting it on "
+                              f"port {node.local_port}")
+                log_start = node.log_path.stat().st_size
+                restarts += 1
+                node.start()
+                continue
             if code is not None and outcome is None:
                 if site_kit is not None and _auth_refused(node.log_path, log_start):
                     raise FedShieldError(f"the server refused this site's key: {site_name} is not enrolled in its "

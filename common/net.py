@@ -2,15 +2,40 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import time
+from pathlib import Path
+
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+LOWEST_CHOSEN_PORT = 15000
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that is free on ``host`` right now."""
+    """A TCP port that is free on ``host`` right now, below the kernel's ephemeral range where it can be.
+
+    ``bind(0)`` hands out a port of the ephemeral range, the range the kernel also gives outgoing
+    connections. Between choosing a port and a starting process binding it (seconds) another process's
+    connection can take it: with 20 sites on one host, a SuperNode's local API once lost its port that
+    way ("address already in use") and the site stopped. Below the range only listeners compete.
+    """
+    low = _ephemeral_low()
+    if low is not None and low - LOWEST_CHOSEN_PORT >= 1000:
+        for _ in range(100):
+            port = random.randrange(LOWEST_CHOSEN_PORT, low)
+            if not port_in_use(host, port):
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def _ephemeral_low() -> int | None:
+    """The first port of Linux's ephemeral range, or None where it cannot be read."""
+    try:
+        return int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def port_in_use(host: str, port: int) -> bool:
