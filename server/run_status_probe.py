@@ -16,26 +16,19 @@ import ssl
 import tomllib
 from pathlib import Path
 
-import httpx
+from flwr.cli.cli_account_auth_interceptor import CliAccountAuthHttpInterceptor
 from flwr.common.serde import run_from_proto
 from flwr.proto.control_pb2 import ListRunsRequest  # pylint: disable=E0611
+from flwr.supercore.auth.typing import AccountAuthCredentials
 from flwr.supercore.control import ControlHttpClient
 from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor
-from flwr.supercore.interceptors.http.utils import add_headers
-from flwr.supercore.protobuf.client import ProtobufCall, ProtobufRequestContext
 
+from fedshield.server.coordinator_flwr import _token_plugin
 from fedshield.server.run_submission import CONNECTION, TOKEN_POINTER
 
 
-class _BearerToken:
-    """Presents the coordinator token as ``Authorization: Bearer`` (what the control guard checks)."""
-
-    def __init__(self, token: str) -> None:
-        self._header = {"Authorization": f"Bearer {token}"}
-
-    def intercept(self, context: ProtobufRequestContext, call_next: ProtobufCall) -> httpx.Response:
-        add_headers(context.request, self._header)
-        return call_next(context)
+def _no_refresh(refresh_token: str) -> AccountAuthCredentials:
+    raise RuntimeError("the coordinator token is static; there is nothing to refresh")
 
 
 class RunStatusProbe:
@@ -47,8 +40,9 @@ class RunStatusProbe:
         conn = tomllib.loads((flwr_home / "config.toml").read_text())["superlink"][CONNECTION]
         pointer = json.loads((flwr_home / TOKEN_POINTER).read_text()).get("control-token-file")
         interceptors: list = [RuntimeVersionHttpInterceptor(component_name="fl-server")]
-        if pointer:
-            interceptors.append(_BearerToken(Path(pointer).read_text(encoding="utf-8").strip()))
+        if pointer:  # the same token plugin and Flower interceptor as `flwr` run by coordinator_flwr
+            plugin = _token_plugin(Path(pointer).read_text(encoding="utf-8").strip())(str(conn["address"]))
+            interceptors.append(CliAccountAuthHttpInterceptor(plugin, _no_refresh))
         insecure = bool(conn.get("insecure", False))
         scheme = "http" if insecure else "https"
         verify: bool | ssl.SSLContext = False if insecure else ssl.create_default_context(
