@@ -10,14 +10,35 @@ accountant hook and the same skip queue, but (a) the book-keeping loss has alrea
 clipped sum by E[B] (``grad_scale``, folded into its clip factors), and (b) the noise of all
 parameters is one vector of i.i.d. N(0, (σC/E[B])²) coordinates, added with one fused ``foreach``
 operation. Not for ``secure_mode`` (Opacus' own optimizer draws its hardened noise there).
+
+On the CPU a large noise vector is drawn in two halves at once, the second by a helper thread from a
+second generator seeded from the first: torch draws normals on one core (digits-cnn's 421,642
+coordinates: 2.1 ms alone, 1.2 ms in halves, of a ~40 ms step).
 """
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable
 
 import torch
 from opacus.optimizers import DPOptimizerFastGradientClipping
+
+
+SPLIT_NOISE_MIN = 1 << 17  # coordinates; below this a helper thread's hand-off costs more than it saves
+
+_helper: ThreadPoolExecutor | None = None
+_helper_lock = threading.Lock()
+
+
+def _noise_helper() -> ThreadPoolExecutor:
+    """One process-wide helper thread (a site trains one model at a time; a new optimizer every round)."""
+    global _helper
+    with _helper_lock:
+        if _helper is None:
+            _helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fedshield-dp-noise")
+        return _helper
 
 
 class FlatNoiseDPOptimizer(DPOptimizerFastGradientClipping):
@@ -35,6 +56,26 @@ class FlatNoiseDPOptimizer(DPOptimizerFastGradientClipping):
         self._noise = torch.empty(sum(p.numel() for p in self._trained), dtype=first.dtype, device=first.device)
         self._noise_views = [n.view_as(p) for n, p in zip(self._noise.split([p.numel() for p in self._trained]),
                                                             self._trained)]
+        self._halves: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._second_generator: torch.Generator | None = None
+        if self._noise.device.type == "cpu" and self._noise.numel() >= SPLIT_NOISE_MIN:
+            half = self._noise.numel() // 2
+            self._halves = (self._noise[:half], self._noise[half:])
+            # seeded from the optimizer's own generator: as unknown to others as it is, and as repeatable
+            seed = int(torch.randint(0, 1 << 62, (1,), generator=self.generator))
+            self._second_generator = torch.Generator().manual_seed(seed)
+
+    def _draw_noise(self, std: float) -> None:
+        """Fill the noise buffer with i.i.d. N(0, std²) coordinates."""
+        if self._halves is None:
+            self._noise.normal_(0.0, std, generator=self.generator)
+            return
+        first, second = self._halves
+        pending = _noise_helper().submit(second.normal_, 0.0, std, generator=self._second_generator)
+        try:
+            first.normal_(0.0, std, generator=self.generator)
+        finally:
+            pending.result()
 
     def zero_grad(self, set_to_none: bool = False) -> None:
         self.original_optimizer.zero_grad(set_to_none)  # no p.summed_grad is kept on this path
@@ -47,7 +88,7 @@ class FlatNoiseDPOptimizer(DPOptimizerFastGradientClipping):
         if any(g is None for g in grads):
             raise RuntimeError("a trained parameter has no clipped gradient sum: call loss.backward() on the "
                                "book-keeping loss before optimizer.step()")
-        self._noise.normal_(0.0, self.noise_multiplier * self.max_grad_norm * self.grad_scale, generator=self.generator)
+        self._draw_noise(self.noise_multiplier * self.max_grad_norm * self.grad_scale)
         torch._foreach_add_(grads, self._noise_views)  # type: ignore[arg-type]
         if self.step_hook:
             self.step_hook(self)

@@ -172,3 +172,28 @@ def test_opacus_modes_refuse_padding_modes_they_get_wrong() -> None:
     with pytest.raises(RuntimeError, match="padding_mode='reflect'"):
         make_private(HooksTask(), site, model, torch.optim.SGD(model.parameters(), lr=0.1),  # type: ignore[arg-type]
                      DataLoader(site.train, batch_size=6), noise_multiplier=1.0, max_grad_norm=1.0)
+
+
+def test_a_large_noise_vector_drawn_in_two_halves_is_one_gaussian_and_repeats_from_its_seed() -> None:
+    """Above SPLIT_NOISE_MIN coordinates the noise is drawn in two halves from two generators: each half
+    is N(0, σ²C²/E[B]²), the halves are not copies of each other, and the same seed gives the same noise."""
+    from fedshield.client.flat_noise_optimizer import SPLIT_NOISE_MIN, FlatNoiseDPOptimizer
+
+    def noise_of_one_step(seed: int) -> torch.Tensor:
+        model = nn.Linear(SPLIT_NOISE_MIN // 64 + 1, 64, bias=False)  # > SPLIT_NOISE_MIN coordinates
+        optimizer = FlatNoiseDPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=0.7,
+                                         max_grad_norm=2.0, expected_batch_size=10,
+                                         generator=torch.Generator().manual_seed(seed))
+        assert optimizer._halves is not None
+        model.weight.grad = torch.zeros_like(model.weight)
+        assert optimizer.pre_step()
+        return model.weight.grad.flatten() * 10
+
+    noise = noise_of_one_step(1)
+    half = noise.numel() // 2
+    for part in (noise[:half], noise[half:]):
+        assert part.mean().item() == pytest.approx(0.0, abs=0.02)
+        assert part.std().item() == pytest.approx(0.7 * 2.0, rel=0.01)
+    assert torch.corrcoef(torch.stack([noise[:half], noise[half:2 * half]]))[0, 1].abs() < 0.01
+    assert torch.equal(noise, noise_of_one_step(1))
+    assert not torch.equal(noise, noise_of_one_step(2))
