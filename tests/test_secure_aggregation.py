@@ -7,9 +7,12 @@ import pytest
 
 from fedshield.strategies.secure_aggregation import (
     chacha20_masks,
+    compact_vector_bytes,
     effective_shares,
+    install_compact_masked_vectors,
     install_mask_prg,
     modulus_for,
+    widened_vector,
 )
 
 
@@ -52,6 +55,25 @@ def test_install_rebinds_both_sides():
     assert type(client_mod).__name__ == "module"
     assert client_mod.pseudo_rand_gen is chacha20_masks
     assert server_workflow.pseudo_rand_gen is chacha20_masks
+    install_compact_masked_vectors()
+    assert client_mod.ndarray_to_bytes is compact_vector_bytes
+    assert server_workflow.bytes_to_ndarray is widened_vector
+
+
+def test_masked_vectors_travel_as_uint32_only_where_every_value_fits():
+    from flwr.common import ndarray_to_bytes
+
+    v = np.random.default_rng(1).integers(0, 2**32, 100_000, dtype=np.int64)
+    v[7] = 2**32 - 1
+    compact = compact_vector_bytes(v)
+    assert len(compact) < 0.51 * len(ndarray_to_bytes(v))
+    back = widened_vector(compact)
+    assert back.dtype == np.int64 and np.array_equal(back, v)
+    for outside in (2**32, -1):  # a modulus above 2**32, or anything not masked: sent as it is
+        w = v.copy()
+        w[3] = outside
+        assert len(compact_vector_bytes(w)) == len(ndarray_to_bytes(w))
+        assert np.array_equal(widened_vector(compact_vector_bytes(w)), w)
 
 
 @pytest.mark.parametrize("requested, sampled, expected", [
@@ -111,9 +133,10 @@ def _run_client_protocol(updates: dict[int, tuple[np.ndarray, int]], *, modulus:
         vector, examples = updates[nid]
         cfg = ConfigRecord({Key.SOURCE_LIST: inbox[nid][0], Key.CIPHERTEXT_LIST: inbox[nid][1]})
         res = mod._collect_masked_vectors(states[nid], cfg, examples, ndarrays_to_parameters([vector]))
-        from flwr.common import bytes_to_ndarray
-
-        received[nid] = [bytes_to_ndarray(b) for b in res[Key.MASKED_PARAMETERS]]
+        # the upload carries 4 bytes per value (uint32), not Flower's 8, and arrives as int64
+        assert len(res[Key.MASKED_PARAMETERS][1]) < 4 * vector.size + 200
+        received[nid] = [widened_vector(b) for b in res[Key.MASKED_PARAMETERS]]
+        assert all(v.dtype == np.int64 for v in received[nid])
     return received, {nid: states[nid].rd_seed for nid in nids}
 
 
@@ -122,6 +145,7 @@ def test_server_receives_masked_updates_whose_sum_is_the_weighted_mean():
     from flwr.common.secure_aggregation.ndarrays_arithmetic import factor_extract
 
     install_mask_prg()
+    install_compact_masked_vectors()
     rng = np.random.default_rng(0)
     updates = {11: (rng.normal(0, 0.5, 1000).astype(np.float32), 300),
                22: (rng.normal(0, 0.5, 1000).astype(np.float32), 500),
