@@ -85,6 +85,9 @@ def test_clipped_sum_equals_per_example_autograd(name: str) -> None:
     clip = 0.5
     reference = _clipped_sum_reference(model, x, y, clip)
     wrapped = BookKeepingModule(model)
+    # a plain Sequential is recorded child by child (no hooks: PyTorch's fast call path), anything else by hooks
+    hooks = sum(len(layer._forward_hooks) for layer in wrapped.layers)
+    assert hooks == (len(wrapped.layers) if name == "own-forward-by-hooks" else 0)
     clip_and_sum(wrapped, nn.functional.cross_entropy(wrapped(x), y, reduction="none"), clip)
     clipped = 0
     for key, expected in reference.items():
