@@ -7,12 +7,6 @@ for the whole run, taken from the sites whenever they share the coordinator's ho
 federation on one 2-core machine showed it as bursts of 0.3-0.5 cores every check). Here one Control
 API client is kept and each check is one ``ListRuns`` request, through Flower's own HTTP client, with the
 federation's coordinator token (:mod:`fedshield.server.control_guard`) when there is one.
-
-The requests run on a worker thread of the probe's own, never on the caller's: Ctrl-C raises
-``KeyboardInterrupt`` in the main thread wherever it is, and raised inside httpx it can leave the
-connection pool's lock held, after which closing the client blocks for ever (a CI run's `fl-server
-start` ignored Ctrl-C for 60 s and never stopped its SuperLink). The main thread only waits on the
-worker, in short waits that a signal interrupts within ``WAKE_S``.
 """
 
 from __future__ import annotations
@@ -20,7 +14,6 @@ from __future__ import annotations
 import json
 import ssl
 import tomllib
-from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 from flwr.cli.cli_account_auth_interceptor import CliAccountAuthHttpInterceptor
@@ -32,9 +25,6 @@ from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpI
 
 from fedshield.server.coordinator_flwr import _token_plugin
 from fedshield.server.run_submission import CONNECTION, TOKEN_POINTER
-
-
-WAKE_S = 0.2  # s between the main thread's looks for a pending Ctrl-C while a request is in flight
 
 
 def _no_refresh(refresh_token: str) -> AccountAuthCredentials:
@@ -59,16 +49,10 @@ class RunStatusProbe:
             cafile=str(conn["root-certificates"]))
         self._client = ControlHttpClient(f"{scheme}://{conn['address']}", interceptors=interceptors, verify=verify,
                                          timeout=timeout)
-        self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="run-status-probe")
 
     def __call__(self, run_id: int) -> str | None:
-        pending = self._worker.submit(self._client.ListRuns, ListRunsRequest(run_id=run_id))
-        # short waits: Ctrl-C raises here, in the main thread, even when the kernel delivered the signal
-        # to the worker (a wait without timeout would notice it only when the request ends)
-        while not wait([pending], timeout=WAKE_S).done:
-            pass
         try:
-            response = pending.result()
+            response = self._client.ListRuns(ListRunsRequest(run_id=run_id))
         except Exception:  # noqa: BLE001  a busy or restarting SuperLink: unknown, the caller asks again
             return None
         for proto in response.run_dict.values():
@@ -77,6 +61,4 @@ class RunStatusProbe:
         return None
 
     def close(self) -> None:
-        """Close the client after any request in flight (on the worker; returns at once)."""
-        self._worker.submit(self._client.close)
-        self._worker.shutdown(wait=False)
+        self._client.close()

@@ -60,25 +60,3 @@ def test_the_coordinator_reads_its_runs_status_in_process_and_nobody_else_can(tm
         assert after(run_id) is None  # the SuperLink is gone: unknown, not an exception
     finally:
         after.close()
-
-
-def test_ctrl_c_during_a_slow_check_interrupts_at_once_and_closing_does_not_hang(tmp_path: Path) -> None:
-    """The request runs on the probe's worker: Ctrl-C lands in the caller's wait, never inside httpx
-    (where it can leave the connection pool locked, and closing the client then blocks for ever)."""
-    import signal
-    import threading
-    import time
-
-    with socket.socket() as silent:  # accepts connections (the kernel's backlog) and never answers
-        silent.bind(("127.0.0.1", _free_port()))
-        silent.listen()
-        home = write_flwr_home(tmp_path / ".flwr", f"127.0.0.1:{silent.getsockname()[1]}", root_certificates=None)
-        probe = RunStatusProbe(home, timeout=8.0)
-        threading.Timer(0.5, signal.raise_signal, (signal.SIGINT,)).start()
-        start = time.monotonic()
-        with pytest.raises(KeyboardInterrupt):
-            probe(1)
-        assert time.monotonic() - start < 3.0  # not after the request's 8-s timeout
-        start = time.monotonic()
-        probe.close()
-        assert time.monotonic() - start < 1.0
