@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import run_cli, start_cli
+from conftest import BIN, cli_env, run_cli, start_cli
 
 from fedshield.common.net import free_port
 
@@ -105,8 +105,13 @@ def test_ctrl_c_stops_the_superlink_it_started(tmp_path: Path) -> None:
     import time
 
     port = free_port()
-    server = start_cli("fl-server", "start", "--insecure", "--port", str(port), "--run-dir", str(tmp_path / "run"),
-                       "--min-clients", "2", log=tmp_path / "server.out")
+    # as a terminal starts it: SIGINT not ignored, whatever this test runner inherited (a suite started as a
+    # background job of a non-interactive shell passes SIGINT-ignored down to every process it starts)
+    with open(tmp_path / "server.out", "wb") as log:
+        server = subprocess.Popen(
+            [str(BIN / "fl-server"), "start", "--insecure", "--port", str(port), "--run-dir", str(tmp_path / "run"),
+             "--min-clients", "2"], env=cli_env(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 120
         while "sites connected" not in (tmp_path / "server.out").read_text() and time.monotonic() < deadline:
