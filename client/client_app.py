@@ -32,11 +32,7 @@ from fedshield.client.device import resolve_device  # noqa: E402
 from fedshield.client.events import emit  # noqa: E402
 from fedshield.client.local_training import train_round  # noqa: E402
 from fedshield.client.site_policy import site_policy_mod  # noqa: E402
-from fedshield.strategies.secure_aggregation import (  # noqa: E402
-    install_compact_masked_vectors,
-    install_mask_prg,
-    secaggplus_when_asked,
-)
+from fedshield.strategies.secure_aggregation import install_flower_fixes, secaggplus_when_asked  # noqa: E402
 from fedshield.client.site_session import (  # noqa: E402
     count_message,
     identify_site,
@@ -182,8 +178,7 @@ def client_fn(context: Context) -> Client:
     return SiteClient(context).to_client()
 
 
-install_mask_prg()  # SecAgg+ masks from ChaCha20, matching the server (see strategies/secure_aggregation.py)
-install_compact_masked_vectors()  # masked vectors uploaded as uint32 where they fit; the server widens them
+install_flower_fixes()  # SecAgg+ masks from ChaCha20 and compact masked vectors, matching the server
 
 # Order matters: the allowlist first (before any data access); SecAgg+ before client-side clipping, so
 # clipping sees the plain update and SecAgg+ masks the clipped one.

@@ -145,14 +145,9 @@ def round_min_sites(cfg: RunConfig) -> int:
 def secure_fit_workflow(cfg: RunConfig, replies: dict[int, dict[str, Any]],  # type: ignore[no-untyped-def]
                         on_stages: Callable[[int, dict[str, float]], None] | None = None):
     """SecAgg+ as the fit workflow (see :mod:`fedshield.strategies.secure_aggregation`)."""
-    from fedshield.strategies.secure_aggregation import (
-        FedShieldSecAggPlus,
-        install_compact_masked_vectors,
-        install_mask_prg,
-    )
+    from fedshield.strategies.secure_aggregation import FedShieldSecAggPlus, install_flower_fixes
 
-    install_mask_prg()
-    install_compact_masked_vectors()  # clients of this version upload masked vectors as uint32 where they fit
+    install_flower_fixes()  # ChaCha20 masks and compact masked vectors, as the sites have them
     # Weights are the sites' example counts; SecAgg+ scales them by max_weight, which must cover the largest.
     largest = max((int(r.get("examples-train", 0)) for r in replies.values() if "error" not in r), default=1)
     largest = max(largest, cfg.max_site_examples)  # a sampled simulation's handshake did not see every site

@@ -120,6 +120,13 @@ def install_compact_masked_vectors() -> None:
     workflow.bytes_to_ndarray = widened_vector  # type: ignore[attr-defined]
 
 
+def install_flower_fixes() -> None:
+    """Everything this module rebinds in Flower's SecAgg+ modules, for the client and the server alike
+    (both sides must expand masks and encode masked vectors the same way)."""
+    install_mask_prg()
+    install_compact_masked_vectors()
+
+
 def effective_shares(requested: int, sampled: int) -> int:
     """The share count to use: all sampled sites if ``requested`` covers them, else odd and ≥ 3.
 
