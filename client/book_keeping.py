@@ -85,7 +85,7 @@ class BookKeepingModule(nn.Module):
         for child, recorded in self._sequence:
             y = child(x)
             if recorded and y.requires_grad:
-                calls.append(_Call(child, x.detach(), y))
+                calls.append(_Call(child, x, y))  # read under no_grad only: no detach needed
             x = y
         return x
 
@@ -285,11 +285,12 @@ def _accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:
         param.grad.add_(grad)
 
 
-def clip_and_sum(module: BookKeepingModule, loss_per_sample: torch.Tensor, max_grad_norm: float,
+def clip_and_sum(module: BookKeepingModule, loss: torch.Tensor, max_grad_norm: float,
                  scale: float = 1.0) -> None:
     """Set every trainable parameter's ``.grad`` to ``scale · Σ_i c_i ∇ℓ_i`` with the clip factors ``c_i``.
 
-    ``loss_per_sample``: ``(B,)`` per-example losses of the last forward pass of ``module``. ``scale``
+    ``loss``: the per-example losses ``(B,)`` of the last forward pass of ``module``, or their sum (0-dim;
+    each example's output-gradient rows are its own either way, and the sum needs no ``grad_outputs``). ``scale``
     is folded into the clip factors (no pass over the gradients): the DP optimizer's mean reduction.
     """
     calls = module.take_calls()
@@ -302,10 +303,10 @@ def clip_and_sum(module: BookKeepingModule, loss_per_sample: torch.Tensor, max_g
             raise BookKeepingUnsupported("a layer was called twice in one forward pass; use ghost or hooks")
         seen.add(id(call.layer))
     # ∂(Σ_i ℓ_i)/∂Z: row i of each layer's output gradient is example i's own (examples do not interact)
-    grads = torch.autograd.grad(loss_per_sample, [c.output for c in calls], torch.ones_like(loss_per_sample),
+    grads = torch.autograd.grad(loss, [c.output for c in calls], torch.ones_like(loss) if loss.dim() else None,
                                 allow_unused=True) if calls else ()
     with torch.no_grad():
-        _clip_layers(calls, grads, max_grad_norm, scale, loss_per_sample)
+        _clip_layers(calls, grads, max_grad_norm, scale)
     for p in module.trainable:  # a layer the loss did not reach contributes zero (noise is still added)
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -320,10 +321,67 @@ def _clip_factors(squared: torch.Tensor, max_grad_norm: float, scale: float) -> 
     return squared.clamp_min_(max_grad_norm ** 2).rsqrt_().mul_(max_grad_norm * scale)
 
 
-def _clip_layers(calls: list[_Call], grads: tuple[torch.Tensor | None, ...], max_grad_norm: float, scale: float,
-                 loss_per_sample: torch.Tensor) -> None:
+def _clip_dense_rows(calls: list[_Call], grads: tuple[torch.Tensor, ...], max_grad_norm: float,
+                     scale: float) -> None:
+    """:func:`_clip_layers` for a stack of ``nn.Linear`` layers with weight and bias trained, each seeing one
+    ``(B, K)`` row per example (an MLP): ``‖g_i‖² = Σ_l ‖G_l,i‖²·(‖A_l,i‖² + 1)``, then per layer
+    ``W.grad = (c∘G)ᵀA`` and ``b.grad = (c∘G)ᵀ1``.
+
+    The same arithmetic as the general path in about half the tensor operations and none of its per-layer
+    Python objects: on ``tabular``'s 30-64-2 MLP each operation is a few microseconds of dispatch on
+    tensors of a few hundred values, so their number is the private step's cost.
+    """
+    vecdot = torch.linalg.vecdot
+    squared: torch.Tensor | None = None
+    for call, g in zip(calls, grads):
+        g_sq = vecdot(g, g)
+        if squared is None:
+            squared = torch.addcmul(g_sq, vecdot(call.inputs, call.inputs), g_sq)
+        else:
+            squared.add_(g_sq).addcmul_(vecdot(call.inputs, call.inputs), g_sq)
+    assert squared is not None
+    # 1/max(‖g_i‖, C); the constant C·scale goes in as the products' alpha (one operation fewer)
+    inverse = squared.clamp_min_(max_grad_norm ** 2).rsqrt_()
+    alpha = max_grad_norm * scale
+    zero = _zero(inverse)
+    for call, g in zip(calls, grads):
+        layer, gt = call.layer, g.t()
+        scaled = torch.mul(call.inputs.t(), inverse)  # (K, B): column i is example i's input times 1/max(‖g_i‖, C)
+        _accumulate(layer.weight, torch.addmm(zero, gt, scaled.t(), beta=0, alpha=alpha))  # type: ignore[arg-type]
+        _accumulate(layer.bias, torch.addmv(zero, gt, inverse, beta=0, alpha=alpha))  # type: ignore[arg-type]
+
+
+_ZEROS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _zero(like: torch.Tensor) -> torch.Tensor:
+    """A 0-dim zero on ``like``'s device and dtype: the ignored ``input`` of ``addmm``/``addmv`` with ``beta=0``."""
+    key = (like.device, like.dtype)
+    zero = _ZEROS.get(key)
+    if zero is None:
+        zero = _ZEROS[key] = torch.zeros((), device=like.device, dtype=like.dtype)
+    return zero
+
+
+def _dense_rows(calls: list[_Call], grads: tuple[torch.Tensor | None, ...]) -> bool:
+    """Whether :func:`_clip_dense_rows` applies: every call a fully trained ``nn.Linear`` on ``(B, K)`` rows."""
+    for call, g in zip(calls, grads):
+        layer = call.layer
+        if (g is None or g.dim() != 2 or type(layer) is not nn.Linear or layer.bias is None
+                or not layer.weight.requires_grad or not layer.bias.requires_grad):
+            return False
+    return True
+
+
+def _clip_layers(calls: list[_Call], grads: tuple[torch.Tensor | None, ...], max_grad_norm: float,
+                 scale: float) -> None:
+    if calls and _dense_rows(calls, grads):
+        _clip_dense_rows(calls, grads, max_grad_norm, scale)  # type: ignore[arg-type]
+        return
     terms = [_LayerTerms(c, g) for c, g in zip(calls, grads) if g is not None]
-    squared = terms[0].squared_norms if terms else torch.zeros_like(loss_per_sample)  # fresh: updated in place
+    if not terms:  # the loss reached no recorded layer: nothing to clip
+        return
+    squared = terms[0].squared_norms  # fresh: updated in place
     for term in terms[1:]:
         squared.add_(term.squared_norms)
     factors = _clip_factors(squared, max_grad_norm, scale)
@@ -332,38 +390,41 @@ def _clip_layers(calls: list[_Call], grads: tuple[torch.Tensor | None, ...], max
 
 
 class BookKeepingLoss:
-    """The task's criterion computing per-example losses; ``backward()`` runs :func:`clip_and_sum`, leaving
-    ``Σ_i c_i ∇ℓ_i / E[B]`` (``scale`` = 1/E[B], the optimizer's mean reduction) in ``.grad``."""
+    """The task's criterion, summing over the batch; ``backward()`` runs :func:`clip_and_sum`, leaving
+    ``Σ_i c_i ∇ℓ_i / E[B]`` (``scale`` = 1/E[B], the optimizer's mean reduction) in ``.grad``.
+
+    The sum's gradient with respect to a layer's output has example i's own gradient in row i, as the
+    per-example losses' would, without a ``grad_outputs`` tensor to build each step.
+    """
 
     def __init__(self, module: BookKeepingModule, criterion: nn.Module, max_grad_norm: float, scale: float) -> None:
         self.module = module
         self.criterion = criterion
-        self.criterion.reduction = "none"
+        self.criterion.reduction = "sum"
         self.max_grad_norm = max_grad_norm
         self.scale = scale
 
     def __call__(self, outputs: torch.Tensor, targets: torch.Tensor) -> BookKeepingTensor:
-        per_sample = self.criterion(outputs, targets)
-        if per_sample.dim() > 1:  # e.g. a per-position loss: an example's loss is its sum
-            per_sample = per_sample.reshape(per_sample.shape[0], -1).sum(1)
-        return BookKeepingTensor(self, per_sample)
+        return BookKeepingTensor(self, self.criterion(outputs, targets), outputs.shape[0])
 
 
 class BookKeepingTensor:
-    """A batch loss as the training loop sees it: ``backward()``, ``detach()`` (the mean), ``item()``."""
+    """A batch loss as the training loop sees it: ``backward()``, ``detach()`` (the mean over the batch's
+    examples of each one's loss), ``item()``."""
 
-    def __init__(self, loss: BookKeepingLoss, per_sample: torch.Tensor) -> None:
+    def __init__(self, loss: BookKeepingLoss, total: torch.Tensor, batch_size: int) -> None:
         self._loss = loss
-        self.loss_per_sample = per_sample
+        self.total = total
+        self.batch_size = batch_size
 
     def detach(self) -> torch.Tensor:
-        return self.loss_per_sample.detach().mean()
+        return self.total.detach() / max(self.batch_size, 1)
 
     def item(self) -> float:
         return float(self.detach())
 
     def backward(self) -> None:
-        clip_and_sum(self._loss.module, self.loss_per_sample, self._loss.max_grad_norm, self._loss.scale)
+        clip_and_sum(self._loss.module, self.total, self._loss.max_grad_norm, self._loss.scale)
 
 
 def make_private_book_keeping(engine: PrivacyEngine, *, module: nn.Module, optimizer: torch.optim.Optimizer,

@@ -13,6 +13,7 @@ from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedshield.client.book_keeping import (
+    BookKeepingLoss,
     BookKeepingModule,
     BookKeepingUnsupported,
     clip_and_sum,
@@ -97,6 +98,20 @@ def test_clipped_sum_equals_per_example_autograd(name: str) -> None:
     assert clipped == sum(p.requires_grad for p in model.parameters())
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
     assert wrapped.to_standard_module() is model
+
+
+def test_the_training_loops_loss_is_the_batch_mean_and_its_backward_the_clipped_sum() -> None:
+    """The criterion sums over the batch (no per-example grad_outputs); the loop still sees the mean."""
+    torch.manual_seed(1)
+    model = nn.Sequential(nn.Linear(10, 16), nn.ReLU(), nn.Linear(16, 3))
+    x, y = torch.randn(12, 10) * 3, torch.randint(0, 3, (12,))
+    reference = _clipped_sum_reference(model, x, y, 0.5)
+    wrapped = BookKeepingModule(model)
+    loss = BookKeepingLoss(wrapped, nn.CrossEntropyLoss(), max_grad_norm=0.5, scale=0.25)(wrapped(x), y)
+    assert loss.item() == pytest.approx(float(nn.functional.cross_entropy(model(x), y)), rel=1e-6)
+    loss.backward()
+    for key, expected in reference.items():
+        assert torch.allclose(model.get_parameter(key).grad, 0.25 * expected, rtol=1e-4, atol=1e-6), key
 
 
 def test_a_loss_not_computed_through_the_wrapper_is_refused_not_taken_as_zero_gradients() -> None:
