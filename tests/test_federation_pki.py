@@ -45,6 +45,22 @@ def test_init_writes_ca_server_cert_and_kits_with_private_keys_0600(fed: Federat
     assert not (fed.kit_dir("hospital_a") / "ca.key").exists()
 
 
+def test_site_keys_are_p256_and_flowers_node_auth_verifies_p256_and_older_p384_keys(fed: Federation):
+    """What the SuperNode signs each request with and the SuperLink checks (Flower's own helpers)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from flwr.supercore.primitives.asymmetric import sign_message, uses_nist_ec_curve, verify_signature
+
+    site_key = serialization.load_ssh_private_key((fed.kit_dir("hospital_a") / "node.key").read_bytes(), None)
+    assert isinstance(site_key, ec.EllipticCurvePrivateKey) and site_key.curve.name == "secp256r1"
+    older = ec.generate_private_key(ec.SECP384R1())  # kits made before P-256
+    for key in (site_key, older):
+        assert uses_nist_ec_curve(key.public_key())
+        signature = sign_message(key, b"2026-12-01T23:00:00+00:00")
+        assert verify_signature(key.public_key(), b"2026-12-01T23:00:00+00:00", signature)
+        assert not verify_signature(key.public_key(), b"2026-12-01T23:00:01+00:00", signature)
+
+
 def test_init_never_overwrites_and_rejects_bad_names(fed: Federation, tmp_path: Path):
     with pytest.raises(ConfigError, match="already holds a federation"):
         init_federation(fed.root, name="x", server_names=[], server_ips=["127.0.0.1"], port=1, sites=[])
