@@ -179,7 +179,7 @@ def conv_per_sample_grads(layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) ->
     ho, wo = g.shape[2:]
     gt = g.reshape(b, o, ho * wo).transpose(1, 2)  # (B, H'W', O)
     if layer.stride != (1, 1) or kw * c < 64:
-        return torch.bmm(_patches(layer, ap, (ho, wo)), gt).reshape(1, b, -1), "ckho"
+        return torch.bmm(_patches(layer, ap, (ho, wo)), gt).reshape(1, b, c * kh * kw * o), "ckho"
     dh, dw = layer.dilation
     cl = ap.permute(0, 2, 3, 1).contiguous()  # (B, Hp, Wp, C)
     sb, sr, sw, sc = cl.stride()
@@ -188,7 +188,7 @@ def conv_per_sample_grads(layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) ->
     out = torch.empty(kh, b, kw * c, o, dtype=g.dtype, device=g.device)
     for i in range(kh):  # (kw·C × H'W')·(H'W' × O): the operand order MKL runs fastest here
         torch.bmm(rows[:, i * dh:i * dh + ho].reshape(b, ho * wo, kw * c).transpose(1, 2), gt, out=out[i])
-    return out.reshape(kh, b, -1), "hkco"
+    return out.reshape(kh, b, kw * c * o), "hkco"
 
 
 def weight_order(summed: torch.Tensor, layout: str, weight_shape: torch.Size) -> torch.Tensor:
@@ -201,8 +201,7 @@ def weight_order(summed: torch.Tensor, layout: str, weight_shape: torch.Size) ->
 
 def _linear_sequences(call: _Call, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(A, G)`` of a linear layer as ``(B, T, K)`` and ``(B, T, O)``: T positions share the weight."""
-    a, b = call.inputs, grad.shape[0]
-    return a.reshape(b, -1, a.shape[-1]), grad.reshape(b, -1, grad.shape[-1])
+    return call.inputs.flatten(1, -2), grad.flatten(1, -2)  # (flatten, not reshape(-1): a batch can be empty)
 
 
 class _LayerTerms:
@@ -234,13 +233,13 @@ class _LayerTerms:
             if w_trained:
                 self.per_sample, self.layout = conv_per_sample_grads(layer, call.inputs, grad)
                 sq = torch.linalg.vector_norm(self.per_sample, dim=2).square().sum(0)
-            bias_grads = grad.reshape(b, grad.shape[1], -1).sum(2)
+            bias_grads = grad.flatten(2).sum(2)
         else:
             a, g = _linear_sequences(call, grad)  # (B, T, K), (B, T, O)
             t, k, o = a.shape[1], a.shape[2], g.shape[2]
             if w_trained:
                 if o * k <= t * (o + k):  # materialise G_iᵀA_i: (B, O, K)
-                    self.per_sample = torch.bmm(g.transpose(1, 2), a).reshape(1, b, -1)
+                    self.per_sample = torch.bmm(g.transpose(1, 2), a).reshape(1, b, o * k)
                     sq = torch.linalg.vector_norm(self.per_sample[0], dim=1).square()
                 else:  # ghost norm: ⟨A Aᵀ, G Gᵀ⟩ over (T, T)
                     sq = (torch.bmm(a, a.transpose(1, 2)) * torch.bmm(g, g.transpose(1, 2))).sum((1, 2))

@@ -114,6 +114,22 @@ def test_the_training_loops_loss_is_the_batch_mean_and_its_backward_the_clipped_
         assert torch.allclose(model.get_parameter(key).grad, 0.25 * expected, rtol=1e-4, atol=1e-6), key
 
 
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_an_empty_poisson_batch_gives_zero_clipped_sums(name: str) -> None:
+    """Poisson sampling can draw no example: every trained parameter's clipped sum is then zero (the DP
+    optimizer adds its noise to that), and nothing fails on a batch dimension of size 0."""
+    build, shape = MODELS[name]
+    model = build()
+    wrapped = BookKeepingModule(model)
+    loss = BookKeepingLoss(wrapped, nn.CrossEntropyLoss(), max_grad_norm=1.0, scale=0.5)(
+        wrapped(torch.zeros(0, *shape)), torch.zeros(0, dtype=torch.long))
+    assert loss.item() == 0.0
+    loss.backward()
+    for p in model.parameters():
+        if p.requires_grad:
+            assert p.grad is not None and p.grad.shape == p.shape and not p.grad.any()
+
+
 def test_a_loss_not_computed_through_the_wrapper_is_refused_not_taken_as_zero_gradients() -> None:
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     wrapped = BookKeepingModule(model)
