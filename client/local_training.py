@@ -20,6 +20,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedshield.client.book_keeping import make_private_book_keeping
+from fedshield.client.empty_batches import NoiseOnEmptyBatches
 from fedshield.client.private_randomness import DPRandomness, dp_randomness, simulation_noise_seed
 from fedshield.client.privacy_ledger import PrivacyLedger
 from fedshield.common.allocator import retain_freed_memory
@@ -60,7 +61,7 @@ class PrivateTraining:
     engine: PrivacyEngine
     model: nn.Module
     optimizer: torch.optim.Optimizer
-    loader: DataLoader
+    loader: NoiseOnEmptyBatches  # the Poisson DPDataLoader, taking empty batches' steps itself
     criterion: nn.Module | None
     mode: str
 
@@ -74,7 +75,8 @@ def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.
     Poisson sampling is always on (the accountant's assumption), drawn from ``loader``'s generator;
     the noise from ``noise_generator`` (:mod:`fedshield.client.private_randomness`). ``bk`` and
     ``ghost`` need the loss as a module, which is wrapped to run book-keeping's one backward pass or
-    Opacus' two; the task receives that wrapper.
+    Opacus' two; the task receives that wrapper. The loader takes the noise-only DP-SGD step of every
+    empty Poisson batch itself (:mod:`fedshield.client.empty_batches`).
     """
     modes = {"hooks": ["hooks"], "bk": ["bk", "ghost", "hooks"]}.get(task.dp_mode, [task.dp_mode, "hooks"])
     last_error: Exception | None = None
@@ -94,13 +96,16 @@ def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.
                         engine, module=model, optimizer=optimizer, criterion=task.criterion(site.schema),
                         data_loader=loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                         noise_generator=noise_generator)
-                    return PrivateTraining(engine, bk_model, bk_optimizer, bk_loader, bk_criterion, mode)  # type: ignore[arg-type]
+                    return PrivateTraining(engine, bk_model, bk_optimizer, NoiseOnEmptyBatches(bk_loader, bk_optimizer),
+                                           bk_criterion, mode)
                 if mode == "ghost":
                     criterion = task.criterion(site.schema)
                     private_model, dp_optimizer, dp_criterion, dp_loader = engine.make_private(criterion=criterion, **kwargs)
-                    return PrivateTraining(engine, private_model, dp_optimizer, dp_loader, dp_criterion, mode)
+                    return PrivateTraining(engine, private_model, dp_optimizer, NoiseOnEmptyBatches(dp_loader, dp_optimizer),
+                                           dp_criterion, mode)
                 private_model, dp_optimizer, dp_loader = engine.make_private(**kwargs)
-                return PrivateTraining(engine, private_model, dp_optimizer, dp_loader, None, mode)
+                return PrivateTraining(engine, private_model, dp_optimizer, NoiseOnEmptyBatches(dp_loader, dp_optimizer),
+                                       None, mode)
         except Exception as exc:  # an Opacus mode that does not support a layer of this model
             last_error = exc
             log.warning("task %s: Opacus mode %s unavailable (%s); falling back", task.name, mode, exc)
