@@ -91,21 +91,19 @@ def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.
                 # Opacus warns that secure_mode is off (its CSPRNG noise is an opt-in, slow on CPU).
                 warnings.simplefilter("ignore")
                 engine = PrivacyEngine(accountant="rdp", secure_mode=False)
+                dp_criterion: nn.Module | None = None
                 if mode == "bk":  # one backward pass instead of ghost clipping's two (client/book_keeping.py)
-                    bk_model, bk_optimizer, bk_criterion, bk_loader = make_private_book_keeping(
+                    private_model, dp_optimizer, dp_criterion, dp_loader = make_private_book_keeping(  # type: ignore[assignment]
                         engine, module=model, optimizer=optimizer, criterion=task.criterion(site.schema),
                         data_loader=loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                         noise_generator=noise_generator)
-                    return PrivateTraining(engine, bk_model, bk_optimizer, NoiseOnEmptyBatches(bk_loader, bk_optimizer),
-                                           bk_criterion, mode)
-                if mode == "ghost":
-                    criterion = task.criterion(site.schema)
-                    private_model, dp_optimizer, dp_criterion, dp_loader = engine.make_private(criterion=criterion, **kwargs)
-                    return PrivateTraining(engine, private_model, dp_optimizer, NoiseOnEmptyBatches(dp_loader, dp_optimizer),
-                                           dp_criterion, mode)
-                private_model, dp_optimizer, dp_loader = engine.make_private(**kwargs)
-                return PrivateTraining(engine, private_model, dp_optimizer, NoiseOnEmptyBatches(dp_loader, dp_optimizer),
-                                       None, mode)
+                elif mode == "ghost":
+                    private_model, dp_optimizer, dp_criterion, dp_loader = engine.make_private(
+                        criterion=task.criterion(site.schema), **kwargs)
+                else:
+                    private_model, dp_optimizer, dp_loader = engine.make_private(**kwargs)
+            return PrivateTraining(engine, private_model, dp_optimizer, NoiseOnEmptyBatches(dp_loader, dp_optimizer),
+                                   dp_criterion, mode)
         except Exception as exc:  # an Opacus mode that does not support a layer of this model
             last_error = exc
             log.warning("task %s: Opacus mode %s unavailable (%s); falling back", task.name, mode, exc)
