@@ -67,6 +67,9 @@ class BookKeepingModule(nn.Module):
         self._module = module
         self.layers = _trainable_layers(module)
         self.trainable = [p for layer in self.layers for p in layer.parameters(recurse=False) if p.requires_grad]
+        # every clipped layer an nn.Linear with weight and bias trained (an MLP): _clip_dense_rows can apply
+        self.dense_linear = all(type(layer) is nn.Linear and layer.bias is not None and layer.weight.requires_grad
+                                and layer.bias.requires_grad for layer in self.layers)
         self._calls: list[_Call] = []
         self._sequence = _recordable_sequence(module, self.layers)
         self._handles = [] if self._sequence is not None else [
@@ -305,7 +308,7 @@ def clip_and_sum(module: BookKeepingModule, loss: torch.Tensor, max_grad_norm: f
     grads = torch.autograd.grad(loss, [c.output for c in calls], torch.ones_like(loss) if loss.dim() else None,
                                 allow_unused=True) if calls else ()
     with torch.no_grad():
-        _clip_layers(calls, grads, max_grad_norm, scale)
+        _clip_layers(calls, grads, max_grad_norm, scale, dense_linear=module.dense_linear)
     for p in module.trainable:  # a layer the loss did not reach contributes zero (noise is still added)
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -362,19 +365,11 @@ def _zero(like: torch.Tensor) -> torch.Tensor:
     return zero
 
 
-def _dense_rows(calls: list[_Call], grads: tuple[torch.Tensor | None, ...]) -> bool:
-    """Whether :func:`_clip_dense_rows` applies: every call a fully trained ``nn.Linear`` on ``(B, K)`` rows."""
-    for call, g in zip(calls, grads):
-        layer = call.layer
-        if (g is None or g.dim() != 2 or type(layer) is not nn.Linear or layer.bias is None
-                or not layer.weight.requires_grad or not layer.bias.requires_grad):
-            return False
-    return True
-
-
 def _clip_layers(calls: list[_Call], grads: tuple[torch.Tensor | None, ...], max_grad_norm: float,
-                 scale: float) -> None:
-    if calls and _dense_rows(calls, grads):
+                 scale: float, *, dense_linear: bool = False) -> None:
+    """``dense_linear``: every recorded layer is a fully trained ``nn.Linear`` (:class:`BookKeepingModule`
+    decides once); :func:`_clip_dense_rows` then applies when each sees one ``(B, K)`` row per example."""
+    if dense_linear and calls and all(g is not None and g.dim() == 2 for g in grads):
         _clip_dense_rows(calls, grads, max_grad_norm, scale)  # type: ignore[arg-type]
         return
     terms = [_LayerTerms(c, g) for c, g in zip(calls, grads) if g is not None]
