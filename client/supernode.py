@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fedshield.client.executor_wake import WAKE_FD_ENV, wake_pair
 from fedshield.common.flower_env import child_env, parent_env
 from fedshield.server.superlink import stop_process_group
 
@@ -74,17 +75,26 @@ class SuperNode:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the children
+        # warm: the SuperNode wakes its executor when a message is stored (client/executor_wake.py)
+        notify_end, wait_end = wake_pair() if self.warm else (None, None)
         try:
             env = child_env(parent_env(), threads=self.threads)
+            node_env = dict(env, **{WAKE_FD_ENV: str(notify_end.fileno())}) if notify_end else env
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=env, start_new_session=True)
-            if self.warm:
+                                            stdin=subprocess.DEVNULL, env=node_env, start_new_session=True,
+                                            pass_fds=(notify_end.fileno(),) if notify_end else ())
+            if wait_end is not None:
                 self.worker = subprocess.Popen(
                     [sys.executable, "-m", "fedshield.client.warm_executor", "--runtime-api-address",
-                     f"127.0.0.1:{self.local_port}", "--parent-pid", str(self.process.pid)],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
+                     f"127.0.0.1:{self.local_port}", "--parent-pid", str(self.process.pid),
+                     "--wake-fd", str(wait_end.fileno())],
+                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                    pass_fds=(wait_end.fileno(),))
         finally:
             log.close()
+            for end in (notify_end, wait_end):  # the children hold their own copies
+                if end is not None:
+                    end.close()
 
     def poll(self) -> int | None:
         """Exit code of the SuperNode, or of a dead warm executor, or None while both run."""

@@ -46,6 +46,7 @@ from flwr.supercore.runtime import RuntimeHttpClient  # noqa: E402
 import flwr.supernode.runtime.run_clientapp as flower_clientapp  # noqa: E402
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output  # noqa: E402
 
+from fedshield.client.executor_wake import WakeWaiter  # noqa: E402
 from fedshield.common import prompt_pulls  # noqa: E402
 
 # The message's arrays may still be arriving at the SuperNode when the task starts.
@@ -55,7 +56,9 @@ log = logging.getLogger("fedshield.client.warm_executor")
 
 ALLOWED_CLIENTAPP = "fedshield.client.client_app:app"
 IDLE_POLL_S = 0.02  # first re-poll after a task; grows x1.5 while idle up to IDLE_POLL_CAP_S
-IDLE_POLL_CAP_S = 0.25
+# Started by `fl-client join`, the executor is woken by its SuperNode when a message arrives
+# (client/executor_wake.py), so the idle poll is only a fallback: 2 s instead of 0.25 s.
+IDLE_POLL_CAP_S = 2.0
 
 
 def fab_clientapp(fab_content: bytes) -> str | None:
@@ -114,8 +117,9 @@ def run_task(address: str, token: str) -> None:
         client.close()
 
 
-def serve(address: str, stop: threading.Event) -> None:
-    """Acquire ClientApp tasks from the SuperNode and run them, until ``stop`` is set."""
+def serve(address: str, stop: threading.Event, wake: WakeWaiter | None = None) -> None:
+    """Acquire ClientApp tasks from the SuperNode and run them, until ``stop`` is set. Between polls,
+    sleep until the SuperNode's wake-up (``wake``) or the idle interval, whichever is first."""
     client = _client(address, [RuntimeVersionHttpInterceptor(component_name="SuperExec")])
     # Import the app (torch, Opacus, the task registry) once, before the first task arrives.
     import fedshield.client.client_app  # noqa: F401
@@ -134,7 +138,10 @@ def serve(address: str, stop: threading.Event) -> None:
                     log.exception("task %s failed", res.task.task_id)
                 interval = IDLE_POLL_S  # the next message of a round usually follows soon
                 continue
-            stop.wait(interval)
+            if wake is not None and wake.wait(interval):
+                continue  # a message was stored: take it now
+            if wake is None:
+                stop.wait(interval)
             interval = min(interval * 1.5, IDLE_POLL_CAP_S)
     finally:
         client.close()
@@ -164,6 +171,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="FedShield warm ClientApp executor for one SuperNode")
     parser.add_argument("--runtime-api-address", required=True)
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--wake-fd", type=int, default=None,
+                        help="inherited socket the SuperNode writes to when a message arrives")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
@@ -172,9 +181,10 @@ def main() -> None:
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     if args.parent_pid is not None:
         exit_with_parent(args.parent_pid)
+    wake = WakeWaiter.from_fd(args.wake_fd) if args.wake_fd is not None else None
     while not stop.is_set():
         try:
-            serve(args.runtime_api_address, stop)
+            serve(args.runtime_api_address, stop, wake)
         except Exception:  # the SuperNode's API not up yet, or restarting
             log.info("waiting for the SuperNode's Runtime API at %s", args.runtime_api_address)
             time.sleep(0.5)

@@ -1,0 +1,104 @@
+"""The SuperNode wakes its warm executor when a message is stored, instead of the executor polling for it."""
+
+from __future__ import annotations
+
+import os
+import sys
+from types import SimpleNamespace
+
+import flwr.supernode.start_client_internal as supernode_loop
+import pytest
+
+from fedshield.client import prompt_supernode, supernode
+from fedshield.client.executor_wake import WAKE_FD_ENV, WakeNotifier, WakeWaiter, wake_pair
+
+
+def test_a_notification_wakes_the_waiter_and_is_consumed() -> None:
+    notify_end, wait_end = wake_pair()
+    notifier, waiter = WakeNotifier(notify_end), WakeWaiter(wait_end)
+    assert waiter.wait(0.05) is False  # nothing sent: a plain timeout
+    for _ in range(3):
+        notifier.notify()
+    assert waiter.wait(30) is True  # woken (a timeout would have returned False)
+    assert waiter.wait(0.05) is False  # the three bytes were consumed together
+    notify_end.close()
+    wait_end.close()
+
+
+def test_notifying_never_blocks_or_raises_when_the_executor_lags_or_is_gone() -> None:
+    notify_end, wait_end = wake_pair()
+    notifier = WakeNotifier(notify_end)
+    for _ in range(10_000):  # far beyond the socket buffer: later bytes are dropped, not waited on
+        notifier.notify()
+    assert WakeWaiter(wait_end).wait(1) is True
+    wait_end.close()
+    notifier.notify()  # the executor's end is closed
+    notify_end.close()
+
+
+def test_the_supernode_end_comes_from_the_environment_only_when_it_is_a_socket(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(WAKE_FD_ENV, raising=False)
+    assert WakeNotifier.from_env() is None
+    read_fd, write_fd = os.pipe()
+    try:
+        monkeypatch.setenv(WAKE_FD_ENV, str(read_fd))  # not a socket: ignored, the executor polls
+        assert WakeNotifier.from_env() is None
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)
+
+
+def test_the_supernode_loop_wakes_the_executor_after_storing_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    notify_end, wait_end = wake_pair()
+    waiter = WakeWaiter(wait_end)
+    results = iter([None, None, 7, None])
+    monkeypatch.setenv(WAKE_FD_ENV, str(notify_end.fileno()))
+    monkeypatch.setattr(supernode_loop, "_pull_and_store_message", lambda **kw: next(results))
+    monkeypatch.setattr(supernode_loop, "time", supernode_loop.time)  # restored after the test
+    prompt_supernode.patch_supernode_polling()
+    pull = supernode_loop._pull_and_store_message
+    backoff = supernode_loop.time._backoff
+    assert pull() is None and waiter.wait(0.05) is False  # no message: the executor sleeps on
+    backoff.wait()
+    backoff.wait()
+    assert backoff.interval > prompt_supernode.IDLE_PULL_S
+    assert pull() is None and pull() == 7
+    assert waiter.wait(5) is True  # the stored message woke it
+    assert backoff.interval == prompt_supernode.IDLE_PULL_S  # and the next idle pull comes soon
+    assert pull() is None and waiter.wait(0.05) is False
+    wait_end.close()
+
+
+def test_idle_pulls_back_off_to_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
+    slept: list[float] = []
+    monkeypatch.setattr(prompt_supernode, "_time", SimpleNamespace(sleep=slept.append))
+    backoff = prompt_supernode.IdleBackoff()
+    for _ in range(12):
+        backoff.wait()
+    assert slept[0] == prompt_supernode.IDLE_PULL_S
+    assert slept == sorted(slept) and slept[-1] == prompt_supernode.IDLE_PULL_CAP_S <= 3.0  # never above Flower's
+
+
+def test_a_site_hands_its_supernode_and_executor_the_two_ends(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
+    started: list[tuple[list[str], dict]] = []
+
+    class Recorder:
+        def __init__(self, args, **kwargs):
+            started.append((args, kwargs))
+            self.pid = 4242
+
+    monkeypatch.setattr(supernode.subprocess, "Popen", Recorder)
+    node = supernode.SuperNode(superlink="127.0.0.1:1", local_port=2, node_config={}, log_path=tmp_path / "s.log",
+                               root_certificates=None)
+    node.start()
+    (node_args, node_kw), (exec_args, exec_kw) = started
+    assert node_args[:3] == [sys.executable, "-m", "fedshield.client.prompt_supernode"]
+    assert node_kw["pass_fds"] == (int(node_kw["env"][WAKE_FD_ENV]),)
+    assert "fedshield.client.warm_executor" in exec_args
+    assert exec_kw["pass_fds"] == (int(exec_args[exec_args.index("--wake-fd") + 1]),)
+    assert WAKE_FD_ENV not in exec_kw["env"]
+    cold = supernode.SuperNode(superlink="127.0.0.1:1", local_port=2, node_config={}, log_path=tmp_path / "c.log",
+                               root_certificates=None, warm=False)
+    started.clear()
+    cold.start()
+    assert len(started) == 1 and started[0][1]["pass_fds"] == () and WAKE_FD_ENV not in started[0][1]["env"]
