@@ -5,7 +5,8 @@ that local training stays small and the transport is what differs), three FedShi
 
 1. ``--insecure``: plain HTTP, no site authentication (the baseline);
 2. ``--dir``: TLS + site authentication + the control guard (``fl-server init`` federation);
-3. ``--dir --secagg``: the same plus SecAgg+ (all-to-all shares, ChaCha20 masks).
+3. ``--dir --secagg``: the same plus SecAgg+ (automatic share count: every site up to 7, then about
+   2·log2(n)+1 neighbours, 11 at 20 sites; ChaCha20 masks).
 
 Prints the steady round time (median round-to-round time of rounds 2..R) and its ratio to the
 baseline of the same size. Every site runs its own SuperNode and warm executor with 1 torch thread.
