@@ -3,6 +3,13 @@
 Architecture (seed document): conv 5×5 (1→32) → ReLU → max-pool 2 → conv 5×5 (32→64) → ReLU →
 max-pool 2 → fc 3136→128 → ReLU → fc 128→10. 454,922 parameters; no BatchNorm, so Opacus trains it
 as is.
+
+Variants (``--model``): ``auto``/``full`` train every layer; ``frozen-middle`` trains only the first
+convolution and the last layer (2,122 parameters) and keeps the second convolution and the 3136→128
+layer at their seeded random initialisation, identical at every site (up to the float rounding of
+the server's weighted mean). For DP-SGD at small sites: the noise norm grows with the square root of
+the trained parameter count (Abadi et al. 2016), 1/15 of the full model's here, while fixed random
+layers still give the trained ones useful features.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from PIL import Image, UnidentifiedImageError
 from torch import nn
 from torch.utils.data import TensorDataset
 
-from fedshield.common.errors import DataError
+from fedshield.common.errors import ConfigError, DataError
 from fedshield.tasks.npz_arrays import read_npz_xy
 from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
 from fedshield.tasks.holdout import holdout_indices
@@ -23,6 +30,7 @@ from fedshield.tasks.supervised import CLASSIFICATION_METRICS, SupervisedTask
 
 SIDE = 28
 CLASSES = 10
+MODELS = ("auto", "full", "frozen-middle")
 SCHEMA = DataSchema(kind="classification", input_shape=(1, SIDE, SIDE), num_outputs=CLASSES)
 
 
@@ -84,6 +92,7 @@ class DigitsCNNTask(SupervisedTask):
     """The seed CNN on 28×28 greyscale digits."""
 
     name = "digits-cnn"
+    models = MODELS  # checked by `fl-server start` / `fl-sim run` before anything starts
     summary = "CNN (conv32-conv64-fc128) classifying 28×28 greyscale images into 10 classes"
     data_format = ("data.npz with x (N×28×28 uint8) and y (N labels 0-9), or images/<label>/*.png "
                    "(28×28 greyscale, label folders 0-9); 20% held out for validation")
@@ -110,4 +119,11 @@ class DigitsCNNTask(SupervisedTask):
         return SiteData(TensorDataset(xt[train], yt[train]), TensorDataset(xt[val], yt[val]), SCHEMA, path)
 
     def build_model(self, schema: DataSchema, options: TaskOptions) -> nn.Module:
-        return DigitsCNN(schema.num_outputs)
+        if options.model not in MODELS:
+            raise ConfigError(f"--model {options.model!r}: digits-cnn models are auto (= full), full and "
+                              "frozen-middle (only the first convolution and the last layer train)")
+        model = DigitsCNN(schema.num_outputs)
+        if options.model == "frozen-middle":
+            model.features[3].requires_grad_(False)  # conv 32→64
+            model.head[1].requires_grad_(False)  # fc 3136→128
+        return model

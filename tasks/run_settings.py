@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
 from fedshield.tasks.init_weights import read_weights, resolve_model
 from fedshield.tasks.registry import get_task
@@ -22,10 +23,13 @@ class TaskSettings:
 
 def resolve_settings(task_name: str, *, model: str, init_weights: Path | None, lr: float | None,
                      dp: bool) -> TaskSettings:
-    """Check ``--init-weights`` reads as weights and ``--model`` is one the task knows (one-line
-    ``ConfigError`` otherwise); without ``--lr``, the task's ``default_lr(dp)`` if it has one, else
+    """Check ``--init-weights`` reads as weights and ``--model`` is one the task knows (its ``models``,
+    or its own ``resolve_model``; one-line ``ConfigError`` otherwise); without ``--lr``, the task's ``default_lr(dp)`` if it has one, else
     :meth:`RunConfig.default_lr`."""
     task = get_task(task_name)
+    known = getattr(task, "models", None)  # a task's fixed set of --model variants, when it has one
+    if known and model not in known:
+        raise ConfigError(f"--model {model!r}: {task_name} models are {', '.join(known)}; pick one of those")
     if init_weights is not None:
         read_weights(init_weights)
     task_lr = getattr(task, "default_lr", None)

@@ -115,6 +115,7 @@ class TabularTask(SupervisedTask):
     """Logistic/linear regression or an MLP on a numeric CSV."""
 
     name = "tabular"
+    models = MODELS  # checked by `fl-server start` / `fl-sim run` before anything starts
     summary = "logistic regression, linear regression or MLP (64 hidden) on a numeric CSV table"
     data_format = ("one CSV with a header; target column from fedshield.toml `target` or --target; other "
                    "columns numeric features (standardised per site); classification when the target holds "

@@ -79,6 +79,8 @@ def test_server_start_bad_input(tmp_path: Path) -> None:
                     "no federation.toml", "fl-server init")
     _one_line_error(run_cli("fl-server", "start", "--insecure", "--strategy", "magic", "--run-dir", str(tmp_path / "r3")),
                     "--strategy 'magic'")
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--task", "tabular", "--model", "cnn", "--run-dir",
+                            str(tmp_path / "r6")), "--model 'cnn': tabular models are auto, logistic, linear, mlp")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -133,5 +135,7 @@ def test_sim_bad_input(tmp_path: Path) -> None:
                     "--init-weights")
     _one_line_error(run_cli("fl-sim", "run", "--task", "transfer-mobilenet", "--model", "head@2", "--run-dir",
                             str(tmp_path / "l")), "--model 'head@2': transfer-mobilenet models are auto, head or full")
+    _one_line_error(run_cli("fl-sim", "run", "--task", "digits-cnn", "--model", "mlp", "--run-dir", str(tmp_path / "m")),
+                    "--model 'mlp': digits-cnn models are auto, full, frozen-middle")
     assert not [p.name for p in tmp_path.iterdir()]  # bad input leaves no partial output
     _one_line_error(run_cli("fl-server", "status", "--run-dir", str(tmp_path)), "no results.json")

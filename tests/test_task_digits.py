@@ -110,3 +110,28 @@ def test_cnn_learns_digits_without_privacy(tmp_path: Path) -> None:
     assert after["accuracy"] > 0.8 > before + 0.5
     assert set(TASK.metrics) <= set(after)
     assert sum(p.numel() for p in model.parameters()) == 454_922
+
+
+def test_frozen_middle_variant_trains_two_layers_under_dp_and_refuses_unknown_variants(tmp_path: Path) -> None:
+    from fedshield.client.local_training import PrivacySettings, train_round
+    from fedshield.common.errors import ConfigError
+    from fedshield.common.run_config import RunConfig
+    from fedshield.tasks.model_factory import build_model
+
+    data = load_dataset("digits")
+    site = TASK.load_site(_npz(tmp_path / "site", data.x[:300], data.y[:300]), TaskOptions())
+    full = build_model(TASK, site.schema, TaskOptions(), seed=0)
+    model = build_model(TASK, site.schema, TaskOptions(model="frozen-middle"), seed=0)
+    assert sum(p.numel() for p in model.parameters()) == 454_922
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2_122
+    # the fixed layers are the seeded initialisation every site and the server build alike
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), model.state_dict().values()))
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = RunConfig(task=TASK.name, rounds=1, batch_size=32, model="frozen-middle")
+    privacy = PrivacySettings(True, 3.0, 1e-5, 1.0, tmp_path / "state")
+    outcome = train_round(TASK, site, model, cfg, run_id="r", rnd=1, privacy=privacy, device=torch.device("cpu"))
+    assert outcome.result.steps > 0 and 0 < outcome.epsilon <= 3
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+    assert changed == {"features.0.weight", "features.0.bias", "head.3.weight", "head.3.bias"}
+    with pytest.raises(ConfigError, match=r"--model 'mlp': digits-cnn models are auto \(= full\), full and frozen-middle"):
+        build_model(TASK, site.schema, TaskOptions(model="mlp"), seed=0)
