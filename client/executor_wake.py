@@ -80,7 +80,7 @@ class WakeWaiter:
                 return woken
             except OSError:
                 data = b""
-            if not data:  # the peer closed its end: readable for ever, so stop selecting on it
+            if not data:  # the peer closed its end (where that reads as empty): stop selecting on it
                 self.closed = True
                 return woken
             woken = True
