@@ -41,6 +41,7 @@ class DCGANTask(DigitsCNNTask):
     """DCGAN on 28×28 greyscale images; the platform's (DP) optimizer trains the discriminator."""
 
     name = "dcgan"
+    models = ("auto",)  # one model: any other --model is refused before a run starts
     summary = ("DCGAN generating 28×28 greyscale images; DP-SGD on the discriminator, the generator private "
                "by post-processing; Fréchet distance in a digits-CNN feature space, a PNG sample grid each round")
     data_format = ("data.npz with x (N×28×28 uint8) (y optional, ignored), or images/<label>/*.png "

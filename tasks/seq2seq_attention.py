@@ -46,6 +46,7 @@ class Seq2SeqAttentionTask(SupervisedTask):
     """LSTM encoder–decoder with Luong attention translating short texts byte by byte."""
 
     name = "seq2seq-attention"
+    models = ("auto",)  # one model: any other --model is refused before a run starts
     summary = ("LSTM encoder-decoder with attention (DPLSTM, hidden 96) translating short texts byte by byte; "
                "exact match and BLEU")
     data_format = ("data.tsv: one source<TAB>target pair per line (UTF-8, no header); at most max_length bytes "

@@ -72,6 +72,7 @@ class TextTransformerTask(SupervisedTask):
     """Encoder-only transformer on a CSV of ``text,label`` rows."""
 
     name = "text-transformer"
+    models = ("auto",)  # one model: any other --model is refused before a run starts
     summary = "encoder-only transformer (2 layers, 4 heads, d=64) classifying short texts, hashed words, from scratch"
     data_format = ("one CSV with header text,label (UTF-8); labels 0..K-1 (classes = K in fedshield.toml, default "
                    "2) or the names of fedshield.toml labels = [...]; at most max_length tokens (default 64) per "

@@ -56,6 +56,7 @@ class TransferMobileNetTask(CifarCNNTask):
     """MobileNetV2 (GroupNorm) on 32×32 colour images; head-only or end-to-end training."""
 
     name = "transfer-mobilenet"
+    models = None  # variants (auto, head, full, @WIDTH) are parsed by resolve_model, not listed
     summary = ("MobileNetV2 backbone (GroupNorm) with a trainable classifier head; --model head freezes the "
                "features (start from --init-weights), full trains end to end; colour images resized to 32×32")
     data_format = CifarCNNTask.data_format

@@ -137,5 +137,7 @@ def test_sim_bad_input(tmp_path: Path) -> None:
                             str(tmp_path / "l")), "--model 'head@2': transfer-mobilenet models are auto, head or full")
     _one_line_error(run_cli("fl-sim", "run", "--task", "digits-cnn", "--model", "mlp", "--run-dir", str(tmp_path / "m")),
                     "--model 'mlp': digits-cnn models are auto, full, frozen-middle")
+    _one_line_error(run_cli("fl-sim", "run", "--task", "dcgan", "--model", "frozen-middle", "--run-dir",
+                            str(tmp_path / "n")), "--model 'frozen-middle': dcgan models are auto")
     assert not [p.name for p in tmp_path.iterdir()]  # bad input leaves no partial output
     _one_line_error(run_cli("fl-server", "status", "--run-dir", str(tmp_path)), "no results.json")
