@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from fedshield.client.empty_batches import noise_only_step
 from fedshield.client.local_training import make_private
-from fedshield.tasks.base import DataSchema, SiteData
+from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
 from fedshield.tasks.registry import get_task
 
 
@@ -28,7 +28,7 @@ def test_every_planned_step_is_taken_and_counted_even_when_the_batch_is_empty(mo
     task = copy.copy(get_task("tabular"))
     task.dp_mode = mode  # type: ignore[misc]
     site = _tiny_site()
-    model = task.build_model(site.schema, task_options())
+    model = task.build_model(site.schema, TaskOptions(model="auto"))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     # 3 examples, batch 1: q = 1/3, so about 30% of the Poisson batches are empty
     loader = DataLoader(site.train, batch_size=1, generator=torch.Generator().manual_seed(1))
@@ -48,7 +48,7 @@ def test_a_noise_only_step_moves_the_parameters_by_the_noise_alone() -> None:
     torch.manual_seed(0)
     task = get_task("tabular")
     site = _tiny_site()
-    model = task.build_model(site.schema, task_options())
+    model = task.build_model(site.schema, TaskOptions(model="auto"))
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
     loader = DataLoader(site.train, batch_size=1)
@@ -60,9 +60,3 @@ def test_a_noise_only_step_moves_the_parameters_by_the_noise_alone() -> None:
     assert moved.std().item() == pytest.approx(2.0 * 0.5 / 1, rel=0.15)
     assert abs(moved.mean().item()) < 0.1
     private.model.to_standard_module()
-
-
-def task_options():  # type: ignore[no-untyped-def]
-    from fedshield.tasks.base import TaskOptions
-
-    return TaskOptions(model="auto")

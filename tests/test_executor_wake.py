@@ -102,3 +102,38 @@ def test_a_site_hands_its_supernode_and_executor_the_two_ends(monkeypatch: pytes
     started.clear()
     cold.start()
     assert len(started) == 1 and started[0][1]["pass_fds"] == () and WAKE_FD_ENV not in started[0][1]["env"]
+
+
+def test_an_idle_executor_polls_again_as_soon_as_it_is_woken(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    from fedshield.client import warm_executor
+
+    polls: list[float] = []
+    polled = threading.Event()
+
+    class Runtime:  # the SuperNode's Runtime API as the executor sees it: never a task
+        def AcquireTask(self, request):  # noqa: N802 - Flower's name
+            polls.append(1.0)
+            polled.set()
+            return SimpleNamespace(HasField=lambda name: False, token="")
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(warm_executor, "_client", lambda address, interceptors: Runtime())
+    monkeypatch.setattr(warm_executor, "IDLE_POLL_S", 600.0)  # without the wake-up, no second poll for 10 min
+    notify_end, wait_end = wake_pair()
+    stop = threading.Event()
+    worker = threading.Thread(target=warm_executor.serve, args=("127.0.0.1:1", stop, WakeWaiter(wait_end)), daemon=True)
+    worker.start()
+    assert polled.wait(60) and len(polls) == 1
+    polled.clear()
+    WakeNotifier(notify_end).notify()
+    assert polled.wait(60) and len(polls) == 2  # the stored message's task is asked for at once
+    stop.set()
+    WakeNotifier(notify_end).notify()
+    worker.join(60)
+    assert not worker.is_alive()
+    notify_end.close()
+    wait_end.close()
