@@ -17,6 +17,7 @@ import time as _time
 from types import SimpleNamespace
 from typing import Any
 
+from fedshield.common.backoff import Backoff
 from fedshield.common.flower_env import exit_with_parent_from_env, silence_flower
 
 # Idle pulls, instead of Flower's fixed 3 s: 0.05 s right after a message (the next message of a round
@@ -31,18 +32,15 @@ IDLE_PULL_CAP_S = 0.25
 REPLY_WAIT_S = 0.05  # instead of 0.5 s
 
 
-class IdleBackoff:
+class IdleBackoff(Backoff):
     """The interval of the next idle pull (s): ``IDLE_PULL_S`` after a message, growing to ``IDLE_PULL_CAP_S``."""
 
     def __init__(self) -> None:
-        self.interval = IDLE_PULL_S
-
-    def reset(self) -> None:
-        self.interval = IDLE_PULL_S
+        super().__init__(IDLE_PULL_S, IDLE_PULL_CAP_S, IDLE_PULL_GROWTH)
 
     def wait(self) -> None:
         _time.sleep(self.interval)
-        self.interval = min(self.interval * IDLE_PULL_GROWTH, IDLE_PULL_CAP_S)
+        self.grow()
 
 
 class _PromptTime(SimpleNamespace):

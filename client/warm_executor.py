@@ -47,6 +47,7 @@ import flwr.supernode.runtime.run_clientapp as flower_clientapp  # noqa: E402
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output  # noqa: E402
 
 from fedshield.client.executor_wake import WakeWaiter  # noqa: E402
+from fedshield.common.backoff import Backoff  # noqa: E402
 from fedshield.common import prompt_pulls  # noqa: E402
 
 # The message's arrays may still be arriving at the SuperNode when the task starts.
@@ -55,7 +56,7 @@ prompt_pulls.install(flower_clientapp)
 log = logging.getLogger("fedshield.client.warm_executor")
 
 ALLOWED_CLIENTAPP = "fedshield.client.client_app:app"
-IDLE_POLL_S = 0.02  # first re-poll after a task; grows x1.5 while idle up to IDLE_POLL_CAP_S
+IDLE_POLL_S = 0.02  # first re-poll after a task; grows 1.5x while idle up to IDLE_POLL_CAP_S
 # Started by `fl-client join`, the executor is woken by its SuperNode when a message arrives
 # (client/executor_wake.py), so the idle poll is only a fallback: 2 s instead of 0.25 s.
 IDLE_POLL_CAP_S = 2.0
@@ -124,7 +125,7 @@ def serve(address: str, stop: threading.Event, wake: WakeWaiter | None = None) -
     # Import the app (torch, Opacus, the task registry) once, before the first task arrives.
     import fedshield.client.client_app  # noqa: F401
 
-    interval = IDLE_POLL_S
+    backoff = Backoff(IDLE_POLL_S, IDLE_POLL_CAP_S)
     try:
         while not stop.is_set():
             res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value],
@@ -136,13 +137,13 @@ def serve(address: str, stop: threading.Event, wake: WakeWaiter | None = None) -
                     log.info("task %s done in %.2f s", res.task.task_id, time.perf_counter() - started)
                 except Exception:  # one broken task must not take the site down
                     log.exception("task %s failed", res.task.task_id)
-                interval = IDLE_POLL_S  # the next message of a round usually follows soon
+                backoff.reset()  # the next message of a round usually follows soon
                 continue
-            if wake is not None and wake.wait(interval):
+            if wake is not None and wake.wait(backoff.interval):
                 continue  # a message was stored: take it now
             if wake is None:
-                stop.wait(interval)
-            interval = min(interval * 1.5, IDLE_POLL_CAP_S)
+                stop.wait(backoff.interval)
+            backoff.grow()
     finally:
         client.close()
 

@@ -17,11 +17,12 @@ from flwr.superlink.grid import http_grid
 from flwr.serverapp import Grid
 
 from fedshield.common import prompt_pulls
+from fedshield.common.backoff import Backoff
 
 # Replies' arrays may still be arriving at the SuperLink when the ServerApp pulls them.
 prompt_pulls.install(http_grid)
 
-REPLY_POLL_S = 0.02  # first re-poll; grows x1.5 per empty poll up to REPLY_POLL_CAP_S
+REPLY_POLL_S = 0.02  # first re-poll; grows 1.5x per empty poll up to REPLY_POLL_CAP_S
 REPLY_POLL_CAP_S = 0.25
 
 
@@ -56,7 +57,7 @@ class PromptGrid(Grid):
         pending = set(self.push_messages(messages))
         deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
-        interval = self.interval
+        backoff = Backoff(self.interval, max(self.interval, REPLY_POLL_CAP_S))
         while pending:
             received = list(self.pull_messages(pending))
             replies.extend(received)
@@ -65,6 +66,9 @@ class PromptGrid(Grid):
                 break
             # Back off while sites are busy training (few requests on a loaded host), but never by
             # more than REPLY_POLL_CAP_S; start fast again once a reply came in.
-            interval = self.interval if received else min(interval * 1.5, REPLY_POLL_CAP_S)
-            time.sleep(interval)
+            if received:
+                backoff.reset()
+            else:
+                backoff.grow()
+            time.sleep(backoff.interval)
         return replies

@@ -123,6 +123,7 @@ def test_an_idle_executor_polls_again_as_soon_as_it_is_woken(monkeypatch: pytest
 
     monkeypatch.setattr(warm_executor, "_client", lambda address, interceptors: Runtime())
     monkeypatch.setattr(warm_executor, "IDLE_POLL_S", 600.0)  # without the wake-up, no second poll for 10 min
+    monkeypatch.setattr(warm_executor, "IDLE_POLL_CAP_S", 600.0)
     notify_end, wait_end = wake_pair()
     stop = threading.Event()
     worker = threading.Thread(target=warm_executor.serve, args=("127.0.0.1:1", stop, WakeWaiter(wait_end)), daemon=True)
