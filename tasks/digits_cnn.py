@@ -4,12 +4,16 @@ Architecture (seed document): conv 5×5 (1→32) → ReLU → max-pool 2 → con
 max-pool 2 → fc 3136→128 → ReLU → fc 128→10. 454,922 parameters; no BatchNorm, so Opacus trains it
 as is.
 
-Variants (``--model``): ``auto``/``full`` train every layer; ``frozen-middle`` trains only the first
-convolution and the last layer (2,122 parameters) and keeps the second convolution and the 3136→128
-layer at their seeded random initialisation, identical at every site (up to the float rounding of
-the server's weighted mean). For DP-SGD at small sites: the noise norm grows with the square root of
-the trained parameter count (Abadi et al. 2016), 1/15 of the full model's here, while fixed random
-layers still give the trained ones useful features.
+Variants (``--model``): ``auto``/``full`` train every layer; ``frozen-middle`` is built for DP-SGD at
+small sites. It trains only the first convolution and the last layer (2,122 parameters) and keeps the
+second convolution and the 3136→128 layer at their seeded random initialisation, identical at every
+site (up to the float rounding of the server's weighted mean): the noise norm grows with the square
+root of the trained parameter count (Abadi et al. 2016), 1/15 of the full model's here, while fixed
+random layers still give the trained ones useful features. It also uses tanh instead of ReLU, a
+bounded activation that keeps per-example gradient norms small and even, so clipping discards less
+of them (Papernot et al. 2021, "Tempered Sigmoid Activations for Deep Learning with Differential
+Privacy"), and centres its inputs from [0, 1] to [-1, 1]. At ε = 3 over 3 digits sites (README) the
+tanh and the centring took it from 0.74 to 0.85 accuracy.
 """
 
 from __future__ import annotations
@@ -35,17 +39,24 @@ SCHEMA = DataSchema(kind="classification", input_shape=(1, SIDE, SIDE), num_outp
 
 
 class DigitsCNN(nn.Module):
-    """Input (N, 1, 28, 28) in [0, 1]; output (N, 10) logits."""
+    """Input (N, 1, 28, 28) in [0, 1]; output (N, 10) logits.
 
-    def __init__(self, classes: int = CLASSES) -> None:
+    ``activation``: the nonlinearity after each convolution and the hidden linear layer (the seed
+    document's ReLU, or tanh for ``frozen-middle``); ``centred``: map inputs to [-1, 1] first.
+    """
+
+    def __init__(self, classes: int = CLASSES, activation: type[nn.Module] = nn.ReLU, centred: bool = False) -> None:
         super().__init__()
+        self.centred = centred
         self.features = nn.Sequential(
-            nn.Conv2d(1, 32, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(1, 32, 5, padding=2), activation(), nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 5, padding=2), activation(), nn.MaxPool2d(2),
         )
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, 128), nn.ReLU(), nn.Linear(128, classes))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(64 * 7 * 7, 128), activation(), nn.Linear(128, classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.centred:
+            x = x * 2.0 - 1.0
         return self.head(self.features(x))
 
 
@@ -121,9 +132,10 @@ class DigitsCNNTask(SupervisedTask):
     def build_model(self, schema: DataSchema, options: TaskOptions) -> nn.Module:
         if options.model not in MODELS:
             raise ConfigError(f"--model {options.model!r}: digits-cnn models are auto (= full), full and "
-                              "frozen-middle (only the first convolution and the last layer train)")
-        model = DigitsCNN(schema.num_outputs)
-        if options.model == "frozen-middle":
-            model.features[3].requires_grad_(False)  # conv 32→64
-            model.head[1].requires_grad_(False)  # fc 3136→128
+                              "frozen-middle (for DP: only the first convolution and the last layer train, tanh)")
+        if options.model != "frozen-middle":
+            return DigitsCNN(schema.num_outputs)
+        model = DigitsCNN(schema.num_outputs, activation=nn.Tanh, centred=True)
+        model.features[3].requires_grad_(False)  # conv 32→64
+        model.head[1].requires_grad_(False)  # fc 3136→128
         return model

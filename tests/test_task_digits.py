@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -126,6 +127,15 @@ def test_frozen_middle_variant_trains_two_layers_under_dp_and_refuses_unknown_va
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2_122
     # the fixed layers are the seeded initialisation every site and the server build alike
     assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), model.state_dict().values()))
+    # tanh after each hidden layer instead of ReLU, on inputs centred to [-1, 1]
+    assert sum(isinstance(m, torch.nn.Tanh) for m in model.modules()) == 3
+    assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())
+    x = site.train[:4][0]
+    uncentred = copy.deepcopy(model)
+    uncentred.centred = False
+    with torch.no_grad():
+        assert torch.allclose(model(x), uncentred(x * 2 - 1))
+        assert not torch.allclose(model(x), uncentred(x))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     cfg = RunConfig(task=TASK.name, rounds=1, batch_size=32, model="frozen-middle")
     privacy = PrivacySettings(True, 3.0, 1e-5, 1.0, tmp_path / "state")
