@@ -1,6 +1,7 @@
 """What DP-SGD costs per training step, side by side in one run.
 
-For each task (digits-cnn, tabular, cifar-cnn, text-transformer, and transfer-mobilenet both end to end
+For each task (digits-cnn, its DP default ``digits-cnn-frozen-middle``, tabular, cifar-cnn,
+text-transformer, and transfer-mobilenet both end to end
 and head-only: ``transfer-mobilenet-full``, ``transfer-mobilenet-head``, full width; dcgan: one
 discriminator step, private or not, and its two generator steps; seq2seq-attention on generated dates)
 at batch 64 on CPU:
@@ -36,10 +37,10 @@ import warnings
 BATCH = 64
 MIN_TIMED_S = 5.0  # seconds of timed steps per run, at least (the machine drifts by 20% within minutes)
 MAX_STEPS = 5000
-TASKS = ("digits-cnn", "tabular", "cifar-cnn", "text-transformer", "transfer-mobilenet-full", "transfer-mobilenet-head",
+TASKS = ("digits-cnn", "digits-cnn-frozen-middle", "tabular", "cifar-cnn", "text-transformer", "transfer-mobilenet-full", "transfer-mobilenet-head",
          "dcgan", "seq2seq-attention")
 #: benchmark name -> (task, --model)
-VARIANT = {"tabular": ("tabular", "mlp"), "transfer-mobilenet-full": ("transfer-mobilenet", "full"),
+VARIANT = {"tabular": ("tabular", "mlp"), "digits-cnn-frozen-middle": ("digits-cnn", "frozen-middle"), "transfer-mobilenet-full": ("transfer-mobilenet", "full"),
            "transfer-mobilenet-head": ("transfer-mobilenet", "head")}
 
 
@@ -67,7 +68,7 @@ def _inputs(task_name: str, n: int):
 
     from fedshield.tasks.base import DataSchema
 
-    if task_name in ("digits-cnn", "dcgan"):
+    if task_name in ("digits-cnn", "digits-cnn-frozen-middle", "dcgan"):
         return DataSchema("classification", (1, 28, 28), 10), torch.rand(n, 1, 28, 28), torch.randint(0, 10, (n,))
     if task_name == "cifar-cnn" or task_name.startswith("transfer-mobilenet"):
         return DataSchema("classification", (3, 32, 32), 10), torch.rand(n, 3, 32, 32), torch.randint(0, 10, (n,))

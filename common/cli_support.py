@@ -77,3 +77,10 @@ def print_tasks() -> None:
         console.print(f"[bold]{name}[/]{origin}: {task.summary}")
         console.print(f"  data: {task.data_format}")
         console.print(f"  metrics: {', '.join(task.metrics)}")
+
+
+def model_note(given: str, resolved: str) -> str:
+    """``", model frozen-middle (auto)"`` for a run's start line; empty while the task resolves ``auto`` itself."""
+    if resolved == "auto":
+        return ""
+    return f", model {resolved}" + (" (auto)" if given == "auto" and resolved != given else "")

@@ -11,7 +11,7 @@ from typing import Optional
 import typer
 
 from fedshield.common import cli_options as opts
-from fedshield.common.cli_support import console, guarded, print_tasks, set_debug, warn_loudly
+from fedshield.common.cli_support import console, guarded, model_note, print_tasks, set_debug, warn_loudly
 from fedshield.common.atomic_io import atomic_write_json
 from fedshield.common.errors import ConfigError, FedShieldError, RunFolderError
 
@@ -154,7 +154,7 @@ def start(
                                                      "nodes": node_ids}, mode=0o600)
             (folder / ".fleet-ready").touch()  # sites may now activate (the guard answered 503 so far)
         run_id = submit(app_dir, flwr_home)
-        console.print(f"server listening on {host}:{port}; run {run_id}: {task}, {rounds} rounds, "
+        console.print(f"server listening on {host}:{port}; run {run_id}: {task}{model_note(model, cfg.model)}, {rounds} rounds, "
                       f"waiting for {min_clients} site(s). Sites join with:")
         if fed is not None:
             console.print(f"  fl-client join --kit KIT --data DIR      (enrolled: {', '.join(sorted(fed.enrolled()))})")

@@ -69,7 +69,7 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         replies = query_sites(grid, handshake_nodes(node_ids, cfg, mode), cfg, "describe", timeout=QUERY_TIMEOUT_S)
         schema, healthy = agree_schema(replies)
         task = get_task(cfg.task)
-        cfg.model = resolve_model(task, cfg.model, pretrained=bool(cfg.init_weights))
+        cfg.model = resolve_model(task, cfg.model, pretrained=bool(cfg.init_weights), dp=cfg.dp)
         model = build_model(task, schema, TaskOptions(model=cfg.model, seed=cfg.seed), seed=cfg.seed)
         if cfg.init_weights:
             start_from(task, model, cfg.init_weights)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 
 from fedshield.common import cli_options as opts
-from fedshield.common.cli_support import console, guarded, print_tasks, set_debug, warn_loudly
+from fedshield.common.cli_support import console, guarded, model_note, print_tasks, set_debug, warn_loudly
 from fedshield.common.errors import ConfigError, RunFolderError
 from fedshield.common.results_view import ResultsWatcher, round_line, summary_table
 from fedshield.common.run_config import RunConfig
@@ -166,7 +166,7 @@ def run(
     cfg.max_site_examples = prepared.largest_site
     console.print(partition_table(prepared, spec.describe()))
     sampled = f"{per_round} per round" if per_round else "all every round"
-    console.print(f"simulating {clients} sites ({sampled}) of {data_name} for {task}, {rounds} rounds, "
+    console.print(f"simulating {clients} sites ({sampled}) of {data_name} for {task}{model_note(model, cfg.model)}, {rounds} rounds, "
                   f"{'DP-SGD ε≤' + format(epsilon, 'g') + ' per site' if not no_dp else 'NO DP'} → {folder}")
     watcher = ResultsWatcher(folder / "results.json", lambda doc, entry: console.print(round_line(doc, entry))).start()
     try:

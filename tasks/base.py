@@ -137,7 +137,7 @@ class Task(Protocol):
     # ``default_lr(dp) -> float`` (the task's --lr default); ``sample_grid(model) -> bytes`` (a PNG
     # written next to each checkpoint); ``reads_sites_of`` (tuple of task names whose site folders this task also reads, so a
     # site whose fedshield.toml names one of them may join this task's runs); ``resolve_model(model,
-    # *, pretrained) -> str`` and ``head_prefixes() -> tuple[str, ...]`` (see ``--init-weights``).
+    # *, pretrained, dp) -> str`` and ``head_prefixes() -> tuple[str, ...]`` (see ``--init-weights``).
 
     def criterion(self, schema: DataSchema) -> nn.Module:
         """The loss as a module with a ``reduction`` attribute (Opacus' ghost clipping wraps it)."""

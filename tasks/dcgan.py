@@ -50,6 +50,10 @@ class DCGANTask(DigitsCNNTask):
     dp_mode = "hooks"  # two inputs per step (real and generated): per-sample gradients by hooks
     reads_sites_of = ("digits-cnn",)
 
+    def resolve_model(self, model: str, *, pretrained: bool, dp: bool) -> str:
+        """``auto`` stays ``auto``: the GAN has one network (digits-cnn's DP variant is not inherited)."""
+        return model
+
     def default_lr(self, dp: bool) -> float:
         """SGD step of the discriminator: 0.05 with DP-SGD, 0.02 without (measured, docs/tasks/dcgan.md)."""
         return 0.05 if dp else 0.02

@@ -4,8 +4,9 @@ Architecture (seed document): conv 5×5 (1→32) → ReLU → max-pool 2 → con
 max-pool 2 → fc 3136→128 → ReLU → fc 128→10. 454,922 parameters; no BatchNorm, so Opacus trains it
 as is.
 
-Variants (``--model``): ``auto``/``full`` train every layer; ``frozen-middle`` is built for DP-SGD at
-small sites. It trains only the first convolution and the last layer (2,122 parameters) and keeps the
+Variants (``--model``): ``full`` trains every layer; ``frozen-middle`` is built for DP-SGD at small
+sites; ``auto`` (the default) is ``frozen-middle`` when the run trains with DP-SGD from a fresh model,
+``full`` without DP or from ``--init-weights``. It trains only the first convolution and the last layer (2,122 parameters) and keeps the
 second convolution and the 3136→128 layer at their seeded random initialisation, identical at every
 site (up to the float rounding of the server's weighted mean): the noise norm grows with the square
 root of the trained parameter count (Abadi et al. 2016), 1/15 of the full model's here, while fixed
@@ -129,10 +130,19 @@ class DigitsCNNTask(SupervisedTask):
         yt = torch.as_tensor(y)
         return SiteData(TensorDataset(xt[train], yt[train]), TensorDataset(xt[val], yt[val]), SCHEMA, path)
 
+    def resolve_model(self, model: str, *, pretrained: bool, dp: bool) -> str:
+        """``auto`` → ``frozen-middle`` under DP-SGD (at ε = 3 over 3 digits sites, 5 rounds of 1 local
+        epoch, 3 seeds: 0.76 accuracy against the full model's 0.54, README), else ``full``: without DP the full
+        model learns more, and pretrained weights (``--init-weights``) come from a ReLU network."""
+        if model != "auto":
+            return model
+        return "frozen-middle" if dp and not pretrained else "full"
+
     def build_model(self, schema: DataSchema, options: TaskOptions) -> nn.Module:
         if options.model not in MODELS:
-            raise ConfigError(f"--model {options.model!r}: digits-cnn models are auto (= full), full and "
-                              "frozen-middle (for DP: only the first convolution and the last layer train, tanh)")
+            raise ConfigError(f"--model {options.model!r}: digits-cnn models are auto (frozen-middle with DP, "
+                              "else full), full and frozen-middle (for DP: only the first convolution and the "
+                              "last layer train, tanh)")
         if options.model != "frozen-middle":
             return DigitsCNN(schema.num_outputs)
         model = DigitsCNN(schema.num_outputs, activation=nn.Tanh, centred=True)

@@ -34,5 +34,5 @@ def resolve_settings(task_name: str, *, model: str, init_weights: Path | None, l
         read_weights(init_weights)
     task_lr = getattr(task, "default_lr", None)
     step = lr if lr is not None else (task_lr(dp) if callable(task_lr) else RunConfig.default_lr(dp))
-    return TaskSettings(resolve_model(task, model, pretrained=init_weights is not None),
+    return TaskSettings(resolve_model(task, model, pretrained=init_weights is not None, dp=dp),
                         str(Path(init_weights).resolve()) if init_weights is not None else "", float(step))

@@ -66,9 +66,9 @@ class TransferMobileNetTask(CifarCNNTask):
     # (benchmarks/dp_overhead.py measures both the full network and the head alone).
     dp_mode = "hooks"
 
-    def resolve_model(self, model: str, *, pretrained: bool) -> str:
+    def resolve_model(self, model: str, *, pretrained: bool, dp: bool) -> str:
         """The variant every site builds: ``auto`` becomes ``head`` when the run starts from
-        pretrained weights, else ``full``; the width is always spelled out."""
+        pretrained weights, else ``full`` (with or without DP); the width is always spelled out."""
         variant = parse_variant(model)
         trains = ("head" if pretrained else "full") if variant.trains == "auto" else variant.trains
         return str(Variant(trains, variant.width))

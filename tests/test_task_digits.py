@@ -143,5 +143,24 @@ def test_frozen_middle_variant_trains_two_layers_under_dp_and_refuses_unknown_va
     assert outcome.result.steps > 0 and 0 < outcome.epsilon <= 3
     changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
     assert changed == {"features.0.weight", "features.0.bias", "head.3.weight", "head.3.bias"}
-    with pytest.raises(ConfigError, match=r"--model 'mlp': digits-cnn models are auto \(= full\), full and frozen-middle"):
+    with pytest.raises(ConfigError, match=r"--model 'mlp': digits-cnn models are auto \(frozen-middle with DP, else full\)"):
         build_model(TASK, site.schema, TaskOptions(model="mlp"), seed=0)
+
+
+@pytest.mark.parametrize("given, pretrained, dp, resolved", [
+    ("auto", False, True, "frozen-middle"),  # DP-SGD from a fresh model: the variant shaped for it
+    ("auto", False, False, "full"),
+    ("auto", True, True, "full"),  # pretrained weights come from the ReLU network
+    ("full", False, True, "full"),
+    ("frozen-middle", False, False, "frozen-middle"),
+])
+def test_auto_is_frozen_middle_under_dp_and_the_full_model_otherwise(given: str, pretrained: bool, dp: bool,
+                                                                    resolved: str) -> None:
+    from fedshield.tasks.init_weights import resolve_model
+    from fedshield.tasks.registry import get_task
+    from fedshield.tasks.run_settings import resolve_settings
+
+    assert resolve_model(TASK, given, pretrained=pretrained, dp=dp) == resolved
+    if not pretrained:  # what `fl-server start` and `fl-sim run` put in the run config
+        assert resolve_settings("digits-cnn", model=given, init_weights=None, lr=None, dp=dp).model == resolved
+    assert resolve_model(get_task("dcgan"), "auto", pretrained=pretrained, dp=dp) == "auto"  # one network

@@ -37,7 +37,7 @@ def test_network_is_mobilenet_v2_and_opacus_trains_it_as_is() -> None:
 @pytest.mark.parametrize("given,pretrained,resolved", [("auto", True, "head@1"), ("auto", False, "full@1"),
                                                        ("full@0.35", True, "full@0.35"), ("head@0.5", False, "head@0.5")])
 def test_auto_trains_the_head_only_when_the_run_starts_from_weights(given: str, pretrained: bool, resolved: str) -> None:
-    assert resolve_model(TASK, given, pretrained=pretrained) == resolved
+    assert resolve_model(TASK, given, pretrained=pretrained, dp=True) == resolved
 
 
 @pytest.mark.parametrize("bad", ["mlp", "head@0.3", "full@x", "head@"])
