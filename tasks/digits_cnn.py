@@ -6,8 +6,10 @@ as is.
 
 Variants (``--model``): ``full`` trains every layer; ``frozen-middle`` is built for DP-SGD at small
 sites; ``auto`` (the default) is ``frozen-middle`` when the run trains with DP-SGD from a fresh model,
-``full`` without DP or from ``--init-weights``. It trains only the first convolution and the last layer (2,122 parameters) and keeps the
-second convolution and the 3136→128 layer at their seeded random initialisation, identical at every
+``full`` without DP or from ``--init-weights``.
+
+``frozen-middle`` trains only the first convolution and the last layer (2,122 parameters) and keeps
+the second convolution and the 3136→128 layer at their seeded random initialisation, identical at every
 site (up to the float rounding of the server's weighted mean): the noise norm grows with the square
 root of the trained parameter count (Abadi et al. 2016), 1/15 of the full model's here, while fixed
 random layers still give the trained ones useful features. It also uses tanh instead of ReLU, a
@@ -132,8 +134,8 @@ class DigitsCNNTask(SupervisedTask):
 
     def resolve_model(self, model: str, *, pretrained: bool, dp: bool) -> str:
         """``auto`` → ``frozen-middle`` under DP-SGD (at ε = 3 over 3 digits sites, 5 rounds of 1 local
-        epoch, 3 seeds: 0.76 accuracy against the full model's 0.54, README), else ``full``: without DP the full
-        model learns more, and pretrained weights (``--init-weights``) come from a ReLU network."""
+        epoch, 3 seeds: 0.76 accuracy against the full model's 0.54, README), else ``full``: without DP
+        the full model learns more, and pretrained weights (``--init-weights``) come from a ReLU network."""
         if model != "auto":
             return model
         return "frozen-middle" if dp and not pretrained else "full"
