@@ -83,4 +83,4 @@ def model_note(given: str, resolved: str) -> str:
     """``", model frozen-middle (auto)"`` for a run's start line; empty while the task resolves ``auto`` itself."""
     if resolved == "auto":
         return ""
-    return f", model {resolved}" + (" (auto)" if given == "auto" and resolved != given else "")
+    return f", model {resolved}" + (" (auto)" if given == "auto" else "")
