@@ -69,9 +69,10 @@ def _inputs(task_name: str, n: int):
 
     from fedshield.tasks.base import DataSchema
 
-    if task_name in ("digits-cnn", "digits-cnn-frozen-middle", "dcgan"):
+    task_name = VARIANT.get(task_name, (task_name, ""))[0]  # a variant's sites hold its task's data
+    if task_name in ("digits-cnn", "dcgan"):
         return DataSchema("classification", (1, 28, 28), 10), torch.rand(n, 1, 28, 28), torch.randint(0, 10, (n,))
-    if task_name == "cifar-cnn" or task_name.startswith("transfer-mobilenet"):
+    if task_name in ("cifar-cnn", "transfer-mobilenet"):
         return DataSchema("classification", (3, 32, 32), 10), torch.rand(n, 3, 32, 32), torch.randint(0, 10, (n,))
     if task_name == "seq2seq-attention":  # generated dates, as the task's demo sites hold them
         from fedshield.simulations.dates_dataset import generate_dates

@@ -70,7 +70,7 @@ def main() -> None:
         summary[key] = (statistics.mean(accs), statistics.pstdev(accs))
     base = summary["inf"][0]
     print(f"\ndigits-cnn, 3 sites, Dirichlet 0.5, {args.rounds} rounds, {args.seeds} seeds; no DP: "
-          f"{args.local_epochs} local epoch(s); DP: {private[1]} local epoch(s), --model {args.dp_model}")
+          f"{args.local_epochs} local epoch(s); DP: {args.dp_local_epochs} local epoch(s), --model {args.dp_model}")
     print(f"{'ε per site':<12}{'accuracy':>18}{'gap to no DP':>14}")
     for key, (mean, std) in summary.items():
         print(f"{'∞ (no DP)' if key == 'inf' else key:<12}{mean:>12.4f} ± {std:.3f}{(mean - base) * 100:>+13.1f} pt")
