@@ -51,6 +51,9 @@ def test_two_sites_learn_digits_with_dp(tmp_path: Path, digits_sites: Path) -> N
     doc = json.loads((run_dir / "results.json").read_text())
     assert doc["status"] == "finished"
     assert doc["mode"] == "deployment"
+    # a private digits-cnn run trains the DP variant unless --model says otherwise, and says so at start
+    assert doc["config"]["model"] == "frozen-middle"
+    assert "model frozen-middle (auto)" in " ".join((tmp_path / "server.out").read_text().split())
     assert set(doc["sites"]) == {"hospital_a", "hospital_b"}
     rounds = {r["round"]: r for r in doc["rounds"]}
     assert sorted(rounds) == [0, 1, 2, 3]
