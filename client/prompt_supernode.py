@@ -30,6 +30,11 @@ IDLE_PULL_S = 0.05
 IDLE_PULL_GROWTH = 1.5
 IDLE_PULL_CAP_S = 0.25
 REPLY_WAIT_S = 0.05  # instead of 0.5 s
+# A FedShield SuperLink holds an empty pull until a message arrives or 2 s pass
+# (server/held_pulls.py). A pull that took this long was held: the SuperLink itself paces the polls, so
+# the next one goes out after the shortest pause, and a message pushed during the pause waits at most
+# IDLE_PULL_S, not the cap. Against a SuperLink that answers at once, the backoff above still applies.
+HELD_PULL_S = 1.0
 
 
 class IdleBackoff(Backoff):
@@ -75,11 +80,14 @@ def patch_supernode_polling() -> None:
     pull = getattr(loop._pull_and_store_message, "__wrapped__", loop._pull_and_store_message)
 
     def pull_and_note(*args: Any, **kwargs: Any) -> Any:
+        started = _time.monotonic()
         run_id = pull(*args, **kwargs)
         if run_id is not None:  # a message and its task are stored
             backoff.reset()
             if executor is not None:
                 executor.notify()
+        elif _time.monotonic() - started >= HELD_PULL_S:
+            backoff.reset()
         return run_id
 
     pull_and_note.__wrapped__ = pull  # type: ignore[attr-defined]  # patching twice wraps Flower's once

@@ -23,6 +23,7 @@ A refused request gets HTTP 403 and one line in the SuperLink log naming the pee
 Run as ``FEDSHIELD_CONTROL_TOKEN_FILE=... python -m fedshield.server.control_guard <flower-superlink args>``.
 Without the token variable (``--insecure`` development runs) no guard is installed. Either way
 Flower's own layers are scoped to the requests they act on (:mod:`fedshield.common.scoped_middleware`),
+empty message pulls are held until there is something to pull (:mod:`fedshield.server.held_pulls`),
 the ServerApp gets two minutes to start (:mod:`fedshield.server.task_start_window`), and the SuperLink
 ends when ``fl-server start`` is gone (:func:`fedshield.common.flower_env.exit_with_parent_from_env`).
 """
@@ -104,21 +105,24 @@ def read_token(path: str) -> str:
     return token
 
 
-def install(token: str | None, ready_file: str | None = None) -> None:
+def install(token: str | None, ready_file: str | None = None, hold_s: float = 0.0) -> None:
     """Build the SuperLink's middleware as Flower does, each of Flower's layers scoped to the requests it
-    acts on (:mod:`fedshield.common.scoped_middleware`), and, with a ``token``, :class:`CoordinatorOnly`
-    outermost."""
+    acts on (:mod:`fedshield.common.scoped_middleware`); with a ``token``, :class:`CoordinatorOnly`
+    outermost; with ``hold_s`` > 0, long polls (:class:`~fedshield.server.held_pulls.HeldPulls`) inside
+    the guard, so a refused request is never held and every held answer passes Flower's own checks."""
     from starlette.middleware import Middleware
 
     import flwr.superlink.main as superlink_main
 
     from fedshield.common.scoped_middleware import scoped
+    from fedshield.server.held_pulls import HeldPulls
 
     flower_middleware = superlink_main._get_middleware  # pylint: disable=protected-access
 
     def with_guard() -> list[Middleware]:
         guard = [] if token is None else [Middleware(CoordinatorOnly, token=token, ready_file=ready_file)]
-        return [*guard, *scoped(flower_middleware())]
+        held = [Middleware(HeldPulls, hold_s=hold_s)] if hold_s > 0 else []
+        return [*guard, *held, *scoped(flower_middleware())]
 
     superlink_main._get_middleware = with_guard  # type: ignore[attr-defined]
 
@@ -144,7 +148,9 @@ def superlink_app(scope_layers: bool = True):  # type: ignore[no-untyped-def]
 def main() -> None:
     silence_flower()
     token_file = os.environ.get(TOKEN_ENV)
-    install(read_token(token_file) if token_file else None, os.environ.get(READY_ENV) or None)
+    from fedshield.server.held_pulls import HOLD_S
+
+    install(read_token(token_file) if token_file else None, os.environ.get(READY_ENV) or None, hold_s=HOLD_S)
     from fedshield.server import task_start_window
 
     task_start_window.install()  # a ServerApp on a busy host gets 2 minutes to start, not 30 s

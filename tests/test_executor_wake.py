@@ -138,3 +138,20 @@ def test_an_idle_executor_polls_again_as_soon_as_it_is_woken(monkeypatch: pytest
     assert not worker.is_alive()
     notify_end.close()
     wait_end.close()
+
+
+def test_a_pull_the_superlink_held_is_followed_by_the_shortest_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    # server/held_pulls.py answers an empty pull after up to 2 s: the SuperLink paces the polls then
+    clock = iter([0.0, prompt_supernode.HELD_PULL_S + 0.5, 10.0, 10.01])
+    monkeypatch.delenv(WAKE_FD_ENV, raising=False)
+    monkeypatch.setattr(prompt_supernode, "_time", SimpleNamespace(monotonic=lambda: next(clock)))
+    monkeypatch.setattr(supernode_loop, "_pull_and_store_message", lambda **kw: None)
+    monkeypatch.setattr(supernode_loop, "time", supernode_loop.time)  # restored after the test
+    prompt_supernode.patch_supernode_polling()
+    pull, backoff = supernode_loop._pull_and_store_message, supernode_loop.time._backoff
+    backoff.grow()
+    backoff.grow()
+    assert pull() is None and backoff.interval == prompt_supernode.IDLE_PULL_S  # held: next pull soon
+    backoff.grow()
+    assert pull() is None and backoff.interval > prompt_supernode.IDLE_PULL_S  # answered at once: back off
+
