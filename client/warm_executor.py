@@ -125,7 +125,11 @@ def serve(address: str, stop: threading.Event, wake: WakeWaiter | None = None) -
     # Import the app (torch, Opacus, the task registry) once, before the first task arrives.
     import fedshield.client.client_app  # noqa: F401
 
-    backoff = Backoff(IDLE_POLL_S, IDLE_POLL_CAP_S)
+    # Woken by its SuperNode for every stored message, the executor needs no prompt re-polls after a
+    # task: only the fallback poll every IDLE_POLL_CAP_S. (Short re-polls after each task were about
+    # 12 requests per message to the SuperNode's Runtime API, the part of the SuperNode's CPU that
+    # serving them took; README, transport overhead.) Without a wake-up, back off from IDLE_POLL_S.
+    backoff = Backoff(IDLE_POLL_CAP_S if wake is not None else IDLE_POLL_S, IDLE_POLL_CAP_S)
     try:
         while not stop.is_set():
             res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[TaskType.CLIENT_APP.value],

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from types import SimpleNamespace
+from typing import Any
 
 import flwr.supernode.start_client_internal as supernode_loop
 import pytest
@@ -104,6 +107,26 @@ def test_a_site_hands_its_supernode_and_executor_the_two_ends(monkeypatch: pytes
     assert len(started) == 1 and started[0][1]["pass_fds"] == () and WAKE_FD_ENV not in started[0][1]["env"]
 
 
+@contextlib.contextmanager
+def _serving(warm_executor: Any) -> Iterator[WakeNotifier]:
+    """``warm_executor.serve`` in a thread with a wake-up pair; yields the SuperNode's end; stops it after."""
+    import threading
+
+    notify_end, wait_end = wake_pair()
+    stop = threading.Event()
+    worker = threading.Thread(target=warm_executor.serve, args=("127.0.0.1:1", stop, WakeWaiter(wait_end)), daemon=True)
+    worker.start()
+    try:
+        yield WakeNotifier(notify_end)
+    finally:
+        stop.set()
+        WakeNotifier(notify_end).notify()
+        worker.join(60)
+        notify_end.close()
+        wait_end.close()
+    assert not worker.is_alive()
+
+
 def test_an_idle_executor_polls_again_as_soon_as_it_is_woken(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
@@ -124,20 +147,11 @@ def test_an_idle_executor_polls_again_as_soon_as_it_is_woken(monkeypatch: pytest
     monkeypatch.setattr(warm_executor, "_client", lambda address, interceptors: Runtime())
     monkeypatch.setattr(warm_executor, "IDLE_POLL_S", 600.0)  # without the wake-up, no second poll for 10 min
     monkeypatch.setattr(warm_executor, "IDLE_POLL_CAP_S", 600.0)
-    notify_end, wait_end = wake_pair()
-    stop = threading.Event()
-    worker = threading.Thread(target=warm_executor.serve, args=("127.0.0.1:1", stop, WakeWaiter(wait_end)), daemon=True)
-    worker.start()
-    assert polled.wait(60) and len(polls) == 1
-    polled.clear()
-    WakeNotifier(notify_end).notify()
-    assert polled.wait(60) and len(polls) == 2  # the stored message's task is asked for at once
-    stop.set()
-    WakeNotifier(notify_end).notify()
-    worker.join(60)
-    assert not worker.is_alive()
-    notify_end.close()
-    wait_end.close()
+    with _serving(warm_executor) as wake:
+        assert polled.wait(60) and len(polls) == 1
+        polled.clear()
+        wake.notify()
+        assert polled.wait(60) and len(polls) == 2  # the stored message's task is asked for at once
 
 
 def test_a_pull_the_superlink_held_is_followed_by_the_shortest_pause(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,3 +169,30 @@ def test_a_pull_the_superlink_held_is_followed_by_the_shortest_pause(monkeypatch
     backoff.grow()
     assert pull() is None and backoff.interval > prompt_supernode.IDLE_PULL_S  # answered at once: back off
 
+
+def test_a_woken_executor_does_not_re_poll_after_a_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from fedshield.client import warm_executor
+
+    polls: list[float] = []
+    tasks = iter([True])
+
+    class Runtime:  # one task, then none
+        def AcquireTask(self, request):  # noqa: N802 - Flower's name
+            polls.append(time.monotonic())
+            has = next(tasks, False)
+            return SimpleNamespace(HasField=lambda name: has, token="t" if has else "", task=SimpleNamespace(task_id=1))
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setattr(warm_executor, "_client", lambda address, interceptors: Runtime())
+    monkeypatch.setattr(warm_executor, "run_task", lambda address, token: None)
+    monkeypatch.setattr(warm_executor, "IDLE_POLL_CAP_S", 600.0)  # the fallback poll: not within this test
+    with _serving(warm_executor):
+        deadline = time.monotonic() + 60
+        while len(polls) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.5)
+        assert len(polls) == 2  # the task, one look for a next one; then it waits for its SuperNode's wake-up
