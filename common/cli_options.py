@@ -13,6 +13,8 @@ LocalEpochs = Annotated[int, typer.Option("--local-epochs", min=1, help="Local p
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Expected local batch size.")]
 LearningRate = Annotated[Optional[float], typer.Option(
     "--lr", help="Local SGD learning rate (default 0.5 with DP, 0.05 with --no-dp).")]
+Momentum = Annotated[float, typer.Option(
+    "--momentum", help="Local SGD momentum in [0, 1) (default 0: plain SGD; applied after DP-SGD's noise, so free in privacy).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of initialisation, sampling and splits.")]
 Strategy = Annotated[str, typer.Option(
     "--strategy", help="fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedmedian, fedtrimmedavg.")]

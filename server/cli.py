@@ -54,6 +54,7 @@ def start(
     local_epochs: opts.LocalEpochs = 1,
     batch_size: opts.BatchSize = 32,
     lr: opts.LearningRate = None,
+    momentum: opts.Momentum = 0.0,
     seed: opts.Seed = 0,
     strategy: opts.Strategy = "fedavg",
     model: opts.Model = "auto",
@@ -109,6 +110,7 @@ def start(
     _check_run_dir(folder)
     learning_rate = lr if lr is not None else RunConfig.default_lr(not no_dp)
     cfg = RunConfig(task=task, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=learning_rate,
+                    momentum=momentum,
                     seed=seed,
                     min_clients=min_clients, fraction_train=fraction_train, strategy=strategy, model=model,
                     dp=not no_dp,

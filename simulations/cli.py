@@ -84,6 +84,7 @@ def run(
     local_epochs: opts.LocalEpochs = 1,
     batch_size: opts.BatchSize = 32,
     lr: opts.LearningRate = None,
+    momentum: opts.Momentum = 0.0,
     strategy: opts.Strategy = "fedavg",
     model: opts.Model = "auto",
     init_weights: opts.InitWeights = None,
@@ -136,6 +137,7 @@ def run(
         raise ConfigError(f"--state-dir {state_dir}: is a file; pass a folder (it holds one ledger folder per site)")
     learning_rate = lr if lr is not None else RunConfig.default_lr(not no_dp)
     cfg = RunConfig(task=task, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=learning_rate,
+                    momentum=momentum,
                     seed=seed, min_clients=clients, per_round=per_round, strategy=strategy, model=model, dp=not no_dp,
                     central_dp=central_dp, central_dp_side=central_dp_side, central_noise=noise_multiplier,
                     central_clip=clip, central_delta=central_delta, secagg=secagg, secagg_shares=secagg_shares,
@@ -202,6 +204,7 @@ def sweep(
     local_epochs: opts.LocalEpochs = 1,
     batch_size: opts.BatchSize = 32,
     lr: opts.LearningRate = None,
+    momentum: opts.Momentum = 0.0,
     debug: opts.Debug = False,
 ) -> None:
     """Run every combination of the listed values as one simulated federation; resumable; one CSV and a plot.
@@ -220,6 +223,8 @@ def sweep(
         fixed["--dataset"] = dataset
     if lr is not None:
         fixed["--lr"] = str(lr)
+    if momentum:
+        fixed["--momentum"] = str(momentum)
     spec = sw.SweepSpec(task=task, clients=clients, rounds=rounds, epsilons=sw.parse_list("--epsilon", epsilon, float),
                         partitions=["iid" if p.lower() == "iid" else p for p in sw.parse_list("--dirichlet", dirichlet, str)],
                         per_round=sw.parse_list("--per-round", per_round, int),

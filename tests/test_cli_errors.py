@@ -81,6 +81,8 @@ def test_server_start_bad_input(tmp_path: Path) -> None:
                     "--strategy 'magic'")
     _one_line_error(run_cli("fl-server", "start", "--insecure", "--task", "tabular", "--model", "cnn", "--run-dir",
                             str(tmp_path / "r6")), "--model 'cnn': tabular models are auto, logistic, linear, mlp")
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--momentum", "1", "--run-dir", str(tmp_path / "r7")),
+                    "--momentum must be in [0, 1)")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -124,6 +126,8 @@ def test_sim_bad_input(tmp_path: Path) -> None:
     _one_line_error(run_cli("fl-sim", "run", "--task", "tabular", "--clients", "300", "--run-dir", str(tmp_path / "e")),
                     "cannot give every site 2")
     _one_line_error(run_cli("fl-sim", "run", "--shards", "0", "--run-dir", str(tmp_path / "f")), "--shards 0")
+    _one_line_error(run_cli("fl-sim", "run", "--momentum", "-0.5", "--run-dir", str(tmp_path / "o")),
+                    "--momentum must be in [0, 1)")
     _one_line_error(run_cli("fl-sim", "run", "--iid", "--quantity-skew", "0.5", "--run-dir", str(tmp_path / "g")),
                     "exclude each other")
     _one_line_error(run_cli("fl-sim", "run", "--ray-address", f"127.0.0.1:{free_port()}", "--run-dir",
