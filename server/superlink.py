@@ -23,6 +23,7 @@ from pathlib import Path
 
 from fedshield.common.errors import FedShieldError
 from fedshield.common.flower_env import child_env, parent_env
+from fedshield.common.process_tree import ORPHAN_GRACE_S, descendants, end_processes
 
 
 @dataclass(frozen=True)
@@ -130,12 +131,17 @@ class SuperLink:
 
 
 def stop_process_group(process: "subprocess.Popen[bytes] | None", grace: float) -> None:
-    """Terminate a child started with ``start_new_session=True`` and everything it started."""
+    """Terminate a child started with ``start_new_session=True`` and everything it started, including
+    processes it detached into sessions of their own (:mod:`fedshield.common.process_tree`)."""
     if process is None or process.poll() is not None:
         return
+    # Flower's SuperLink starts its SuperExec (and so the ServerApp) in a session of its own: outside
+    # the group. Snapshot the whole tree now; an orphaned ServerApp is nobody's child afterwards.
+    detached = descendants(process.pid)
     try:
         os.killpg(process.pid, signal.SIGTERM)
     except ProcessLookupError:
+        end_processes(detached, ORPHAN_GRACE_S)
         return
     try:
         process.wait(timeout=grace)
@@ -150,6 +156,7 @@ def stop_process_group(process: "subprocess.Popen[bytes] | None", grace: float) 
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+    end_processes(detached, ORPHAN_GRACE_S)
 
 
 def last_line(path: Path) -> str:
