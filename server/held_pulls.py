@@ -190,8 +190,9 @@ class HeldPulls:
         body = await _request_body(receive)
         try:
             key = (pull.woken_by, pull.key(body))
-        except Exception:  # noqa: BLE001  # unreadable request: Flower answers it, unheld
-            key = (pull.woken_by, "unreadable")
+        except Exception:  # noqa: BLE001  # unreadable request: Flower answers it (an error), never held
+            await self.app(scope, _replay(body, receive), send)
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.hold_s
         while True:
@@ -201,7 +202,7 @@ class HeldPulls:
                 await self.app({**scope, "state": dict(scope.get("state") or {})}, _replay(body, receive),
                                answer.send)
                 left = deadline - loop.time()
-                if key[1] == "unreadable" or left <= 0 or not answer.got_nothing(pull):
+                if left <= 0 or not answer.got_nothing(pull):
                     break
                 if not pushed.is_set():
                     with contextlib.suppress(asyncio.TimeoutError):

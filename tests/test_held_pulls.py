@@ -82,8 +82,9 @@ async def _post(client: httpx.AsyncClient, request: tuple[str, bytes], delay: fl
     return time.monotonic() - start, response
 
 
-def _exchange(link: FakeLink, *requests: tuple[tuple[str, bytes], float]) -> list[tuple[float, httpx.Response]]:
-    """Send each (request, delay) concurrently through HeldPulls around ``link``; (seconds, response) each."""
+def _exchange(link: Any, *requests: tuple[tuple[str, bytes], float]) -> list[tuple[float, httpx.Response]]:
+    """Send each (request, delay) concurrently through HeldPulls around ``link`` (an ASGI app); (seconds,
+    response) each."""
     async def go() -> list[tuple[float, httpx.Response]]:
         transport = httpx.ASGITransport(app=HeldPulls(link, hold_s=HOLD))
         async with httpx.AsyncClient(transport=transport, base_url="http://superlink") as client:
@@ -167,3 +168,17 @@ def test_the_superlink_holds_pulls_inside_the_guard(monkeypatch: pytest.MonkeyPa
     expected = [HeldPulls] if token is None else [control_guard.CoordinatorOnly, HeldPulls]
     assert layers[:len(expected)] == expected  # a refused request is never held
     assert HeldPulls not in layers[len(expected):]
+
+
+def test_an_unreadable_pull_is_passed_to_flower_once_and_never_held() -> None:
+    calls: list[bytes] = []
+
+    async def refusing(scope: dict, receive: Any, send: Any) -> None:  # Flower refuses what it cannot parse
+        calls.append((await receive()).get("body", b""))
+        await send({"type": "http.response.start", "status": 400, "headers": []})
+        await send({"type": "http.response.body", "body": b"bad request"})
+
+    [(seconds, response)] = _exchange(refusing, (("/v1/fleet/pull-messages", b"\xff not protobuf"), 0.0))
+    assert response.status_code == 400 and response.content == b"bad request"
+    assert calls == [b"\xff not protobuf"]
+    assert seconds < HOLD / 2
