@@ -4,8 +4,9 @@ Flower's SuperLink starts its SuperExec in a new session, and the SuperExec star
 process; killing the SuperLink's process group therefore misses both. When a SuperLink stops, the
 SuperExec is ended by it, which orphans a running ServerApp; that ServerApp then retries the vanished
 SuperLink for as long as its graceful SIGTERM path lasts (seconds when idle; one stopped mid-round on a
-busy 20-site host was still running 10 minutes later). ``psutil`` finds the descendants across sessions; they are snapshotted *before* the
-stop, since an orphan is no longer anybody's child afterwards.
+busy 20-site host was still running 10 minutes later). ``psutil`` finds the descendants across
+sessions; they are snapshotted *before* the stop, since an orphan is no longer anybody's child
+afterwards.
 """
 
 from __future__ import annotations
