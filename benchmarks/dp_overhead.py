@@ -1,6 +1,7 @@
 """What DP-SGD costs per training step, side by side in one run.
 
-For each task (digits-cnn, its DP default ``digits-cnn-frozen-middle``, tabular (its MLP), the
+For each task (digits-cnn, its DP variants ``digits-cnn-frozen-middle`` and ``digits-cnn-gabor`` (the
+default under DP), tabular (its MLP), the
 logistic regression ``tabular-logistic`` that tabular trains on a classification table by default, cifar-cnn,
 text-transformer, and transfer-mobilenet both end to end
 and head-only: ``transfer-mobilenet-full``, ``transfer-mobilenet-head``, full width; dcgan: one
@@ -38,10 +39,11 @@ import warnings
 BATCH = 64
 MIN_TIMED_S = 5.0  # seconds of timed steps per run, at least (the machine drifts by 20% within minutes)
 MAX_STEPS = 5000
-TASKS = ("digits-cnn", "digits-cnn-frozen-middle", "tabular", "tabular-logistic", "cifar-cnn", "text-transformer", "transfer-mobilenet-full", "transfer-mobilenet-head",
+TASKS = ("digits-cnn", "digits-cnn-frozen-middle", "digits-cnn-gabor", "tabular", "tabular-logistic", "cifar-cnn", "text-transformer", "transfer-mobilenet-full", "transfer-mobilenet-head",
          "dcgan", "seq2seq-attention")
 #: benchmark name -> (task, --model)
-VARIANT = {"tabular": ("tabular", "mlp"), "tabular-logistic": ("tabular", "logistic"), "digits-cnn-frozen-middle": ("digits-cnn", "frozen-middle"), "transfer-mobilenet-full": ("transfer-mobilenet", "full"),
+VARIANT = {"tabular": ("tabular", "mlp"), "tabular-logistic": ("tabular", "logistic"), "digits-cnn-frozen-middle": ("digits-cnn", "frozen-middle"), "digits-cnn-gabor": ("digits-cnn", "gabor"),
+           "transfer-mobilenet-full": ("transfer-mobilenet", "full"),
            "transfer-mobilenet-head": ("transfer-mobilenet", "head")}
 
 

@@ -74,7 +74,7 @@ def fedshield(work: Path, name: str, clients: int, rounds: int, *extra: str) -> 
     cmd = [str(BIN / "fl-sim"), "run", "--task", "digits-cnn", "--clients", str(clients), "--per-round",
            str(PER_ROUND), "--rounds", str(rounds), "--iid", "--augment", str(max(1, clients // 10)),
            "--run-dir", str(run_dir), "--no-plots", "--model", "full", *extra]  # the stock runs' network,
-    # with or without DP (under DP, --model auto would train digits-cnn's frozen-middle variant)
+    # with or without DP (under DP, --model auto would train digits-cnn's gabor variant)
     wall, peak = measured(cmd, name)
     median, gaps = steady_round_s(run_dir / "results.json")
     return {"name": name, "round_s": median, "rounds_s": gaps, "peak_gib": peak, "wall_s": wall,

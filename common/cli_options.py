@@ -18,7 +18,7 @@ Momentum = Annotated[float, typer.Option(
 Seed = Annotated[int, typer.Option("--seed", help="Seed of initialisation, sampling and splits.")]
 Strategy = Annotated[str, typer.Option(
     "--strategy", help="fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedmedian, fedtrimmedavg.")]
-Model = Annotated[str, typer.Option("--model", help="Task model variant (tabular: auto, logistic, linear, mlp; transfer-mobilenet: auto, head, full, optionally @WIDTH, e.g. head@0.5; digits-cnn: auto, full, frozen-middle: for DP, 2,122 of 454,922 parameters trained, tanh).")]
+Model = Annotated[str, typer.Option("--model", help="Task model variant (tabular: auto, logistic, linear, mlp; transfer-mobilenet: auto, head, full, optionally @WIDTH, e.g. head@0.5; digits-cnn: auto, full, frozen-middle, gabor: for DP, 2,122 or 1,290 of 454,922 parameters trained, tanh; auto is gabor under DP).")]
 InitWeights = Annotated[Optional[Path], typer.Option("--init-weights", help="Start the global model from these weights (a run's model-final.pt or a torch state_dict file) instead of a fresh one; read by the server only.")]
 MaxGradNorm = Annotated[float, typer.Option("--max-grad-norm", help="Per-sample clipping bound C of DP-SGD.")]
 CentralDp = Annotated[str, typer.Option(

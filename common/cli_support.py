@@ -80,7 +80,7 @@ def print_tasks() -> None:
 
 
 def model_note(given: str, resolved: str) -> str:
-    """``", model frozen-middle (auto)"`` for a run's start line; empty while the task resolves ``auto`` itself."""
+    """``", model gabor (auto)"`` for a run's start line; empty while the task resolves ``auto`` itself."""
     if resolved == "auto":
         return ""
     return f", model {resolved}" + (" (auto)" if given == "auto" else "")

@@ -45,7 +45,7 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
 def resolve_model(task: object, model: str, *, pretrained: bool, dp: bool) -> str:
     """The task's own resolution of ``--model`` given whether the run starts from weights and trains
     with DP-SGD (``transfer-mobilenet``: ``auto`` → ``head`` or ``full``; ``digits-cnn``: ``auto`` →
-    ``frozen-middle`` or ``full``), or ``model`` unchanged for tasks without one."""
+    ``gabor`` or ``full``), or ``model`` unchanged for tasks without one."""
     resolve = getattr(task, "resolve_model", None)
     return resolve(model, pretrained=pretrained, dp=dp) if callable(resolve) else model
 

@@ -52,8 +52,8 @@ def test_two_sites_learn_digits_with_dp(tmp_path: Path, digits_sites: Path) -> N
     assert doc["status"] == "finished"
     assert doc["mode"] == "deployment"
     # a private digits-cnn run trains the DP variant unless --model says otherwise, and says so at start
-    assert doc["config"]["model"] == "frozen-middle"
-    assert "model frozen-middle (auto)" in " ".join((tmp_path / "server.out").read_text().split())
+    assert doc["config"]["model"] == "gabor"
+    assert "model gabor (auto)" in " ".join((tmp_path / "server.out").read_text().split())
     assert set(doc["sites"]) == {"hospital_a", "hospital_b"}
     rounds = {r["round"]: r for r in doc["rounds"]}
     assert sorted(rounds) == [0, 1, 2, 3]

@@ -113,10 +113,21 @@ def test_cnn_learns_digits_without_privacy(tmp_path: Path) -> None:
     assert sum(p.numel() for p in model.parameters()) == 454_922
 
 
-def test_frozen_middle_variant_trains_two_layers_under_dp_and_refuses_unknown_variants(tmp_path: Path) -> None:
+def _changed_by_a_private_round(model: torch.nn.Module, site, variant: str, tmp_path: Path) -> set[str]:
+    """The state-dict keys one DP-SGD round (ε 3) changes in ``model``."""
     from fedshield.client.local_training import PrivacySettings, train_round
-    from fedshield.common.errors import ConfigError
     from fedshield.common.run_config import RunConfig
+
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = RunConfig(task=TASK.name, rounds=1, batch_size=32, model=variant)
+    privacy = PrivacySettings(True, 3.0, 1e-5, 1.0, tmp_path / f"state-{variant}")
+    outcome = train_round(TASK, site, model, cfg, run_id="r", rnd=1, privacy=privacy, device=torch.device("cpu"))
+    assert outcome.result.steps > 0 and 0 < outcome.epsilon <= 3
+    return {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
+
+
+def test_frozen_middle_variant_trains_two_layers_under_dp_and_refuses_unknown_variants(tmp_path: Path) -> None:
+    from fedshield.common.errors import ConfigError
     from fedshield.tasks.model_factory import build_model
 
     data = load_dataset("digits")
@@ -136,25 +147,55 @@ def test_frozen_middle_variant_trains_two_layers_under_dp_and_refuses_unknown_va
     with torch.no_grad():
         assert torch.allclose(model(x), uncentred(x * 2 - 1))
         assert not torch.allclose(model(x), uncentred(x))
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    cfg = RunConfig(task=TASK.name, rounds=1, batch_size=32, model="frozen-middle")
-    privacy = PrivacySettings(True, 3.0, 1e-5, 1.0, tmp_path / "state")
-    outcome = train_round(TASK, site, model, cfg, run_id="r", rnd=1, privacy=privacy, device=torch.device("cpu"))
-    assert outcome.result.steps > 0 and 0 < outcome.epsilon <= 3
-    changed = {k for k, v in model.state_dict().items() if not torch.equal(before[k], v)}
-    assert changed == {"features.0.weight", "features.0.bias", "head.3.weight", "head.3.bias"}
-    with pytest.raises(ConfigError, match=r"--model 'mlp': digits-cnn models are auto \(frozen-middle with DP, else full\)"):
+    assert _changed_by_a_private_round(model, site, "frozen-middle", tmp_path) == {
+        "features.0.weight", "features.0.bias", "head.3.weight", "head.3.bias"}
+    with pytest.raises(ConfigError, match=r"--model 'mlp': digits-cnn models are auto \(gabor with DP, else full\)"):
         build_model(TASK, site.schema, TaskOptions(model="mlp"), seed=0)
 
 
+def test_gabor_variant_fixes_the_first_convolution_to_gabor_filters_and_trains_the_last_layer(tmp_path: Path) -> None:
+    from fedshield.tasks.digits_cnn import GABOR_NORM
+    from fedshield.tasks.gabor_filters import gabor_bank
+    from fedshield.tasks.model_factory import build_model
+
+    bank = gabor_bank(5, norm=2.0)
+    assert bank.shape == (32, 1, 5, 5)
+    assert torch.allclose(bank.sum(dim=(1, 2, 3)), torch.zeros(32), atol=1e-5)  # a flat patch answers 0
+    assert torch.allclose(bank.flatten(1).norm(dim=1), torch.full((32,), 2.0))
+    assert torch.equal(bank, gabor_bank(5, norm=2.0))  # every site and the server build the same bank
+    # even phase of orientation 0 is a vertical bar detector: it answers a vertical bar, not a horizontal one
+    bar = torch.zeros(1, 1, 5, 5)
+    bar[..., :, 2] = 1.0
+    even0 = bank[0:1]
+    assert float(torch.nn.functional.conv2d(bar, even0)) > 0.5
+    assert abs(float(torch.nn.functional.conv2d(bar.transpose(2, 3), even0))) < 0.5 * float(
+        torch.nn.functional.conv2d(bar, even0))
+    with pytest.raises(ValueError, match="odd"):
+        gabor_bank(4)
+
+    data = load_dataset("digits")
+    site = TASK.load_site(_npz(tmp_path / "site", data.x[:300], data.y[:300]), TaskOptions())
+    middle = build_model(TASK, site.schema, TaskOptions(model="frozen-middle"), seed=0)
+    model = build_model(TASK, site.schema, TaskOptions(model="gabor"), seed=0)
+    assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 1_290
+    assert torch.equal(model.features[0].weight, gabor_bank(5, norm=GABOR_NORM))
+    assert not model.features[0].bias.any()
+    # the rest is frozen-middle: the same seeded layers, tanh, centred inputs
+    same = {k for k, v in model.state_dict().items() if torch.equal(v, middle.state_dict()[k])}
+    assert same == set(model.state_dict()) - {"features.0.weight", "features.0.bias"}
+    assert sum(isinstance(m, torch.nn.Tanh) for m in model.modules()) == 3 and model.centred
+    assert _changed_by_a_private_round(model, site, "gabor", tmp_path) == {"head.3.weight", "head.3.bias"}
+
+
 @pytest.mark.parametrize("given, pretrained, dp, resolved", [
-    ("auto", False, True, "frozen-middle"),  # DP-SGD from a fresh model: the variant shaped for it
+    ("auto", False, True, "gabor"),  # DP-SGD from a fresh model: the variant shaped for it
     ("auto", False, False, "full"),
     ("auto", True, True, "full"),  # pretrained weights come from the ReLU network
     ("full", False, True, "full"),
-    ("frozen-middle", False, False, "frozen-middle"),
+    ("frozen-middle", False, True, "frozen-middle"),
+    ("gabor", False, False, "gabor"),
 ])
-def test_auto_is_frozen_middle_under_dp_and_the_full_model_otherwise(given: str, pretrained: bool, dp: bool,
+def test_auto_is_gabor_under_dp_and_the_full_model_otherwise(given: str, pretrained: bool, dp: bool,
                                                                     resolved: str) -> None:
     from fedshield.tasks.init_weights import resolve_model
     from fedshield.tasks.registry import get_task
