@@ -170,6 +170,12 @@ def test_gabor_variant_fixes_the_first_convolution_to_gabor_filters_and_trains_t
     assert float(torch.nn.functional.conv2d(bar, even0)) > 0.5
     assert abs(float(torch.nn.functional.conv2d(bar.transpose(2, 3), even0))) < 0.5 * float(
         torch.nn.functional.conv2d(bar, even0))
+    # ...and orientation 4 (θ = π/2; scale, orientation, phase order) the horizontal one: the orientations
+    # really turn, and no two of the 32 filters are the same
+    even4 = bank[8:9]
+    assert float(torch.nn.functional.conv2d(bar.transpose(2, 3), even4)) > 2 * abs(float(
+        torch.nn.functional.conv2d(bar, even4)))
+    assert torch.cdist(bank.flatten(1), bank.flatten(1)).add(torch.eye(32)).min() > 0.1
     with pytest.raises(ValueError, match="odd"):
         gabor_bank(4)
 
