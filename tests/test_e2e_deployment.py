@@ -61,8 +61,9 @@ def test_two_sites_learn_digits_with_dp(tmp_path: Path, digits_sites: Path) -> N
     # 0.58 -> best round 0.88-0.93 and last round 0.76-0.93, loss 2.30 -> 1.40-1.79 in the runs of
     # 2026-12-01 (full CNN); accuracy 0.12 -> 0.36-0.55 (the argmax of an early private model swings, so
     # accuracy is no test of learning here). With gabor (2026-12-02, two runs): ROC-AUC 0.41 -> 0.93-0.94,
-    # loss 2.32 -> 1.79-1.81, accuracy 0.12 -> 0.40-0.47. The last private model can dip below the round before it, so learning is
-    # asserted on the best round and the last one is asserted to be clearly better than the start.
+    # loss 2.32 -> 1.79-1.81, accuracy 0.12 -> 0.40-0.47. The last private model can dip below the round
+    # before it, so learning is asserted on the best round and the last one is asserted to be clearly
+    # better than the start.
     initial, final = rounds[0]["evaluate"]["aggregate"], rounds[3]["evaluate"]["aggregate"]
     best_auc = max(rounds[r]["evaluate"]["aggregate"]["roc_auc"] for r in (1, 2, 3))
     assert best_auc >= initial["roc_auc"] + 0.25, (initial, [rounds[r]["evaluate"]["aggregate"] for r in (1, 2, 3)])
