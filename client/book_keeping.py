@@ -27,7 +27,7 @@ else raises :class:`BookKeepingUnsupported` when wrapped, and the platform falls
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,6 +37,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from fedshield.client.flat_noise_optimizer import FlatNoiseDPOptimizer
+
+# torch.autograd.grad's own entry into autograd's engine (output_grads); None where a torch release lacks it
+_ENGINE = getattr(getattr(torch.autograd, "graph", None), "_engine_run_backward", None)
 
 SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d)
 
@@ -70,8 +73,11 @@ class BookKeepingModule(nn.Module):
         # every clipped layer an nn.Linear with weight and bias trained (an MLP): _clip_dense_rows can apply
         self.dense_linear = all(type(layer) is nn.Linear and layer.bias is not None and layer.weight.requires_grad
                                 and layer.bias.requires_grad for layer in self.layers)
-        self._calls: list[_Call] = []
+        self._calls: list[_Call] = []  # refilled in place: assigning a Module attribute costs µs per step
         self._sequence = _recordable_sequence(module, self.layers)
+        # an MLP run child by child, each clipped layer once: (weight, bias) in call order, for clip_and_sum's
+        # lean path (the optimizer holds these same tensors: replacing a parameter breaks DP training anyway)
+        self.dense_params = _dense_plan(self._sequence) if self.dense_linear else None
         self._handles = [] if self._sequence is not None else [
             layer.register_forward_hook(self._record) for layer in self.layers]
 
@@ -80,11 +86,11 @@ class BookKeepingModule(nn.Module):
             self._calls.append(_Call(layer, inputs[0].detach(), output))
 
     def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        self._calls = []
+        calls = self._calls
+        calls.clear()
         if self._sequence is None or len(args) != 1 or kwargs:
             return self._module(*args, **kwargs)
         x = args[0]
-        calls = self._calls
         for child, recorded in self._sequence:
             y = child(x)
             if recorded and y.requires_grad:
@@ -94,7 +100,8 @@ class BookKeepingModule(nn.Module):
 
     def take_calls(self) -> list[_Call]:
         """The layer calls of the last forward pass (and forget them)."""
-        calls, self._calls = self._calls, []
+        calls = self._calls[:]
+        self._calls.clear()
         return calls
 
     def forbid_grad_accumulation(self) -> None:
@@ -121,6 +128,18 @@ def _recordable_sequence(module: nn.Module, layers: list[nn.Module]) -> tuple[tu
             return None  # trainable parameters inside a nested container: hooks find them
         sequence.append((child, id(child) in clipped))
     return tuple(sequence)
+
+
+def _dense_plan(sequence: tuple[tuple[nn.Module, bool], ...] | None
+                ) -> tuple[tuple[torch.Tensor, torch.Tensor], ...] | None:
+    """``(weight, bias)`` of each clipped child of a recordable sequence of ``nn.Linear`` layers, in call
+    order; ``None`` when there is no such sequence or a layer appears twice in it."""
+    if sequence is None:
+        return None
+    recorded = [child for child, clipped in sequence if clipped]
+    if len({id(child) for child in recorded}) != len(recorded):
+        return None
+    return tuple((child.weight, child.bias) for child in recorded)
 
 
 def _trainable_layers(module: nn.Module) -> list[nn.Module]:
@@ -287,6 +306,35 @@ def _accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:
         param.grad.add_(grad)
 
 
+_ONES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def output_grads(loss: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor | None, ...]:
+    """``∂(Σ loss)/∂Z`` for each ``Z`` in ``outputs`` (``None`` where the loss does not depend on it), as
+    ``torch.autograd.grad(loss, outputs, allow_unused=True)`` returns them.
+
+    ``torch.autograd.grad`` spends about 18 µs per call in Python (argument normalisation, a ``grad_outputs``
+    built for the scalar, ``__torch_function__`` checks) before it enters autograd's engine, as much as
+    the engine's whole backward pass through a logistic regression at batch 64. That is the single
+    largest cost DP-SGD adds to a small model's step, and torch's public API has no cheaper call, so this
+    enters the engine through the function ``torch.autograd.grad`` itself ends in
+    (``torch.autograd.graph._engine_run_backward``, torch 2.x), with the same arguments it passes. Where
+    a torch release lacks it, or the loss is not a plain tensor, the public call is used: same result
+    (tests/test_book_keeping.py compares the two).
+    """
+    if _ENGINE is None or type(loss) is not torch.Tensor or any(type(z) is not torch.Tensor for z in outputs):
+        return torch.autograd.grad(loss, outputs, torch.ones_like(loss) if loss.dim() else None, allow_unused=True)
+    if loss.dim():
+        seed = torch.ones_like(loss)
+    else:
+        key = (loss.device, loss.dtype)
+        seed = _ONES.get(key)  # never written to: the engine only reads the seed gradient
+        if seed is None:
+            seed = _ONES[key] = torch.ones((), device=loss.device, dtype=loss.dtype)
+    # (outputs, their gradients, keep_graph, create_graph, inputs, allow_unreachable, accumulate_grad)
+    return _ENGINE((loss,), (seed,), False, False, outputs, True, False)
+
+
 def clip_and_sum(module: BookKeepingModule, loss: torch.Tensor, max_grad_norm: float,
                  scale: float = 1.0) -> None:
     """Set every trainable parameter's ``.grad`` to ``scale · Σ_i c_i ∇ℓ_i`` with the clip factors ``c_i``.
@@ -296,18 +344,24 @@ def clip_and_sum(module: BookKeepingModule, loss: torch.Tensor, max_grad_norm: f
     is folded into the clip factors (no pass over the gradients): the DP optimizer's mean reduction.
     """
     calls = module.take_calls()
-    if not calls and module.trainable:
-        raise RuntimeError("book-keeping recorded no layer call in the last forward pass: compute the loss from "
-                           "the output of the model make_private returned, with gradients enabled")
-    seen: set[int] = set()
-    for call in calls:
-        if id(call.layer) in seen:  # a shared layer's per-sample gradient is a sum over its calls
-            raise BookKeepingUnsupported("a layer was called twice in one forward pass; use ghost or hooks")
-        seen.add(id(call.layer))
+    if not calls:
+        if module.trainable:
+            raise RuntimeError("book-keeping recorded no layer call in the last forward pass: compute the loss "
+                               "from the output of the model make_private returned, with gradients enabled")
+        return
+    plan = module.dense_params
+    if plan is None or len(calls) != len(plan):  # (a plan's layers are distinct, checked when wrapped)
+        plan = None
+        seen: set[int] = set()
+        for call in calls:
+            if id(call.layer) in seen:  # a shared layer's per-sample gradient is a sum over its calls
+                raise BookKeepingUnsupported("a layer was called twice in one forward pass; use ghost or hooks")
+            seen.add(id(call.layer))
     # ∂(Σ_i ℓ_i)/∂Z: row i of each layer's output gradient is example i's own (examples do not interact)
-    grads = torch.autograd.grad(loss, [c.output for c in calls], torch.ones_like(loss) if loss.dim() else None,
-                                allow_unused=True) if calls else ()
+    grads = output_grads(loss, tuple([c.output for c in calls]))
     with torch.no_grad():
+        if plan is not None and _clip_dense_rows(calls, grads, plan, max_grad_norm, scale):
+            return  # every layer of the plan was recorded and received its clipped sums
         _clip_layers(calls, grads, max_grad_norm, scale, dense_linear=module.dense_linear)
     for p in module.trainable:  # a layer the loss did not reach contributes zero (noise is still added)
         if p.grad is None:
@@ -323,34 +377,40 @@ def _clip_factors(squared: torch.Tensor, max_grad_norm: float, scale: float) -> 
     return squared.clamp_min_(max_grad_norm ** 2).rsqrt_().mul_(max_grad_norm * scale)
 
 
-def _clip_dense_rows(calls: list[_Call], grads: tuple[torch.Tensor, ...], max_grad_norm: float,
-                     scale: float) -> None:
+def _clip_dense_rows(calls: list[_Call], grads: tuple[torch.Tensor | None, ...],
+                     params: Sequence[tuple[torch.Tensor, torch.Tensor]], max_grad_norm: float, scale: float) -> bool:
     """:func:`_clip_layers` for a stack of ``nn.Linear`` layers with weight and bias trained, each seeing one
     ``(B, K)`` row per example (an MLP): ``‖g_i‖² = Σ_l ‖G_l,i‖²·(‖A_l,i‖² + 1)``, then per layer
-    ``W.grad = (c∘G)ᵀA`` and ``b.grad = (c∘G)ᵀ1``.
+    ``W.grad = (c∘G)ᵀA`` and ``b.grad = (c∘G)ᵀ1``. ``params``: each call's ``(weight, bias)``.
 
     The same arithmetic as the general path in about half the tensor operations and none of its per-layer
     Python objects: on ``tabular``'s 30-64-2 MLP each operation is a few microseconds of dispatch on
-    tensors of a few hundred values, so their number is the private step's cost.
+    tensors of a few hundred values, so their number is the private step's cost. Returns ``False``, having
+    changed nothing, when a layer's output gradient is missing or not one row per example.
     """
     vecdot = torch.linalg.vecdot
     squared: torch.Tensor | None = None
     for call, g in zip(calls, grads):
+        if g is None or g.dim() != 2:
+            return False
         g_sq = vecdot(g, g)
         if squared is None:
             squared = torch.addcmul(g_sq, vecdot(call.inputs, call.inputs), g_sq)
         else:
             squared.add_(g_sq).addcmul_(vecdot(call.inputs, call.inputs), g_sq)
-    assert squared is not None
+    if squared is None:
+        return False
     # 1/max(‖g_i‖, C); the constant C·scale goes in as the products' alpha (one operation fewer)
     inverse = squared.clamp_min_(max_grad_norm ** 2).rsqrt_()
+    column = inverse.unsqueeze(1)  # (B, 1)
     alpha = max_grad_norm * scale
     zero = _zero(inverse)
-    for call, g in zip(calls, grads):
-        layer, gt = call.layer, g.t()
-        scaled = torch.mul(call.inputs.t(), inverse)  # (K, B): column i is example i's input times 1/max(‖g_i‖, C)
-        _accumulate(layer.weight, torch.addmm(zero, gt, scaled.t(), beta=0, alpha=alpha))  # type: ignore[arg-type]
-        _accumulate(layer.bias, torch.addmv(zero, gt, inverse, beta=0, alpha=alpha))  # type: ignore[arg-type]
+    for call, g, (weight, bias) in zip(calls, grads, params):
+        gt = g.t()  # type: ignore[union-attr]
+        # row i of call.inputs * column: example i's input times 1/max(‖g_i‖, C)
+        _accumulate(weight, torch.addmm(zero, gt, call.inputs * column, beta=0, alpha=alpha))
+        _accumulate(bias, torch.addmv(zero, gt, inverse, beta=0, alpha=alpha))
+    return True
 
 
 _ZEROS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
@@ -369,8 +429,8 @@ def _clip_layers(calls: list[_Call], grads: tuple[torch.Tensor | None, ...], max
                  scale: float, *, dense_linear: bool = False) -> None:
     """``dense_linear``: every recorded layer is a fully trained ``nn.Linear`` (:class:`BookKeepingModule`
     decides once); :func:`_clip_dense_rows` then applies when each sees one ``(B, K)`` row per example."""
-    if dense_linear and calls and all(g is not None and g.dim() == 2 for g in grads):
-        _clip_dense_rows(calls, grads, max_grad_norm, scale)  # type: ignore[arg-type]
+    if dense_linear and _clip_dense_rows(calls, grads, [(c.layer.weight, c.layer.bias) for c in calls],
+                                         max_grad_norm, scale):
         return
     terms = [_LayerTerms(c, g) for c, g in zip(calls, grads) if g is not None]
     if not terms:  # the loss reached no recorded layer: nothing to clip

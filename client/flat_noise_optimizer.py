@@ -76,11 +76,14 @@ class FlatNoiseDPOptimizer(DPOptimizerFastGradientClipping):
             self._is_last_step_skipped = True
             return False
         grads = [p.grad for p in self._trained]
-        if any(g is None for g in grads):
-            raise RuntimeError("a trained parameter has no clipped gradient sum: call loss.backward() on the "
-                               "book-keeping loss before optimizer.step()")
         self._draw_noise(self.noise_multiplier * self.max_grad_norm * self.grad_scale)
-        torch._foreach_add_(grads, self._noise_views)  # type: ignore[arg-type]
+        try:
+            torch._foreach_add_(grads, self._noise_views)  # type: ignore[arg-type]
+        except (TypeError, RuntimeError):  # checked here, not before: a check per step costs a µs of a 0.2 ms step
+            if any(g is None for g in grads):
+                raise RuntimeError("a trained parameter has no clipped gradient sum: call loss.backward() on the "
+                                   "book-keeping loss before optimizer.step()") from None
+            raise
         if self.step_hook:
             self.step_hook(self)
         self._is_last_step_skipped = False

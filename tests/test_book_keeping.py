@@ -12,12 +12,14 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
 
+from fedshield.client import book_keeping
 from fedshield.client.book_keeping import (
     BookKeepingLoss,
     BookKeepingModule,
     BookKeepingUnsupported,
     clip_and_sum,
     make_private_book_keeping,
+    output_grads,
 )
 from fedshield.client.local_training import make_private
 from fedshield.tasks.base import DataSchema, SiteData
@@ -98,6 +100,45 @@ def test_clipped_sum_equals_per_example_autograd(name: str) -> None:
     assert clipped == sum(p.requires_grad for p in model.parameters())
     assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
     assert wrapped.to_standard_module() is model
+
+
+@pytest.mark.parametrize("engine_entry", [True, False])
+def test_output_grads_enters_autograd_as_torch_autograd_grad_does(engine_entry: bool,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine entry that skips torch.autograd.grad's Python returns what it returns: for a summed loss
+    (its cached seed gradient of 1 is never written to), for per-example losses, and None for an output
+    the loss does not reach; so does the public call used where a torch release lacks that entry."""
+    if not engine_entry:
+        monkeypatch.setattr(book_keeping, "_ENGINE", None)
+    torch.manual_seed(2)
+    lin, other = nn.Linear(6, 4), nn.Linear(6, 3)
+    x = torch.randn(5, 6)
+    for _ in range(3):  # the same cached seed on every call
+        for per_example in (False, True):
+            z, unused = lin(x), other(x)
+            loss = (torch.tanh(z) ** 2).sum(1) if per_example else (torch.tanh(z) ** 2).sum()
+            expected = torch.autograd.grad(loss, [z], torch.ones_like(loss) if loss.dim() else None,
+                                           retain_graph=True)[0]
+            got, missing = output_grads(loss, (z, unused))
+            assert missing is None and torch.equal(got, expected)
+    with pytest.raises(RuntimeError):  # as torch.autograd.grad: a loss that needs no gradient
+        output_grads(torch.zeros(()), (z,))
+
+
+def test_an_mlp_is_clipped_on_the_lean_path_unless_a_layer_repeats() -> None:
+    """A Sequential of distinct trained Linear layers gets the lean path's plan; one that calls a layer twice
+    gets none and is refused at its first backward pass (the platform then falls back to ghost clipping)."""
+    mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    wrapped = BookKeepingModule(mlp)
+    assert wrapped.dense_params is not None
+    assert [p is q for pair, layer in zip(wrapped.dense_params, (mlp[0], mlp[2]))
+            for p, q in zip(pair, (layer.weight, layer.bias))] == [True] * 4
+    shared = nn.Linear(4, 4)
+    twice = BookKeepingModule(nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(4, 2)))
+    assert twice.dense_params is None
+    x, y = torch.randn(6, 4), torch.randint(0, 2, (6,))
+    with pytest.raises(BookKeepingUnsupported, match="called twice"):
+        clip_and_sum(twice, nn.functional.cross_entropy(twice(x), y, reduction="sum"), 1.0)
 
 
 def test_the_training_loops_loss_is_the_batch_mean_and_its_backward_the_clipped_sum() -> None:
