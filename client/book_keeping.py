@@ -344,6 +344,10 @@ def clip_and_sum(module: BookKeepingModule, loss: torch.Tensor, max_grad_norm: f
     is folded into the clip factors (no pass over the gradients): the DP optimizer's mean reduction.
     """
     calls = module.take_calls()
+    if module.trainable and module.trainable[0].grad is not None:  # each backward sets every trainable .grad
+        raise RuntimeError("a second backward pass before optimizer.zero_grad(): DP-SGD with Poisson sampling takes "
+                           "one batch per optimizer step (the accountant counts one per step), so gradients must "
+                           "not accumulate; call optimizer.zero_grad() before each backward pass")
     if not calls:
         if module.trainable:
             raise RuntimeError("book-keeping recorded no layer call in the last forward pass: compute the loss "
@@ -408,8 +412,13 @@ def _clip_dense_rows(calls: list[_Call], grads: tuple[torch.Tensor | None, ...],
     for call, g, (weight, bias) in zip(calls, grads, params):
         gt = g.t()  # type: ignore[union-attr]
         # row i of call.inputs * column: example i's input times 1/max(‖g_i‖, C)
-        _accumulate(weight, torch.addmm(zero, gt, call.inputs * column, beta=0, alpha=alpha))
-        _accumulate(bias, torch.addmv(zero, gt, inverse, beta=0, alpha=alpha))
+        w = torch.addmm(zero, gt, call.inputs * column, beta=0, alpha=alpha)
+        b = torch.addmv(zero, gt, inverse, beta=0, alpha=alpha)
+        if weight.grad is None and bias.grad is None and w.dtype == weight.dtype:  # after zero_grad()
+            weight.grad, bias.grad = w, b
+        else:
+            _accumulate(weight, w)
+            _accumulate(bias, b)
     return True
 
 

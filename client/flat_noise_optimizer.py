@@ -68,8 +68,11 @@ class FlatNoiseDPOptimizer(DPOptimizerFastGradientClipping):
         finally:
             pending.result()
 
-    def zero_grad(self, set_to_none: bool = False) -> None:
-        self.original_optimizer.zero_grad(set_to_none)  # no p.summed_grad is kept on this path
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        """Always to ``None`` (whatever ``set_to_none`` says): each backward pass assigns the step's clipped sums
+        afresh, and a ``.grad`` still set then shows gradients about to accumulate, which book-keeping refuses
+        (:func:`fedshield.client.book_keeping.clip_and_sum`). No ``p.summed_grad`` is kept on this path."""
+        self.original_optimizer.zero_grad(set_to_none=True)
 
     def pre_step(self, closure: Callable[[], float] | None = None) -> bool:  # type: ignore[override]
         if self._check_skip_next_step():

@@ -223,6 +223,33 @@ def test_every_step_is_noised_and_accounted_like_opacus() -> None:
     assert optimizer.expected_batch_size == 32
 
 
+@pytest.mark.parametrize("dense", [True, False])
+def test_gradients_never_accumulate_across_backward_passes(dense: bool) -> None:
+    """Two batches' clipped sums under one noise draw and one accountant step would spend more privacy
+    than the ledger records: a second backward pass before zero_grad() is refused, on the lean MLP path
+    and on the general one; zero_grad(), with or without set_to_none, clears the way."""
+    torch.manual_seed(3)
+    model = (nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2)) if dense
+             else nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2, bias=False)))
+    x = torch.randn(64, 5)
+    _, optimizer, criterion, _ = make_private_book_keeping(
+        PrivacyEngine(accountant="rdp"), module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        criterion=nn.CrossEntropyLoss(), data_loader=DataLoader(TensorDataset(x, (x[:, 0] > 0).long()), batch_size=16),
+        noise_multiplier=1.0, max_grad_norm=1.0)
+    wrapped = criterion.module
+    assert (wrapped.dense_params is not None) == dense
+    xb, yb = x[:16], (x[:16, 0] > 0).long()
+    criterion(wrapped(xb), yb).backward()
+    first = [p.grad.clone() for p in model.parameters()]
+    with pytest.raises(RuntimeError, match="before optimizer.zero_grad"):
+        criterion(wrapped(xb), yb).backward()
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), first))  # untouched by the refusal
+    optimizer.zero_grad(set_to_none=False)  # Opacus' signature; book-keeping clears to None regardless
+    assert all(p.grad is None for p in model.parameters())
+    criterion(wrapped(xb), yb).backward()
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), first))
+
+
 def test_opacus_modes_refuse_padding_modes_they_get_wrong() -> None:
     """Opacus 1.6.0 clips reflect-padded convolutions with zero-padded per-sample gradients (wrong norms);
     book-keeping matches autograd on them (test above), and the Opacus modes refuse such a model."""
