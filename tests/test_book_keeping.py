@@ -206,6 +206,7 @@ def test_every_step_is_noised_and_accounted_like_opacus() -> None:
         engine, module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1), criterion=nn.CrossEntropyLoss(),
         data_loader=loader, noise_multiplier=sigma, max_grad_norm=clip)
     steps = 0
+    noise: list[torch.Tensor] = []
     for xb, yb in dp_loader:
         optimizer.zero_grad(set_to_none=True)
         reference = _clipped_sum_reference(model, xb, yb, clip)
@@ -214,13 +215,15 @@ def test_every_step_is_noised_and_accounted_like_opacus() -> None:
         for (key, expected), got in zip(reference.items(), clipped):
             assert torch.allclose(got * optimizer.expected_batch_size, expected, rtol=1e-4, atol=1e-6), key
         assert optimizer.pre_step()
-        noise = torch.cat([((p.grad - c) * optimizer.expected_batch_size).flatten()
-                           for p, c in zip(model.parameters(), clipped)])
-        assert noise.std().item() == pytest.approx(sigma * clip, rel=0.25)  # 52 coordinates of N(0, σ²C²)
+        noise.append(torch.cat([((p.grad - c) * optimizer.expected_batch_size).flatten()
+                                for p, c in zip(model.parameters(), clipped)]))
         optimizer.original_optimizer.step()
         steps += 1
     assert engine.accountant.history == [(sigma, 1 / len(loader), steps)]
     assert optimizer.expected_batch_size == 32
+    drawn = torch.stack(noise)  # (steps, 52): N(0, σ²C²) coordinates, fresh every step
+    assert drawn.std().item() == pytest.approx(sigma * clip, rel=0.15)
+    assert not any(torch.equal(drawn[i], drawn[j]) for i in range(steps) for j in range(i))
 
 
 @pytest.mark.parametrize("dense", [True, False])
@@ -276,26 +279,33 @@ def test_opacus_modes_refuse_padding_modes_they_get_wrong() -> None:
                      DataLoader(site.train, batch_size=6), noise_multiplier=1.0, max_grad_norm=1.0)
 
 
-def test_a_large_noise_vector_drawn_in_two_halves_is_one_gaussian_and_repeats_from_its_seed() -> None:
-    """Above SPLIT_NOISE_MIN coordinates the noise is drawn in two halves from two generators: each half
-    is N(0, σ²C²/E[B]²), the halves are not copies of each other, and the same seed gives the same noise."""
-    from fedshield.client.flat_noise_optimizer import SPLIT_NOISE_MIN, FlatNoiseDPOptimizer
+@pytest.mark.parametrize("width", [33, 2049])  # 2,112 coordinates: 62 steps a buffer; 131,136: one
+def test_noise_drawn_ahead_is_fresh_every_step_and_repeats_from_its_seed(width: int) -> None:
+    """The helper thread's noise: each step's is N(0, σ²C²/E[B]²), no two steps share it (also across the
+    refills of the two buffers), and the same seed gives the same sequence of steps."""
+    from fedshield.client.flat_noise_optimizer import FlatNoiseDPOptimizer
 
-    def noise_of_one_step(seed: int) -> torch.Tensor:
-        model = nn.Linear(SPLIT_NOISE_MIN // 64 + 1, 64, bias=False)  # > SPLIT_NOISE_MIN coordinates
+    def noise_of_steps(seed: int, steps: int) -> tuple[torch.Tensor, int]:
+        torch.manual_seed(0)
+        model = nn.Linear(width, 64, bias=False)
         optimizer = FlatNoiseDPOptimizer(torch.optim.SGD(model.parameters(), lr=0.1), noise_multiplier=0.7,
                                          max_grad_norm=2.0, expected_batch_size=10,
                                          generator=torch.Generator().manual_seed(seed))
-        assert optimizer._halves is not None
-        model.weight.grad = torch.zeros_like(model.weight)
-        assert optimizer.pre_step()
-        return model.weight.grad.flatten() * 10
+        drawn = []
+        for _ in range(steps):
+            optimizer.zero_grad()
+            model.weight.grad = torch.zeros_like(model.weight)
+            assert optimizer.pre_step()
+            drawn.append(model.weight.grad.flatten() * 10)
+        assert optimizer._prefetched is not None
+        return torch.stack(drawn), optimizer._prefetched.rows
 
-    noise = noise_of_one_step(1)
-    half = noise.numel() // 2
-    for part in (noise[:half], noise[half:]):
-        assert part.mean().item() == pytest.approx(0.0, abs=0.02)
-        assert part.std().item() == pytest.approx(0.7 * 2.0, rel=0.01)
-    assert torch.corrcoef(torch.stack([noise[:half], noise[half:2 * half]]))[0, 1].abs() < 0.01
-    assert torch.equal(noise, noise_of_one_step(1))
-    assert not torch.equal(noise, noise_of_one_step(2))
+    noise, rows = noise_of_steps(1, 150 if width == 33 else 5)
+    assert rows == (62 if width == 33 else 1)
+    stds = noise.std(dim=1)
+    assert ((stds - 0.7 * 2.0).abs() < 0.1 * 0.7 * 2.0).all()
+    assert noise.mean().abs().item() < 0.02
+    correlations = torch.corrcoef(noise) - torch.eye(len(noise))
+    assert correlations.abs().max().item() < 0.15  # no step's noise is (a copy of) another's
+    assert torch.equal(noise, noise_of_steps(1, len(noise))[0])
+    assert not torch.equal(noise, noise_of_steps(2, len(noise))[0])
