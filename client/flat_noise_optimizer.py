@@ -52,6 +52,13 @@ class FlatNoiseDPOptimizer(DPOptimizerFastGradientClipping):
         self._noise.normal_(generator=self.generator)
         return self._noise_views
 
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        try:
+            return super().step(closure)
+        finally:  # the noise is in the parameters: the helper may refill its buffer now
+            if self._prefetched is not None:
+                self._prefetched.release()
+
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Always to ``None`` (whatever ``set_to_none`` says): each backward pass assigns the step's clipped sums
         afresh, and a ``.grad`` still set then shows gradients about to accumulate, which book-keeping refuses

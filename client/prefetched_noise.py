@@ -56,6 +56,7 @@ class PrefetchedNoise:
         self._views = [[[part.view(shape) for part, shape in zip(row.split(sizes), shapes)] for row in buffer]
                        for buffer in self._buffers]
         self._pending: Future[int] = _helper().submit(self._fill, 0)
+        self._due: int | None = None  # a used-up buffer whose refill release() starts
         self._buffer = 1
         self._row = self.rows  # the first take() switches to buffer 0
 
@@ -65,11 +66,24 @@ class PrefetchedNoise:
 
     def take(self) -> list[torch.Tensor]:
         """The next step's noise, an N(0, 1) tensor per parameter, never handed out before. Use it before
-        the next call: its buffer is refilled once all of the buffer's rows have been taken."""
+        the next call (and call :meth:`release` once it is used): its buffer is refilled once all of the
+        buffer's rows have been taken."""
         if self._row == self.rows:
-            index = self._pending.result()  # the other buffer's rows are all used: refill it meanwhile
-            self._pending = _helper().submit(self._fill, 1 - index)
+            self._release_due()  # the previous buffer's refill, if release() was not called
+            index = self._pending.result()
+            self._due = 1 - index  # all its rows used: refilled from release() on
             self._buffer, self._row = index, 0
         views = self._views[self._buffer][self._row]
         self._row += 1
         return views
+
+    def release(self) -> None:
+        """The noise last taken has been added: start a refill that became due. Not from :meth:`take`:
+        a draw running beside the step's own addition of its noise slowed that addition of digits-cnn's
+        421,642 coordinates from 0.14 to 1.8 ms; after the step it overlaps the next forward pass."""
+        self._release_due()
+
+    def _release_due(self) -> None:
+        if self._due is not None:
+            self._pending = _helper().submit(self._fill, self._due)
+            self._due = None
