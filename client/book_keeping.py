@@ -105,7 +105,7 @@ class BookKeepingModule(nn.Module):
         return calls
 
     def forbid_grad_accumulation(self) -> None:
-        """Poisson sampling forbids accumulation; book-keeping never accumulates (Opacus' interface)."""
+        """Poisson sampling forbids accumulation (Opacus' interface); :func:`clip_and_sum` refuses it itself."""
 
     def to_standard_module(self) -> nn.Module:
         """Remove the hooks and return the wrapped model."""
@@ -306,9 +306,6 @@ def _accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:
         param.grad.add_(grad)
 
 
-_ONES: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
-
-
 def output_grads(loss: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor | None, ...]:
     """``∂(Σ loss)/∂Z`` for each ``Z`` in ``outputs`` (``None`` where the loss does not depend on it), as
     ``torch.autograd.grad(loss, outputs, allow_unused=True)`` returns them.
@@ -324,13 +321,8 @@ def output_grads(loss: torch.Tensor, outputs: tuple[torch.Tensor, ...]) -> tuple
     """
     if _ENGINE is None or type(loss) is not torch.Tensor or any(type(z) is not torch.Tensor for z in outputs):
         return torch.autograd.grad(loss, outputs, torch.ones_like(loss) if loss.dim() else None, allow_unused=True)
-    if loss.dim():
-        seed = torch.ones_like(loss)
-    else:
-        key = (loss.device, loss.dtype)
-        seed = _ONES.get(key)  # never written to: the engine only reads the seed gradient
-        if seed is None:
-            seed = _ONES[key] = torch.ones((), device=loss.device, dtype=loss.dtype)
+    # a 0-dim loss's seed gradient is a cached 1, never written to: the engine only reads it
+    seed = torch.ones_like(loss) if loss.dim() else _scalar(1.0, loss)
     # (outputs, their gradients, keep_graph, create_graph, inputs, allow_unreachable, accumulate_grad)
     return _ENGINE((loss,), (seed,), False, False, outputs, True, False)
 
@@ -366,7 +358,8 @@ def clip_and_sum(module: BookKeepingModule, loss: torch.Tensor, max_grad_norm: f
     with torch.no_grad():
         if plan is not None and _clip_dense_rows(calls, grads, plan, max_grad_norm, scale):
             return  # every layer of the plan was recorded and received its clipped sums
-        _clip_layers(calls, grads, max_grad_norm, scale, dense_linear=module.dense_linear)
+        # (the lean path again only for an MLP recorded by hooks: with a plan it has just declined)
+        _clip_layers(calls, grads, max_grad_norm, scale, dense_linear=module.dense_linear and plan is None)
     for p in module.trainable:  # a layer the loss did not reach contributes zero (noise is still added)
         if p.grad is None:
             p.grad = torch.zeros_like(p)
@@ -408,30 +401,26 @@ def _clip_dense_rows(calls: list[_Call], grads: tuple[torch.Tensor | None, ...],
     inverse = squared.clamp_min_(max_grad_norm ** 2).rsqrt_()
     column = inverse.unsqueeze(1)  # (B, 1)
     alpha = max_grad_norm * scale
-    zero = _zero(inverse)
+    zero = _scalar(0.0, inverse)
     for call, g, (weight, bias) in zip(calls, grads, params):
         gt = g.t()  # type: ignore[union-attr]
         # row i of call.inputs * column: example i's input times 1/max(‖g_i‖, C)
-        w = torch.addmm(zero, gt, call.inputs * column, beta=0, alpha=alpha)
-        b = torch.addmv(zero, gt, inverse, beta=0, alpha=alpha)
-        if weight.grad is None and bias.grad is None and w.dtype == weight.dtype:  # after zero_grad()
-            weight.grad, bias.grad = w, b
-        else:
-            _accumulate(weight, w)
-            _accumulate(bias, b)
+        _accumulate(weight, torch.addmm(zero, gt, call.inputs * column, beta=0, alpha=alpha))
+        _accumulate(bias, torch.addmv(zero, gt, inverse, beta=0, alpha=alpha))
     return True
 
 
-_ZEROS: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+_SCALARS: dict[tuple[float, torch.device, torch.dtype], torch.Tensor] = {}
 
 
-def _zero(like: torch.Tensor) -> torch.Tensor:
-    """A 0-dim zero on ``like``'s device and dtype: the ignored ``input`` of ``addmm``/``addmv`` with ``beta=0``."""
-    key = (like.device, like.dtype)
-    zero = _ZEROS.get(key)
-    if zero is None:
-        zero = _ZEROS[key] = torch.zeros((), device=like.device, dtype=like.dtype)
-    return zero
+def _scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """A cached 0-dim ``value`` on ``like``'s device and dtype, made once (a new one costs a µs per step): the
+    ignored ``input`` of ``addmm``/``addmv`` with ``beta=0``, or the seed gradient of a summed loss."""
+    key = (value, like.device, like.dtype)
+    constant = _SCALARS.get(key)
+    if constant is None:
+        constant = _SCALARS[key] = torch.full((), value, device=like.device, dtype=like.dtype)
+    return constant
 
 
 def _clip_layers(calls: list[_Call], grads: tuple[torch.Tensor | None, ...], max_grad_norm: float,
