@@ -481,14 +481,15 @@ class BookKeepingTensor:
 
 def make_private_book_keeping(engine: PrivacyEngine, *, module: nn.Module, optimizer: torch.optim.Optimizer,
                               criterion: nn.Module, data_loader: DataLoader, noise_multiplier: float,
-                              max_grad_norm: float, noise_generator: torch.Generator | None = None
+                              max_grad_norm: float, noise_generator: torch.Generator | None = None,
+                              expected_batch_size: int | None = None
                               ) -> tuple[BookKeepingModule, FlatNoiseDPOptimizer, BookKeepingLoss, DataLoader]:
     """``PrivacyEngine.make_private`` with book-keeping clipping, from Opacus' public parts.
 
     As Opacus does it (opacus/privacy_engine.py): Poisson ``DPDataLoader`` drawing from
     ``data_loader``'s generator, sample rate ``1/len(loader)``, expected batch ``int(N·q)``, mean loss
     reduction, noise from ``noise_generator``, the engine's accountant hooked to every optimizer step.
-    Raises :class:`BookKeepingUnsupported` for a model it cannot clip.
+    ``expected_batch_size`` replaces ``int(N·q)`` where E[B] must not depend on the exact N. Raises :class:`BookKeepingUnsupported` for a model it cannot clip.
     """
     engine.validate(module=module, optimizer=None, data_loader=None)  # BatchNorm and the like: refused
     wrapped = BookKeepingModule(module)
@@ -497,7 +498,8 @@ def make_private_book_keeping(engine: PrivacyEngine, *, module: nn.Module, optim
         raise ValueError("Module parameters are different than optimizer Parameters")
     loader = DPDataLoader.from_data_loader(data_loader)
     sample_rate = 1 / len(loader)
-    expected_batch_size = int(len(loader.dataset) * sample_rate)  # type: ignore[arg-type]
+    if expected_batch_size is None:
+        expected_batch_size = int(len(loader.dataset) * sample_rate)  # type: ignore[arg-type]
     dp_optimizer = FlatNoiseDPOptimizer(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                                         expected_batch_size=expected_batch_size, loss_reduction="mean",
                                         generator=noise_generator)

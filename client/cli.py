@@ -71,6 +71,13 @@ def join(
     max_grad_norm: float = typer.Option(1.0, "--max-grad-norm", help="Per-sample clipping bound C."),
     accountant: str = typer.Option("rdp", "--accountant", help="Privacy accountant for the ledger: rdp or prv (Opacus)."),
     no_dp: bool = typer.Option(False, "--no-dp", help="Train WITHOUT differential privacy (explicit opt-out, reported to the server)."),
+    site_metrics: str = typer.Option("dp", "--site-metrics", help="What replies say about the data besides the update: "
+                                     "dp (losses, metrics and example counts as Gaussian releases inside ε; the default) "
+                                     "or exact (exact values OUTSIDE any ε: development only, recorded in the ledger and results)."),
+    allow_repeated_rounds: bool = typer.Option(False, "--allow-repeated-rounds", help="Answer a round or evaluation the "
+                                               "coordinator asks for again, counting each repeat in ε (default: refuse it)."),
+    metrics_cost: float = typer.Option(0.05, "--metrics-cost", help="How much the private statistics in replies may raise "
+                                       "DP-SGD's noise multiplier (a fraction; larger: more accurate metrics, noisier updates)."),
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Where the site's privacy ledger and logs live (default DATA/.fedshield)."),
     device: str = typer.Option("auto", "--device", help="auto (CUDA when present), cpu or cuda."),
     threads: int = typer.Option(_default_threads(), "--threads", min=1, help="Torch intra-op threads for this site's training."),
@@ -105,6 +112,10 @@ def join(
         raise ConfigError(f"--accountant {accountant!r}: use rdp or prv")
     if not 0 <= delta < 1:
         raise ConfigError("--delta must be in [0, 1)")
+    if site_metrics not in ("dp", "exact"):
+        raise ConfigError(f"--site-metrics {site_metrics!r}: use dp (the default) or exact")
+    if not 0 < metrics_cost <= 1:
+        raise ConfigError("--metrics-cost must be a fraction in (0, 1], e.g. 0.05")
     host, port = split_address(server, flag="--server")
     data = data.resolve()
     check_folder(data)  # a mistyped --data fails before torch is imported (0.3 s instead of 3 s)
@@ -113,22 +124,19 @@ def join(
     from fedshield.common.site_config import site_allowed_tasks
 
     resolve_device(device)
-    task_name, _options, site = check_site(data, task=task, overrides={"target": target})
+    task_name, _options, site = check_site(data, task=task, overrides={"target": target}, private=not no_dp)
     site_name = name or (site_kit.site if site_kit is not None else data.name)
     state = (state_dir or data / ".fedshield").resolve()
     if not no_dp:
-        from fedshield.client.local_training import PrivacySettings, site_delta
         from fedshield.client.privacy_ledger import PrivacyLedger
 
         n_train = len(site.train)
         if delta >= 1.0 / n_train:
             raise ConfigError(f"--delta {delta:g} is not below 1/N = {1.0 / n_train:.2e} for this site's {n_train} "
                               "training examples; use a smaller δ or leave it 0 for the default")
-        settings = PrivacySettings(True, epsilon, delta, max_grad_norm, state, accountant)
         # Fail now, not at round 1, on a corrupt, foreign or newer ledger, or a spent budget.
-        ledger = PrivacyLedger.open(state, epsilon_budget=epsilon, delta=site_delta(settings, n_train),
-                                    accountant=accountant)
-        spent = ledger.epsilon_spent()
+        ledger = PrivacyLedger.open(state, epsilon_budget=epsilon, delta=None, accountant=accountant)
+        spent = ledger.epsilon_spent() if ledger.entries else 0.0
         if spent >= epsilon:
             raise ConfigError(f"{ledger.path}: this site already spent ε {spent:.3g} of its budget {epsilon:g} on "
                               "this data; it cannot train again (a larger --epsilon is a policy decision)")
@@ -139,8 +147,16 @@ def join(
     if no_dp:
         warn_loudly("--no-dp: this site trains WITHOUT differential privacy; its updates can leak its data")
     else:
+        shown_delta = f"δ={ledger.delta:.1e}" if ledger.entries else ("δ=" + (f"{delta:.1e}" if delta else "min(1e-5, 1/10N')"))
         console.print(f"privacy: DP-SGD, lifetime budget ε={epsilon:g} (spent so far {spent:.3f}, "
-                      f"{accountant.upper()} accountant, δ={ledger.delta:.1e}), clip C={max_grad_norm:g}")
+                      f"{accountant.upper()} accountant, {shown_delta}), clip C={max_grad_norm:g}; "
+                      + ("losses, metrics and counts in replies are DP releases inside ε" if site_metrics == "dp"
+                         else "metrics in replies are EXACT"))
+        if site_metrics == "exact":
+            warn_loudly("--site-metrics exact: this site's replies carry EXACT losses, metrics and example counts of its "
+                        "data, which no ε covers; recorded in its ledger and in the coordinator's results")
+        if allow_repeated_rounds:
+            console.print("repeated rounds: answered, and each repeat is counted in ε again (--allow-repeated-rounds)")
 
     state.mkdir(parents=True, exist_ok=True, mode=0o700)
     events_file = state / f"events-{os.getpid()}.jsonl"
@@ -163,6 +179,7 @@ def join(
             "data-path": str(data), "site-name": site_name, "task": task_name, "state-dir": str(state),
             "events-file": str(events_file), "dp": not no_dp, "epsilon": epsilon, "delta": delta,
             "max-grad-norm": max_grad_norm, "accountant": accountant, "device": device,
+            "site-metrics": site_metrics, "allow-repeats": allow_repeated_rounds, "metrics-cost": metrics_cost,
             "allowed-tasks": ",".join(sorted({*allow_task, *site_allowed_tasks(data)})),
         },
         log_path=state / "supernode.log",
@@ -278,7 +295,7 @@ def privacy(
         return
     import json as _json
 
-    ledger = PrivacyLedger.open(state, epsilon_budget=None, delta=0.0, accountant=None)
+    ledger = PrivacyLedger.open(state, epsilon_budget=None, delta=None, accountant=None)
     raw = _json.loads(path.read_text())
     spent = ledger.epsilon_spent()
     if json_out:
@@ -288,13 +305,24 @@ def privacy(
     from rich.table import Table
 
     table = Table(title=f"privacy ledger {path}")
-    for col in ("run", "round", "steps", "sample rate", "σ", "status"):
+    for col in ("run", "round", "release", "steps", "sample rate", "σ", "statistics σ", "status"):
         table.add_column(col)
     for e in ledger.entries:
-        table.add_row(e.run_id, str(e.round), str(e.steps), f"{e.sample_rate:.4f}", f"{e.noise_multiplier:.3f}", e.status)
+        stats = "EXACT" if e.exact_statistics else (f"{e.statistics_noise:.2f}" if e.statistics_noise else "-")
+        table.add_row(e.run_id or "-", str(e.round) if e.kind != "count" else "-",
+                      e.kind + (f" #{e.release}" if e.release > 1 else ""), str(e.steps) if e.steps else "-",
+                      f"{e.sample_rate:.4f}" if e.steps else "-", f"{e.noise_multiplier:.3f}" if e.steps else "-",
+                      stats, e.status)
     console.print(table)
     console.print(f"{data.name}: ε spent {spent:.4f} of budget {ledger.epsilon_budget:g} at δ={ledger.delta:.2e}; "
                   f"ε left {max(0.0, ledger.epsilon_budget - spent):.4f}")
+    reserved = ledger.reserved(exclude_run=None)
+    if reserved:
+        console.print(f"open runs reserve ε up to {ledger.epsilon_spent(reserved):.4f} in all "
+                      f"({', '.join(k for k, v in ledger.plans.items() if not v.closed)})")
+    if ledger.exact_releases():
+        console.print(f"[yellow]{ledger.exact_releases()} release(s) carried EXACT statistics (--site-metrics exact or "
+                      "an older FedShield): ε does not cover those[/]")
 
 
 def main() -> None:

@@ -30,7 +30,9 @@ from flwr.compat.common.recorddict_compat import recorddict_to_fitins  # noqa: E
 
 from fedshield.client.device import resolve_device  # noqa: E402
 from fedshield.client.events import emit  # noqa: E402
+from fedshield.client.local_evaluation import evaluate_round  # noqa: E402
 from fedshield.client.local_training import train_round  # noqa: E402
+from fedshield.client.site_privacy import close_run, released_counts  # noqa: E402
 from fedshield.client.site_policy import site_policy_mod  # noqa: E402
 from fedshield.strategies.secure_aggregation import install_flower_fixes, secaggplus_when_asked  # noqa: E402
 from fedshield.client.site_session import (  # noqa: E402
@@ -96,21 +98,25 @@ class SiteClient(NumPyClient):
             raise
         metrics: dict[str, Any] = {
             "site": site_name,
-            "train-loss": outcome.result.loss,
-            "train-seconds": seconds,
             "dp": privacy.enabled,
+            "site-metrics": outcome.statistics,
             # how warm this site's process is: the same pid and one data load / model build per run
             "worker-pid": self.process["pid"],
             "worker-messages": self.process["messages"],
             "worker-data-loads": self.process["data_loads"],
             "worker-model-builds": self.process["model_builds"],
         }
+        if outcome.loss is not None:
+            metrics["train-loss"] = outcome.loss
+        if outcome.statistics == "exact" or site.virtual is not None:
+            # a timing grows with the examples sampled: a side channel a real DP site keeps to itself
+            metrics["train-seconds"] = seconds
         if privacy.enabled:
             metrics.update({"epsilon": outcome.epsilon, "delta": outcome.delta,
                             "noise-multiplier": outcome.noise_multiplier, "sample-rate": outcome.sample_rate})
         emit(events, "train-end", round=rnd, loss=outcome.result.loss, seconds=seconds,
              epsilon=metrics.get("epsilon"), steps=outcome.result.steps)
-        return model_to_ndarrays(model), len(data.train), metrics
+        return model_to_ndarrays(model), outcome.count, metrics
 
     def evaluate(self, parameters: list[np.ndarray], config: dict[str, Any]):
         rnd = int(config.get("round", 0))
@@ -120,14 +126,16 @@ class SiteClient(NumPyClient):
             events = site.events_file
             ndarrays_to_model(model, parameters)
             device = resolve_device(str(self.context.node_config.get("device", cfg.device)))
-            model.to(device)
-            result = task.evaluate(model, data.val, device=device)
+            outcome = evaluate_round(task, data, model, cfg, run_id=str(self.context.run_id), rnd=rnd,
+                                     privacy=privacy_settings(site, cfg), device=device)
         except Exception as exc:
             emit(events, "error", round=rnd, stage="evaluate", message=str(exc))
             raise
-        loss = float(result.pop("loss"))
-        emit(events, "evaluate", round=rnd, loss=loss, **result)
-        return loss, len(data.val), {"site": site.name, **result}
+        emit(events, "evaluate", round=rnd, loss=outcome.loss, **outcome.metrics)
+        metrics = {"site": site.name, "site-metrics": outcome.statistics, **outcome.metrics}
+        if outcome.epsilon is not None:
+            metrics["epsilon"] = outcome.epsilon
+        return outcome.loss, outcome.count, metrics
 
 
 def fedshield_query_mod(msg: Message, context: Context, call_next) -> Message:
@@ -141,13 +149,19 @@ def fedshield_query_mod(msg: Message, context: Context, call_next) -> Message:
         cfg = RunConfig.from_flower(dict(request))
         site = identify_site(context.node_config, cfg)
         reply["site"] = site.name
+        privacy = privacy_settings(site, cfg)
         if action == "describe":
             _, _, data = load_site(site, cfg)
             reply.update(data.schema.to_config())
-            reply["examples-train"] = len(data.train)
-            reply["examples-val"] = len(data.val)
+            if privacy.enabled and privacy.private_statistics:  # the counts as released once, never the exact ones
+                counts = released_counts(privacy, data, cfg, run_id=str(context.run_id))
+                reply["examples-train"], reply["examples-val"] = counts.released_train, counts.released_val
+            else:
+                reply["examples-train"], reply["examples-val"] = len(data.train), len(data.val)
             emit(site.events_file, "joined-run", run_id=str(context.run_id), task=cfg.task)
         elif action == "run-complete":
+            if privacy.enabled:
+                close_run(privacy, str(context.run_id))
             emit(site.events_file, "run-complete", run_id=str(context.run_id),
                  status=str(request.get("status", "finished")))
         else:

@@ -12,46 +12,38 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
-from pathlib import Path
+from typing import Any
 
 import torch
 from opacus import PrivacyEngine
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, TensorDataset
 
 from fedshield.client.book_keeping import make_private_book_keeping
 from fedshield.client.empty_batches import NoiseOnEmptyBatches
 from fedshield.client.private_randomness import DPRandomness, dp_randomness, simulation_noise_seed
-from fedshield.client.privacy_ledger import PrivacyLedger
+from fedshield.client.privacy_ledger import LedgerEntry
+from fedshield.client.site_privacy import PrivacySession, PrivacySettings, privacy_session, sampling
 from fedshield.common.allocator import retain_freed_memory
 from fedshield.common.run_config import RunConfig
-from fedshield.tasks.base import SiteData, Task, TrainResult
+from fedshield.tasks.base import RecordStatistics, SiteData, Task, TrainResult
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class PrivacySettings:
-    """A site's DP settings: on/off, lifetime budget (ε, δ; δ=0 means below 1/N), clip C, ledger folder."""
-
-    enabled: bool
-    epsilon: float
-    delta: float
-    max_grad_norm: float
-    state_dir: Path
-    accountant: str = "rdp"
-    virtual_site: int | None = None  # a simulation's virtual site: its DP randomness repeats with the run seed
-
-
-@dataclass(frozen=True)
 class RoundOutcome:
-    """Training result plus the site's privacy position after the round."""
+    """Training result plus what the reply may say: the site's privacy position after the round, the
+    training loss and the example count to report (released under DP, exact without)."""
 
     result: TrainResult
     epsilon: float
     delta: float
     noise_multiplier: float
     sample_rate: float
+    loss: float | None = None
+    count: int = 0
+    statistics: str = "exact"
 
 
 @dataclass
@@ -68,7 +60,8 @@ class PrivateTraining:
 
 def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.optim.Optimizer,
                  loader: DataLoader, *, noise_multiplier: float, max_grad_norm: float,
-                 noise_generator: torch.Generator | None = None) -> PrivateTraining:
+                 noise_generator: torch.Generator | None = None, expected_batch_size: int | None = None
+                 ) -> PrivateTraining:
     """Opacus' front door with the task's fastest supported mode; falls back (``bk`` → ``ghost`` →
     ``hooks``) explicitly, with a warning naming the layer that forced it.
 
@@ -76,7 +69,9 @@ def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.
     the noise from ``noise_generator`` (:mod:`fedshield.client.private_randomness`). ``bk`` and
     ``ghost`` need the loss as a module, which is wrapped to run book-keeping's one backward pass or
     Opacus' two; the task receives that wrapper. The loader takes the noise-only DP-SGD step of every
-    empty Poisson batch itself (:mod:`fedshield.client.empty_batches`).
+    empty Poisson batch itself (:mod:`fedshield.client.empty_batches`). ``expected_batch_size``: the E[B]
+    the mean reduction divides by, when it must come from the released count rather than from
+    ``len(loader.dataset)`` (Opacus' choice: the exact N, which would then leave in every update's scale).
     """
     modes = {"hooks": ["hooks"], "bk": ["bk", "ghost", "hooks"]}.get(task.dp_mode, [task.dp_mode, "hooks"])
     last_error: Exception | None = None
@@ -96,12 +91,14 @@ def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.
                     private_model, dp_optimizer, dp_criterion, dp_loader = make_private_book_keeping(  # type: ignore[assignment]
                         engine, module=model, optimizer=optimizer, criterion=task.criterion(site.schema),
                         data_loader=loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
-                        noise_generator=noise_generator)
+                        noise_generator=noise_generator, expected_batch_size=expected_batch_size)
                 elif mode == "ghost":
                     private_model, dp_optimizer, dp_criterion, dp_loader = engine.make_private(
                         criterion=task.criterion(site.schema), **kwargs)
                 else:
                     private_model, dp_optimizer, dp_loader = engine.make_private(**kwargs)
+                if expected_batch_size is not None and mode != "bk":  # Opacus' optimizers read it at every step
+                    dp_optimizer.expected_batch_size = expected_batch_size
             return PrivateTraining(engine, private_model, dp_optimizer, NoiseOnEmptyBatches(dp_loader, dp_optimizer),
                                    dp_criterion, mode)
         except Exception as exc:  # an Opacus mode that does not support a layer of this model
@@ -122,24 +119,20 @@ def _refuse_padding_modes_opacus_gets_wrong(model: nn.Module) -> None:
                              "per-sample gradients; use zero padding or a model book-keeping clips")
 
 
-def site_delta(settings: PrivacySettings, n_train: int) -> float:
-    """δ to account at: the site's own, or ``min(1e-5, 1/(10·N))`` which is below 1/N."""
-    return settings.delta if settings.delta > 0 else min(1e-5, 1.0 / (10.0 * max(n_train, 1)))
+class ReleasedLengthLoader(DataLoader):
+    """A loader whose length is the number of batches the site's *released* count implies.
 
-
-def planned_rounds(cfg: RunConfig) -> int:
-    """Rounds a site plans its noise for: all of them, or, when the server samples ``per_round`` of
-    ``min_clients`` sites, the participations it can expect plus three standard deviations (binomial).
-
-    Planning every round for a site that is sampled in one of twenty would spend a twentieth of its
-    budget and drown its update in noise. The plan only sets σ: the ledger still refuses any round
-    past the budget, so a site sampled more often than planned sits out the surplus rounds.
+    Opacus derives the Poisson rate as ``1/len(loader)``; with the exact N that rate, the step count
+    and E[B] would reveal N (to within a batch) in every reply. The sampler still draws from the real
+    examples.
     """
-    if not cfg.per_round or cfg.per_round >= cfg.min_clients:
-        return cfg.rounds
-    p = cfg.per_round / cfg.min_clients
-    mean = cfg.rounds * p
-    return max(1, min(cfg.rounds, math.ceil(mean + 3 * math.sqrt(mean * (1 - p)))))
+
+    def __init__(self, dataset: TensorDataset, *, batches: int, **kwargs: Any) -> None:
+        super().__init__(dataset, **kwargs)
+        self._batches = batches
+
+    def __len__(self) -> int:
+        return self._batches
 
 
 def train_round(
@@ -153,18 +146,19 @@ def train_round(
     privacy: PrivacySettings,
     device: torch.device,
 ) -> RoundOutcome:
-    """Train ``model`` in place for one round; with DP, check and record the spend in the ledger."""
+    """Train ``model`` in place for one round; with DP, plan, record and release it in the site's ledger.
+
+    Under DP the whole round runs under the ledger lock (:func:`privacy_session`): the Poisson rate,
+    step count and E[B] come from the released count, the round is recorded pending before training
+    (a replay or a round past the budget is refused there), recorded as the DP optimizer's accountant
+    saw it afterwards, and its training loss is released by the Gaussian mechanism (or, with
+    ``--site-metrics exact``, sent exactly and recorded as such).
+    """
     retain_freed_memory()  # once per process: keeps a step's freed tensors mapped for the next (common/allocator.py)
     n = len(site.train)
     seed = None if privacy.virtual_site is None else simulation_noise_seed(cfg.seed, privacy.virtual_site, rnd)
     if seed is not None:  # a simulation's other draws (dropout, a GAN's latents) repeat with the run seed too
         torch.manual_seed(seed ^ 0x5EED)
-    if privacy.enabled:  # which examples each step samples must stay as secret as the noise
-        randomness: DPRandomness | None = dp_randomness(seed, device)
-        generator = randomness.sampling
-    else:
-        randomness, generator = None, torch.Generator().manual_seed(cfg.seed * 1_000_003 + rnd)
-    loader = DataLoader(site.train, batch_size=min(cfg.batch_size, n), shuffle=True, generator=generator)
     model.to(device)
     model.train()
     # A task whose private data reaches only one submodule (a GAN's discriminator) names it: the
@@ -172,43 +166,61 @@ def train_round(
     part = getattr(task, "private_part", None)
     trained = part(model) if callable(part) else model
     optimizer = torch.optim.SGD(trained.parameters(), lr=cfg.lr, momentum=cfg.momentum)
-    if randomness is None:
+    if not privacy.enabled:
+        generator = torch.Generator().manual_seed(cfg.seed * 1_000_003 + rnd)
+        loader = DataLoader(site.train, batch_size=min(cfg.batch_size, n), shuffle=True, generator=generator)
         result = task.train(model, loader, optimizer, epochs=cfg.local_epochs, device=device)
-        return RoundOutcome(result, epsilon=math.inf, delta=0.0, noise_multiplier=0.0, sample_rate=0.0)
+        return RoundOutcome(result, epsilon=math.inf, delta=0.0, noise_multiplier=0.0, sample_rate=0.0,
+                            loss=result.loss, count=n)
 
-    delta = site_delta(privacy, n)
-    # Opacus' DPDataLoader samples each example with q = 1/len(loader) and takes len(loader) steps
-    # per epoch (opacus/data_loader.py); plan and record exactly that.
-    sample_rate = 1.0 / len(loader)
-    steps = len(loader) * cfg.local_epochs
-    ledger = PrivacyLedger.open(privacy.state_dir, epsilon_budget=privacy.epsilon, delta=delta,
-                                accountant=privacy.accountant)
-    plan = ledger.plan_run(run_id, sample_rate=sample_rate, steps_per_round=steps, rounds=planned_rounds(cfg))
-    private = make_private(task, site, trained, optimizer, loader, noise_multiplier=plan.noise_multiplier,
-                           max_grad_norm=privacy.max_grad_norm, noise_generator=randomness.noise)
-    try:
-        entry = ledger.begin_round(run_id, rnd, steps=steps, plan=plan)  # refuses a round past the budget
-        with warnings.catch_warnings():
-            # A frozen feature extractor (transfer-mobilenet --model head) or a detached input (the
-            # generated half of dcgan's batch) leaves no input needing a gradient, and torch says so
-            # at every step of Opacus' per-sample hooks; the per-sample gradients are unaffected.
-            warnings.filterwarnings("ignore", message="Full backward hook is firing")
-            if trained is model:
-                result = task.train(private.model, private.loader, private.optimizer, epochs=cfg.local_epochs,
-                                    device=device, criterion=private.criterion)
-            else:  # the hooks live on the part's layers, so the task calls the part through the whole model
-                result = task.train(model, private.loader, private.optimizer, epochs=cfg.local_epochs,  # type: ignore[call-arg]
-                                    device=device, criterion=private.criterion, private_module=private.model)
-    finally:
-        # Detach Opacus from the model (hooks, per-sample gradient buffers) so it can be reused, also
-        # after a refusal: a warm process (a Ray actor) trains the next site on the same model object.
-        private.model.to_standard_module()
-    taken = sum(s for _, _, s in private.engine.accountant.history)
-    if taken > steps:  # the ledger must never under-count what Opacus' own accountant saw
-        entry.steps = taken
-    ledger.release_round(entry)
-    epsilon = ledger.epsilon_spent()
-    log.info("round %s: %d DP-SGD steps, σ=%.3f, q=%.4f, ε spent %.3f of %.3g (δ=%.1e)",
-             rnd, entry.steps, plan.noise_multiplier, sample_rate, epsilon, privacy.epsilon, ledger.delta)
-    return RoundOutcome(result, epsilon=epsilon, delta=ledger.delta,
-                        noise_multiplier=plan.noise_multiplier, sample_rate=sample_rate)
+    randomness: DPRandomness = dp_randomness(seed, device)  # which examples each step samples stays as secret as the noise
+    with privacy_session(privacy, site, cfg, run_id=run_id, rnd=rnd, purpose="train") as session:
+        plan = session.plan(cfg)
+        draw = sampling(session.counts.released_train, cfg.batch_size)
+        loader = ReleasedLengthLoader(site.train, batches=draw.batches, batch_size=min(cfg.batch_size, n),
+                                      shuffle=True, generator=randomness.sampling)
+        private = make_private(task, site, trained, optimizer, loader, noise_multiplier=plan.noise_multiplier,
+                               max_grad_norm=privacy.max_grad_norm, noise_generator=randomness.noise,
+                               expected_batch_size=draw.expected_batch)
+        try:
+            entry = session.begin(rnd, "train", plan, steps=len(private.loader) * cfg.local_epochs)
+            with warnings.catch_warnings():
+                # A frozen feature extractor (transfer-mobilenet --model head) or a detached input (the
+                # generated half of dcgan's batch) leaves no input needing a gradient, and torch says so
+                # at every step of Opacus' per-sample hooks; the per-sample gradients are unaffected.
+                warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                if trained is model:
+                    result = task.train(private.model, private.loader, private.optimizer, epochs=cfg.local_epochs,
+                                        device=device, criterion=private.criterion)
+                else:  # the hooks live on the part's layers, so the task calls the part through the whole model
+                    result = task.train(model, private.loader, private.optimizer, epochs=cfg.local_epochs,  # type: ignore[call-arg]
+                                        device=device, criterion=private.criterion, private_module=private.model)
+        finally:
+            # Detach Opacus from the model (hooks, per-sample gradient buffers) so it can be reused, also
+            # after a refusal: a warm process (a Ray actor) trains the next site on the same model object.
+            private.model.to_standard_module()
+        loss = _released_training_loss(task, model, site, session, entry, device) if entry.statistics_noise else \
+            (result.loss if privacy.site_metrics == "exact" else None)
+        if entry.statistics_noise and loss is None:
+            entry.statistics_noise = 0.0  # the task reports no per-example loss: nothing was released
+        session.ledger.settle(entry, ran=list(private.engine.accountant.history))
+        epsilon = session.ledger.epsilon_spent()
+        log.info("round %s: %d DP-SGD steps, σ=%.3f, q=%.4f, ε spent %.3f of %.3g (δ=%.1e)",
+                 rnd, entry.steps, entry.noise_multiplier, entry.sample_rate, epsilon, privacy.epsilon,
+                 session.ledger.delta)
+        return RoundOutcome(result, epsilon=epsilon, delta=session.ledger.delta, noise_multiplier=entry.noise_multiplier,
+                            sample_rate=entry.sample_rate, loss=loss,
+                            count=session.counts.released_train if privacy.private_statistics else n,
+                            statistics=privacy.site_metrics)
+
+
+def _released_training_loss(task: Task, model: nn.Module, site: SiteData, session: PrivacySession, entry: LedgerEntry,
+                            device: torch.device) -> float | None:
+    """The trained model's mean loss over the site's training records, as a Gaussian release (None when
+    the task cannot give per-example losses)."""
+    per_example = getattr(task, "per_example_statistics", None)
+    if not callable(per_example):
+        return None
+    stats: RecordStatistics = per_example(model, site.train, device=device, loss_only=True)
+    model.train()
+    return session.release_means(stats, entry, count=session.counts.released_train)["loss"]

@@ -1,18 +1,35 @@
-"""A site's persistent privacy ledger: every DP-SGD round it ever ran on its data, composed by RDP.
+"""A site's persistent privacy ledger: every release its data ever took part in, composed by RDP.
 
 Why our own file and not Opacus' in-memory accountant alone: a site's ε must compose across rounds,
 runs and process restarts (Flower starts a fresh ClientApp process per message in deployment), so the
 accountant's history — the ``(noise_multiplier, sample_rate, steps)`` triples Opacus' ``RDPAccountant``
 keeps — is stored on disk and handed back to Opacus to compute ε. The arithmetic stays Opacus'.
 
-Crash safety: a round is recorded *before* its update leaves the site (status ``pending``) and marked
-``released`` after; entries are keyed by ``(run_id, round)`` so a retried round replaces its own entry
-instead of counting twice, and a killed round stays counted (conservatively). Every write is atomic.
+What counts: every release whose result can leave the site is an entry (``kind``):
+
+- ``train``: a round of DP-SGD (σ, q, steps as the DP optimizer and sampler ran them) plus the
+  Gaussian release of that reply's statistics (the training loss), noise multiplier ``statistics_noise``;
+- ``evaluate``: the Gaussian release of an evaluation reply's loss and metrics;
+- ``count``: the one-off Gaussian release of the site's example counts, which every later reply uses
+  (FedAvg weights, the handshake) and which sets the Poisson rate (:mod:`fedshield.client.site_privacy`);
+  it is drawn once per data size and reused, never redrawn.
+
+A Gaussian release of per-record values clipped so that one record moves the vector by at most 1 in
+L2 norm, with noise N(0, σ²) per coordinate, is the sampled Gaussian mechanism at q = 1 for one step:
+the same triple ``(σ, 1.0, 1)`` (Mironov 2017, Prop. 7), so it composes with DP-SGD in one history.
+
+Replays: a ``(run, round, kind)`` the site already released is refused (a curious coordinator asking
+again gets fresh noise on the same data, and averaging removes it) unless the site allows repeats, in
+which case it is counted again. An entry still ``pending`` (the process died before its result left)
+is replaced by the retry. Crash safety: entries are recorded ``pending`` before training and marked
+``released`` just before the reply is handed to Flower; every write is atomic. The caller holds the
+ledger lock (:mod:`fedshield.client.ledger_lock`) from plan to release.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -28,20 +45,37 @@ from fedshield.common.atomic_io import atomic_write_json
 from fedshield.common.errors import ConfigError
 
 LEDGER_FORMAT = "fedshield-privacy-ledger"
-LEDGER_VERSION = 1
+LEDGER_VERSION = 2
 LEDGER_FILE = "privacy-ledger.json"
 # Beyond this noise multiplier an update is noise (σ·C/B per coordinate); a plan that needs more is
 # refused as "budget too small" rather than run uselessly.
 MAX_NOISE_MULTIPLIER = 20.0
+# Statistics noise is searched up to this multiplier (a release this noisy says nothing, but costs nothing).
+MAX_STATISTICS_NOISE = 1e4
+# A run's plan reserves budget for its remaining rounds against other runs on the same data, until the run
+# ends (its end-of-run notice closes the plan) or it has been idle this long (a coordinator that vanished).
+RESERVATION_IDLE_S = 24 * 3600.0
+KINDS = ("train", "evaluate", "count")
 
 
 class BudgetExhaustedError(ConfigError):
-    """The next round would take the site past its ε budget."""
+    """The next release would take the site past its ε budget."""
+
+
+class ReplayRefusedError(ConfigError):
+    """The coordinator asked for a release the site already made."""
+
+
+Mechanism = tuple[float, float, int]  # (noise multiplier σ, sample rate q, steps): one Opacus history item
 
 
 @dataclass
 class LedgerEntry:
-    """One DP-SGD round: ``steps`` noisy steps at ``sample_rate`` (Poisson q) and ``noise_multiplier`` σ."""
+    """One release: ``steps`` DP-SGD steps at Poisson rate ``sample_rate`` and noise multiplier
+    ``noise_multiplier`` (none when ``steps`` is 0), plus a Gaussian release of statistics at
+    ``statistics_noise`` (none when 0). ``exact_statistics``: the reply carried exact statistics,
+    which no ε covers (``--site-metrics exact``). ``release``: 1 for the first release of this
+    (run, round, kind), more only where the site allows repeats."""
 
     run_id: str
     round: int
@@ -50,21 +84,66 @@ class LedgerEntry:
     noise_multiplier: float
     status: str = "pending"
     recorded_at: float = field(default_factory=time.time)
+    kind: str = "train"
+    statistics_noise: float = 0.0
+    exact_statistics: bool = False
+    release: int = 1
+
+    def mechanisms(self) -> list[Mechanism]:
+        """This entry's part of the accountant's history."""
+        out: list[Mechanism] = []
+        if self.steps > 0:
+            out.append((self.noise_multiplier, self.sample_rate, self.steps))
+        if self.statistics_noise > 0:
+            out.append((self.statistics_noise, 1.0, 1))
+        return out
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` for a value no release can have (a corrupt or edited ledger)."""
+        if self.kind not in KINDS or self.status not in ("pending", "released") or self.steps < 0 or self.release < 1:
+            raise ValueError(f"entry {self.run_id}/{self.round}: kind, status, steps or release out of range")
+        if self.steps > 0 and not (0 < self.sample_rate <= 1 and math.isfinite(self.noise_multiplier)
+                                   and self.noise_multiplier > 0):
+            raise ValueError(f"entry {self.run_id}/{self.round}: sample rate or noise multiplier out of range")
+        if not (math.isfinite(self.statistics_noise) and self.statistics_noise >= 0):
+            raise ValueError(f"entry {self.run_id}/{self.round}: statistics noise out of range")
 
 
 @dataclass
 class RunPlan:
-    """The σ a run was planned with, fixed for all its rounds so every round fits the budget."""
+    """The noise a run was planned with so that all its releases fit the budget.
+
+    ``rounds`` training rounds of ``steps_per_round`` steps at ``sample_rate`` and ``noise_multiplier``,
+    and ``evaluations`` evaluation replies, each reply's statistics at ``statistics_noise`` (0: the
+    site releases none privately). A round run with other settings re-plans (:meth:`PrivacyLedger.plan_run`).
+    """
 
     noise_multiplier: float
     sample_rate: float
     steps_per_round: int
     rounds: int
+    statistics_noise: float = 0.0
+    evaluations: int = 0
+    closed: bool = False
+    updated_at: float = field(default_factory=time.time)
+
+
+@dataclass
+class ReleasedCounts:
+    """The site's example counts as released once (``released_*``, Gaussian noise ``noise_multiplier``)
+    for the exact counts ``train``/``val`` they were drawn from (kept here only, never sent)."""
+
+    train: int
+    val: int
+    released_train: int
+    released_val: int
+    noise_multiplier: float
+    recorded_at: float = field(default_factory=time.time)
 
 
 @dataclass
 class PrivacyLedger:
-    """The ledger of one site (one data folder): budget, δ and every round spent."""
+    """The ledger of one site (one data folder): budget, δ and every release."""
 
     path: Path
     epsilon_budget: float
@@ -72,47 +151,62 @@ class PrivacyLedger:
     accountant: str = "rdp"
     entries: list[LedgerEntry] = field(default_factory=list)
     plans: dict[str, RunPlan] = field(default_factory=dict)
+    counts: list[ReleasedCounts] = field(default_factory=list)
 
     # ----------------------------------------------------------------- persistence
     @classmethod
-    def open(cls, state_dir: Path, *, epsilon_budget: float | None, delta: float,
+    def open(cls, state_dir: Path, *, epsilon_budget: float | None, delta: float | None,
              accountant: str | None = "rdp") -> "PrivacyLedger":
-        """Open (or create in memory) the ledger in ``state_dir``; a foreign or newer file is refused.
+        """Open (or create in memory) the ledger in ``state_dir``; a foreign, newer or corrupt file is refused.
 
         The budget, δ and accountant given now are the site's current settings; δ cannot change once
-        rounds are recorded, since ε at a different δ would not describe the same guarantee. The
-        accountant may change: both bound the same recorded mechanism, so ε is recomputed.
-        ``None`` for the budget or the accountant keeps the ones recorded in the file.
+        releases are recorded, since ε at a different δ would not describe the same guarantee. The
+        accountant may change: both bound the same recorded mechanisms, so ε is recomputed.
+        ``None`` keeps what the file records (δ of a fresh ledger is then 0 until :meth:`fix_delta`).
         """
         if accountant is not None and accountant not in ACCOUNTANTS:
             raise ConfigError(f"--accountant {accountant!r}: use rdp or prv")
         path = Path(state_dir) / LEDGER_FILE
         if not path.exists():
-            return cls(path=path, epsilon_budget=epsilon_budget or 0.0, delta=delta, accountant=accountant or "rdp")
+            return cls(path=path, epsilon_budget=epsilon_budget or 0.0, delta=delta or 0.0,
+                       accountant=accountant or "rdp")
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: privacy ledger is unreadable ({exc}); restore it from backup — "
                               "never delete it, that would forget spent privacy") from None
         if not isinstance(raw, dict) or raw.get("format") != LEDGER_FORMAT:
             raise ConfigError(f"{path}: not a FedShield privacy ledger; point --state-dir at the site's own state folder")
-        if int(raw.get("version", 0)) > LEDGER_VERSION:
-            raise ConfigError(f"{path}: ledger written by a newer FedShield (version {raw['version']}); upgrade FedShield")
         try:
-            entries = [LedgerEntry(**e) for e in raw["entries"]]
-            plans = {k: RunPlan(**v) for k, v in raw.get("plans", {}).items()}
+            version = int(raw.get("version", 0))
+        except (TypeError, ValueError):
+            version = LEDGER_VERSION + 1
+        if version > LEDGER_VERSION:
+            raise ConfigError(f"{path}: ledger written by a newer FedShield (version {raw.get('version')}); upgrade FedShield")
+        try:
+            entries = [_entry(e, version) for e in raw["entries"]]
+            plans = {str(k): RunPlan(**v) for k, v in raw.get("plans", {}).items()}
+            counts = [ReleasedCounts(**c) for c in raw.get("counts", [])]
             old_delta = float(raw["delta"])
             if epsilon_budget is None:
                 epsilon_budget = float(raw["epsilon_budget"])
             if accountant is None:
                 accountant = str(raw.get("accountant", "rdp"))
-        except (KeyError, TypeError, ValueError) as exc:
+            for entry in entries:
+                entry.validate()
+            if entries and not 0 < old_delta < 1:
+                raise ValueError(f"delta {old_delta}")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{path}: privacy ledger is corrupt ({exc}); restore it from backup") from None
-        if entries and abs(old_delta - delta) > 1e-15:
-            # Keep the recorded δ: ε is only comparable at one δ.
-            delta = old_delta
+        if entries or delta is None:
+            delta = old_delta  # keep the recorded δ: ε is only comparable at one δ
         return cls(path=path, epsilon_budget=epsilon_budget, delta=delta, accountant=accountant,
-                   entries=entries, plans=plans)
+                   entries=entries, plans=plans, counts=counts)
+
+    def fix_delta(self, delta: float) -> None:
+        """Set δ of a ledger that records no release yet (its δ depends on the released count)."""
+        if not self.entries:
+            self.delta = delta
 
     def save(self) -> None:
         """Write the ledger atomically (owner-only: it reveals how the site trained)."""
@@ -127,85 +221,220 @@ class PrivacyLedger:
                 "epsilon_spent": self.epsilon_spent(),
                 "entries": [asdict(e) for e in self.entries],
                 "plans": {k: asdict(v) for k, v in self.plans.items()},
+                "counts": [asdict(c) for c in self.counts],
             },
             mode=0o600,
         )
 
     # ----------------------------------------------------------------- accounting
-    def history(self, *, exclude_run: str | None = None) -> list[tuple[float, float, int]]:
-        """Opacus accountant history ``[(σ, q, steps), ...]`` of recorded rounds."""
-        return [
-            (e.noise_multiplier, e.sample_rate, e.steps)
-            for e in self.entries
-            if exclude_run is None or e.run_id != exclude_run
-        ]
+    def history(self, *, exclude_run: str | None = None) -> list[Mechanism]:
+        """Opacus accountant history ``[(σ, q, steps), ...]`` of every recorded release."""
+        return [m for e in self.entries if exclude_run is None or e.run_id != exclude_run for m in e.mechanisms()]
 
-    def epsilon_spent(self, extra: list[tuple[float, float, int]] | None = None) -> float:
-        """ε at the ledger's δ for all recorded rounds (plus ``extra``), by the ledger's Opacus accountant."""
+    def epsilon_spent(self, extra: list[Mechanism] | None = None) -> float:
+        """ε at the ledger's δ for all recorded releases (plus ``extra``), by the ledger's Opacus accountant."""
         return epsilon_of(self.history() + list(extra or []), self.delta, self.accountant)
 
-    def plan_run(self, run_id: str, *, sample_rate: float, steps_per_round: int, rounds: int) -> RunPlan:
-        """Return this run's plan, creating it on first use.
+    def exact_releases(self) -> int:
+        """Replies that carried exact statistics (``--site-metrics exact``): ε does not cover them."""
+        return sum(1 for e in self.entries if e.exact_statistics)
 
-        The noise multiplier is the smallest σ whose RDP composition with the site's earlier history
-        and all ``rounds`` of this run stays within the budget (bisection, as Opacus'
-        ``get_noise_multiplier`` does for an empty history, on an upper bound of the accountant's ε over
-        :data:`SEARCH_ORDERS`; the ε recorded and reported is always over all of Opacus' orders).
+    def reserved(self, *, exclude_run: str | None, now: float | None = None) -> list[Mechanism]:
+        """What the other open runs' plans still reserve: their remaining rounds and evaluations."""
+        now = time.time() if now is None else now
+        out: list[Mechanism] = []
+        for run_id, plan in self.plans.items():
+            if run_id == exclude_run or plan.closed or now - plan.updated_at > RESERVATION_IDLE_S:
+                continue
+            done = self._released(run_id)
+            rounds = max(0, plan.rounds - done["train"])
+            evaluations = max(0, plan.evaluations - done["evaluate"])
+            if rounds and plan.steps_per_round:
+                out.append((plan.noise_multiplier, plan.sample_rate, plan.steps_per_round * rounds))
+            if plan.statistics_noise > 0 and rounds + evaluations:
+                out.append((plan.statistics_noise, 1.0, rounds + evaluations))
+        return out
+
+    def _released(self, run_id: str) -> dict[str, int]:
+        done = {kind: 0 for kind in KINDS}
+        for e in self.entries:
+            if e.run_id == run_id and e.status == "released":
+                done[e.kind] += 1
+        return done
+
+    def _check_budget(self, what: str, extra: list[Mechanism], *, run_id: str) -> None:
+        after = self.epsilon_spent(extra + self.reserved(exclude_run=run_id))
+        if after > self.epsilon_budget * (1 + 1e-6):
+            raise BudgetExhaustedError(
+                f"{self.path}: {what} would spend ε up to {after:.3g} (with what other runs on this data have "
+                f"reserved), above the site's budget {self.epsilon_budget:g}; the site refuses it"
+            )
+
+    # ----------------------------------------------------------------- counts
+    def counts_for(self, n_train: int, n_val: int) -> ReleasedCounts | None:
+        """The counts released for exactly these sizes, if any (a release is reused, never redrawn)."""
+        for c in self.counts:
+            if c.train == n_train and c.val == n_val:
+                return c
+        return None
+
+    @staticmethod
+    def draw_counts(n_train: int, n_val: int, *, noise_multiplier: float, rng: np.random.Generator) -> ReleasedCounts:
+        """``(n_train, n_val) + N(0, σ²)``, rounded, each at least 1; recorded by :meth:`record_counts`.
+
+        One record is in exactly one split, so it moves the pair by 1 in L2 norm: a Gaussian release at
+        q = 1 with noise multiplier ``noise_multiplier``.
         """
-        if run_id in self.plans:
-            return self.plans[run_id]
-        prior = self.history(exclude_run=run_id)
-        total_steps = steps_per_round * rounds
+        noisy = np.array([n_train, n_val], dtype=np.float64) + rng.normal(0.0, noise_multiplier, size=2)
+        return ReleasedCounts(n_train, n_val, max(1, int(round(noisy[0]))), max(1, int(round(noisy[1]))),
+                              noise_multiplier)
 
-        def eps(sigma: float) -> float:  # an upper bound of the accountant's ε, so σ errs on the safe side
-            return epsilon_of(prior + [(sigma, sample_rate, total_steps)], self.delta, self.accountant,
-                              orders=SEARCH_ORDERS)
+    def record_counts(self, counts: ReleasedCounts) -> None:
+        """Record the counts' release as a ``count`` entry (refused past the budget, nothing recorded)."""
+        entry = LedgerEntry(run_id="", round=0, steps=0, sample_rate=0.0, noise_multiplier=0.0, kind="count",
+                            statistics_noise=counts.noise_multiplier, status="released")
+        self._check_budget("releasing the site's example counts", entry.mechanisms(), run_id="")
+        self.entries.append(entry)
+        self.counts.append(counts)
+        self.save()
 
+    # ----------------------------------------------------------------- plans
+    def plan_run(self, run_id: str, *, sample_rate: float, steps_per_round: int, rounds: int, evaluations: int,
+                 private_statistics: bool, metrics_cost: float) -> RunPlan:
+        """This run's plan: the one recorded, or a new one when there is none or the run changed.
+
+        A run changes when the coordinator sends other DP-relevant settings than it planned with (batch
+        size → q, local epochs → steps, rounds, sampling); the run is then re-planned for its remaining
+        releases against everything recorded (its own earlier rounds included), never mis-recorded.
+
+        The noise multipliers: σ of DP-SGD is the smallest whose RDP composition with the site's
+        history, the other open runs' reservations, and all of this run's releases stays within the
+        budget (bisection on an upper bound of the accountant's ε over :data:`SEARCH_ORDERS`; the ε
+        recorded and reported is always over all of Opacus' orders). With ``private_statistics`` each
+        reply's statistics get the smallest noise multiplier that raises σ by at most ``metrics_cost``
+        (a fraction, e.g. 0.05) over σ without statistics.
+        """
+        plan = self.plans.get(run_id)
+        stats_wanted = private_statistics
+        if plan is not None and (plan.sample_rate, plan.steps_per_round, plan.rounds, plan.evaluations,
+                                 plan.statistics_noise > 0) == (sample_rate, steps_per_round, rounds, evaluations,
+                                                                stats_wanted):
+            return plan
+        done = self._released(run_id)
+        left_rounds = max(1, rounds - done["train"]) if plan is not None else rounds
+        left_evaluations = max(1, evaluations - done["evaluate"]) if plan is not None else evaluations
+        prior = self.history() + self.reserved(exclude_run=run_id)
         spent = epsilon_of(prior, self.delta, self.accountant)
         if spent >= self.epsilon_budget:
             raise BudgetExhaustedError(
-                f"{self.path}: privacy budget spent (ε {spent:.3g} of "
-                f"{self.epsilon_budget:g}); this site cannot train again on this data"
+                f"{self.path}: privacy budget spent (ε {spent:.3g} of {self.epsilon_budget:g}, with what other runs "
+                "on this data have reserved); this site cannot train again on this data"
             )
-        if eps(MAX_NOISE_MULTIPLIER) > self.epsilon_budget:
+        sigma, stats_sigma = _plan_noise(tuple(prior), sample_rate, steps_per_round * left_rounds,
+                                         left_rounds + left_evaluations if stats_wanted else 0, self.delta,
+                                         self.epsilon_budget, self.accountant, metrics_cost)
+        if sigma is None:
             left = self.epsilon_budget - spent
             raise BudgetExhaustedError(
                 f"{self.path}: the privacy budget left (ε {left:.3g} of {self.epsilon_budget:g}) cannot cover "
-                f"{rounds} round(s) even at noise multiplier {MAX_NOISE_MULTIPLIER:g}; raise --epsilon or plan fewer --rounds"
+                f"{left_rounds} round(s) even at noise multiplier {MAX_NOISE_MULTIPLIER:g}; raise --epsilon or plan "
+                "fewer --rounds"
             )
-        sigma = _smallest_sigma(eps, self.epsilon_budget) if prior else _fresh_sigma(
-            sample_rate, total_steps, self.delta, self.epsilon_budget, self.accountant)
-        plan = RunPlan(noise_multiplier=sigma, sample_rate=sample_rate,
-                       steps_per_round=steps_per_round, rounds=rounds)
-        self.plans[run_id] = plan
-        return plan
+        new = RunPlan(noise_multiplier=sigma, sample_rate=sample_rate, steps_per_round=steps_per_round,
+                      rounds=rounds, statistics_noise=stats_sigma, evaluations=evaluations)
+        if plan is not None:  # keep the totals the coordinator now announces; left_* counted what is done
+            new.rounds = done["train"] + left_rounds
+            new.evaluations = done["evaluate"] + left_evaluations
+        self.plans[run_id] = new
+        return new
 
-    def begin_round(self, run_id: str, rnd: int, *, steps: int, plan: RunPlan) -> LedgerEntry:
-        """Record a round as pending before training; refuse it if it would exceed the budget."""
-        self.entries = [e for e in self.entries if not (e.run_id == run_id and e.round == rnd)]
+    def close_run(self, run_id: str) -> None:
+        """The run ended: its plan no longer reserves budget."""
+        plan = self.plans.get(run_id)
+        if plan is not None and not plan.closed:
+            plan.closed = True
+            self.save()
+
+    # ----------------------------------------------------------------- releases
+    def begin(self, run_id: str, rnd: int, kind: str, *, plan: RunPlan, steps: int, allow_repeat: bool,
+              exact_statistics: bool = False) -> LedgerEntry:
+        """Record a release as pending before its computation; refuse a replay or a release past the budget.
+
+        ``steps``: DP-SGD steps (0 for an evaluation); the entry takes σ, q and the statistics noise from
+        ``plan``. A (run, round, kind) already released is refused unless ``allow_repeat``, and then
+        counted again; a pending one (its process died before the result left) is replaced.
+        """
+        same = [e for e in self.entries if e.run_id == run_id and e.round == rnd and e.kind == kind]
+        released = [e for e in same if e.status == "released"]
+        if released and not allow_repeat:
+            raise ReplayRefusedError(
+                f"{self.path}: run {run_id} round {rnd} ({kind}) was already released by this site; a repeat would "
+                "spend privacy again on the same data, so it is refused (a site that accepts repeats joins with "
+                "--allow-repeated-rounds, and each repeat is counted)"
+            )
         entry = LedgerEntry(run_id=run_id, round=rnd, steps=steps,
-                            sample_rate=plan.sample_rate, noise_multiplier=plan.noise_multiplier)
-        after = self.epsilon_spent([(entry.noise_multiplier, entry.sample_rate, entry.steps)])
+                            sample_rate=plan.sample_rate if steps else 0.0,
+                            noise_multiplier=plan.noise_multiplier if steps else 0.0, kind=kind,
+                            statistics_noise=0.0 if exact_statistics else plan.statistics_noise,
+                            exact_statistics=exact_statistics, release=len(released) + 1)
+        retried = {id(e) for e in same if e.status == "pending"}
+        kept = [e for e in self.entries if id(e) not in retried]
+        after = epsilon_of([m for e in kept for m in e.mechanisms()] + entry.mechanisms()
+                           + self.reserved(exclude_run=run_id), self.delta, self.accountant)
         if after > self.epsilon_budget * (1 + 1e-6):
             raise BudgetExhaustedError(
-                f"{self.path}: round {rnd} would spend ε up to {after:.3g}, above the site's budget "
+                f"{self.path}: round {rnd} ({kind}) would spend ε up to {after:.3g}, above the site's budget "
                 f"{self.epsilon_budget:g}; the site refuses this round"
             )
-        self.entries.append(entry)
+        self.entries = kept + [entry]
+        plan.updated_at = time.time()
         self.save()
         return entry
 
-    def release_round(self, entry: LedgerEntry) -> None:
-        """Mark a recorded round as released (its update left the site)."""
+    def settle(self, entry: LedgerEntry, *, ran: list[Mechanism]) -> None:
+        """Replace the entry's DP-SGD part by what the DP optimizer's accountant saw (``ran``), then release.
+
+        The entry was written with the plan's σ, q and steps before training; the record must be what
+        ran. A round that ran with other values than planned is recorded as it ran and refused past the
+        budget (its result is then withheld: the caller raises before replying).
+        """
+        if ran:
+            sigmas, rates = {round(s, 12) for s, _, _ in ran}, {round(q, 12) for _, q, _ in ran}
+            if len(sigmas) != 1 or len(rates) != 1:
+                raise RuntimeError(f"one round ran with several noise multipliers or sample rates: {ran}")
+            entry.noise_multiplier, entry.sample_rate = ran[0][0], ran[0][1]
+            entry.steps = sum(s for _, _, s in ran)
+        after = self.epsilon_spent()
+        self.save()
+        if after > self.epsilon_budget * (1 + 1e-6):
+            raise BudgetExhaustedError(f"{self.path}: round {entry.round} ran more DP-SGD steps than planned (ε "
+                                       f"{after:.3g} of {self.epsilon_budget:g}); its update is withheld")
+        self.release(entry)
+
+    def release(self, entry: LedgerEntry) -> None:
+        """Mark a recorded release as released (its result is about to leave the site)."""
         entry.status = "released"
         self.save()
 
 
-def _smallest_sigma(eps: Callable[[float], float], budget: float) -> float:
-    """Bisection for the smallest σ with ``eps(σ) <= budget`` (ε falls as σ grows), to 0.1 % of σ."""
+def _entry(raw: dict, version: int) -> LedgerEntry:
+    """A stored entry; version-1 ledgers recorded DP-SGD rounds only, whose replies carried exact metrics."""
+    if not isinstance(raw, dict):
+        raise TypeError("entry is not an object")
+    if version < 2:
+        return LedgerEntry(**raw, kind="train", exact_statistics=True)
+    return LedgerEntry(**raw)
+
+
+def _smallest_sigma(eps: Callable[[float], float], budget: float, *, limit: float = MAX_NOISE_MULTIPLIER * 64
+                    ) -> float | None:
+    """Bisection for the smallest σ with ``eps(σ) <= budget`` (ε falls as σ grows), to 0.1 % of σ;
+    None when even ``limit`` is not enough."""
     lo, hi = 0.05, 1.0
     while eps(hi) > budget:
-        lo, hi = hi, hi * 2
+        if hi >= limit:
+            return None
+        lo, hi = hi, min(hi * 2, limit)
     for _ in range(60):
         mid = (lo + hi) / 2
         if eps(mid) > budget:
@@ -218,10 +447,28 @@ def _smallest_sigma(eps: Callable[[float], float], budget: float) -> float:
 
 
 @lru_cache(maxsize=1024)
-def _fresh_sigma(sample_rate: float, steps: int, delta: float, budget: float, accountant: str) -> float:
-    """σ for a site with no history: the same for every site of a simulation with equal sizes, so cached."""
-    return _smallest_sigma(lambda sigma: epsilon_of([(sigma, sample_rate, steps)], delta, accountant,
-                                                    orders=SEARCH_ORDERS), budget)
+def _plan_noise(prior: tuple[Mechanism, ...], sample_rate: float, steps: int, statistics_releases: int, delta: float,
+                budget: float, accountant: str, metrics_cost: float) -> tuple[float | None, float]:
+    """(σ of DP-SGD or None if it cannot fit, noise multiplier of the statistics or 0) for a run's plan.
+
+    The same for every fresh site of a simulation with equal sizes, so cached. The split between the
+    two (σ_m so that σ grows by ``metrics_cost``) is found with the RDP accountant, cheap at every
+    order; σ itself is then fitted with the ledger's own accountant (PRV costs ~0.1 s an evaluation).
+    """
+    def eps(sigma: float, stats_sigma: float | None, name: str = accountant) -> float:  # ≥ the accountant's ε
+        extra = [(stats_sigma, 1.0, statistics_releases)] if stats_sigma else []
+        return epsilon_of(list(prior) + [(sigma, sample_rate, steps)] + extra, delta, name, orders=SEARCH_ORDERS)
+
+    if eps(MAX_NOISE_MULTIPLIER, None) > budget:
+        return None, 0.0
+    if not statistics_releases:
+        return _smallest_sigma(lambda s: eps(s, None), budget), 0.0
+    free = _smallest_sigma(lambda s: eps(s, None, "rdp"), budget) or MAX_NOISE_MULTIPLIER
+    target = min(free * (1 + metrics_cost), MAX_NOISE_MULTIPLIER)
+    stats_sigma = _smallest_sigma(lambda sm: eps(target, sm, "rdp"), budget, limit=MAX_STATISTICS_NOISE)
+    if stats_sigma is None:  # no room beside σ at its cap: statistics as noisy as they come
+        stats_sigma = MAX_STATISTICS_NOISE
+    return _smallest_sigma(lambda s: eps(s, stats_sigma), budget), stats_sigma
 
 
 ACCOUNTANTS = {"rdp": RDPAccountant, "prv": PRVAccountant}
@@ -242,7 +489,7 @@ def _rdp_per_step(sigma: float, q: float, orders: tuple[float, ...]) -> np.ndarr
     return np.asarray(privacy_analysis.compute_rdp(q=q, noise_multiplier=sigma, steps=1, orders=list(orders)))
 
 
-def _rdp_epsilon(history: list[tuple[float, float, int]], delta: float, orders: tuple[float, ...]) -> float:
+def _rdp_epsilon(history: list[Mechanism], delta: float, orders: tuple[float, ...]) -> float:
     """What ``RDPAccountant.get_epsilon(delta)`` returns for ``history`` (same arithmetic, cached)."""
     rdp = sum(_rdp_per_step(float(sigma), float(q), orders) * steps for sigma, q, steps in history)
     with warnings.catch_warnings():
@@ -251,7 +498,7 @@ def _rdp_epsilon(history: list[tuple[float, float, int]], delta: float, orders: 
     return float(eps)
 
 
-def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant_name: str = "rdp",
+def epsilon_of(history: list[Mechanism], delta: float, accountant_name: str = "rdp",
                *, orders: tuple[float, ...] = RDP_ORDERS) -> float:
     """ε at ``delta`` for an Opacus accountant history ``[(σ, q, steps)]``; 0 for an empty history.
 
@@ -266,6 +513,8 @@ def epsilon_of(history: list[tuple[float, float, int]], delta: float, accountant
     accountant = ACCOUNTANTS[accountant_name]()
     accountant.history = list(history)
     with warnings.catch_warnings():
-        # "optimal order is the largest alpha" only says the bound could be tighter: it stays valid.
+        # "optimal order is the largest alpha" only says the bound could be tighter: it stays valid;
+        # q = 1 (a Gaussian release) takes log(0) inside the PRV construction, harmlessly.
         warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", RuntimeWarning)
         return float(accountant.get_epsilon(delta=delta))

@@ -54,11 +54,16 @@ def _header(path: Path) -> list[str]:
         return []
 
 
-def check_site(folder: Path, *, task: str | None, overrides: dict[str, object]) -> tuple[str, TaskOptions, SiteData]:
-    """Return (task name, options, validated data) for the site folder, or raise a one-line error."""
+def check_site(folder: Path, *, task: str | None, overrides: dict[str, object],
+               private: bool = True) -> tuple[str, TaskOptions, SiteData]:
+    """Return (task name, options, validated data) for the site folder, or raise a one-line error.
+
+    ``private``: the site trains under DP (what the task may derive from the data, :class:`TaskOptions`).
+    """
     folder = Path(folder)
     check_folder(folder)
     toml_task, options = site_options(folder, overrides)
+    options.private = private
     name = task or toml_task or infer_task(folder)
     if name is None:
         raise DataError(f"--data {folder}: cannot tell which task this data is for; add `task = \"...\"` to "

@@ -21,7 +21,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from fedshield.client.local_training import PrivacySettings
+from fedshield.client.site_privacy import DEFAULT_METRICS_COST, PrivacySettings
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
 from fedshield.common.site_config import site_options
@@ -68,6 +68,9 @@ def privacy_settings(site: SiteIdentity, cfg: RunConfig) -> PrivacySettings:
     nc = site.node_config
     site_dp = nc.get("dp")
     enabled = cfg.dp if site_dp is None else str(site_dp).lower() in ("1", "true")
+    # What a reply may say about the data is the site's own decision too: a real site's statistics are DP
+    # releases unless it opted out itself; only a simulation's experimenter sets it for virtual sites.
+    metrics = nc.get("site-metrics", cfg.site_metrics if site.virtual is not None else "dp")
     return PrivacySettings(
         enabled=enabled,
         epsilon=float(nc.get("epsilon", cfg.epsilon)),
@@ -76,6 +79,9 @@ def privacy_settings(site: SiteIdentity, cfg: RunConfig) -> PrivacySettings:
         state_dir=site.state_dir,
         accountant=str(nc.get("accountant", cfg.accountant)),
         virtual_site=site.virtual,  # None for a real site (data-path): it never takes a seed from the server
+        site_metrics=str(metrics),
+        allow_repeats=str(nc.get("allow-repeats", False)).lower() in ("1", "true"),
+        metrics_cost=float(nc.get("metrics-cost", DEFAULT_METRICS_COST)),
     )
 
 
@@ -105,6 +111,7 @@ def load_site(site: SiteIdentity, cfg: RunConfig) -> tuple[Task, TaskOptions, Si
             f"{cfg.task!r}; join a {site_task!r} federation"
         )
     options.model = cfg.model
+    options.private = privacy_settings(site, cfg).enabled  # what the task may derive from the data (tabular)
     key = (str(site.data_path), cfg.task, repr(options))
     with _cache_lock:
         if key not in _cache:

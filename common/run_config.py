@@ -58,6 +58,9 @@ class RunConfig:
         max_site_examples: simulation only: examples at the largest virtual site (the partition knows
             it), which SecAgg+'s weight quantisation must cover; 0 = the largest the handshake saw.
         device: ``auto``, ``cpu`` or ``cuda`` for site training.
+        site_metrics: simulation only: what virtual sites' replies say about their data: ``dp`` (losses,
+            metrics and counts as Gaussian releases inside each site's ε) or ``exact`` (outside ε). A real
+            site decides this itself (``fl-client join --site-metrics``); the server cannot.
     """
 
     task: str = "digits-cnn"
@@ -92,6 +95,7 @@ class RunConfig:
     sim_state_dir: str = ""
     max_site_examples: int = 0
     device: str = "auto"
+    site_metrics: str = "dp"
 
     @staticmethod
     def default_lr(dp: bool) -> float:
@@ -117,6 +121,7 @@ class RunConfig:
             (0 <= self.delta < 1, "--delta must be in [0, 1); 0 picks δ below 1/N per site"),
             (self.max_grad_norm > 0, "--max-grad-norm must be positive"),
             (self.device in ("auto", "cpu", "cuda"), "--device must be auto, cpu or cuda"),
+            (self.site_metrics in ("dp", "exact"), "--site-metrics must be dp or exact"),
             (self.accountant in ("rdp", "prv"), "--accountant must be rdp or prv"),
             (self.central_dp in ("off", "fixed", "adaptive"), "--central-dp must be off, fixed or adaptive"),
             (self.central_dp_side in ("server", "client"), "--central-dp-side must be server or client"),

@@ -9,7 +9,8 @@ Example::
     val_fraction = 0.2       # held-out share
     seed = 0                 # held-out split seed
     file = "patients.csv"    # tabular: which CSV, when the folder has several
-    classes = 2              # tabular: number of classes, when a site lacks some labels
+    classes = 2              # tabular: number of classes (needed under DP: never inferred from the data)
+    feature_ranges = { age = [0, 120], bmi = [10, 60] }  # tabular: each feature's valid range (needed under DP)
     target_shift = 150.0     # tabular regression: train on (y - shift) / scale, federation-wide
     target_scale = 75.0
     labels = ["cat", "dog"]  # image tasks: the class names, in index order (images/<name>/ folders)
@@ -32,6 +33,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "task": (str,), "target": (str,), "model": (str,), "kind": (str,), "val_fraction": (float, int),
     "seed": (int,), "file": (str,), "classes": (int,), "target_shift": (float, int),
     "target_scale": (float, int), "labels": (list,), "max_length": (int,), "max_target_length": (int,), "allowed-tasks": (list,),
+    "feature_ranges": (dict,),
 }
 
 
@@ -69,7 +71,7 @@ def site_options(folder: Path, overrides: dict[str, Any]) -> tuple[str | None, T
         val_fraction=float(raw.get("val_fraction", 0.2)),
         seed=int(raw.get("seed", 0)),
         extra={k: raw[k] for k in ("file", "classes", "target_shift", "target_scale", "labels", "max_length",
-                                 "max_target_length")
+                                 "max_target_length", "feature_ranges")
                if k in raw},
     )
     return raw.get("task"), options

@@ -90,11 +90,14 @@ class RunRecorder:
         self.write()
 
     def set_sites(self, sites: dict[int, dict[str, Any]], schema: DataSchema, model: nn.Module,
-                  total: int | None = None) -> None:
+                  total: int | None = None, refused: dict[int, str] | None = None) -> None:
         """Record the handshake: node id -> site description, the agreed schema, the model.
 
-        ``total``: sites in the federation (a sampled simulation describes only some of them).
+        ``total``: sites in the federation (a sampled simulation describes only some of them);
+        ``refused``: node id -> name of sites that answered the handshake with an error (a spent
+        budget, bad data), so their later failures are reported under their names.
         """
+        self.node_sites.update(refused or {})
         self.total_sites = total or len(sites)
         self.doc["total_sites"] = self.total_sites
         self.schema = schema
@@ -116,6 +119,9 @@ class RunRecorder:
             final["evaluate"] = last["evaluate"]["aggregate"]
         if first is not None:
             final["initial_evaluate"] = first["evaluate"]["aggregate"]
+        central = next((r for r in reversed(rounds) if "centralized" in r), None)
+        if central is not None:  # simulation: the global model on the central test set, exact
+            final["centralized"] = central["centralized"]
         eps = [r["train"].get("epsilon_max") for r in rounds if "train" in r]
         eps = [e for e in eps if e is not None]
         if eps:
@@ -150,14 +156,16 @@ class RunRecorder:
         for node_id, n, metrics in results:
             name = self._site(node_id, metrics)
             sites[name] = _clean_dict({"examples": n, **{k: v for k, v in metrics.items() if k != "site"}})
-        total = sum(n for _, n, _ in results)
+        reported = [(n, float(m["train-loss"])) for _, n, m in results if "train-loss" in m]
+        total = sum(n for n, _ in reported)
         train: dict[str, Any] = {
             "sampled": len(sampled),
             "sites": sites,
             "failures": [{"site": self._site(nid), "reason": reason} for nid, reason in failed],
             "aggregate": _clean_dict(aggregate),
-            "loss": _clean(sum(n * float(m.get("train-loss", 0.0)) for _, n, m in results) / total) if total else None,
+            "loss": _clean(sum(n * loss for n, loss in reported) / total) if total else None,
         }
+        self._note_exact(results)
         eps = [float(m["epsilon"]) for _, _, m in results if "epsilon" in m]
         if eps:
             train["epsilon_max"] = max(eps)
@@ -182,8 +190,10 @@ class RunRecorder:
             name = self._site(node_id, metrics)
             values = {"loss": float(site_loss), **{k: float(v) for k, v in metrics.items()
                                                      if k != "site" and isinstance(v, (int, float))}}
-            sites[name] = _clean_dict({"examples": n, **values})
+            sites[name] = _clean_dict({"examples": n, **values,
+                                       **({"site-metrics": metrics["site-metrics"]} if "site-metrics" in metrics else {})})
             weighted.append((n, values))
+        self._note_exact([(nid, n, m) for nid, n, _, m in results])
         entry["evaluate"] = {
             "sites": sites,
             "failures": [{"site": self._site(nid), "reason": reason} for nid, reason in failed],
@@ -191,6 +201,13 @@ class RunRecorder:
         }
         entry["finished_at"] = time.time()
         self.write()
+
+    def _note_exact(self, results: list[tuple[int, int, dict[str, Any]]]) -> None:
+        """Name, at the top of the results, every site whose replies carried exact statistics of its data."""
+        exact = {self._site(nid, m) for nid, _, m in results if str(m.get("site-metrics", "")) == "exact"}
+        if exact:
+            known = set(self.doc["privacy"].get("exact_site_metrics", []))
+            self.doc["privacy"]["exact_site_metrics"] = sorted(known | exact)
 
     def on_centralized(self, rnd, loss, metrics) -> None:
         self._round(rnd)["centralized"] = _clean_dict({"loss": loss, **metrics})

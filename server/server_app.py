@@ -73,7 +73,8 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         model = build_model(task, schema, TaskOptions(model=cfg.model, seed=cfg.seed), seed=cfg.seed)
         if cfg.init_weights:
             start_from(task, model, cfg.init_weights)
-        recorder.set_sites(healthy, schema, model, total=len(node_ids))
+        recorder.set_sites(healthy, schema, model, total=len(node_ids),
+                           refused={nid: str(r["site"]) for nid, r in replies.items() if "error" in r and "site" in r})
         recorder.set_status("running", connected=len(node_ids),
                             refused_sites={str(r.get("site", nid)): r["error"] for nid, r in replies.items() if "error" in r})
 

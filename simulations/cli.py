@@ -102,6 +102,9 @@ def run(
     secagg_threshold: opts.SecAggThreshold = 0.6,
     secagg_timeout: opts.SecAggTimeout = 300.0,
     no_dp: bool = typer.Option(False, "--no-dp", help="Train WITHOUT differential privacy (explicit opt-out, recorded in results)."),
+    site_metrics: str = typer.Option("dp", "--site-metrics", help="What the virtual sites' replies say about their data: dp "
+                                     "(losses, metrics, counts as Gaussian releases inside each site's ε) or exact (outside ε). "
+                                     "The central test set's figures are exact either way."),
     run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Output folder (default ./runs/sim-<time>)."),
     state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Folder of the virtual sites' privacy ledgers (default RUN_DIR/site-state); reuse it across runs and their ε composes, as a real site's does."),
     cpus_per_client: float = typer.Option(1.0, "--cpus-per-client", help="Ray CPUs per virtual site (sites trained at once = CPUs / this)."),
@@ -145,7 +148,7 @@ def run(
                     epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant,
                     run_dir=str(folder.resolve()), sim_data_dir=str((folder / "data").resolve()),
                     sim_state_dir=str(state_dir.resolve()) if state_dir else "",
-                    device=device).validate()
+                    device=device, site_metrics=site_metrics).validate()
     from fedshield.simulations import runner
     from fedshield.simulations.partition_view import partition_table
     from fedshield.simulations.run_setup import prepare_data
@@ -159,6 +162,8 @@ def run(
         runner.check_ray_address(ray_address)
     if no_dp:
         warn_loudly("--no-dp: sites train WITHOUT differential privacy; recorded in results.json")
+    elif site_metrics == "exact":
+        warn_loudly("--site-metrics exact: the virtual sites report EXACT losses, metrics and counts, outside their ε")
     folder.mkdir(parents=True, exist_ok=True)
     try:
         prepared = prepare_data(folder, data_name, clients, spec, seed=seed, test_fraction=test_fraction, augment=augment)

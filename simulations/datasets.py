@@ -2,6 +2,7 @@
 
 - ``digits``: 1,797 handwritten digits (8×8, values 0-16) upscaled bilinearly to 28×28 uint8 0-255.
 - ``breast-cancer``: 569 tumours, 30 numeric features, target ``diagnosis`` (0 malignant, 1 benign).
+  Tabular site folders declare each feature's range over the whole public data set (``feature_ranges``).
 - ``diabetes``: 442 patients, 10 features, target ``progression`` (raw units, 25-346), trained as
   ``(y - 150) / 75`` via ``fedshield.toml``.
 - ``shapes``: *generated*, not real: 3,000 32×32 colour images of ten shapes, CIFAR-10's format
@@ -61,13 +62,25 @@ def _csv_safe(name: str) -> str:
     return "_".join(name.replace("(", " ").replace(")", " ").split())
 
 
+def feature_ranges(x: np.ndarray, names: tuple[str, ...]) -> dict[str, list[float]]:
+    """Each column's typical range over the whole public data set, mean ± 2 standard deviations, 4 digits.
+
+    What a site's data dictionary would declare (``feature_ranges`` in its ``fedshield.toml``): the
+    tabular task maps it to [-1, 1] instead of standardising by a site's own statistics, so one record
+    moves no other record's features. Being public, the whole data set's statistics are such a declaration.
+    """
+    mean, sd = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-9)
+    return {name: [float(f"{m - 2 * d:.4g}"), float(f"{m + 2 * d:.4g}")] for name, m, d in zip(names, mean, sd)}
+
+
 def _breast_cancer() -> BundledDataset:
     from sklearn import datasets as skd
 
     bunch = skd.load_breast_cancer()
     names = tuple(_csv_safe(n) for n in bunch.feature_names)
     return BundledDataset("breast-cancer", "tabular", bunch.data, bunch.target.astype(np.int64), names,
-                          "diagnosis", {"target": "diagnosis"})
+                          "diagnosis", {"target": "diagnosis", "kind": "classification", "classes": 2,
+                                        "feature_ranges": feature_ranges(bunch.data, names)})
 
 
 def _diabetes() -> BundledDataset:
@@ -77,7 +90,8 @@ def _diabetes() -> BundledDataset:
     names = tuple(_csv_safe(n) for n in bunch.feature_names)
     return BundledDataset("diabetes", "tabular", bunch.data, bunch.target.astype(np.float64), names,
                           "progression", {"target": "progression", "kind": "regression",
-                                          "target_shift": 150.0, "target_scale": 75.0})
+                                          "target_shift": 150.0, "target_scale": 75.0,
+                                          "feature_ranges": feature_ranges(bunch.data, names)})
 
 
 def _shapes() -> BundledDataset:

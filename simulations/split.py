@@ -29,10 +29,9 @@ def site_names(n: int) -> list[str]:
 
 
 def _toml(values: dict[str, object]) -> str:
-    lines = []
-    for key, value in values.items():
-        lines.append(f'{key} = "{value}"' if isinstance(value, str) else f"{key} = {value!r}")
-    return "\n".join(lines) + "\n"
+    import tomli_w
+
+    return tomli_w.dumps(values)
 
 
 def write_site_folder(folder: Path, data: BundledDataset, idx: np.ndarray) -> None:

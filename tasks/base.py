@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol, runtime_checkable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -86,6 +87,9 @@ class TaskOptions:
         val_fraction: share of the site's examples held out for validation, in (0, 1).
         seed: seed of the held-out split.
         extra: any other task-specific key from ``fedshield.toml``.
+        private: the site trains under DP: whatever the task derives from the data and the platform
+            releases (features, schema) must not depend on dataset-wide statistics of the site's data,
+            only on each record and on declared settings (tabular: ``feature_ranges``, ``kind``, ``classes``).
     """
 
     target: str | None = None
@@ -94,6 +98,7 @@ class TaskOptions:
     val_fraction: float = 0.2
     seed: int = 0
     extra: dict[str, object] = field(default_factory=dict)
+    private: bool = False
 
 
 @dataclass
@@ -108,6 +113,23 @@ class SiteData:
     val: TensorDataset
     schema: DataSchema
     source: Path
+
+
+@dataclass(frozen=True)
+class RecordStatistics:
+    """Per-record values of what a site may report about a model on its data, for a DP release.
+
+    Attributes:
+        values: statistic name -> (N,) float values, one per record (e.g. ``loss``, ``accuracy`` as 0/1).
+        bounds: statistic name -> the largest value one record may contribute; values are clipped to
+            ``[0, bound]`` before they are summed (:mod:`fedshield.client.private_statistics`), so a
+            bound is a sensitivity: larger bounds mean more noise.
+        derived: reported name -> statistic name it repeats (regression: ``mse`` is the ``loss``).
+    """
+
+    values: dict[str, np.ndarray]
+    bounds: dict[str, float]
+    derived: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -137,7 +159,10 @@ class Task(Protocol):
     # ``default_lr(dp) -> float`` (the task's --lr default); ``sample_grid(model) -> bytes`` (a PNG
     # written next to each checkpoint); ``reads_sites_of`` (tuple of task names whose site folders this task also reads, so a
     # site whose fedshield.toml names one of them may join this task's runs); ``resolve_model(model,
-    # *, pretrained, dp) -> str`` and ``head_prefixes() -> tuple[str, ...]`` (see ``--init-weights``).
+    # *, pretrained, dp) -> str`` and ``head_prefixes() -> tuple[str, ...]`` (see ``--init-weights``);
+    # ``per_example_statistics(model, data, *, device, loss_only=False) -> RecordStatistics`` (what a site
+    # under DP reports: each record's loss and metrics with their bounds; without it a DP site reports
+    # no training loss and refuses evaluation unless it runs with --site-metrics exact).
 
     def criterion(self, schema: DataSchema) -> nn.Module:
         """The loss as a module with a ``reduction`` attribute (Opacus' ghost clipping wraps it)."""

@@ -62,7 +62,7 @@ class CifarCNNTask(SupervisedTask):
             raise DataError(f"{path}: found neither data.npz nor images/<label>/*.png; put the site's images there")
         if len(x) == 0:
             raise DataError(f"{path}: holds no images; a site needs at least 2 examples")
-        train, val = holdout_indices(len(x), y, val_fraction=options.val_fraction, seed=options.seed, where=str(path))
+        train, val = holdout_indices(x, y, val_fraction=options.val_fraction, seed=options.seed, where=str(path))
         xt = torch.as_tensor(x, dtype=torch.float32).permute(0, 3, 1, 2).contiguous() / 255.0
         yt = torch.as_tensor(y)
         schema = DataSchema(kind="classification", input_shape=(3, SIDE, SIDE), num_outputs=len(labels), labels=labels)

@@ -25,7 +25,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedshield.common.errors import DataError
-from fedshield.tasks.base import DataSchema, SiteData, TaskOptions, TrainResult
+from fedshield.tasks.base import DataSchema, RecordStatistics, SiteData, TaskOptions, TrainResult
 from fedshield.tasks.dcgan_model import DCGAN
 from fedshield.tasks.digits_cnn import DigitsCNNTask
 from fedshield.tasks.frechet_digits import features, frechet_distance
@@ -78,7 +78,7 @@ class DCGANTask(DigitsCNNTask):
             if unlabelled and x is not None:  # a generator needs no labels
                 if x.ndim != 3 or x.shape[1:] != (28, 28) or x.dtype != np.uint8:
                     raise DataError(f"{npz_path}: x is {x.dtype} {x.shape}; dcgan needs N×28×28 uint8 greyscale images")
-                train, val = holdout_indices(len(x), None, val_fraction=options.val_fraction, seed=options.seed,
+                train, val = holdout_indices(x, val_fraction=options.val_fraction, seed=options.seed,
                                              where=str(path))
                 xt = torch.as_tensor(x, dtype=torch.float32).unsqueeze(1) / 255.0
                 y = torch.zeros(len(x), dtype=torch.long)
@@ -101,7 +101,9 @@ class DCGANTask(DigitsCNNTask):
         """
         gan: DCGAN = model  # type: ignore[assignment]
         gen_opt = torch.optim.Adam(gan.generator.parameters(), lr=GENERATOR_LR, betas=(0.5, 0.999))
-        n_fake = max(1, round(len(loader.dataset) / max(len(loader), 1)))  # expected batch size: fixed
+        # generated images per step: the expected batch size, fixed; under DP the DP optimizer's E[B], which
+        # comes from the site's released count (the exact N would shape every update)
+        n_fake = int(getattr(optimizer, "expected_batch_size", 0) or 0) or max(1, round(len(loader.dataset) / max(len(loader), 1)))
         bce = nn.functional.binary_cross_entropy_with_logits
         gan.train()
         total, steps, examples = 0.0, 0, 0
@@ -155,6 +157,20 @@ class DCGANTask(DigitsCNNTask):
                 warnings.simplefilter("ignore")
                 out["frechet_digits"] = frechet_distance(features(real), features(fake))
         return out
+
+    @torch.no_grad()
+    def per_example_statistics(self, model: nn.Module, data: TensorDataset, *, device: torch.device,
+                               batch_size: int = 256, loss_only: bool = False) -> RecordStatistics:
+        """Each real image's discriminator loss, −log D(x) (bounded at 4: D(x) below 2 %); the generated
+        half of :meth:`evaluate`'s loss involves no private record and its size would follow the exact
+        count, so a site under DP reports the loss on its real images only. The Fréchet distance
+        compares the whole set's feature covariance, not a sum of per-record values: not reported."""
+        gan: DCGAN = model  # type: ignore[assignment]
+        gan.eval()
+        logits = torch.cat([gan.discriminator(x.to(device)).reshape(-1).cpu() for x, _ in
+                            DataLoader(data, batch_size=batch_size)])
+        loss = nn.functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
+        return RecordStatistics({"loss": loss.double().numpy()}, {"loss": 4.0})
 
     def sample_grid(self, model: nn.Module, *, rows: int = 8) -> bytes:
         """PNG bytes of a rows×rows grid of generated images (fixed latent codes, 1-pixel gaps)."""

@@ -137,7 +137,7 @@ class DigitsCNNTask(SupervisedTask):
             raise DataError(f"{path}: found neither data.npz nor images/<label>/*.png; put the site's digits there")
         if len(x) == 0:
             raise DataError(f"{path}: holds no images; a site needs at least 2 examples")
-        train, val = holdout_indices(len(x), y, val_fraction=options.val_fraction, seed=options.seed, where=str(path))
+        train, val = holdout_indices(x, y, val_fraction=options.val_fraction, seed=options.seed, where=str(path))
         xt = torch.as_tensor(x, dtype=torch.float32).unsqueeze(1) / 255.0
         yt = torch.as_tensor(y)
         return SiteData(TensorDataset(xt[train], yt[train]), TensorDataset(xt[val], yt[val]), SCHEMA, path)

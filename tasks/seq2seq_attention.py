@@ -8,14 +8,16 @@ Metrics: ``exact_match`` (share of targets reproduced exactly) and ``bleu`` (sac
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedshield.common.errors import DataError
-from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
+from fedshield.tasks.base import DataSchema, RecordStatistics, SiteData, TaskOptions
 from fedshield.tasks.byte_tokens import PAD, VOCAB, decode, source_tensor, target_tensor
 from fedshield.tasks.holdout import holdout_indices
 from fedshield.tasks.seq2seq_model import Seq2SeqAttention
@@ -33,13 +35,17 @@ def _limit(options: TaskOptions, key: str, default: int) -> int:
     return value
 
 
-def sequence_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean over examples of each example's mean cross-entropy over its non-pad target bytes.
-    logits (N, T, V), target (N, T) → scalar (per-example means keep every example's weight equal
-    under DP-SGD's per-sample clipping)."""
+def example_losses(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Each example's mean cross-entropy over its non-pad target bytes: logits (N, T, V), target (N, T) → (N,)."""
     ce = nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=PAD, reduction="none")
     valid = (target != PAD).sum(dim=1).clamp(min=1)
-    return (ce.sum(dim=1) / valid).mean()
+    return ce.sum(dim=1) / valid
+
+
+def sequence_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over examples of :func:`example_losses` (per-example means keep every example's weight
+    equal under DP-SGD's per-sample clipping)."""
+    return example_losses(logits, target).mean()
 
 
 class Seq2SeqAttentionTask(SupervisedTask):
@@ -67,7 +73,7 @@ class Seq2SeqAttentionTask(SupervisedTask):
         max_target = _limit(options, "max_target_length", DEFAULT_MAX_TARGET)
         sources, targets = read_pairs(find_tsv(path, options.extra.get("file")), max_source=max_source,
                                       max_target=max_target)
-        train, val = holdout_indices(len(sources), None, val_fraction=options.val_fraction, seed=options.seed,
+        train, val = holdout_indices(sources, targets, val_fraction=options.val_fraction, seed=options.seed,
                                      where=str(path))
         src, tgt = source_tensor(sources, max_source), target_tensor(targets, max_target)
         schema = DataSchema(kind="sequence", input_shape=(max_source,), num_outputs=VOCAB)
@@ -81,6 +87,26 @@ class Seq2SeqAttentionTask(SupervisedTask):
     def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module | None) -> torch.Tensor:
         """Teacher forcing: the decoder reads the target shifted right and predicts it."""
         return sequence_loss(model(x, y[:, :-1]), y[:, 1:])
+
+    @torch.no_grad()
+    def per_example_statistics(self, model: nn.Module, data: TensorDataset, *, device: torch.device,
+                               batch_size: int = 256, loss_only: bool = False) -> RecordStatistics:
+        """Each pair's teacher-forced loss (bounded at 2·ln 256, twice an uninformed model's) and whether
+        greedy decoding reproduces its target exactly (0/1). BLEU is a corpus statistic, not a sum of
+        per-record values, so a site under DP does not report it."""
+        model.eval()
+        losses, exact = [], []
+        for src, tgt in DataLoader(data, batch_size=batch_size):
+            src, tgt = src.to(device), tgt.to(device)
+            losses.append(example_losses(model(src, tgt[:, :-1]), tgt[:, 1:]).double().cpu())
+            if not loss_only:
+                decoded = model.greedy(src, max_len=tgt.shape[1] - 2).cpu()  # type: ignore[operator]
+                exact += [float(decode(p.tolist()) == decode(r[1:].tolist())) for p, r in zip(decoded, tgt.cpu())]
+        values = {"loss": torch.cat(losses).numpy()}
+        bounds = {"loss": 2.0 * math.log(256)}
+        if not loss_only:
+            values["exact_match"], bounds["exact_match"] = np.asarray(exact), 1.0
+        return RecordStatistics(values, bounds)
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, data: TensorDataset, *, device: torch.device,

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedshield.common.metrics import classification_metrics, regression_metrics
-from fedshield.tasks.base import DataSchema, TrainResult
+from fedshield.tasks.base import DataSchema, RecordStatistics, TrainResult
 
 
 class FlatMSELoss(nn.MSELoss):
@@ -18,6 +20,8 @@ class FlatMSELoss(nn.MSELoss):
         return super().forward(input.reshape(-1), target.reshape(-1))
 
 
+#: a record's squared error counted at most this (trained target units) in a DP release of the loss
+REGRESSION_LOSS_BOUND = 4.0
 #: what :func:`fedshield.common.metrics.classification_metrics` reports, plus the loss
 CLASSIFICATION_METRICS = ("loss", "accuracy", "precision", "recall", "f1", "roc_auc")
 
@@ -79,6 +83,39 @@ class SupervisedTask:
         else:
             metrics = regression_metrics(y.numpy(), out.reshape(-1).numpy())
         return {"loss": loss, **metrics}
+
+
+    @torch.no_grad()
+    def per_example_statistics(self, model: nn.Module, data: TensorDataset, *, device: torch.device,
+                               batch_size: int = 256, loss_only: bool = False) -> RecordStatistics:
+        """Each record's loss and 0/1 correctness (classification) or squared and absolute error
+        (regression), with the bounds a DP release clips them to (:class:`RecordStatistics`).
+
+        Bounds: cross-entropy at 2·ln K (twice an uninformed model's loss), correctness at 1; squared
+        error at 4 and absolute error at 2, in the trained target's units (targets are standardised
+        or scaled by the federation's ``target_scale``). ``mse`` repeats the regression loss.
+        """
+        model.eval()
+        outputs, targets = [], []
+        for x, y in DataLoader(data, batch_size=batch_size):
+            outputs.append(model(x.to(device)).float().cpu())
+            targets.append(y)
+        out, y = torch.cat(outputs), torch.cat(targets)
+        if y.dtype == torch.long:
+            loss = nn.functional.cross_entropy(out, y, reduction="none").numpy()
+            values = {"loss": loss}
+            bounds = {"loss": 2.0 * math.log(max(out.shape[1], 2))}
+            if not loss_only:
+                finite = torch.isfinite(out).all(dim=1)
+                values["accuracy"] = ((out.argmax(dim=1) == y) & finite).double().numpy()
+                bounds["accuracy"] = 1.0
+            return RecordStatistics(values, bounds)
+        error = out.reshape(-1).double() - y.reshape(-1).double()
+        values, bounds = {"loss": (error ** 2).numpy()}, {"loss": REGRESSION_LOSS_BOUND}
+        if loss_only:
+            return RecordStatistics(values, bounds)
+        values["mae"], bounds["mae"] = error.abs().numpy(), REGRESSION_LOSS_BOUND ** 0.5
+        return RecordStatistics(values, bounds, derived={"mse": "loss"})
 
 
 def as_float_tensor(array: np.ndarray) -> torch.Tensor:

@@ -86,7 +86,7 @@ class TextTransformerTask(SupervisedTask):
         labels = text_label_set(options.extra)
         max_length = int(options.extra.get("max_length", DEFAULT_MAX_LENGTH))  # type: ignore[arg-type]
         texts, y = read_text_csv(find_csv(path, options.extra), labels=labels, max_length=max_length)
-        train, val = holdout_indices(len(y), y, val_fraction=options.val_fraction, seed=options.seed, where=str(path))
+        train, val = holdout_indices(texts, y, val_fraction=options.val_fraction, seed=options.seed, where=str(path))
         ids = torch.as_tensor(encode(texts, buckets=BUCKETS, max_length=max_length))
         yt = torch.as_tensor(y)
         schema = DataSchema(kind="classification", input_shape=(max_length,), num_outputs=len(labels), labels=labels)

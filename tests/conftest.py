@@ -62,3 +62,31 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """End-to-end (slow) tests first: with several workers (./test.sh), the short unit tests fill the gaps
     at the end instead of one long federation starting last."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def digits_checkpoint_quality(run_dir: Path, rnd: int) -> dict[str, float]:
+    """Loss, accuracy and ROC-AUC of a deployment's global digits-cnn model after round ``rnd`` (0: the initial
+    model, rebuilt from the run's seed as the server built it) on all 1,797 of scikit-learn's digits, exactly.
+
+    Deployment has no central test set, and under DP a site's evaluation reply is a noisy release
+    (client/private_statistics.py), so a test asserts learning on the checkpoints the coordinator wrote.
+    """
+    import json
+
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from fedshield.simulations.datasets import load_dataset
+    from fedshield.tasks.base import DataSchema, TaskOptions
+    from fedshield.tasks.model_factory import build_model
+    from fedshield.tasks.registry import get_task
+
+    doc = json.loads((run_dir / "results.json").read_text())
+    task = get_task("digits-cnn")
+    schema = DataSchema.from_config(doc["schema"])
+    model = build_model(task, schema, TaskOptions(model=doc["config"]["model"]), seed=int(doc["config"]["seed"]))
+    if rnd > 0:
+        model.load_state_dict(torch.load(run_dir / "checkpoints" / f"round-{rnd:03d}.pt", weights_only=True)["state_dict"])
+    digits = load_dataset("digits")
+    data = TensorDataset(torch.as_tensor(digits.x, dtype=torch.float32).unsqueeze(1) / 255, torch.as_tensor(digits.y))
+    return task.evaluate(model, data, device=torch.device("cpu"))

@@ -141,11 +141,14 @@ def test_private_round_records_ledger_and_improves(tmp_path: Path) -> None:
     out = train_round(task, site, model, cfg, run_id="r", rnd=1, privacy=privacy, device=torch.device("cpu"))
     after = task.evaluate(model, site.val, device=torch.device("cpu"))["loss"]
     assert after < before
-    ledger = PrivacyLedger.open(tmp_path, epsilon_budget=8.0, delta=1e-5)
-    assert [e.status for e in ledger.entries] == ["released"]
+    ledger = PrivacyLedger.open(tmp_path, epsilon_budget=8.0, delta=None)
+    assert [(e.kind, e.status) for e in ledger.entries] == [("count", "released"), ("train", "released")]
     assert out.epsilon == pytest.approx(ledger.epsilon_spent()) and 0 < out.epsilon < 8.0
-    assert out.sample_rate == pytest.approx(1 / 16)  # Opacus' q = 1 / len(loader)
-    assert np.isfinite(out.result.loss)
+    # Opacus' q = 1 / len(loader), the loader's length from the released count N' = 512 ± 20·(a few)
+    released = ledger.counts[0].released_train
+    assert out.sample_rate == pytest.approx(1 / -(-released // 32)) == ledger.entries[1].sample_rate
+    assert 1 / 18 <= out.sample_rate <= 1 / 15
+    assert np.isfinite(out.result.loss) and 0 <= out.loss <= 2 * np.log(10)  # the released training loss
 
 
 def test_a_refused_round_leaves_the_model_trainable_by_the_next_site(tmp_path: Path) -> None:
@@ -199,7 +202,11 @@ def test_every_dp_draw_comes_from_the_rounds_own_generators(tmp_path: Path, monk
     from fedshield.client import local_training
     from fedshield.client.private_randomness import dp_randomness
 
+    from fedshield.client import site_privacy
+
     monkeypatch.setattr(local_training, "dp_randomness", lambda seed, device: dp_randomness(1234, device))
+    # the released count (hence q) and the released loss draw from their own generator too
+    monkeypatch.setattr(site_privacy, "statistics_rng", lambda *a: np.random.default_rng(1234))
     task = get_task("digits-cnn")  # no dropout: nothing else in its step is random
     monkeypatch.setattr(task, "dp_mode", mode)
     site = _digits_site(128)

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BIN, cli_env, run_cli, start_cli
+from conftest import BIN, cli_env, digits_checkpoint_quality, run_cli, start_cli
 
 from fedshield.common.net import free_port
 
@@ -57,18 +57,25 @@ def test_two_sites_learn_digits_with_dp(tmp_path: Path, digits_sites: Path) -> N
     assert set(doc["sites"]) == {"hospital_a", "hospital_b"}
     rounds = {r["round"]: r for r in doc["rounds"]}
     assert sorted(rounds) == [0, 1, 2, 3]
-    # 3 DP rounds on skewed data, unseeded DP noise (fresh OS randomness, as in any deployment): ROC-AUC
-    # 0.58 -> best round 0.88-0.93 and last round 0.76-0.93, loss 2.30 -> 1.40-1.79 in the runs of
-    # 2026-12-01 (full CNN); accuracy 0.12 -> 0.36-0.55 (the argmax of an early private model swings, so
-    # accuracy is no test of learning here). With gabor (2026-12-02, two runs): ROC-AUC 0.41 -> 0.93-0.94,
-    # loss 2.32 -> 1.79-1.81, accuracy 0.12 -> 0.40-0.47. The last private model can dip below the round
-    # before it, so learning is asserted on the best round and the last one is asserted to be clearly
-    # better than the start.
-    initial, final = rounds[0]["evaluate"]["aggregate"], rounds[3]["evaluate"]["aggregate"]
-    best_auc = max(rounds[r]["evaluate"]["aggregate"]["roc_auc"] for r in (1, 2, 3))
-    assert best_auc >= initial["roc_auc"] + 0.25, (initial, [rounds[r]["evaluate"]["aggregate"] for r in (1, 2, 3)])
-    assert final["roc_auc"] >= initial["roc_auc"] + 0.15 and final["loss"] <= initial["loss"] - 0.35, (initial, final)
-    assert final["accuracy"] >= initial["accuracy"] + 0.1, (initial, final)
+    # 3 DP rounds on skewed data, unseeded DP noise (fresh OS randomness, as in any deployment). The sites'
+    # evaluation replies are DP releases now (client/private_statistics.py), so learning is measured exactly on
+    # the global model's checkpoints over all of scikit-learn's digits. On the sites' validation sets, before
+    # their statistics were released privately (2026-12-02, gabor, two runs): ROC-AUC 0.41 -> 0.93-0.94, loss
+    # 2.32 -> 1.79-1.81, accuracy 0.12 -> 0.40-0.47 (the argmax of an early private model swings, so accuracy
+    # is no test of learning here). The last private model can dip below the round before it, so learning is
+    # asserted on the best round and the last one is asserted to be clearly better than the start.
+    quality = {r: digits_checkpoint_quality(run_dir, r) for r in (0, 1, 2, 3)}
+    initial, final = quality[0], quality[3]
+    best_auc = max(quality[r]["roc_auc"] for r in (1, 2, 3))
+    assert best_auc >= initial["roc_auc"] + 0.25, quality
+    # on all digits (balanced) the label-skewed private model's loss falls less than on the sites' own
+    # skewed validation sets: 2.32 -> 2.05 in the first run of this test (ROC-AUC 0.47 -> 0.94)
+    assert final["roc_auc"] >= initial["roc_auc"] + 0.15 and final["loss"] <= initial["loss"] - 0.15, quality
+    # what the sites said about their data: DP releases, weighted by the counts each released once
+    for rnd in (0, 1, 2, 3):
+        for site in rounds[rnd]["evaluate"]["sites"].values():
+            assert site["site-metrics"] == "dp" and set(site) == {"examples", "loss", "accuracy", "site-metrics",
+                                                                  "epsilon"}
     for rnd in (1, 2, 3):
         train = rounds[rnd]["train"]
         assert set(train["sites"]) == {"hospital_a", "hospital_b"}
@@ -97,7 +104,16 @@ def test_two_sites_learn_digits_with_dp(tmp_path: Path, digits_sites: Path) -> N
     ledger = run_cli("fl-client", "privacy", "--data", str(digits_sites / "hospital_a"),
                      "--state-dir", str(tmp_path / "state-hospital_a"), "--json")
     assert ledger.returncode == 0, ledger.stderr
-    assert abs(json.loads(ledger.stdout)["epsilon_spent"] - rounds[3]["train"]["sites"]["hospital_a"]["epsilon"]) < 1e-6
+    recorded = json.loads(ledger.stdout)
+    # the last release was round 3's evaluation, whose reply carries the site's ε after it
+    assert abs(recorded["epsilon_spent"] - rounds[3]["evaluate"]["sites"]["hospital_a"]["epsilon"]) < 1e-6
+    assert rounds[3]["train"]["sites"]["hospital_a"]["epsilon"] < recorded["epsilon_spent"] <= 8.0 + 1e-6
+    (counts,) = recorded["counts"]  # released once; the exact counts stay in the site's own ledger
+    assert rounds[3]["train"]["sites"]["hospital_a"]["examples"] == counts["released_train"]
+    assert rounds[3]["evaluate"]["sites"]["hospital_a"]["examples"] == counts["released_val"]
+    assert doc["sites"]["hospital_a"]["examples-train"] == counts["released_train"]
+    kinds = [e["kind"] for e in recorded["entries"]]
+    assert kinds.count("train") == 3 and kinds.count("evaluate") == 4 and kinds.count("count") == 1
     status = run_cli("fl-server", "status", "--run-dir", str(run_dir))
     assert status.returncode == 0 and "finished" in status.stdout
 

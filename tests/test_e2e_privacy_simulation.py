@@ -17,8 +17,9 @@ pytestmark = pytest.mark.slow
 def test_site_with_spent_budget_refuses_and_federation_finishes(tmp_path: Path) -> None:
     run_dir, states = tmp_path / "sim", tmp_path / "ledgers"
     spent = PrivacyLedger.open(states / "site_0001", epsilon_budget=1.0, delta=1e-5)
-    plan = spent.plan_run("earlier-run", sample_rate=0.1, steps_per_round=50, rounds=1)
-    spent.release_round(spent.begin_round("earlier-run", 1, steps=50, plan=plan))
+    plan = spent.plan_run("earlier-run", sample_rate=0.1, steps_per_round=50, rounds=1, evaluations=0,
+                          private_statistics=False, metrics_cost=0.05)
+    spent.release(spent.begin("earlier-run", 1, "train", plan=plan, steps=50, allow_repeat=False))
     proc = run_cli("fl-sim", "run", "--task", "tabular", "--clients", "3", "--rounds", "2", "--run-dir", str(run_dir),
                    "--epsilon", "1", "--state-dir", str(states), timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -35,7 +36,9 @@ def test_site_with_spent_budget_refuses_and_federation_finishes(tmp_path: Path) 
     assert PrivacyLedger.open(states / "site_0001", epsilon_budget=1.0, delta=1e-5).entries == spent.entries
     # the sites that trained recorded this run in the shared state folder, so a next run composes on it
     assert [e.run_id for e in PrivacyLedger.open(states / "site_0000", epsilon_budget=1.0, delta=1e-5).entries]
-    assert doc["final"]["evaluate"]["accuracy"] > 0.8
+    # at ε = 1 and ~30 held-out records per site the sites' released metrics are mostly noise; the central
+    # test set (real records no site holds) shows the model learned
+    assert doc["final"]["centralized"]["accuracy"] > 0.8
 
 
 @pytest.mark.parametrize("side", ["server", "client"])

@@ -22,12 +22,15 @@ def test_tabular_breast_cancer_four_virtual_sites(tmp_path: Path) -> None:
     assert len(doc["sites"]) == 4 and doc["schema"]["schema-kind"] == "classification"
     rounds = {r["round"]: r for r in doc["rounds"]}
     assert sorted(rounds) == [0, 1, 2, 3]
-    initial = rounds[0]["evaluate"]["aggregate"]
-    final = rounds[3]["evaluate"]["aggregate"]
-    assert final["accuracy"] > 0.85 and final["accuracy"] > initial["accuracy"] + 0.1
-    assert final["roc_auc"] > 0.9
-    # the central test set: real examples no site holds, evaluated by the server after every round
+    # the central test set: real examples no site holds, evaluated exactly by the server after every round
     assert rounds[3]["centralized"]["accuracy"] > 0.85 > rounds[0]["centralized"]["accuracy"]
+    assert rounds[3]["centralized"]["roc_auc"] > 0.9
+    # the sites' own evaluations are DP releases (about 23 held-out records a site: mostly noise at this size),
+    # of per-record sums only: loss and accuracy, no ROC-AUC
+    for site in rounds[3]["evaluate"]["sites"].values():
+        assert site["site-metrics"] == "dp" and set(site) == {"examples", "loss", "accuracy", "site-metrics", "epsilon"}
+        assert 0 <= site["accuracy"] <= 1
+    assert "privacy" in doc and "exact_site_metrics" not in doc["privacy"]
     assert doc["total_sites"] == 4
     for site in rounds[3]["train"]["sites"].values():
         assert site["dp"] is True and 0 < site["epsilon"] <= 8 + 1e-6

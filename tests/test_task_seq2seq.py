@@ -54,7 +54,7 @@ def test_tsv_site_loads_holds_out_and_is_recognised(tmp_path: Path) -> None:
     pairs, _ = generate_dates(20)
     site = _site(tmp_path / "s", "".join(f"{s}\t{t}\n" for s, t in pairs) + "\n")
     data = TASK.load_site(site, TaskOptions())
-    assert len(data.train) == 16 and len(data.val) == 4
+    assert len(data.train) + len(data.val) == 20 and 1 <= len(data.val) <= 9
     assert data.schema.kind == "sequence" and data.schema.input_shape == (48,)
     assert infer_task(site) == "seq2seq-attention"
 

@@ -67,7 +67,7 @@ class DigitsMLPTask(SupervisedTask):
 
     def load_site(self, path: Path, options: TaskOptions) -> SiteData:
         x, y = read_digits(Path(path) / "data.npz")
-        train, val = holdout_indices(len(x), y, val_fraction=options.val_fraction, seed=options.seed, where=str(path))
+        train, val = holdout_indices(x, y, val_fraction=options.val_fraction, seed=options.seed, where=str(path))
         xt = torch.as_tensor(x, dtype=torch.float32).unsqueeze(1) / 255.0
         yt = torch.as_tensor(y)
         schema = DataSchema(kind="classification", input_shape=(1, SIDE, SIDE), num_outputs=CLASSES)
