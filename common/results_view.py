@@ -86,10 +86,13 @@ def summary_table(doc: dict[str, Any]) -> Table:
     if len(sites) > MAX_TABLE_SITES:  # a 1,000-site simulation: show the first ones, say how many more
         table.caption = f"first {MAX_TABLE_SITES} of {len(sites)} described sites; all of them in results.json"
         sites = sites[:MAX_TABLE_SITES]
+    if any(info.get("site-metrics") == "dp" for info in last_sites.values()):
+        note = "sites' counts and metrics: noisy DP releases inside each site's ε (clamped to each metric's range)"
+        table.caption = f"{table.caption}; {note}" if table.caption else note
     for site, info in sites:
         ev = last.get("evaluate", {}).get("sites", {}).get(site, {})
         tr = last_train.get("train", {}).get("sites", {}).get(site, {})
-        eps = tr.get("epsilon")
+        eps = ev.get("epsilon", tr.get("epsilon"))  # after the site's last release, its final evaluation
         table.add_row(site.replace("hospital_", "h_"), str(info.get("examples-train", "")), str(info.get("examples-val", "")),
                       *[f"{ev[m]:.4f}" if isinstance(ev.get(m), (int, float)) else "" for m in metric_names],
                       f"{eps:.3f}" if isinstance(eps, (int, float)) else ("off" if tr.get("dp") is False else ""))
