@@ -10,7 +10,7 @@ Example::
     seed = 0                 # held-out split seed
     file = "patients.csv"    # tabular: which CSV, when the folder has several
     classes = 2              # tabular: number of classes (needed under DP: never inferred from the data)
-    feature_ranges = { age = [0, 120], bmi = [10, 60] }  # tabular: each feature's valid range (needed under DP)
+    feature_ranges = { age = [20, 90], bmi = [18, 40] }  # tabular: per feature, the range mapped to [-1, 1] (needed under DP)
     target_shift = 150.0     # tabular regression: train on (y - shift) / scale, federation-wide
     target_scale = 75.0
     labels = ["cat", "dog"]  # image tasks: the class names, in index order (images/<name>/ folders)

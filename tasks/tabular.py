@@ -164,14 +164,9 @@ class TabularTask(SupervisedTask):
                             f"{folder / 'fedshield.toml'} or pass --target")
         names, x, y, lines = read_table(csv_path, options.target)
         config = folder / "fedshield.toml"
-        if options.private and options.kind is None:
-            raise ConfigError(f"{config}: under DP the task's kind is declared, not inferred from the data (which "
-                              "values the target holds would leave the site); add kind = \"classification\" or "
-                              "kind = \"regression\"")
+        if options.private:
+            self._check_declared(options, config)
         kind = options.kind or self._infer_kind(y)
-        if kind == "classification" and options.private and "classes" not in options.extra:
-            raise ConfigError(f"{config}: under DP the number of classes is declared, not inferred from the largest "
-                              "label; add classes = K")
         if kind == "classification":
             if np.any(np.mod(y, 1) != 0) or np.any(y < 0):
                 bad = int(np.flatnonzero((np.mod(y, 1) != 0) | (y < 0))[0])
@@ -192,11 +187,6 @@ class TabularTask(SupervisedTask):
         if ranges is not None:
             low, high = declared_ranges(ranges, names, config)
             xs = as_float_tensor(2.0 * (x - low) / (high - low) - 1.0)
-        elif options.private:
-            raise ConfigError(f"{config}: under DP, features are scaled by declared ranges, not by this site's own mean "
-                              "and standard deviation (one record would shift every other record's features); add "
-                              "feature_ranges = { column = [low, high], ... } with each feature's valid range, "
-                              "or train with --no-dp")
         else:  # --no-dp: nothing is promised, so the site's own statistics may shape its features
             mean = x[train].mean(axis=0)
             std = x[train].std(axis=0)
@@ -210,6 +200,23 @@ class TabularTask(SupervisedTask):
         schema = DataSchema(kind=kind, input_shape=(len(names),), num_outputs=classes,
                             feature_names=tuple(names), target=options.target)
         return SiteData(TensorDataset(xs[train], yt[train]), TensorDataset(xs[val], yt[val]), schema, folder)
+
+    @staticmethod
+    def _check_declared(options: TaskOptions, config: Path) -> None:
+        """Under DP, refuse (one line, every missing key at once) what would otherwise come from the data:
+        the kind and class count (which values the target holds would shape the schema that leaves the
+        site) and the feature scaling (the site's own mean and standard deviation would let one record
+        shift every other record's features, and so every clipped gradient)."""
+        missing = []
+        if options.kind is None:
+            missing.append('kind = "classification" or "regression"')
+        if options.kind != "regression" and "classes" not in options.extra:
+            missing.append("classes = K (classification)")
+        if "feature_ranges" not in options.extra:
+            missing.append("feature_ranges = { column = [low, high], ... } for every feature (the range that maps to [-1, 1])")
+        if missing:
+            raise ConfigError(f"{config}: under DP, tabular takes nothing about the data from the data itself; declare "
+                              f"{'; '.join(missing)} (or train with --no-dp)")
 
     @staticmethod
     def _infer_kind(y: np.ndarray) -> str:  # --no-dp only: what values the target holds is data
