@@ -27,8 +27,7 @@ for site in hospital_a hospital_b hospital_c; do
   pids+=($!)
 done
 echo "==> starting the coordinator on 127.0.0.1:$PORT (TLS, enrolled sites only, SecAgg+); sites log to $DEMO/hospital_*.log"
-fl-server start --dir "$DEMO/federation" --secagg --task digits-cnn --rounds 5 --min-clients 3 --run-dir "$DEMO/run" \
-  --epsilon 8
+fl-server start --dir "$DEMO/federation" --secagg --task digits-cnn --rounds 5 --min-clients 3 --run-dir "$DEMO/run"
 status=0
 for p in "${pids[@]}"; do wait "$p" || status=$?; done
 pids=()

@@ -92,6 +92,7 @@ def join(
     """
     set_debug(debug)
     from fedshield.client.events import read_new
+    from fedshield.client.node_config import SiteNodeConfig
     from fedshield.client.site_folder import check_folder
     from fedshield.client.supernode import SuperNode
     from fedshield.common.net import free_port, split_address, wait_reachable
@@ -175,13 +176,13 @@ def join(
     node = SuperNode(
         superlink=server,
         local_port=free_port(),
-        node_config={
-            "data-path": str(data), "site-name": site_name, "task": task_name, "state-dir": str(state),
-            "events-file": str(events_file), "dp": not no_dp, "epsilon": epsilon, "delta": delta,
-            "max-grad-norm": max_grad_norm, "accountant": accountant, "device": device,
-            "site-metrics": site_metrics, "allow-repeats": allow_repeated_rounds, "metrics-cost": metrics_cost,
-            "allowed-tasks": ",".join(sorted({*allow_task, *site_allowed_tasks(data)})),
-        },
+        node_config=SiteNodeConfig(
+            data_path=str(data), site_name=site_name, task=task_name, state_dir=str(state),
+            events_file=str(events_file), dp=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm,
+            accountant=accountant, site_metrics=site_metrics, allow_repeats=allow_repeated_rounds,
+            metrics_cost=metrics_cost, device=device,
+            allowed_tasks=",".join(sorted({*allow_task, *site_allowed_tasks(data)})),
+        ).to_flower(),
         log_path=state / "supernode.log",
         root_certificates=site_kit.ca_cert if site_kit is not None else None,
         auth_private_key=site_kit.node_key if site_kit is not None else None,
@@ -270,6 +271,8 @@ def _show(event: dict) -> str | None:
         console.print(f"round {rnd}: validation " + "  ".join(f"{k} {v:.4f}" for k, v in shown.items()))
     elif kind == "error":
         console.print(f"[red]round {rnd} {event.get('stage')}: {event.get('message')}[/]")
+    elif kind == "notice":
+        console.print(f"[yellow]{event.get('message')}[/]")
     elif kind == "refused":
         console.print(f"[red]{event.get('message')}[/]")
         return f"refused: {event.get('message')}"

@@ -85,7 +85,7 @@ class SiteClient(NumPyClient):
             cfg, site, task, data, model = self._prepare(config)
             site_name, events = site.name, site.events_file
             ndarrays_to_model(model, parameters)
-            device = resolve_device(str(self.context.node_config.get("device", cfg.device)))
+            device = resolve_device(site.settings.device if site.settings is not None else cfg.device)
             privacy = privacy_settings(site, cfg)
             emit(events, "train-start", round=rnd, examples=len(data.train), dp=privacy.enabled,
                  threads=torch.get_num_threads(), device=str(device))
@@ -125,7 +125,7 @@ class SiteClient(NumPyClient):
             cfg, site, task, data, model = self._prepare(config)
             events = site.events_file
             ndarrays_to_model(model, parameters)
-            device = resolve_device(str(self.context.node_config.get("device", cfg.device)))
+            device = resolve_device(site.settings.device if site.settings is not None else cfg.device)
             outcome = evaluate_round(task, data, model, cfg, run_id=str(self.context.run_id), rnd=rnd,
                                      privacy=privacy_settings(site, cfg), device=device)
         except Exception as exc:
@@ -159,6 +159,11 @@ def fedshield_query_mod(msg: Message, context: Context, call_next) -> Message:
             else:
                 reply["examples-train"], reply["examples-val"] = len(data.train), len(data.val)
             emit(site.events_file, "joined-run", run_id=str(context.run_id), task=cfg.task)
+            if not cfg.dp and privacy.enabled:  # the coordinator's --no-dp is a proposal only
+                notice = ("the coordinator proposes training WITHOUT DP; this site keeps DP-SGD (its own setting: only "
+                          "`fl-client join --no-dp` turns it off)")
+                log.warning(notice)
+                emit(site.events_file, "notice", message=notice)
         elif action == "run-complete":
             if privacy.enabled:
                 close_run(privacy, str(context.run_id))

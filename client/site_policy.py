@@ -2,7 +2,7 @@
 
 Every message a site receives names the run's task in its run config. Before anything reads the site's
 data, :func:`site_policy_mod` (the outermost ClientApp mod) compares that task with the site's
-allowlist, carried in its node config (``allowed-tasks``, from ``fl-client join --allow-task`` and
+allowlist, carried in its node config (``allowed-tasks`` of :class:`SiteNodeConfig`, from ``fl-client join --allow-task`` and
 ``allowed-tasks = [...]`` in the data folder's ``fedshield.toml``). A task outside it gets an error
 reply naming the reason, one log line at the site, and an event ``fl-client join`` prints; the data is
 never opened. (Code from the server never runs at all: the warm executor refuses FABs that name
@@ -20,17 +20,17 @@ from flwr.app.error import Error
 from flwr.common.constant import ErrorCode
 
 from fedshield.client.events import emit
+from fedshield.client.node_config import SiteNodeConfig
 
 log = logging.getLogger("fedshield.client.site_policy")
-NODE_CONFIG_KEY = "allowed-tasks"
 
 
 def allowed_tasks(node_config: Mapping[str, Any]) -> set[str]:
-    """The built-in tasks plus the comma-separated names in the node config's ``allowed-tasks``."""
+    """The built-in tasks plus the site's ``allowed-tasks`` (:class:`SiteNodeConfig`)."""
     from fedshield.tasks.registry import builtin_task_names
 
-    extra = {t.strip() for t in str(node_config.get(NODE_CONFIG_KEY, "")).split(",") if t.strip()}
-    return builtin_task_names() | extra
+    settings = SiteNodeConfig.from_flower(node_config)
+    return builtin_task_names() | (settings.allowed_task_names if settings is not None else set())
 
 
 def refusal(task: str, node_config: Mapping[str, Any]) -> str | None:
@@ -44,13 +44,13 @@ def refusal(task: str, node_config: Mapping[str, Any]) -> str | None:
 
 def site_policy_mod(msg: Message, context: Context, call_next) -> Message:  # type: ignore[no-untyped-def]
     """Refuse, before any data is touched, every message of a run whose task this site does not allow."""
-    if "data-path" not in context.node_config:  # simulation: the experimenter owns every virtual site
+    settings = SiteNodeConfig.from_flower(context.node_config)
+    if settings is None:  # simulation: the experimenter owns every virtual site
         return call_next(msg, context)
     task = str(context.run_config.get("task", ""))
     reason = refusal(task, context.node_config)
     if reason is None:
         return call_next(msg, context)
     log.warning(reason)
-    emit(str(context.node_config.get("events-file", "")) or None, "refused", run_id=str(context.run_id),
-         message=reason)
+    emit(settings.events_file or None, "refused", run_id=str(context.run_id), message=reason)
     return Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=msg)

@@ -1,7 +1,7 @@
 """Which site a ClientApp serves, and its data, loaded once per process.
 
-Deployment: ``fl-client join`` sets ``node_config`` keys ``data-path``, ``site-name``, ``state-dir``,
-``events-file`` and the site's privacy settings. Simulation: Flower gives each virtual SuperNode only
+Deployment: ``fl-client join`` sets the site's node config (:class:`SiteNodeConfig`: data path, name,
+state folder, events file and the site's privacy settings). Simulation: Flower gives each virtual SuperNode only
 ``partition-id``/``num-partitions``; the site folder is then ``<sim-data-dir>/site_NNNN`` from the run
 config, and its state lives under the simulation's run folder.
 
@@ -21,7 +21,8 @@ from typing import Any, Mapping
 
 from torch import nn
 
-from fedshield.client.site_privacy import DEFAULT_METRICS_COST, PrivacySettings
+from fedshield.client.node_config import SiteNodeConfig
+from fedshield.client.site_privacy import PrivacySettings
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
 from fedshield.common.site_config import site_options
@@ -32,57 +33,46 @@ from fedshield.tasks.registry import get_task
 
 @dataclass(frozen=True)
 class SiteIdentity:
-    """Where a site's data, state and event stream live."""
+    """Where a site's data, state and event stream live, and (a real site) its own settings."""
 
     name: str
     data_path: Path
     state_dir: Path
     events_file: str | None
-    node_config: Mapping[str, Any]
+    settings: SiteNodeConfig | None  # None: a simulation's virtual site, which the experimenter configures
     virtual: int | None = None  # simulation: the virtual site's number (its folder may not exist yet)
 
 
 def identify_site(node_config: Mapping[str, Any], cfg: RunConfig) -> SiteIdentity:
     """Resolve the site folder from the node config (deployment) or partition id (simulation)."""
-    if "data-path" in node_config:
-        data = Path(str(node_config["data-path"]))
-        name = str(node_config.get("site-name", data.name))
-        state = Path(str(node_config.get("state-dir", data / ".fedshield")))
-        return SiteIdentity(name, data, state, str(node_config.get("events-file", "")) or None, node_config)
+    settings = SiteNodeConfig.from_flower(node_config)
+    if settings is not None:
+        return SiteIdentity(settings.site_name, Path(settings.data_path), Path(settings.state_dir),
+                            settings.events_file or None, settings)
     if "partition-id" in node_config and cfg.sim_data_dir:
         pid = int(node_config["partition-id"])
         name = f"site_{pid:04d}"
         root = Path(cfg.sim_data_dir)
         states = Path(cfg.sim_state_dir) if cfg.sim_state_dir else root.parent / "site-state"
-        return SiteIdentity(name, root / name, states / name, None, node_config, virtual=pid)
+        return SiteIdentity(name, root / name, states / name, None, None, virtual=pid)
     raise ConfigError("this SuperNode has no data-path in its node config; start it with `fl-client join --data DIR`")
 
 
 def privacy_settings(site: SiteIdentity, cfg: RunConfig) -> PrivacySettings:
-    """The site's DP settings: its own node config wins over the run's proposal.
+    """The site's DP settings: a real site's own (its node config), never the run's.
 
     A site that joined with DP (the default) keeps DP even if the run asks for ``--no-dp``: a server
-    cannot switch off a site's privacy. Only the site's own ``--no-dp`` (node config ``dp=false``)
-    trains without noise.
+    cannot switch off a site's privacy, nor choose its budget, its clipping bound or exact metrics.
+    A simulation's virtual sites take the run's settings: the experimenter owns them all.
     """
-    nc = site.node_config
-    site_dp = nc.get("dp")
-    enabled = cfg.dp if site_dp is None else str(site_dp).lower() in ("1", "true")
-    # What a reply may say about the data is the site's own decision too: a real site's statistics are DP
-    # releases unless it opted out itself; only a simulation's experimenter sets it for virtual sites.
-    metrics = nc.get("site-metrics", cfg.site_metrics if site.virtual is not None else "dp")
-    return PrivacySettings(
-        enabled=enabled,
-        epsilon=float(nc.get("epsilon", cfg.epsilon)),
-        delta=float(nc.get("delta", cfg.delta)),
-        max_grad_norm=float(nc.get("max-grad-norm", cfg.max_grad_norm)),
-        state_dir=site.state_dir,
-        accountant=str(nc.get("accountant", cfg.accountant)),
-        virtual_site=site.virtual,  # None for a real site (data-path): it never takes a seed from the server
-        site_metrics=str(metrics),
-        allow_repeats=str(nc.get("allow-repeats", False)).lower() in ("1", "true"),
-        metrics_cost=float(nc.get("metrics-cost", DEFAULT_METRICS_COST)),
-    )
+    own = site.settings
+    if own is None:
+        return PrivacySettings(enabled=cfg.dp, epsilon=cfg.epsilon, delta=cfg.delta, max_grad_norm=cfg.max_grad_norm,
+                               state_dir=site.state_dir, accountant=cfg.accountant, virtual_site=site.virtual,
+                               site_metrics=cfg.site_metrics)
+    return PrivacySettings(enabled=own.dp, epsilon=own.epsilon, delta=own.delta, max_grad_norm=own.max_grad_norm,
+                           state_dir=site.state_dir, accountant=own.accountant, site_metrics=own.site_metrics,
+                           allow_repeats=own.allow_repeats, metrics_cost=own.metrics_cost)
 
 
 # Per-process caches: a warm process (FedShield's warm executor, a Ray actor) loads a site's data once

@@ -15,12 +15,19 @@ from pathlib import Path
 from typing import Any
 
 from fedshield.client.executor_wake import WAKE_FD_ENV, wake_pair
+from fedshield.common.errors import ConfigError
 from fedshield.common.flower_env import child_env, parent_env
 from fedshield.server.superlink import stop_process_group
 
 
 def node_config_arg(values: dict[str, Any]) -> str:
-    """Render ``--node-config`` as space-separated TOML ``key=value`` pairs."""
+    """Render ``--node-config`` as space-separated TOML ``key=value`` pairs.
+
+    Flower's parser (``flwr.common.config.parse_config_args``) finds each value with a regular
+    expression that ends a quoted string at its first quote, escaped or not: a string holding ``"`` is
+    written as a TOML literal string ``'...'`` instead, and one holding both quote kinds (or a line
+    break) is refused, naming the key.
+    """
     parts = []
     for key, value in values.items():
         if isinstance(value, bool):
@@ -28,7 +35,11 @@ def node_config_arg(values: dict[str, Any]) -> str:
         elif isinstance(value, (int, float)):
             rendered = repr(value)
         else:
-            rendered = json.dumps(str(value))  # a JSON string is a valid TOML basic string
+            text = str(value)
+            if "\n" in text or "\r" in text or ('"' in text and "'" in text):
+                raise ConfigError(f"{key} {text!r}: a site setting may not hold both quote kinds or a line break; "
+                                  "rename the folder or the site")
+            rendered = f"'{text}'" if '"' in text else json.dumps(text)  # a JSON string is a TOML basic string
         parts.append(f"{key}={rendered}")
     return " ".join(parts)
 

@@ -60,8 +60,8 @@ def start(
     model: opts.Model = "auto",
     init_weights: opts.InitWeights = None,
     fraction_train: float = typer.Option(1.0, "--fraction-train", help="Share of connected sites trained per round."),
-    epsilon: float = typer.Option(8.0, "--epsilon", help="Proposed per-site ε (each site's own budget wins)."),
-    max_grad_norm: opts.MaxGradNorm = 1.0,
+    epsilon: Optional[float] = typer.Option(None, "--epsilon", hidden=True),
+    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", hidden=True),
     central_dp: opts.CentralDp = "off",
     central_dp_side: opts.CentralDpSide = "server",
     noise_multiplier: opts.NoiseMultiplier = 1.0,
@@ -71,7 +71,8 @@ def start(
     secagg_shares: opts.SecAggShares = 0,
     secagg_threshold: opts.SecAggThreshold = 0.6,
     secagg_timeout: opts.SecAggTimeout = 300.0,
-    no_dp: bool = typer.Option(False, "--no-dp", help="Propose training WITHOUT DP (sites that joined with DP keep it)."),
+    no_dp: bool = typer.Option(False, "--no-dp", help="Plan the run for training WITHOUT DP (the non-private model and "
+                               "learning rate); a proposal only: each site that joined with DP keeps it and says so."),
     join_timeout: float = typer.Option(0.0, "--join-timeout", help="Seconds to wait for --min-clients sites (0 = until Ctrl-C)."),
     json_out: opts.JsonOut = False,
     debug: opts.Debug = False,
@@ -92,6 +93,10 @@ def start(
     from fedshield.server.federation import Federation
     from fedshield.server.superlink import TlsFiles
 
+    for flag, value in (("--epsilon", epsilon), ("--max-grad-norm", max_grad_norm)):
+        if value is not None:  # each site's own decision: a coordinator's value would be ignored, so it is refused
+            raise ConfigError(f"{flag} is each site's own setting (`fl-client join {flag} ...`); the coordinator "
+                              "cannot choose a site's privacy budget or clipping bound: drop it here")
     check_task_name(task)  # flags first; torch (resolve_settings below) takes seconds to import
     if insecure and dir is not None:
         raise ConfigError("--insecure and --dir exclude each other; pick one")
@@ -116,7 +121,7 @@ def start(
                     dp=not no_dp,
                     central_dp=central_dp, central_dp_side=central_dp_side, central_noise=noise_multiplier,
                     central_clip=clip, central_delta=central_delta, secagg=secagg, secagg_shares=secagg_shares,
-                    secagg_threshold=secagg_threshold, secagg_timeout=secagg_timeout, epsilon=epsilon, max_grad_norm=max_grad_norm, run_dir=str(folder)).validate()
+                    secagg_threshold=secagg_threshold, secagg_timeout=secagg_timeout, run_dir=str(folder)).validate()
     from fedshield.strategies.registry import make_strategy
 
     make_strategy(strategy)  # unknown strategy: fail now, not inside the server

@@ -81,6 +81,8 @@ def test_server_start_bad_input(tmp_path: Path) -> None:
                     "--strategy 'magic'")
     _one_line_error(run_cli("fl-server", "start", "--insecure", "--task", "tabular", "--model", "cnn", "--run-dir",
                             str(tmp_path / "r6")), "--model 'cnn': tabular models are auto, logistic, linear, mlp")
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--epsilon", "8", "--run-dir", str(tmp_path / "r8")),
+                    "--epsilon is each site's own setting", "fl-client join --epsilon")
     _one_line_error(run_cli("fl-server", "start", "--insecure", "--momentum", "1", "--run-dir", str(tmp_path / "r7")),
                     "--momentum must be in [0, 1)")
     with socket.socket() as busy:

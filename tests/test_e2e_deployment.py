@@ -31,7 +31,7 @@ def test_two_sites_learn_digits_with_dp(tmp_path: Path, digits_sites: Path) -> N
     port = free_port()
     run_dir = tmp_path / "run"
     server = start_cli("fl-server", "start", "--task", "digits-cnn", "--rounds", "3", "--min-clients", "2",
-                       "--run-dir", str(run_dir), "--insecure", "--port", str(port), "--epsilon", "8",
+                       "--run-dir", str(run_dir), "--insecure", "--port", str(port),
                        "--join-timeout", "300", log=tmp_path / "server.out")
     sites = []
     for name in ("hospital_a", "hospital_b"):

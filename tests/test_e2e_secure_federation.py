@@ -59,7 +59,7 @@ def test_tls_federation_trains_and_refuses_every_intruder(tmp_path: Path, digits
 
     run_dir = tmp_path / "run"
     server = start_cli("fl-server", "start", "--dir", str(fed), "--secagg", "--task", "digits-cnn", "--rounds", "2",
-                       "--min-clients", "3", "--run-dir", str(run_dir), "--epsilon", "8", "--join-timeout", "600",
+                       "--min-clients", "3", "--run-dir", str(run_dir), "--join-timeout", "600",
                        log=tmp_path / "server.out")
     sites: list[subprocess.Popen[bytes]] = []
     try:

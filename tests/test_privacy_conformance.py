@@ -23,7 +23,7 @@ from torch.utils.data import TensorDataset
 from fedshield.client.local_evaluation import evaluate_round
 from fedshield.client.local_training import PrivacySettings, train_round
 from fedshield.client.privacy_ledger import PrivacyLedger, ReplayRefusedError
-from fedshield.client.site_session import SiteIdentity, privacy_settings
+from fedshield.client.site_session import identify_site, privacy_settings
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
 from fedshield.simulations.datasets import load_dataset
@@ -212,10 +212,12 @@ def test_training_replies_release_the_loss_and_count_and_exact_metrics_are_an_ex
 
 
 def test_the_coordinator_cannot_switch_a_real_sites_metrics_to_exact(tmp_path: Path) -> None:
-    real = SiteIdentity("a", tmp_path, tmp_path / "state", None, {"data-path": str(tmp_path), "epsilon": 8.0})
-    assert privacy_settings(real, RunConfig(site_metrics="exact")).site_metrics == "dp"
-    virtual = SiteIdentity("site_0001", tmp_path, tmp_path / "state", None, {"partition-id": 1}, virtual=1)
-    assert privacy_settings(virtual, RunConfig(site_metrics="exact")).site_metrics == "exact"  # the experimenter's
+    proposal = RunConfig(site_metrics="exact", epsilon=100.0, dp=False, sim_data_dir=str(tmp_path))
+    real = identify_site({"data-path": str(tmp_path), "epsilon": 3.0}, proposal)
+    assert (privacy_settings(real, proposal).site_metrics, privacy_settings(real, proposal).epsilon) == ("dp", 3.0)
+    assert privacy_settings(real, proposal).enabled  # nor switch its DP off
+    virtual = identify_site({"partition-id": 1, "num-partitions": 4}, proposal)
+    assert privacy_settings(virtual, proposal).site_metrics == "exact"  # the experimenter's own virtual sites
 
 
 # ------------------------------------------------------------------ finding 5: preprocessing and the split
@@ -335,3 +337,37 @@ def test_the_lock_of_a_killed_process_does_not_block_the_site(tmp_path: Path) ->
     holder.wait()
     with ledger_lock(tmp_path, wait_s=5):  # raises if the dead holder still blocked it after 5 s
         assert (tmp_path / LOCK_FILE).read_text().strip() == str(os.getpid())
+
+
+def test_a_coordinators_no_dp_is_a_proposal_the_site_answers_with_a_notice(tmp_path: Path) -> None:
+    """The run config says dp = false; the site joined with DP: it keeps DP and says so in its own output."""
+    import json
+
+    from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedshield.client.client_app import QUERY_RECORD, fedshield_query_mod
+    from fedshield.client.node_config import SiteNodeConfig
+    from fedshield.simulations.split import write_sites
+
+    (site,) = write_sites("breast-cancer", 1, tmp_path / "data", dirichlet=None, seed=0)
+    events = tmp_path / "events.jsonl"
+    node = SiteNodeConfig(data_path=str(site), site_name="hospital_a", task="tabular", state_dir=str(tmp_path / "st"),
+                          events_file=str(events), epsilon=8.0)
+    proposal = RunConfig(task="tabular", dp=False).to_flower()
+    saved = (TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id)
+    TaskIdentity.task_id, TaskIdentity.run_id, TaskIdentity.node_id = 1, 7, 1
+    try:
+        msg = Message(RecordDict({QUERY_RECORD: ConfigRecord({**proposal, "action": "describe"})}), dst_node_id=1,
+                      message_type=MessageType.QUERY)
+        context = Context(run_id=7, node_id=1, node_config=node.to_flower(), state=RecordDict(), run_config=proposal)
+        reply = fedshield_query_mod(msg, context, lambda m, c: None)
+    finally:
+        TaskIdentity._task_id, TaskIdentity._run_id, TaskIdentity._node_id = saved
+    answer = dict(reply.content.config_records[QUERY_RECORD])
+    assert "error" not in answer, answer
+    notices = [json.loads(line) for line in events.read_text().splitlines() if '"notice"' in line]
+    assert notices and "keeps DP-SGD" in notices[0]["message"]
+    # and it answered with its released counts, never the exact ones (which only its ledger holds)
+    (counts,) = _ledger(tmp_path / "st").counts
+    assert (answer["examples-train"], answer["examples-val"]) == (counts.released_train, counts.released_val)

@@ -34,7 +34,7 @@ def _message() -> Message:
 
 def test_builtin_tasks_are_always_allowed_and_named_ones_added():
     assert {"digits-cnn", "tabular"} <= allowed_tasks({})
-    assert "my-task" in allowed_tasks({"allowed-tasks": "my-task, other"})
+    assert "my-task" in allowed_tasks({"data-path": "/d", "allowed-tasks": "my-task, other"})
 
 
 def test_unlisted_task_is_refused_without_running_anything(tmp_path: Path, caplog):
