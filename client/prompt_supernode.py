@@ -18,7 +18,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from fedshield.common.backoff import Backoff
-from fedshield.common.flower_env import exit_with_parent_from_env, silence_flower
+from fedshield.common.flower_env import silence_flower
+from fedshield.flower_ext.process_entry import exit_with_parent_from_env
 
 # Idle pulls, instead of Flower's fixed 3 s: 0.05 s right after a message (the next message of a round
 # often follows at once: evaluate after train, the next SecAgg+ stage for the last site to answer),
@@ -97,10 +98,10 @@ def patch_supernode_polling() -> None:
 
 def scope_runtime_tracing() -> None:
     """The SuperNode's Runtime API (what the site's executor polls) runs Flower's tracing layer only when
-    tracing is on (:mod:`fedshield.common.scoped_middleware`)."""
+    tracing is on (:mod:`fedshield.flower_ext.scoped_middleware`)."""
     import flwr.supernode.main as supernode_app
 
-    from fedshield.common.scoped_middleware import gated_factory
+    from fedshield.flower_ext.scoped_middleware import gated_factory
 
     supernode_app.RuntimeTracingMiddleware = gated_factory(supernode_app.RuntimeTracingMiddleware)  # type: ignore
 

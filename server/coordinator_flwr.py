@@ -1,6 +1,6 @@
 """Flower's ``flwr`` CLI, presenting the coordinator's Control API token (``python -m`` this module).
 
-The SuperLink's Control API is guarded (:mod:`fedshield.server.control_guard`): it answers only requests
+The SuperLink's Control API is guarded (:mod:`fedshield.flower_ext.control_guard`): it answers only requests
 carrying the federation's coordinator token. Flower's CLI already sends an ``Authorization: Bearer``
 header for whatever access token its account-auth plugin holds; this entry point gives it a plugin
 that holds the token read from ``FEDSHIELD_CONTROL_TOKEN_FILE`` and then runs Flower's CLI unchanged.
@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from fedshield.common.flower_env import silence_flower
-from fedshield.server.control_guard import TOKEN_ENV
+from fedshield.flower_ext.control_guard import TOKEN_ENV
 
 
 def _token_plugin(token: str):  # type: ignore[no-untyped-def]

@@ -6,7 +6,7 @@ dies before it can write its failure leaves ``results.json`` saying "running". A
 for the whole run, taken from the sites whenever they share the coordinator's host (a 20-site
 federation on one 2-core machine showed it as bursts of 0.3-0.5 cores every check). Here one Control
 API client is kept and each check is one ``ListRuns`` request, through Flower's own HTTP client, with the
-federation's coordinator token (:mod:`fedshield.server.control_guard`) when there is one.
+federation's coordinator token (:mod:`fedshield.flower_ext.control_guard`) when there is one.
 """
 
 from __future__ import annotations

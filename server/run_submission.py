@@ -18,6 +18,7 @@ from fedshield.common.atomic_io import atomic_write_text
 from fedshield.common.errors import FedShieldError
 from fedshield.common.flower_env import child_env, flower_executable
 from fedshield.common.run_config import RunConfig
+from fedshield.flower_ext.control_guard import TOKEN_ENV
 
 CONNECTION = "fedshield"
 TOKEN_POINTER = "fedshield.json"
@@ -73,8 +74,6 @@ def write_flwr_home(flwr_home: Path, address: str, *, root_certificates: Path | 
 
 def _flwr(args: list[str], flwr_home: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     """Flower's ``flwr`` CLI against our private FLWR_HOME, with the coordinator token when there is one."""
-    from fedshield.server.control_guard import TOKEN_ENV
-
     env = {"FLWR_HOME": str(flwr_home)}
     try:
         token_file = json.loads((flwr_home / TOKEN_POINTER).read_text()).get("control-token-file")

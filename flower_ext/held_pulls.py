@@ -1,8 +1,8 @@
 """Long polls on the SuperLink: an empty pull is answered when there is something to pull, not at once.
 
 Flower 1.41's sites and ServerApp learn of new messages only by polling. A SuperNode asks the Fleet API
-for a message (FedShield's SuperNode every 0.05-0.25 s while idle, client/prompt_supernode.py), and the
-ServerApp asks the Runtime API for its replies (server/prompt_grid.py). Each empty poll is a request
+for a message (FedShield's SuperNode every 0.05-0.25 s while idle, client/prompt_supernode.py), and
+the ServerApp asks the Runtime API for its replies (server/prompt_grid.py). Each empty poll is a request
 that costs the SuperLink and the poller a few ms of CPU (a signed TLS request for a site). With 20
 sites on a 2-core host those idle polls took most of the CPU of a round: 20 SuperNodes used 6.3 s of
 CPU per plain round and 24 s per SecAgg+ round, whose four exchanges each wait for the slowest site

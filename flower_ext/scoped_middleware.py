@@ -16,8 +16,8 @@ pure-ASGI gate that hands it exactly the requests its own check lets through; th
 the next layer, as the layer itself would send them. Layers not listed here (the protobuf translation,
 the error translator, anything an extension or a newer Flower adds) stay on every request. The gates
 decide on ``scope["path"]``, the path the router dispatches on, so a request reaches a Fleet or Control
-handler only through that API's layers. tests/test_scoped_middleware.py pins the list to the installed
-Flower and checks each layer's own pass-through condition.
+handler only through that API's layers. :data:`FLOWER_SUPERLINK_LAYERS` and :data:`PASS_THROUGH` record
+what this was written against; tests/test_scoped_middleware.py compares both with the installed Flower.
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ def tracing_enabled(scope: Scope) -> bool:
     return os.getenv("FLWR_TRACING_ENABLED") == "1"
 
 
-#: "module.Class" of a Flower 1.41 middleware -> the requests it can act on
+#: "module.Class" of a Flower middleware -> the requests it can act on
 SCOPES: dict[str, Callable[[Scope], bool]] = {
     "flwr.superlink.routers.control.middlewares.ControlSensitiveResponseMiddleware": _under(CONTROL),
     "flwr.superlink.routers.control.middlewares.ControlAuthenticationMiddleware": _under(CONTROL),
@@ -57,6 +57,32 @@ SCOPES: dict[str, Callable[[Scope], bool]] = {
     "flwr.superlink.routers.fleet.node_auth.NodeAuthMiddleware": _under(FLEET),
     "flwr.superlink.routers.fleet.middlewares.FleetEventLogMiddleware": _under(FLEET),
     "flwr.supercore.routers.runtime.tracing.RuntimeTracingMiddleware": tracing_enabled,
+}
+
+
+#: Flower's SuperLink middleware (``_get_middleware`` in ``flwr/superlink/main.py``), outermost first, in the
+#: release this module was written against: review :data:`SCOPES` whenever it changes.
+FLOWER_SUPERLINK_LAYERS = (
+    "flwr.superlink.routers.control.middlewares.ControlSensitiveResponseMiddleware",
+    "starlette.middleware.base.BaseHTTPMiddleware",  # dispatch=http_error_translator
+    "flwr.superlink.routers.control.middlewares.ControlAuthenticationMiddleware",
+    "flwr.superlink.routers.control.middlewares.ControlLicenseMiddleware",
+    "flwr.supercore.protobuf.translation.ProtobufTranslationMiddleware",
+    "flwr.supercore.routers.runtime.tracing.RuntimeTracingMiddleware",
+    "flwr.superlink.routers.control.middlewares.ControlEventLogMiddleware",
+    "flwr.superlink.routers.fleet.node_auth.NodeAuthMiddleware",
+    "flwr.superlink.routers.fleet.middlewares.FleetEventLogMiddleware",
+)
+#: class name of each layer in :data:`SCOPES` -> the check at the top of its ``dispatch`` that passes every
+#: other request through unchanged (the gate is correct only while that check is there)
+PASS_THROUGH = {
+    "ControlSensitiveResponseMiddleware": "_is_control_sensitive_route(request)",
+    "ControlAuthenticationMiddleware": "if not _is_control_path(request.url.path)",
+    "ControlLicenseMiddleware": "not _is_control_path(request.url.path)",
+    "ControlEventLogMiddleware": "if not _is_control_path(request.url.path)",
+    "NodeAuthMiddleware": 'if request.url.path.startswith("/v1/fleet/")',
+    "FleetEventLogMiddleware": 'if not request.url.path.startswith("/v1/fleet/")',
+    "RuntimeTracingMiddleware": 'os.getenv("FLWR_TRACING_ENABLED") != "1"',
 }
 
 

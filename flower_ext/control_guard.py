@@ -4,8 +4,7 @@ Flower 1.41's open-source SuperLink serves its Fleet API (sites), Control API (`
 ``supernode register``) and Runtime API (the ServerApp) on ONE HTTP port, and its Control API's account
 authentication is an Enterprise feature (the OSS build plugs in a no-op). Anyone who can reach the port a
 site connects to could therefore submit a run that executes on every SuperNode. FedShield starts
-Flower's own ``flower-superlink`` through this entry point, which adds one ASGI middleware (the hook
-Flower's app factory offers extensions, ``flwr.superlink.main._get_middleware``):
+Flower's own ``flower-superlink`` with one more ASGI middleware, :class:`CoordinatorOnly`, outermost:
 
 * ``/health``: passed through;
 * ``/v1/fleet/*``: passed through (sites; SuperNode authentication is Flower's) once the coordinator has
@@ -20,30 +19,38 @@ Flower's app factory offers extensions, ``flwr.superlink.main._get_middleware``)
 * anything else (API docs, other routers): 404.
 
 A refused request gets HTTP 403 and one line in the SuperLink log naming the peer and the path.
-Run as ``FEDSHIELD_CONTROL_TOKEN_FILE=... python -m fedshield.server.control_guard <flower-superlink args>``.
-Without the token variable (``--insecure`` development runs) no guard is installed. Either way
-Flower's own layers are scoped to the requests they act on (:mod:`fedshield.common.scoped_middleware`),
-empty message pulls are held until there is something to pull (:mod:`fedshield.server.held_pulls`),
-the ServerApp gets two minutes to start (:mod:`fedshield.server.task_start_window`), and the SuperLink
-ends when ``fl-server start`` is gone (:func:`fedshield.common.flower_env.exit_with_parent_from_env`).
+:func:`fedshield.flower_ext.superlink.install` puts this middleware outermost in Flower's app and
+checks, before the port opens, that the app Flower built refuses a stranger
+(:func:`refuses_strangers`); the launcher asks the running SuperLink once more over the network
+(:func:`probe_served`). Without the token variable (``--insecure`` development runs) no guard is
+installed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import os
+import ssl
 import sys
+import urllib.error
+import urllib.request
 from typing import Any, Awaitable, Callable
 
-from fedshield.common.flower_env import exit_with_parent_from_env, silence_flower
-from fedshield.common.scoped_middleware import Scope
+from fedshield.common.errors import ConfigError
+from fedshield.flower_ext.scoped_middleware import Scope
 
 TOKEN_ENV = "FEDSHIELD_CONTROL_TOKEN_FILE"
 READY_ENV = "FEDSHIELD_FLEET_READY_FILE"
 NOT_READY = "the coordinator is still registering its sites; retry shortly"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]
+SELF_CHECK = "fedshield.self_check"  # scope key of the start-up self-check's requests (no log line)
+REFUSAL_PREFIX = b'{"detail": "FedShield: '
+# Two requests the guard must refuse, whatever else the SuperLink serves: (path, peer)
+STRANGERS = (("/v1/control/list-runs", "127.0.0.1"),  # the Control API without the token, even from loopback
+             ("/v1/runtime/get-nodes", "192.0.2.1"))  # the Runtime API from another host (TEST-NET-1)
 
 
 def decide(path: str, peer: str | None, authorization: str | None, token: str, fleet_ready: bool = True) -> str | None:
@@ -89,7 +96,7 @@ class CoordinatorOnly:
             await self.app(scope, receive, send)
             return
         status = {"not served": 404, NOT_READY: 503}.get(reason, 403)
-        if status != 503:
+        if status != 503 and not scope.get(SELF_CHECK):
             print(f"FedShield guard: refused {scope.get('method')} {scope.get('path')} from {peer}: {reason}",
                   file=sys.stderr, flush=True)
         body = json.dumps({"detail": f"FedShield: {reason}"}).encode()
@@ -99,66 +106,63 @@ class CoordinatorOnly:
 
 
 def read_token(path: str) -> str:
-    token = open(path, encoding="utf-8").read().strip()
+    """The coordinator token in ``path`` (``server/control.token`` of the federation)."""
+    try:
+        token = open(path, encoding="utf-8").read().strip()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the control token ({exc.strerror}); re-create the federation "
+                          "with fl-server init") from None
     if len(token) < 32:
-        raise SystemExit(f"{path}: token too short; re-create the federation with fl-server init")
+        raise ConfigError(f"{path}: token too short; re-create the federation with fl-server init")
     return token
 
 
-def install(token: str | None, ready_file: str | None = None, hold_s: float = 0.0) -> None:
-    """Build the SuperLink's middleware as Flower does, each of Flower's layers scoped to the requests it
-    acts on (:mod:`fedshield.common.scoped_middleware`); with a ``token``, :class:`CoordinatorOnly`
-    outermost; with ``hold_s`` > 0, long polls (:class:`~fedshield.server.held_pulls.HeldPulls`) inside
-    the guard, so a refused request is never held and every held answer passes Flower's own checks."""
-    from starlette.middleware import Middleware
+def refuses_strangers(app: ASGIApp) -> str | None:
+    """None when ``app`` (the SuperLink's app as Flower built it, before it serves) refuses each of
+    :data:`STRANGERS` with this guard's 403, else what happened instead. In process, no port."""
 
-    import flwr.superlink.main as superlink_main
+    async def ask(path: str, peer: str) -> tuple[int, bytes]:
+        answer: dict[str, Any] = {"status": 0, "body": b""}
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": path, "raw_path": path.encode(), "root_path": "", "query_string": b"",
+                 "headers": [(b"content-type", b"application/protobuf")], "client": (peer, 1),
+                 "server": ("fedshield-self-check", 0), "state": {}, SELF_CHECK: True}
 
-    from fedshield.common.scoped_middleware import scoped
-    from fedshield.server.held_pulls import HeldPulls
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
 
-    flower_middleware = superlink_main._get_middleware  # pylint: disable=protected-access
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+            elif message["type"] == "http.response.body":
+                answer["body"] += message.get("body", b"")
 
-    def with_guard() -> list[Middleware]:
-        guard = [] if token is None else [Middleware(CoordinatorOnly, token=token, ready_file=ready_file)]
-        held = [Middleware(HeldPulls, hold_s=hold_s)] if hold_s > 0 else []
-        return [*guard, *held, *scoped(flower_middleware())]
+        await app(scope, receive, send)
+        return answer["status"], answer["body"]
 
-    superlink_main._get_middleware = with_guard  # type: ignore[attr-defined]
+    for path, peer in STRANGERS:
+        try:
+            status, body = asyncio.run(ask(path, peer))
+        except Exception as exc:  # noqa: BLE001  # it reached Flower's handlers, which failed: not refused
+            return f"POST {path} from {peer} reached Flower ({type(exc).__name__})"
+        if status != 403 or not body.startswith(REFUSAL_PREFIX):
+            return f"POST {path} from {peer} was answered {status}, not refused by the guard"
+    return None
 
 
-def superlink_app(scope_layers: bool = True):  # type: ignore[no-untyped-def]
-    """Flower's SuperLink FastAPI app, in this process, with its layers scoped as :func:`main` runs it
-    (no guard) or, ``scope_layers=False``, exactly as Flower builds it: for in-process comparisons."""
-    import warnings
-
-    import flwr.superlink.main as superlink_main
-
-    original = superlink_main._get_middleware  # pylint: disable=protected-access
+def probe_served(base_url: str, context: ssl.SSLContext | None, timeout: float = 5.0) -> str | None:
+    """None when the SuperLink serving ``base_url`` refuses a Control request without the token with this
+    guard's 403, else what it answered: the check, from outside, that the guard is in the served app."""
+    request = urllib.request.Request(f"{base_url}{STRANGERS[0][0]}", data=b"", method="POST",
+                                     headers={"content-type": "application/protobuf"})
     try:
-        if scope_layers:
-            install(None)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return superlink_main.create_app()
-    finally:
-        superlink_main._get_middleware = original  # type: ignore[attr-defined]
+        with urllib.request.urlopen(request, timeout=timeout, context=context) as response:
+            return f"an unauthenticated Control request was answered {response.status}"
+    except urllib.error.HTTPError as exc:
+        if exc.code == 403 and exc.read().startswith(REFUSAL_PREFIX):
+            return None
+        return f"an unauthenticated Control request was answered {exc.code}, not refused by the guard"
+    except (urllib.error.URLError, OSError) as exc:
+        return f"the Control API did not answer ({exc})"
 
 
-def main() -> None:
-    silence_flower()
-    token_file = os.environ.get(TOKEN_ENV)
-    from fedshield.server.held_pulls import HOLD_S
-
-    install(read_token(token_file) if token_file else None, os.environ.get(READY_ENV) or None, hold_s=HOLD_S)
-    from fedshield.server import task_start_window
-
-    task_start_window.install()  # a ServerApp on a busy host gets 2 minutes to start, not 30 s
-    exit_with_parent_from_env()
-    from flwr.superlink.cli import flower_superlink
-
-    flower_superlink()
-
-
-if __name__ == "__main__":
-    main()
