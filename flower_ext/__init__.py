@@ -4,7 +4,8 @@ FedShield is built on Flower's public API (``flwr.app``, ``flwr.serverapp``, ``f
 ``flwr.client``, ``flwr.server`` strategies and workflows, ``flwr.common`` records). Where that is not
 enough (a security guard Flower's open-source SuperLink lacks, fixed polling sleeps, SecAgg+ defects), this
 package adapts Flower's runtime, one module per process it adapts, each with an ``install()`` that the
-process's ``main()`` calls (:mod:`.superlink`, installed by :mod:`.superlink_main`).
+process's ``main()`` calls: :mod:`.superlink` (installed by :mod:`.superlink_main`), :mod:`.supernode`
+(:mod:`.supernode_main`) and the site's warm executor, :mod:`.app_executor` (:mod:`.app_executor_main`).
 
 Each ``install()`` runs from its process's ``main()``, never on import, and first checks that the
 running Flower is :data:`FLOWER_VERSION`, the release these adaptations were written against

@@ -16,11 +16,11 @@ from flwr.app import Message
 from flwr.superlink.grid import http_grid
 from flwr.serverapp import Grid
 
-from fedshield.common import prompt_pulls
+from fedshield.flower_ext import prompt_pulls
 from fedshield.common.backoff import Backoff
 
 # Replies' arrays may still be arriving at the SuperLink when the ServerApp pulls them.
-prompt_pulls.install(http_grid)
+prompt_pulls.install(http_grid, "pull_objects")
 
 REPLY_POLL_S = 0.02  # first re-poll; grows 1.5x per empty poll up to REPLY_POLL_CAP_S
 REPLY_POLL_CAP_S = 0.25

@@ -25,9 +25,10 @@ OTHER = "1.99.0"  # a Flower release the door was not written for
 
 
 def _door_installs() -> dict[str, object]:
-    from fedshield.flower_ext import superlink
+    from fedshield.flower_ext import app_executor, superlink, supernode
 
-    return {"SuperLink": lambda: superlink.install(TOKEN)}
+    return {"SuperLink": lambda: superlink.install(TOKEN), "SuperNode": supernode.install,
+            "app executor": app_executor.install}
 
 
 @pytest.fixture()

@@ -19,7 +19,7 @@ from flwr.proto.fleet_pb2 import PullMessagesRequest  # pylint: disable=E0611
 from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
 from starlette.middleware import Middleware
 
-from fedshield.flower_ext import FLOWER_VERSION, superlink
+from fedshield.flower_ext import FLOWER_VERSION, superlink, supernode
 from fedshield.flower_ext.scoped_middleware import FLOWER_SUPERLINK_LAYERS, PASS_THROUGH, SCOPES, Gated, _name
 
 
@@ -118,21 +118,19 @@ def test_the_scoped_superlink_answers_every_api_exactly_as_flowers(node_auth: bo
     assert _answers(ours) == expected
 
 
-def test_the_supernode_runs_flowers_tracing_layer_only_when_tracing_is_on(monkeypatch) -> None:
+def test_the_supernode_gates_its_runtime_layers_as_the_superlink_gates_the_same_layers(monkeypatch) -> None:
     import flwr.supernode.main as supernode_app
 
-    from fedshield.client.prompt_supernode import scope_runtime_tracing
-
-    flower_layer = supernode_app.RuntimeTracingMiddleware
-    monkeypatch.setattr(supernode_app, "RuntimeTracingMiddleware", flower_layer)  # restored afterwards
-    scope_runtime_tracing()
+    flower_layers = {name: getattr(supernode_app, name) for name in supernode.SCOPED_LAYERS}
+    for name, layer in flower_layers.items():
+        monkeypatch.setattr(supernode_app, name, layer)  # restored afterwards
+        assert PASS_THROUGH[layer.__name__] in inspect.getsource(layer.dispatch), name
+    supernode.scope_runtime_layers()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         app = supernode_app.create_app(state_factory=None)  # type: ignore[arg-type]
-    gated = [m for m in app.user_middleware if getattr(m.cls, "func", None) is Gated]
-    assert len(gated) == 1 and gated[0].cls.keywords["layer"].cls is flower_layer
-    applies = gated[0].cls.keywords["applies"]
-    monkeypatch.delenv("FLWR_TRACING_ENABLED", raising=False)
-    assert not applies({"type": "http", "path": "/v1/runtime/acquire-task"})
-    monkeypatch.setenv("FLWR_TRACING_ENABLED", "1")
-    assert applies({"type": "http", "path": "/v1/runtime/acquire-task"})
+    gated = [m.cls for m in app.user_middleware if getattr(m.cls, "func", None) is Gated]
+    ungated = [m.cls for m in app.user_middleware if getattr(m.cls, "func", None) is not Gated]
+    assert sorted(_name(g.keywords["layer"].cls) for g in gated) == sorted(map(_name, flower_layers.values()))
+    assert all(g.keywords["applies"] is SCOPES[_name(g.keywords["layer"].cls)] for g in gated)
+    assert not {_name(cls) for cls in ungated} & set(SCOPES)  # every layer the SuperLink scopes is scoped here too
