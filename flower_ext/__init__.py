@@ -5,7 +5,8 @@ FedShield is built on Flower's public API (``flwr.app``, ``flwr.serverapp``, ``f
 enough (a security guard Flower's open-source SuperLink lacks, fixed polling sleeps, SecAgg+ defects), this
 package adapts Flower's runtime, one module per process it adapts, each with an ``install()`` that the
 process's ``main()`` calls: :mod:`.superlink` (installed by :mod:`.superlink_main`), :mod:`.supernode`
-(:mod:`.supernode_main`) and the site's warm executor, :mod:`.app_executor` (:mod:`.app_executor_main`).
+(:mod:`.supernode_main`), the site's warm executor, :mod:`.app_executor` (:mod:`.app_executor_main`),
+and the ServerApp, :mod:`.serverapp` (the ServerApp's ``main``); SecAgg+ on both sides, :mod:`.secagg`.
 
 Each ``install()`` runs from its process's ``main()``, never on import, and first checks that the
 running Flower is :data:`FLOWER_VERSION`, the release these adaptations were written against

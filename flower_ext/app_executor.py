@@ -14,7 +14,7 @@ It differs from ``flwr-clientapp`` in two deliberate ways:
 * no FAB is installed and no code from the server runs: the ClientApp is FedShield's installed one,
   and a run whose app names any other ClientApp is refused with an error reply.
 
-:func:`install` adapts this process's Flower (prompt object pulls); the process itself is
+:func:`install` adapts this process's Flower (prompt object pulls, SecAgg+); the process itself is
 :mod:`fedshield.flower_ext.app_executor_main`, which ``fl-client join`` starts.
 """
 
@@ -44,7 +44,7 @@ import flwr.supernode.runtime.run_clientapp as flower_clientapp
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from fedshield.common.backoff import Backoff
-from fedshield.flower_ext import prompt_pulls
+from fedshield.flower_ext import prompt_pulls, secagg
 from fedshield.flower_ext.executor_wake import WakeWaiter
 from fedshield.flower_ext.version_check import check_flower_version
 
@@ -69,9 +69,11 @@ def fab_clientapp(fab_content: bytes) -> str | None:
 
 def install() -> None:
     """In the executor's process, before its first task: Flower's ClientApp runtime pulls a message's objects
-    promptly (they may still be arriving at the SuperNode when the task starts)."""
+    promptly (they may still be arriving at the SuperNode when the task starts), and SecAgg+ is the
+    server's (:mod:`fedshield.flower_ext.secagg`)."""
     check_flower_version("app executor")
     prompt_pulls.install(flower_clientapp, "pull_and_inflate_object_from_tree")
+    secagg.install()
 
 
 @functools.cache

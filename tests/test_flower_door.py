@@ -25,10 +25,10 @@ OTHER = "1.99.0"  # a Flower release the door was not written for
 
 
 def _door_installs() -> dict[str, object]:
-    from fedshield.flower_ext import app_executor, superlink, supernode
+    from fedshield.flower_ext import app_executor, secagg, serverapp, superlink, supernode
 
     return {"SuperLink": lambda: superlink.install(TOKEN), "SuperNode": supernode.install,
-            "app executor": app_executor.install}
+            "app executor": app_executor.install, "ServerApp": serverapp.install, "SecAgg+": secagg.install}
 
 
 @pytest.fixture()
@@ -36,6 +36,9 @@ def other_flower(monkeypatch: pytest.MonkeyPatch) -> None:
     """The installed Flower is :data:`OTHER`, not the door's."""
     monkeypatch.setattr(version_check, "installed_flower_version", lambda: OTHER)
     monkeypatch.delenv(ALLOW_VERSION_ENV, raising=False)
+    from fedshield.flower_ext import secagg
+
+    monkeypatch.setattr(secagg, "_installed", False)
 
 
 def _restore_superlink_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -159,3 +162,17 @@ def test_fl_server_stops_a_superlink_that_serves_without_its_guard(tmp_path: Pat
     with pytest.raises(SuperLinkStartError, match="not guarded"):
         link.start()
     assert link.process is not None and link.process.poll() is not None  # stopped, not left serving
+
+
+def test_secagg_refuses_a_flower_whose_mod_no_longer_calls_the_mask_prg(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Security code: masks from Flower's 32-bit-seeded PRG must never go out because a rebinding stopped working.
+    from fedshield.flower_ext import secagg
+
+    mod = importlib.import_module(secagg.CLIENT_MOD)
+    for name, value in vars(mod).items():
+        if callable(value) and getattr(value, "__module__", None) == mod.__name__:
+            monkeypatch.setattr(mod, name, value)  # restored after the test
+    monkeypatch.delattr(mod, "_collect_masked_vectors")  # the one function that expands masks
+    monkeypatch.setattr(secagg, "_installed", False)
+    with pytest.raises(FlowerHookMissing, match="no longer looks up pseudo_rand_gen"):
+        secagg.install()
