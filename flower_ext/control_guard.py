@@ -13,7 +13,7 @@ Flower's own ``flower-superlink`` with one more ASGI middleware, :class:`Coordin
   refused as unknown;
 * ``/v1/control/*``: only with ``Authorization: Bearer <token>``, the secret in the federation's
   ``server/control.token`` (0600) that only the coordinator's own Flower CLI presents
-  (:mod:`fedshield.server.coordinator_flwr`); compared in constant time;
+  (:mod:`fedshield.flower_ext.flower_cli`); compared in constant time;
 * ``/v1/runtime/*``: only from loopback (the ServerApp runs beside the SuperLink) and, Flower's own
   check, with a task token;
 * anything else (API docs, other routers): 404.

@@ -58,7 +58,7 @@ def write_flwr_home(flwr_home: Path, address: str, *, root_certificates: Path | 
     """A private ``$FLWR_HOME/config.toml`` with one connection, ``fedshield``, to our SuperLink.
 
     ``control_token``: the federation's coordinator token file, presented on every Control API call
-    (:mod:`fedshield.server.coordinator_flwr`); remembered in ``$FLWR_HOME/fedshield.json``.
+    (:mod:`fedshield.flower_ext.flower_cli`); remembered in ``$FLWR_HOME/fedshield.json``.
     """
     atomic_write_text(flwr_home / TOKEN_POINTER,
                       json.dumps({"control-token-file": str(control_token) if control_token else None}) + "\n",
@@ -81,7 +81,7 @@ def _flwr(args: list[str], flwr_home: Path, timeout: float) -> subprocess.Comple
         token_file = None
     if token_file:
         env[TOKEN_ENV] = token_file
-        cmd = [sys.executable, "-m", "fedshield.server.coordinator_flwr", *args]
+        cmd = [sys.executable, "-m", "fedshield.flower_ext.flower_cli_main", *args]
     else:
         cmd = [flower_executable("flwr"), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(env),

@@ -3,7 +3,9 @@ guard fails closed: without its hook point, or in an app Flower built without it
 
 from __future__ import annotations
 
+import ast
 import importlib
+import re
 import subprocess
 import sys
 import tomllib
@@ -25,10 +27,13 @@ OTHER = "1.99.0"  # a Flower release the door was not written for
 
 
 def _door_installs() -> dict[str, object]:
-    from fedshield.flower_ext import app_executor, secagg, serverapp, superlink, supernode
+    from fedshield.flower_ext import app_executor, flower_cli, secagg, serverapp, simulation_engine, superlink, \
+        supernode
 
     return {"SuperLink": lambda: superlink.install(TOKEN), "SuperNode": supernode.install,
-            "app executor": app_executor.install, "ServerApp": serverapp.install, "SecAgg+": secagg.install}
+            "app executor": app_executor.install, "ServerApp": serverapp.install,
+            "simulation engine": simulation_engine.install, "flwr CLI": flower_cli.install,
+            "SecAgg+": secagg.install}
 
 
 @pytest.fixture()
@@ -176,3 +181,53 @@ def test_secagg_refuses_a_flower_whose_mod_no_longer_calls_the_mask_prg(monkeypa
     monkeypatch.setattr(secagg, "_installed", False)
     with pytest.raises(FlowerHookMissing, match="no longer looks up pseudo_rand_gen"):
         secagg.install()
+
+
+def test_nothing_is_rebound_in_flower_by_importing_fedshield() -> None:
+    # install() runs from a process's main(), never on import: importing every module leaves Flower as it is.
+    modules = sorted(f"fedshield.flower_ext.{p.stem}" for p in (ROOT / "flower_ext").glob("*.py"))
+    script = f"""
+import importlib, time
+for name in {modules!r} + ["fedshield.client.client_app", "fedshield.server.server_app",
+                           "fedshield.simulations.runner", "fedshield.server.run_status_probe"]:
+    importlib.import_module(name)
+import flwr.superlink.main as superlink_main, flwr.supernode.main as supernode_app
+import flwr.supernode.start_client_internal as loop, flwr.cli.utils as cli_utils
+from flwr.server.superlink.fleet.vce import vce_api
+from flwr.superlink.grid import http_grid
+mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
+assert superlink_main._get_middleware.__module__ == "flwr.superlink.main"
+assert superlink_main.create_app.__module__ == "flwr.superlink.main"
+assert all(getattr(supernode_app, n).__module__.startswith("flwr.") for n in {("RuntimeTracingMiddleware",)!r}
+           if hasattr(supernode_app, n))
+assert loop.time is time and loop._pull_and_store_message.__module__ == loop.__name__
+assert not hasattr(http_grid.pull_objects, "_fedshield_prompt")
+assert mod.pseudo_rand_gen.__module__.startswith("flwr.")
+assert not getattr(vce_api.add_messages_to_queue, "fedshield_patch", False)
+assert cli_utils.load_cli_auth_plugin_from_connection.__module__ == "flwr.cli.utils"
+"""
+    from conftest import cli_env
+
+    proc = subprocess.run([sys.executable, "-c", script], env=cli_env(), capture_output=True, text=True,
+                          timeout=300, stdin=subprocess.DEVNULL, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+# Flower's runtime and wire modules: only the door imports them.
+PRIVATE = re.compile(r"flwr\.(superlink|supernode|superexec|supercore|cli|server\.superlink|proto)(\.|$)|flwr(\.\w+)*\._")
+
+
+def test_only_the_door_imports_flowers_runtime_modules() -> None:
+    offenders = []
+    for package in ("common", "tasks", "client", "server", "strategies", "simulations"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+                names = []
+                if isinstance(node, ast.Import):
+                    names = [alias.name for alias in node.names]
+                elif isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                    names = [node.value] if re.fullmatch(r"flwr(\.\w+)+", node.value) else []
+                offenders += [f"{path.relative_to(ROOT)}:{node.lineno} {n}" for n in names if PRIVATE.match(n)]
+    assert offenders == []
