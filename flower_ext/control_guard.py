@@ -1,6 +1,6 @@
 """Only the coordinator starts runs: a guard in front of the SuperLink's Control and Runtime APIs.
 
-Flower 1.41's open-source SuperLink serves its Fleet API (sites), Control API (``flwr run``/``ls``/
+Flower 1.41 and 1.42's open-source SuperLink serves its Fleet API (sites), Control API (``flwr run``/``ls``/
 ``supernode register``) and Runtime API (the ServerApp) on ONE HTTP port, and its Control API's account
 authentication is an Enterprise feature (the OSS build plugs in a no-op). Anyone who can reach the port a
 site connects to could therefore submit a run that executes on every SuperNode. FedShield starts

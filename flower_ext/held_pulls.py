@@ -1,6 +1,6 @@
 """Long polls on the SuperLink: an empty pull is answered when there is something to pull, not at once.
 
-Flower 1.41's sites and ServerApp learn of new messages only by polling. A SuperNode asks the Fleet API
+Flower 1.41 and 1.42's sites and ServerApp learn of new messages only by polling. A SuperNode asks the Fleet API
 for a message (FedShield's SuperNode every 0.05-0.25 s while idle, :mod:`fedshield.flower_ext.supernode`), and
 the ServerApp asks the Runtime API for its replies (server/prompt_grid.py). Each empty poll is a request
 that costs the SuperLink and the poller a few ms of CPU (a signed TLS request for a site). With 20

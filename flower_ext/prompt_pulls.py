@@ -1,6 +1,6 @@
 """Shorter retry backoff when Flower pulls message objects that are still in transit.
 
-Flower 1.41 pulls a message's objects (the model arrays) with exponential backoff starting at 1 s
+Flower 1.41 and 1.42 pulls a message's objects (the model arrays) with exponential backoff starting at 1 s
 (``PULL_INITIAL_BACKOFF`` in ``flwr/supercore/constant.py``, bound as default arguments of
 ``pull_objects`` / ``pull_and_inflate_object_from_tree``). An object that is a few milliseconds from
 arriving therefore costs 1-3 s; measured on loopback it was ~3 s per message for a site's ClientApp.

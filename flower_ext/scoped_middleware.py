@@ -1,11 +1,12 @@
 """Flower's HTTP middleware, each layer run only on the requests it can act on.
 
-Flower 1.41 serves the SuperLink's Fleet, Control and Runtime APIs from one FastAPI app with nine
+Flower 1.42 serves the SuperLink's Fleet, Control and Runtime APIs from one FastAPI app with eight
 middleware layers (``_get_middleware`` in ``flwr/superlink/main.py``), all Starlette
-``BaseHTTPMiddleware``s, and every request passes through all nine. Six of them act on one API only
+``BaseHTTPMiddleware``s, and every request passes through all eight. Six of them act on one API only
 (the four ``Control*`` layers on ``/v1/control/``, node authentication and the fleet event log on
-``/v1/fleet/``) or only when tracing is switched on (``RuntimeTracingMiddleware``); on every other
-request their ``dispatch`` checks the path or the switch and calls the next layer. That check is cheap,
+``/v1/fleet/``); on every other request their ``dispatch`` checks the path and calls the next layer.
+(Flower 1.41 had a ninth, ``RuntimeTracingMiddleware``, acting only with tracing switched on; 1.42
+dropped it from the SuperLink and the SuperNode.) That check is cheap,
 but a ``BaseHTTPMiddleware`` layer is not: each one runs the request in a task group with memory
 streams and re-wraps the response, on the SuperLink's single event loop. With 20 sites polling four
 times a second over TLS, the SuperLink's loop was busy ~80% of a round, most of it in these layers
@@ -23,7 +24,6 @@ what this was written against; tests/test_scoped_middleware.py compares both wit
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -43,11 +43,6 @@ def _under(prefix: str) -> Callable[[Scope], bool]:
     return applies
 
 
-def tracing_enabled(scope: Scope) -> bool:
-    """``RuntimeTracingMiddleware`` passes every response through unless this switch is on (read per request, as there)."""
-    return os.getenv("FLWR_TRACING_ENABLED") == "1"
-
-
 #: "module.Class" of a Flower middleware -> the requests it can act on
 SCOPES: dict[str, Callable[[Scope], bool]] = {
     "flwr.superlink.routers.control.middlewares.ControlSensitiveResponseMiddleware": _under(CONTROL),
@@ -56,7 +51,6 @@ SCOPES: dict[str, Callable[[Scope], bool]] = {
     "flwr.superlink.routers.control.middlewares.ControlEventLogMiddleware": _under(CONTROL),
     "flwr.superlink.routers.fleet.node_auth.NodeAuthMiddleware": _under(FLEET),
     "flwr.superlink.routers.fleet.middlewares.FleetEventLogMiddleware": _under(FLEET),
-    "flwr.supercore.routers.runtime.tracing.RuntimeTracingMiddleware": tracing_enabled,
 }
 
 
@@ -68,7 +62,6 @@ FLOWER_SUPERLINK_LAYERS = (
     "flwr.superlink.routers.control.middlewares.ControlAuthenticationMiddleware",
     "flwr.superlink.routers.control.middlewares.ControlLicenseMiddleware",
     "flwr.supercore.protobuf.translation.ProtobufTranslationMiddleware",
-    "flwr.supercore.routers.runtime.tracing.RuntimeTracingMiddleware",
     "flwr.superlink.routers.control.middlewares.ControlEventLogMiddleware",
     "flwr.superlink.routers.fleet.node_auth.NodeAuthMiddleware",
     "flwr.superlink.routers.fleet.middlewares.FleetEventLogMiddleware",
@@ -82,7 +75,6 @@ PASS_THROUGH = {
     "ControlEventLogMiddleware": "if not _is_control_path(request.url.path)",
     "NodeAuthMiddleware": 'if request.url.path.startswith("/v1/fleet/")',
     "FleetEventLogMiddleware": 'if not request.url.path.startswith("/v1/fleet/")',
-    "RuntimeTracingMiddleware": 'os.getenv("FLWR_TRACING_ENABLED") != "1"',
 }
 
 

@@ -101,7 +101,7 @@ def widened_vector(data: bytes) -> np.ndarray:
 def install_compact_masked_vectors() -> None:
     """Make Flower's SecAgg+ client mod upload masked vectors compactly and its server workflow widen them.
 
-    Both names are used by those two modules for the masked vectors only (Flower 1.41).
+    Both names are used by those two modules for the masked vectors only (Flower 1.41 and 1.42).
     """
     mod = importlib.import_module(CLIENT_MOD)
     workflow = importlib.import_module(SERVER_WORKFLOW)

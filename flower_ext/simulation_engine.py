@@ -1,6 +1,6 @@
 """Simulation engine fix: hand queued messages to virtual sites without polling every site.
 
-Flower 1.41's simulation engine (``flwr/server/superlink/fleet/vce/vce_api.py``,
+Flower 1.41 and 1.42's simulation engine (``flwr/server/superlink/fleet/vce/vce_api.py``,
 ``add_messages_to_queue``) asks its link state for the next message of *every* virtual node, one node
 at a time, every 0.1 s, and each question scans every stored message. With 1,000 nodes that loop
 alone keeps ~40 % of a core busy in the driver while the sites train (measured with

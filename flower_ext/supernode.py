@@ -1,6 +1,6 @@
 """The SuperNode's adaptations: short idle polls, a wake-up for the site's executor, scoped middleware.
 
-Flower 1.41's SuperNode loop (``flwr/supernode/start_client_internal.py``) sleeps a fixed 3 s when the
+Flower 1.41 and 1.42's SuperNode loop (``flwr/supernode/start_client_internal.py``) sleeps a fixed 3 s when the
 SuperLink has no message for it and 0.5 s while it waits for the ClientApp's reply; neither is
 configurable. Every deployed round pays those sleeps for each message. :func:`install` swaps the
 ``time`` module *that one Flower module* sees for a proxy whose ``sleep`` is shorter (idle pulls back off
@@ -39,8 +39,10 @@ REPLY_WAIT_S = 0.05  # instead of 0.5 s
 HELD_PULL_S = 1.0
 #: Middleware classes ``flwr/supernode/main.py`` adds to the SuperNode's Runtime API by these names that act
 #: on some requests only; each is gated as the SuperLink's same layer is
-#: (:data:`fedshield.flower_ext.scoped_middleware.SCOPES`).
-SCOPED_LAYERS = ("RuntimeTracingMiddleware",)
+#: (:data:`fedshield.flower_ext.scoped_middleware.SCOPES`). None in Flower 1.42, which dropped the one 1.41
+#: had (``RuntimeTracingMiddleware``, active only with tracing on); tests/test_scoped_middleware.py checks
+#: that the SuperNode carries no ungated layer the SuperLink scopes.
+SCOPED_LAYERS: tuple[str, ...] = ()
 
 
 class IdleBackoff(Backoff):

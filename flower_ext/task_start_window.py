@@ -1,6 +1,6 @@
 """Give the ServerApp two minutes, not 30 s, from launch to its first call to the SuperLink.
 
-When Flower 1.41's SuperExec claims the run's ServerApp task, the SuperLink's state gives the claim a
+When Flower 1.41 and 1.42's SuperExec claims the run's ServerApp task, the SuperLink's state gives the claim a
 token that expires after ``HEARTBEAT_DEFAULT_INTERVAL`` (30 s) unless the ``flwr-serverapp`` process
 it launched makes its first call by then; after that every call of the ServerApp is refused ("Runtime
 task-token authentication failed") and the run fails. ``fl-server start`` submits the run at once, so

@@ -24,7 +24,7 @@ from typing import Any
 from fedshield.common.errors import FedShieldError
 
 #: The Flower release every adaptation in this package was written against (and pyproject.toml pins).
-FLOWER_VERSION = "1.41.0"
+FLOWER_VERSION = "1.42.0"
 #: Set to the installed Flower's version to run on it anyway (untested; announced on stderr).
 ALLOW_VERSION_ENV = "FEDSHIELD_ALLOW_FLOWER_VERSION"
 
