@@ -1,7 +1,7 @@
 """What the SuperLink's middleware costs per request: Flower's nine layers vs FedShield's scoped stack.
 
 Builds Flower 1.41's SuperLink app twice in this process (``flwr.superlink.main.create_app``), once with
-Flower's middleware and once as ``fl-server start`` runs it (common/scoped_middleware.py, without the
+Flower's middleware and once as ``fl-server start`` runs it (flower_ext/scoped_middleware.py, without the
 coordinator guard), and sends the same requests to both through an in-process ASGI transport (no
 sockets, no TLS: the application's own cost), alternating the two apps --repeats times. Prints the
 median time per request and the ratio. The requests are refused by the handlers or the checks (no
@@ -51,7 +51,7 @@ def main() -> None:
     logging.getLogger("flwr").setLevel(logging.CRITICAL)  # every refused request logs a line otherwise
     logging.getLogger("flwr").handlers.clear()
     body = PullMessagesRequest(node=Node(node_id=7)).SerializeToString()
-    from fedshield.server.control_guard import superlink_app
+    from fedshield.flower_ext.superlink import superlink_app
 
     apps = {"Flower": superlink_app(scope_layers=False), "FedShield": superlink_app()}
     print(f"SuperLink middleware, in-process ASGI, median of {args.repeats} x {args.requests} requests")

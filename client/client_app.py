@@ -34,7 +34,7 @@ from fedshield.client.local_evaluation import evaluate_round  # noqa: E402
 from fedshield.client.local_training import train_round  # noqa: E402
 from fedshield.client.site_privacy import close_run, released_counts  # noqa: E402
 from fedshield.client.site_policy import site_policy_mod  # noqa: E402
-from fedshield.strategies.secure_aggregation import install_flower_fixes, secaggplus_when_asked  # noqa: E402
+from fedshield.strategies.secure_aggregation import secaggplus_when_asked  # noqa: E402
 from fedshield.client.site_session import (  # noqa: E402
     count_message,
     identify_site,
@@ -196,8 +196,6 @@ def client_fn(context: Context) -> Client:
     """Flower's legacy entry: a fresh :class:`SiteClient` per message (data stays cached per process)."""
     return SiteClient(context).to_client()
 
-
-install_flower_fixes()  # SecAgg+ masks from ChaCha20 and compact masked vectors, matching the server
 
 # Order matters: the allowlist first (before any data access); SecAgg+ before client-side clipping, so
 # clipping sees the plain update and SecAgg+ masks the clipped one.

@@ -6,7 +6,7 @@ allowlist, carried in its node config (``allowed-tasks`` of :class:`SiteNodeConf
 ``allowed-tasks = [...]`` in the data folder's ``fedshield.toml``). A task outside it gets an error
 reply naming the reason, one log line at the site, and an event ``fl-client join`` prints; the data is
 never opened. (Code from the server never runs at all: the warm executor refuses FABs that name
-another ClientApp, see :mod:`fedshield.client.warm_executor`, and no dependencies are installed.)
+another ClientApp, see :mod:`fedshield.flower_ext.app_executor`, and no dependencies are installed.)
 """
 
 from __future__ import annotations

@@ -14,9 +14,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from fedshield.client.executor_wake import WAKE_FD_ENV, wake_pair
 from fedshield.common.errors import ConfigError
 from fedshield.common.flower_env import child_env, parent_env
+from fedshield.flower_ext.executor_wake import WAKE_FD_ENV, wake_pair
 from fedshield.server.superlink import stop_process_group
 
 
@@ -65,11 +65,11 @@ class SuperNode:
     def command(self) -> list[str]:
         cmd = [
             # Flower's flower-supernode, started through our entry point for prompt polling.
-            sys.executable, "-m", "fedshield.client.prompt_supernode",
+            sys.executable, "-m", "fedshield.flower_ext.supernode_main",
             "--superlink", self.superlink,
             "--host", "127.0.0.1",
             "--port", str(self.local_port),
-            # warm: Flower's "process" isolation with FedShield's long-lived executor (warm_executor.py);
+            # warm: Flower's "process" isolation with FedShield's long-lived executor (flower_ext/app_executor.py);
             # otherwise Flower's SuperExec with a fresh flwr-clientapp process per message.
             "--isolation", "process" if self.warm else "subprocess",
             "--max-wait-time", str(self.max_wait_time),
@@ -86,7 +86,7 @@ class SuperNode:
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the children
-        # warm: the SuperNode wakes its executor when a message is stored (client/executor_wake.py)
+        # warm: the SuperNode wakes its executor when a message is stored (flower_ext/executor_wake.py)
         notify_end, wait_end = wake_pair() if self.warm else (None, None)
         try:
             env = child_env(parent_env(), threads=self.threads)
@@ -96,7 +96,7 @@ class SuperNode:
                                             pass_fds=(notify_end.fileno(),) if notify_end else ())
             if wait_end is not None:
                 self.worker = subprocess.Popen(
-                    [sys.executable, "-m", "fedshield.client.warm_executor", "--runtime-api-address",
+                    [sys.executable, "-m", "fedshield.flower_ext.app_executor_main", "--runtime-api-address",
                      f"127.0.0.1:{self.local_port}", "--parent-pid", str(self.process.pid),
                      "--wake-fd", str(wait_end.fileno())],
                     stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,

@@ -62,17 +62,9 @@ PARENT_PID_ENV = "FEDSHIELD_PARENT_PID"
 
 
 def parent_env() -> dict[str, str]:
-    """Variables that make a child started through our entry points end when this process is gone."""
+    """Variables that make a child started through our entry points end when this process is gone
+    (:func:`fedshield.flower_ext.process_entry.exit_with_parent_from_env`)."""
     return {PARENT_PID_ENV: str(os.getpid())}
-
-
-def exit_with_parent_from_env() -> None:
-    """In a Flower entry point: end (Flower's graceful SIGINT path) when ``$FEDSHIELD_PARENT_PID`` is gone,
-    even if that parent was killed with SIGKILL, so a CLI never leaves a port or a retry loop behind."""
-    if parent := os.environ.get(PARENT_PID_ENV):
-        from flwr.supercore.app_utils import start_parent_process_monitor
-
-        start_parent_process_monitor(int(parent))
 
 
 def flower_executable(name: str) -> str:

@@ -4,7 +4,8 @@ Flower 1.41's HTTP grid (``flwr/superlink/grid/http_grid.py``, ``send_and_receiv
 3 s between reply polls, which alone adds up to 3 s to every message exchange of a deployed round
 (measured: 30.7 s deployed vs 1.47 s simulated per round, shared/notes/flower-1.4x.md §8). This
 wrapper delegates everything to Flower's grid and re-implements only ``send_and_receive`` with the
-same push/pull calls and a short poll interval. Each poll is one small loopback HTTP request.
+same push/pull calls and a short poll interval. Each poll is one small loopback HTTP request. (The
+objects of a reply are pulled promptly too: :mod:`fedshield.flower_ext.serverapp`.)
 """
 
 from __future__ import annotations
@@ -13,14 +14,9 @@ import time
 from collections.abc import Iterable
 
 from flwr.app import Message
-from flwr.superlink.grid import http_grid
 from flwr.serverapp import Grid
 
-from fedshield.common import prompt_pulls
 from fedshield.common.backoff import Backoff
-
-# Replies' arrays may still be arriving at the SuperLink when the ServerApp pulls them.
-prompt_pulls.install(http_grid)
 
 REPLY_POLL_S = 0.02  # first re-poll; grows 1.5x per empty poll up to REPLY_POLL_CAP_S
 REPLY_POLL_CAP_S = 0.25

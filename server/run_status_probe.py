@@ -5,30 +5,19 @@ dies before it can write its failure leaves ``results.json`` saying "running". A
 ``flwr ls`` started a Python process per check, about 1.9 s of CPU for its imports: a fifth of a core
 for the whole run, taken from the sites whenever they share the coordinator's host (a 20-site
 federation on one 2-core machine showed it as bursts of 0.3-0.5 cores every check). Here one Control
-API client is kept and each check is one ``ListRuns`` request, through Flower's own HTTP client, with the
-federation's coordinator token (:mod:`fedshield.server.control_guard`) when there is one.
+API client (:class:`fedshield.flower_ext.control_api.ControlApi`) is kept and each check is one
+``ListRuns`` request, with the federation's coordinator token (:mod:`fedshield.flower_ext.control_guard`)
+when there is one.
 """
 
 from __future__ import annotations
 
 import json
-import ssl
 import tomllib
 from pathlib import Path
 
-from flwr.cli.cli_account_auth_interceptor import CliAccountAuthHttpInterceptor
-from flwr.common.serde import run_from_proto
-from flwr.proto.control_pb2 import ListRunsRequest  # pylint: disable=E0611
-from flwr.supercore.auth.typing import AccountAuthCredentials
-from flwr.supercore.control import ControlHttpClient
-from flwr.supercore.interceptors.http.runtime_version import RuntimeVersionHttpInterceptor
-
-from fedshield.server.coordinator_flwr import _token_plugin
+from fedshield.flower_ext.control_api import ControlApi
 from fedshield.server.run_submission import CONNECTION, TOKEN_POINTER
-
-
-def _no_refresh(refresh_token: str) -> AccountAuthCredentials:
-    raise RuntimeError("the coordinator token is static; there is nothing to refresh")
 
 
 class RunStatusProbe:
@@ -39,26 +28,12 @@ class RunStatusProbe:
         """``flwr_home``: the private ``$FLWR_HOME`` that ``write_flwr_home`` wrote (address, CA, token)."""
         conn = tomllib.loads((flwr_home / "config.toml").read_text())["superlink"][CONNECTION]
         pointer = json.loads((flwr_home / TOKEN_POINTER).read_text()).get("control-token-file")
-        interceptors: list = [RuntimeVersionHttpInterceptor(component_name="fl-server")]
-        if pointer:  # the same token plugin and Flower interceptor as `flwr` run by coordinator_flwr
-            plugin = _token_plugin(Path(pointer).read_text(encoding="utf-8").strip())(str(conn["address"]))
-            interceptors.append(CliAccountAuthHttpInterceptor(plugin, _no_refresh))
-        insecure = bool(conn.get("insecure", False))
-        scheme = "http" if insecure else "https"
-        verify: bool | ssl.SSLContext = False if insecure else ssl.create_default_context(
-            cafile=str(conn["root-certificates"]))
-        self._client = ControlHttpClient(f"{scheme}://{conn['address']}", interceptors=interceptors, verify=verify,
-                                         timeout=timeout)
+        token = Path(pointer).read_text(encoding="utf-8").strip() if pointer else None
+        root = None if bool(conn.get("insecure", False)) else Path(conn["root-certificates"])
+        self._api = ControlApi(str(conn["address"]), root_certificates=root, token=token, timeout=timeout)
 
     def __call__(self, run_id: int) -> str | None:
-        try:
-            response = self._client.ListRuns(ListRunsRequest(run_id=run_id))
-        except Exception:  # noqa: BLE001  a busy or restarting SuperLink: unknown, the caller asks again
-            return None
-        for proto in response.run_dict.values():
-            status = run_from_proto(proto).status
-            return f"{status.status}:{status.sub_status}" if status.sub_status else status.status
-        return None
+        return self._api.run_status(run_id)
 
     def close(self) -> None:
-        self._client.close()
+        self._api.close()

@@ -18,6 +18,7 @@ from fedshield.common.atomic_io import atomic_write_text
 from fedshield.common.errors import FedShieldError
 from fedshield.common.flower_env import child_env, flower_executable
 from fedshield.common.run_config import RunConfig
+from fedshield.flower_ext.control_guard import TOKEN_ENV
 
 CONNECTION = "fedshield"
 TOKEN_POINTER = "fedshield.json"
@@ -57,7 +58,7 @@ def write_flwr_home(flwr_home: Path, address: str, *, root_certificates: Path | 
     """A private ``$FLWR_HOME/config.toml`` with one connection, ``fedshield``, to our SuperLink.
 
     ``control_token``: the federation's coordinator token file, presented on every Control API call
-    (:mod:`fedshield.server.coordinator_flwr`); remembered in ``$FLWR_HOME/fedshield.json``.
+    (:mod:`fedshield.flower_ext.flower_cli`); remembered in ``$FLWR_HOME/fedshield.json``.
     """
     atomic_write_text(flwr_home / TOKEN_POINTER,
                       json.dumps({"control-token-file": str(control_token) if control_token else None}) + "\n",
@@ -73,8 +74,6 @@ def write_flwr_home(flwr_home: Path, address: str, *, root_certificates: Path | 
 
 def _flwr(args: list[str], flwr_home: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     """Flower's ``flwr`` CLI against our private FLWR_HOME, with the coordinator token when there is one."""
-    from fedshield.server.control_guard import TOKEN_ENV
-
     env = {"FLWR_HOME": str(flwr_home)}
     try:
         token_file = json.loads((flwr_home / TOKEN_POINTER).read_text()).get("control-token-file")
@@ -82,7 +81,7 @@ def _flwr(args: list[str], flwr_home: Path, timeout: float) -> subprocess.Comple
         token_file = None
     if token_file:
         env[TOKEN_ENV] = token_file
-        cmd = [sys.executable, "-m", "fedshield.server.coordinator_flwr", *args]
+        cmd = [sys.executable, "-m", "fedshield.flower_ext.flower_cli_main", *args]
     else:
         cmd = [flower_executable("flwr"), *args]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=child_env(env),

@@ -29,6 +29,7 @@ from flwr.serverapp import Grid, ServerApp  # noqa: E402
 from fedshield.common.metrics import weighted_mean  # noqa: E402
 from fedshield.common.run_config import RunConfig  # noqa: E402
 from fedshield.common.torch_arrays import model_to_ndarrays  # noqa: E402
+from fedshield.flower_ext import serverapp as flower_serverapp  # noqa: E402
 from fedshield.server.central_evaluation import central_test_fn  # noqa: E402
 from fedshield.server.initial_evaluation import with_initial_evaluation  # noqa: E402
 from fedshield.server.prompt_grid import PromptGrid  # noqa: E402
@@ -146,9 +147,8 @@ def round_min_sites(cfg: RunConfig) -> int:
 def secure_fit_workflow(cfg: RunConfig, replies: dict[int, dict[str, Any]],  # type: ignore[no-untyped-def]
                         on_stages: Callable[[int, dict[str, float]], None] | None = None):
     """SecAgg+ as the fit workflow (see :mod:`fedshield.strategies.secure_aggregation`)."""
-    from fedshield.strategies.secure_aggregation import FedShieldSecAggPlus, install_flower_fixes
+    from fedshield.strategies.secure_aggregation import FedShieldSecAggPlus
 
-    install_flower_fixes()  # ChaCha20 masks and compact masked vectors, as the sites have them
     # Weights are the sites' example counts; SecAgg+ scales them by max_weight, which must cover the largest.
     largest = max((int(r.get("examples-train", 0)) for r in replies.values() if "error" not in r), default=1)
     largest = max(largest, cfg.max_site_examples)  # a sampled simulation's handshake did not see every site
@@ -186,6 +186,7 @@ def build_server_app(overrides: dict[str, Any] | None = None, *, mode: str = "de
 
     @server_app.main()
     def main(grid: Grid, context: Context) -> None:
+        flower_serverapp.install()  # this process's Flower adaptations, SecAgg+ included (flower_ext/serverapp.py)
         cfg = RunConfig.from_flower({**dict(context.run_config), **(overrides or {})})
         # "prompt-polling = false" keeps Flower's own 3 s reply polling (benchmarks compare the two).
         prompt = str(context.run_config.get("prompt-polling", True)).lower() not in ("false", "0")

@@ -3,9 +3,10 @@
 Flower has no public in-process SuperLink API in 1.4x; like Flower's own CLI
 (``flwr/cli/local_superlink.py``) we start ``flower-superlink`` and poll ``GET /health``. The SuperLink
 keeps its state in memory (see :meth:`SuperLink.command`), never installs dependencies at run time, and
-runs with telemetry and update checks off (see :mod:`fedshield.common.flower_env`). With a federation's
-control token it is started through :mod:`fedshield.server.control_guard`, so that only the coordinator
-can use its Control API.
+runs with telemetry and update checks off (see :mod:`fedshield.common.flower_env`). It is started through
+FedShield's SuperLink entry point (:mod:`fedshield.flower_ext.superlink_main`); with a federation's control
+token that adds the control guard, so that only the coordinator can use its Control API, and
+:meth:`SuperLink.start` checks from outside that the guard refuses a stranger before it returns.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pathlib import Path
 from fedshield.common.errors import FedShieldError
 from fedshield.common.flower_env import child_env, parent_env
 from fedshield.common.process_tree import ORPHAN_GRACE_S, descendants, end_processes
+from fedshield.flower_ext.control_guard import READY_ENV, TOKEN_ENV, probe_served
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,7 @@ class SuperLink:
         cmd = [
             # Flower's flower-superlink, through our entry point: the control guard (with a federation)
             # and an exit when fl-server start is gone.
-            sys.executable, "-m", "fedshield.server.control_guard",
+            sys.executable, "-m", "fedshield.flower_ext.superlink_main",
             "--host", self.host,
             "--port", str(self.port),
             # In memory unless a file is asked for: with the SQLite file, Flower 1.41 keeps every message
@@ -83,7 +85,9 @@ class SuperLink:
         return cmd
 
     def start(self, timeout: float = 60.0) -> None:
-        """Launch and wait until ``/health`` answers; raise with the log's last line on failure."""
+        """Launch and wait until ``/health`` answers; raise with the log's last line on failure. With a
+        control token, a SuperLink that does not refuse an unauthenticated Control request is stopped and
+        refused too: it must never serve without its guard."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
         try:
@@ -97,14 +101,22 @@ class SuperLink:
                 raise SuperLinkStartError(f"flower-superlink exited with code {self.process.returncode}: "
                                           f"{last_line(self.log_path)} (full log: {self.log_path})")
             if self.healthy():
+                self._check_guard()
                 return
             time.sleep(0.2)
         self.stop()
         raise SuperLinkStartError(f"flower-superlink did not become healthy within {timeout:.0f} s; see {self.log_path}")
 
-    def _env(self) -> dict[str, str]:
-        from fedshield.server.control_guard import READY_ENV, TOKEN_ENV
+    def _check_guard(self) -> None:
+        if self.control_token is None:
+            return
+        failure = probe_served(self._base_url(), self._ssl_context())
+        if failure is not None:
+            self.stop()
+            raise SuperLinkStartError(f"the SuperLink on {self.address} is not guarded ({failure}), so it was "
+                                      f"stopped; see {self.log_path}")
 
+    def _env(self) -> dict[str, str]:
         extra = parent_env()
         if self.control_token is not None:
             extra[TOKEN_ENV] = str(self.control_token)
@@ -112,15 +124,18 @@ class SuperLink:
             extra[READY_ENV] = str(self.fleet_ready_file)
         return child_env(extra)
 
-    def healthy(self) -> bool:
+    def _base_url(self) -> str:
         scheme = "http" if self.tls is None else "https"
-        context = None
-        if self.tls is not None:
-            context = ssl.create_default_context(cafile=str(self.tls.ca_cert))
         host = self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1"
+        return f"{scheme}://{host}:{self.port}"
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        return None if self.tls is None else ssl.create_default_context(cafile=str(self.tls.ca_cert))
+
+    def healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"{scheme}://{host}:{self.port}/health", timeout=1.0,
-                                        context=context) as response:
+            with urllib.request.urlopen(f"{self._base_url()}/health", timeout=1.0,
+                                        context=self._ssl_context()) as response:
                 return 200 <= response.status < 300
         except (urllib.error.URLError, OSError, ValueError):
             return False

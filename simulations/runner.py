@@ -22,7 +22,7 @@ from fedshield.common.atomic_io import read_json
 from fedshield.common.errors import ConfigError, FedShieldError
 from fedshield.common.flower_env import silence_flower
 from fedshield.common.run_config import RunConfig
-from fedshield.simulations import message_scan
+from fedshield.flower_ext import simulation_engine
 
 silence_flower()
 
@@ -72,7 +72,7 @@ def run(cfg: RunConfig, clients: int, resources: SimulationResources) -> dict[st
     }
     if not resources.debug:
         logging.getLogger("flwr").setLevel(logging.ERROR)
-    message_scan.install()  # Flower polls every virtual node every 0.1 s otherwise (see message_scan.py)
+    simulation_engine.install()  # Flower polls every virtual node every 0.1 s otherwise (see simulation_engine)
     server_app = build_server_app(cfg.to_flower(), mode="simulation")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -9,9 +9,9 @@ What FedShield changes, and why:
 
 1. **Mask expansion.** Flower expands every mask seed with ``numpy.random.RandomState`` seeded with 32
    bits folded (XOR) out of the shared secret: a server can enumerate 2**32 seeds and strip a site's
-   pairwise masks. :func:`chacha20_masks` expands the full seed with ChaCha20 (``cryptography``) keyed by
-   SHA-256 of the seed instead; :func:`install_mask_prg` rebinds ``pseudo_rand_gen`` in the two Flower
-   modules that use it (client mod and server workflow), so both sides expand identically.
+   pairwise masks. FedShield expands the full seed with ChaCha20 instead, inside Flower's modules on
+   both sides (:mod:`fedshield.flower_ext.secagg`, installed by each process that runs SecAgg+ and,
+   for ClientApps in processes FedShield does not start, by :func:`secaggplus_when_asked`).
 2. **Even share counts.** With an integer ``num_shares`` Flower sends the sites the requested count and
    only afterwards bumps an even count to odd for its own neighbour graph; the sites then reject the
    keys they receive and every site fails the round. :func:`effective_shares` makes the count odd (or
@@ -21,110 +21,30 @@ What FedShield changes, and why:
    two that holds ``sites × quantisation_range × 2`` (masks are drawn from the full range, and the
    ChaCha20 expansion is not limited to 32 bits as ``RandomState`` was).
 
-And one saving: Flower uploads each masked vector as int64 although its values lie in ``[0, modulus)``,
-below 2**32 for federations up to 512 sites. :func:`install_compact_masked_vectors` sends such a
-vector as uint32 (half the bytes of the largest upload of a SecAgg+ round) and widens it back to
-int64 on the server before Flower sums it; the values are unchanged.
+And one saving, also in :mod:`fedshield.flower_ext.secagg`: masked vectors travel as uint32 where every
+value fits, half the bytes of the largest upload of a SecAgg+ round.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
 import time
 from collections.abc import Callable
 from logging import INFO
 from typing import Any
 
-import numpy as np
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-
 from flwr.app import Context, Message
-from flwr.common import bytes_to_ndarray, ndarray_to_bytes
 from flwr.common.logger import log
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
 
+from fedshield.flower_ext import secagg
+
 QUANTIZATION_RANGE = 2**22
 CLIPPING_RANGE = 8.0
 MIN_MODULUS = 2**32
 INT64_LIMIT = 2**63  # Flower adds sites' masked int64 vectors before reducing them modulo the modulus
-MASK_DOMAIN = b"fedshield/secagg+/mask/v1"
-
-
-def chacha20_masks(seed: bytes, num_range: int, dimensions_list: list[tuple[int, ...]]) -> list[np.ndarray]:
-    """Masks uniform in ``[0, num_range)`` for arrays of the given shapes, expanded from ``seed``.
-
-    Drop-in for Flower's ``pseudo_rand_gen`` (same signature, int64 arrays; a 0-d shape gives a 0-d
-    array). Key = SHA-256(domain ‖ seed) over the whole seed; keystream = ChaCha20 with a zero nonce
-    (each key is used for exactly one expansion). ``num_range`` a power of two (Flower requires it):
-    the low bits of uniform words are exactly uniform.
-    """
-    if num_range <= 1 or num_range & (num_range - 1):
-        raise ValueError(f"mask range {num_range} must be a power of two > 1")
-    digest = hashes.Hash(hashes.SHA256())
-    digest.update(MASK_DOMAIN + bytes(seed))
-    key = digest.finalize()
-    sizes = [int(np.prod(d)) if len(d) else 1 for d in dimensions_list]
-    # 32-bit words when the range fits (the usual 2**32 modulus): half the keystream of 64-bit words;
-    # the low bits of uniform words are exactly uniform because the range is a power of two.
-    word = np.dtype("<u4") if num_range <= 2**32 else np.dtype("<u8")
-    encryptor = Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor()
-    words = np.frombuffer(encryptor.update(b"\x00" * (word.itemsize * sum(sizes))), dtype=word)
-    values = np.bitwise_and(words, word.type(num_range - 1)).astype(np.int64)
-    out: list[np.ndarray] = []
-    offset = 0
-    for dims, size in zip(dimensions_list, sizes):
-        chunk = values[offset:offset + size]
-        out.append(np.array(chunk[0], dtype=np.int64) if len(dims) == 0 else chunk.reshape(dims))
-        offset += size
-    return out
-
-
-def install_mask_prg() -> None:
-    """Make Flower's SecAgg+ client mod and server workflow expand masks with :func:`chacha20_masks`."""
-    # importlib, not `import a.b.c as m`: Flower's package re-exports the function ``secaggplus_mod``
-    # under its module's name, so attribute access would give the function, not the module.
-    names = ("flwr.common.secure_aggregation.secaggplus_utils",
-             "flwr.client.mod.secure_aggregation.secaggplus_mod",
-             "flwr.server.workflow.secure_aggregation.secaggplus_workflow")
-    for module in (importlib.import_module(name) for name in names):
-        if module.pseudo_rand_gen is not chacha20_masks:  # keep Flower's, for tests that show its defect
-            module.flower_pseudo_rand_gen = module.pseudo_rand_gen  # type: ignore[attr-defined]
-        module.pseudo_rand_gen = chacha20_masks  # type: ignore[attr-defined]
-
-
-def compact_vector_bytes(array: np.ndarray) -> bytes:
-    """``ndarray_to_bytes`` for a masked vector: as uint32 when every value fits (lossless), else unchanged."""
-    if array.dtype == np.int64 and array.size and int(array.min()) >= 0 and int(array.max()) < 2**32:
-        array = array.astype(np.uint32)
-    return ndarray_to_bytes(array)
-
-
-def widened_vector(data: bytes) -> np.ndarray:
-    """``bytes_to_ndarray`` for a received masked vector: a compact (uint32) one back as int64."""
-    array = bytes_to_ndarray(data)
-    return array.astype(np.int64) if array.dtype == np.uint32 else array
-
-
-def install_compact_masked_vectors() -> None:
-    """Make Flower's SecAgg+ client mod upload masked vectors compactly and its server workflow widen them.
-
-    Both names are used by those two modules for the masked vectors only (Flower 1.41).
-    """
-    mod = importlib.import_module("flwr.client.mod.secure_aggregation.secaggplus_mod")
-    workflow = importlib.import_module("flwr.server.workflow.secure_aggregation.secaggplus_workflow")
-    mod.ndarray_to_bytes = compact_vector_bytes  # type: ignore[attr-defined]
-    workflow.bytes_to_ndarray = widened_vector  # type: ignore[attr-defined]
-
-
-def install_flower_fixes() -> None:
-    """Everything this module rebinds in Flower's SecAgg+ modules, for the client and the server alike
-    (both sides must expand masks and encode masked vectors the same way)."""
-    install_mask_prg()
-    install_compact_masked_vectors()
 
 
 def effective_shares(requested: int, sampled: int) -> int:
@@ -205,7 +125,8 @@ def secaggplus_when_asked(msg: Message, context: Context, call_next):  # type: i
     """Flower's ``secaggplus_mod``, only for TRAIN messages that belong to a SecAgg+ round.
 
     Flower's mod assumes every TRAIN message carries SecAgg+ stage configs and fails on a plain round;
-    FedShield's ClientApp serves both kinds of run.
+    FedShield's ClientApp serves both kinds of run. Before the first SecAgg+ message this process's
+    SecAgg+ is made the server's (:func:`fedshield.flower_ext.secagg.install`), wherever the ClientApp runs.
     """
     from flwr.app import MessageType
     from flwr.client.mod import secaggplus_mod
@@ -213,4 +134,5 @@ def secaggplus_when_asked(msg: Message, context: Context, call_next):  # type: i
 
     if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS not in msg.content.config_records:
         return call_next(msg, context)
+    secagg.install()
     return secaggplus_mod(msg, context, call_next)

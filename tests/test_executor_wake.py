@@ -12,8 +12,9 @@ from typing import Any
 import flwr.supernode.start_client_internal as supernode_loop
 import pytest
 
-from fedshield.client import prompt_supernode, supernode
-from fedshield.client.executor_wake import WAKE_FD_ENV, WakeNotifier, WakeWaiter, wake_pair
+from fedshield.client import supernode
+from fedshield.flower_ext import supernode as supernode_door
+from fedshield.flower_ext.executor_wake import WAKE_FD_ENV, WakeNotifier, WakeWaiter, wake_pair
 
 
 def test_a_notification_wakes_the_waiter_and_is_consumed() -> None:
@@ -58,28 +59,28 @@ def test_the_supernode_loop_wakes_the_executor_after_storing_a_message(monkeypat
     monkeypatch.setenv(WAKE_FD_ENV, str(notify_end.fileno()))
     monkeypatch.setattr(supernode_loop, "_pull_and_store_message", lambda **kw: next(results))
     monkeypatch.setattr(supernode_loop, "time", supernode_loop.time)  # restored after the test
-    prompt_supernode.patch_supernode_polling()
+    supernode_door.patch_supernode_polling()
     pull = supernode_loop._pull_and_store_message
     backoff = supernode_loop.time._backoff
     assert pull() is None and waiter.wait(0.05) is False  # no message: the executor sleeps on
     backoff.wait()
     backoff.wait()
-    assert backoff.interval > prompt_supernode.IDLE_PULL_S
+    assert backoff.interval > supernode_door.IDLE_PULL_S
     assert pull() is None and pull() == 7
     assert waiter.wait(5) is True  # the stored message woke it
-    assert backoff.interval == prompt_supernode.IDLE_PULL_S  # and the next idle pull comes soon
+    assert backoff.interval == supernode_door.IDLE_PULL_S  # and the next idle pull comes soon
     assert pull() is None and waiter.wait(0.05) is False
     wait_end.close()
 
 
 def test_idle_pulls_back_off_to_the_cap(monkeypatch: pytest.MonkeyPatch) -> None:
     slept: list[float] = []
-    monkeypatch.setattr(prompt_supernode, "_time", SimpleNamespace(sleep=slept.append))
-    backoff = prompt_supernode.IdleBackoff()
+    monkeypatch.setattr(supernode_door, "_time", SimpleNamespace(sleep=slept.append))
+    backoff = supernode_door.IdleBackoff()
     for _ in range(12):
         backoff.wait()
-    assert slept[0] == prompt_supernode.IDLE_PULL_S
-    assert slept == sorted(slept) and slept[-1] == prompt_supernode.IDLE_PULL_CAP_S <= 3.0  # never above Flower's
+    assert slept[0] == supernode_door.IDLE_PULL_S
+    assert slept == sorted(slept) and slept[-1] == supernode_door.IDLE_PULL_CAP_S <= 3.0  # never above Flower's
 
 
 def test_a_site_hands_its_supernode_and_executor_the_two_ends(monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:
@@ -95,9 +96,9 @@ def test_a_site_hands_its_supernode_and_executor_the_two_ends(monkeypatch: pytes
                                root_certificates=None)
     node.start()
     (node_args, node_kw), (exec_args, exec_kw) = started
-    assert node_args[:3] == [sys.executable, "-m", "fedshield.client.prompt_supernode"]
+    assert node_args[:3] == [sys.executable, "-m", "fedshield.flower_ext.supernode_main"]
     assert node_kw["pass_fds"] == (int(node_kw["env"][WAKE_FD_ENV]),)
-    assert "fedshield.client.warm_executor" in exec_args
+    assert "fedshield.flower_ext.app_executor_main" in exec_args
     assert exec_kw["pass_fds"] == (int(exec_args[exec_args.index("--wake-fd") + 1]),)
     assert WAKE_FD_ENV not in exec_kw["env"]
     cold = supernode.SuperNode(superlink="127.0.0.1:1", local_port=2, node_config={}, log_path=tmp_path / "c.log",
@@ -108,13 +109,13 @@ def test_a_site_hands_its_supernode_and_executor_the_two_ends(monkeypatch: pytes
 
 
 @contextlib.contextmanager
-def _serving(warm_executor: Any) -> Iterator[WakeNotifier]:
-    """``warm_executor.serve`` in a thread with a wake-up pair; yields the SuperNode's end; stops it after."""
+def _serving(executor: Any) -> Iterator[WakeNotifier]:
+    """``app_executor.serve`` in a thread with a wake-up pair; yields the SuperNode's end; stops it after."""
     import threading
 
     notify_end, wait_end = wake_pair()
     stop = threading.Event()
-    worker = threading.Thread(target=warm_executor.serve, args=("127.0.0.1:1", stop, WakeWaiter(wait_end)), daemon=True)
+    worker = threading.Thread(target=executor.serve, args=("127.0.0.1:1", stop, WakeWaiter(wait_end)), daemon=True)
     worker.start()
     try:
         yield WakeNotifier(notify_end)
@@ -130,7 +131,7 @@ def _serving(warm_executor: Any) -> Iterator[WakeNotifier]:
 def test_an_idle_executor_polls_again_as_soon_as_it_is_woken(monkeypatch: pytest.MonkeyPatch) -> None:
     import threading
 
-    from fedshield.client import warm_executor
+    from fedshield.flower_ext import app_executor
 
     polls: list[float] = []
     polled = threading.Event()
@@ -144,10 +145,10 @@ def test_an_idle_executor_polls_again_as_soon_as_it_is_woken(monkeypatch: pytest
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(warm_executor, "_client", lambda address, interceptors: Runtime())
-    monkeypatch.setattr(warm_executor, "IDLE_POLL_S", 600.0)  # without the wake-up, no second poll for 10 min
-    monkeypatch.setattr(warm_executor, "IDLE_POLL_CAP_S", 600.0)
-    with _serving(warm_executor) as wake:
+    monkeypatch.setattr(app_executor, "_client", lambda address, interceptors: Runtime())
+    monkeypatch.setattr(app_executor, "IDLE_POLL_S", 600.0)  # without the wake-up, no second poll for 10 min
+    monkeypatch.setattr(app_executor, "IDLE_POLL_CAP_S", 600.0)
+    with _serving(app_executor) as wake:
         assert polled.wait(60) and len(polls) == 1
         polled.clear()
         wake.notify()
@@ -155,25 +156,25 @@ def test_an_idle_executor_polls_again_as_soon_as_it_is_woken(monkeypatch: pytest
 
 
 def test_a_pull_the_superlink_held_is_followed_by_the_shortest_pause(monkeypatch: pytest.MonkeyPatch) -> None:
-    # server/held_pulls.py answers an empty pull after up to 2 s: the SuperLink paces the polls then
-    clock = iter([0.0, prompt_supernode.HELD_PULL_S + 0.5, 10.0, 10.01])
+    # flower_ext/held_pulls.py answers an empty pull after up to 2 s: the SuperLink paces the polls then
+    clock = iter([0.0, supernode_door.HELD_PULL_S + 0.5, 10.0, 10.01])
     monkeypatch.delenv(WAKE_FD_ENV, raising=False)
-    monkeypatch.setattr(prompt_supernode, "_time", SimpleNamespace(monotonic=lambda: next(clock)))
+    monkeypatch.setattr(supernode_door, "_time", SimpleNamespace(monotonic=lambda: next(clock)))
     monkeypatch.setattr(supernode_loop, "_pull_and_store_message", lambda **kw: None)
     monkeypatch.setattr(supernode_loop, "time", supernode_loop.time)  # restored after the test
-    prompt_supernode.patch_supernode_polling()
+    supernode_door.patch_supernode_polling()
     pull, backoff = supernode_loop._pull_and_store_message, supernode_loop.time._backoff
     backoff.grow()
     backoff.grow()
-    assert pull() is None and backoff.interval == prompt_supernode.IDLE_PULL_S  # held: next pull soon
+    assert pull() is None and backoff.interval == supernode_door.IDLE_PULL_S  # held: next pull soon
     backoff.grow()
-    assert pull() is None and backoff.interval > prompt_supernode.IDLE_PULL_S  # answered at once: back off
+    assert pull() is None and backoff.interval > supernode_door.IDLE_PULL_S  # answered at once: back off
 
 
 def test_a_woken_executor_does_not_re_poll_after_a_task(monkeypatch: pytest.MonkeyPatch) -> None:
     import time
 
-    from fedshield.client import warm_executor
+    from fedshield.flower_ext import app_executor
 
     polls: list[float] = []
     tasks = iter([True])
@@ -187,10 +188,10 @@ def test_a_woken_executor_does_not_re_poll_after_a_task(monkeypatch: pytest.Monk
         def close(self) -> None:
             pass
 
-    monkeypatch.setattr(warm_executor, "_client", lambda address, interceptors: Runtime())
-    monkeypatch.setattr(warm_executor, "run_task", lambda address, token: None)
-    monkeypatch.setattr(warm_executor, "IDLE_POLL_CAP_S", 600.0)  # the fallback poll: not within this test
-    with _serving(warm_executor):
+    monkeypatch.setattr(app_executor, "_client", lambda address, interceptors: Runtime())
+    monkeypatch.setattr(app_executor, "run_task", lambda address, token: None)
+    monkeypatch.setattr(app_executor, "IDLE_POLL_CAP_S", 600.0)  # the fallback poll: not within this test
+    with _serving(app_executor):
         deadline = time.monotonic() + 60
         while len(polls) < 2 and time.monotonic() < deadline:
             time.sleep(0.01)

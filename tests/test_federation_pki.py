@@ -15,7 +15,7 @@ from fedshield.client.site_kit import load_kit
 from fedshield.client.tls_preflight import ServerNotTrustedError, check_server_certificate
 from fedshield.common import pki
 from fedshield.common.errors import ConfigError
-from fedshield.server.control_guard import decide
+from fedshield.flower_ext.control_guard import decide
 from fedshield.server.federation import Federation, init_federation
 
 

@@ -1,4 +1,4 @@
-"""Long polls on the SuperLink (server/held_pulls.py): held while there is nothing, answered on the push."""
+"""Long polls on the SuperLink (flower_ext/held_pulls.py): held while there is nothing, answered on the push."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from flwr.proto.message_pb2 import (  # pylint: disable=E0611
 )
 from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
 
-from fedshield.server import control_guard
-from fedshield.server.held_pulls import HeldPulls
+from fedshield.flower_ext import superlink
+from fedshield.flower_ext.control_guard import CoordinatorOnly
+from fedshield.flower_ext.held_pulls import HeldPulls
 
 HOLD = 1.0
 
@@ -163,9 +164,9 @@ def test_the_superlink_holds_pulls_inside_the_guard(monkeypatch: pytest.MonkeyPa
     import flwr.superlink.main as superlink_main
 
     monkeypatch.setattr(superlink_main, "_get_middleware", superlink_main._get_middleware)  # restored after
-    control_guard.install(token, hold_s=2.0)
+    superlink.install_middleware(token, hold_s=2.0)
     layers = [m.cls for m in superlink_main._get_middleware()]
-    expected = [HeldPulls] if token is None else [control_guard.CoordinatorOnly, HeldPulls]
+    expected = [HeldPulls] if token is None else [CoordinatorOnly, HeldPulls]
     assert layers[:len(expected)] == expected  # a refused request is never held
     assert HeldPulls not in layers[len(expected):]
 

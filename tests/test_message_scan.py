@@ -9,7 +9,8 @@ from types import SimpleNamespace
 
 import flwr
 
-from fedshield.simulations.message_scan import install, make_add_messages_to_queue
+from fedshield.flower_ext import FLOWER_VERSION
+from fedshield.flower_ext.simulation_engine import install, make_add_messages_to_queue
 
 
 class FakeState:
@@ -49,7 +50,7 @@ def test_every_pending_message_is_queued_once_and_idle_nodes_are_not_asked() -> 
 def test_installed_into_the_pinned_flower() -> None:
     from flwr.server.superlink.fleet.vce import vce_api
 
-    assert flwr.__version__ == "1.41.0"  # the patched function is Flower 1.41's; recheck on upgrade
+    assert flwr.__version__ == FLOWER_VERSION  # the patched function is that Flower's; recheck on upgrade
     install()
     install()
     assert vce_api.add_messages_to_queue.fedshield_patch is True

@@ -9,13 +9,14 @@ import flwr
 import flwr.supernode.start_client_internal as supernode_loop
 from flwr.superlink.grid import http_grid
 
-from fedshield.client.prompt_supernode import IDLE_PULL_S, patch_supernode_polling
+from fedshield.flower_ext import FLOWER_VERSION
+from fedshield.flower_ext.supernode import IDLE_PULL_S, patch_supernode_polling
 from fedshield.server.prompt_grid import PromptGrid
 
 
 def test_flower_still_has_the_fixed_sleeps_we_shorten() -> None:
-    # If Flower changes these loops, revisit client/prompt_supernode.py and server/prompt_grid.py.
-    assert flwr.__version__ == "1.41.0"
+    # If Flower changes these loops, revisit flower_ext/supernode.py and server/prompt_grid.py.
+    assert flwr.__version__ == FLOWER_VERSION
     assert "time.sleep(3)" in inspect.getsource(http_grid.HttpGrid.send_and_receive)
     assert "time.sleep(3)" in inspect.getsource(supernode_loop)
 
@@ -66,25 +67,24 @@ def test_prompt_grid_collects_every_reply_quickly_and_honours_timeout() -> None:
     assert 0.2 <= time.monotonic() - start < 1.0
 
 
-def test_object_pulls_retry_promptly_in_the_three_flower_modules() -> None:
+def test_object_pulls_retry_promptly_in_the_three_flower_modules(monkeypatch) -> None:
     import flwr.supernode.runtime.run_clientapp as clientapp_runtime
 
-    import fedshield.client.warm_executor  # noqa: F401  (installs on import)
-    import fedshield.server.prompt_grid  # noqa: F401
-    from fedshield.client.prompt_supernode import patch_supernode_polling
-    from fedshield.common.prompt_pulls import INITIAL_BACKOFF_S
+    from fedshield.flower_ext import app_executor, serverapp
+    from fedshield.flower_ext.prompt_pulls import INITIAL_BACKOFF_S
     from flwr.supercore.inflatable import inflatable_utils
 
     # Flower binds a 1 s initial backoff as a default argument: the reason for the wrapper
     assert inspect.signature(inflatable_utils.pull_objects).parameters["initial_backoff"].default == 1
-    original = supernode_loop.time
-    try:
-        patch_supernode_polling()
-        for module, name in ((http_grid, "pull_objects"), (supernode_loop, "pull_objects"),
-                             (clientapp_runtime, "pull_and_inflate_object_from_tree")):
-            fn = getattr(module, name)
-            assert getattr(fn, "_fedshield_prompt", False), (module.__name__, name)
-            assert fn.__wrapped__ in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
-    finally:
-        supernode_loop.time = original
+    wrapped = ((http_grid, "pull_objects"), (supernode_loop, "pull_objects"),
+               (clientapp_runtime, "pull_and_inflate_object_from_tree"))
+    for module, name in (*wrapped, (supernode_loop, "time"), (supernode_loop, "_pull_and_store_message")):
+        monkeypatch.setattr(module, name, getattr(module, name))  # restored after the test
+    serverapp.install()  # what the ServerApp's, the executor's and the SuperNode's main() install
+    app_executor.install()
+    patch_supernode_polling()
+    for module, name in wrapped:
+        fn = getattr(module, name)
+        assert getattr(fn, "_fedshield_prompt", False), (module.__name__, name)
+        assert fn.__wrapped__ in (inflatable_utils.pull_objects, inflatable_utils.pull_and_inflate_object_from_tree)
     assert INITIAL_BACKOFF_S < 0.1

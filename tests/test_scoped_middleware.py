@@ -1,8 +1,8 @@
 """Flower's SuperLink middleware behind path gates: same answers, fewer layers per request.
 
-The gates (common/scoped_middleware.py) are only correct while each gated layer passes the requests it is
-kept from straight through; these tests pin that to the installed Flower and compare the scoped app's
-answers with Flower's own for requests to every API, authenticated or not.
+The gates (flower_ext/scoped_middleware.py) are only correct while each gated layer passes the requests it
+is kept from straight through; these tests check the door's record of Flower's layers against the installed
+Flower and compare the scoped app's answers with Flower's own for requests to every API, authenticated or not.
 """
 
 from __future__ import annotations
@@ -19,38 +19,17 @@ from flwr.proto.fleet_pb2 import PullMessagesRequest  # pylint: disable=E0611
 from flwr.proto.node_pb2 import Node  # pylint: disable=E0611
 from starlette.middleware import Middleware
 
-from fedshield.common.scoped_middleware import SCOPES, Gated, _name
-from fedshield.server import control_guard
-
-FLOWER_LAYERS = [  # flwr/superlink/main.py _get_middleware(), outermost first, Flower 1.41.0
-    "flwr.superlink.routers.control.middlewares.ControlSensitiveResponseMiddleware",
-    "starlette.middleware.base.BaseHTTPMiddleware",  # dispatch=http_error_translator
-    "flwr.superlink.routers.control.middlewares.ControlAuthenticationMiddleware",
-    "flwr.superlink.routers.control.middlewares.ControlLicenseMiddleware",
-    "flwr.supercore.protobuf.translation.ProtobufTranslationMiddleware",
-    "flwr.supercore.routers.runtime.tracing.RuntimeTracingMiddleware",
-    "flwr.superlink.routers.control.middlewares.ControlEventLogMiddleware",
-    "flwr.superlink.routers.fleet.node_auth.NodeAuthMiddleware",
-    "flwr.superlink.routers.fleet.middlewares.FleetEventLogMiddleware",
-]
-#: the check at the top of each gated layer's dispatch that passes other requests through
-PASS_THROUGH = {
-    "ControlSensitiveResponseMiddleware": "_is_control_sensitive_route(request)",
-    "ControlAuthenticationMiddleware": "if not _is_control_path(request.url.path)",
-    "ControlLicenseMiddleware": "not _is_control_path(request.url.path)",
-    "ControlEventLogMiddleware": "if not _is_control_path(request.url.path)",
-    "NodeAuthMiddleware": 'if request.url.path.startswith("/v1/fleet/")',
-    "FleetEventLogMiddleware": 'if not request.url.path.startswith("/v1/fleet/")',
-    "RuntimeTracingMiddleware": 'os.getenv("FLWR_TRACING_ENABLED") != "1"',
-}
+from fedshield.flower_ext import FLOWER_VERSION, superlink, supernode
+from fedshield.flower_ext.scoped_middleware import FLOWER_SUPERLINK_LAYERS, PASS_THROUGH, SCOPES, Gated, _name
 
 
 def test_the_gated_layers_are_flowers_and_each_passes_other_requests_through() -> None:
-    assert flwr.__version__ == "1.41.0"  # a newer Flower: review SCOPES against its _get_middleware
+    assert flwr.__version__ == FLOWER_VERSION  # a newer Flower: review SCOPES against its _get_middleware
     layers = superlink_main._get_middleware()  # pylint: disable=protected-access
-    assert [_name(m.cls) for m in layers] == FLOWER_LAYERS
+    assert [_name(m.cls) for m in layers] == list(FLOWER_SUPERLINK_LAYERS)
     gated = [m.cls for m in layers if _name(m.cls) in SCOPES]
     assert sorted(c.__name__ for c in gated) == sorted(PASS_THROUGH)
+    assert sorted(name.rsplit(".", 1)[1] for name in SCOPES) == sorted(PASS_THROUGH)  # no scope for a gone layer
     for cls in gated:
         assert PASS_THROUGH[cls.__name__] in inspect.getsource(cls.dispatch), cls.__name__
     from flwr.superlink.routers.control.middlewares import CONTROL_SENSITIVE_ROUTE_KEYS
@@ -95,7 +74,7 @@ def test_a_gate_hands_its_layer_only_the_requests_it_applies_to() -> None:
 
 
 def _app(scope_layers: bool):  # type: ignore[no-untyped-def]
-    return control_guard.superlink_app(scope_layers)
+    return superlink.superlink_app(scope_layers)
 
 
 def _answers(app) -> list[tuple[int, bytes, str | None]]:  # type: ignore[no-untyped-def]
@@ -131,7 +110,7 @@ def test_the_scoped_superlink_answers_every_api_exactly_as_flowers(node_auth: bo
     flower, ours = _app(scope_layers=False), _app(scope_layers=True)
     for app in (flower, ours):
         app.state.enable_supernode_auth = node_auth
-    assert len(ours.user_middleware) == len(FLOWER_LAYERS)
+    assert len(ours.user_middleware) == len(FLOWER_SUPERLINK_LAYERS)
     assert sum(isinstance(m.cls, type) and m.cls is Gated for m in ours.user_middleware) == len(PASS_THROUGH)
     expected = _answers(flower)
     # the checks behind the gates do act: node authentication refuses, the sensitive route is not cached
@@ -139,21 +118,19 @@ def test_the_scoped_superlink_answers_every_api_exactly_as_flowers(node_auth: bo
     assert _answers(ours) == expected
 
 
-def test_the_supernode_runs_flowers_tracing_layer_only_when_tracing_is_on(monkeypatch) -> None:
+def test_the_supernode_gates_its_runtime_layers_as_the_superlink_gates_the_same_layers(monkeypatch) -> None:
     import flwr.supernode.main as supernode_app
 
-    from fedshield.client.prompt_supernode import scope_runtime_tracing
-
-    flower_layer = supernode_app.RuntimeTracingMiddleware
-    monkeypatch.setattr(supernode_app, "RuntimeTracingMiddleware", flower_layer)  # restored afterwards
-    scope_runtime_tracing()
+    flower_layers = {name: getattr(supernode_app, name) for name in supernode.SCOPED_LAYERS}
+    for name, layer in flower_layers.items():
+        monkeypatch.setattr(supernode_app, name, layer)  # restored afterwards
+        assert PASS_THROUGH[layer.__name__] in inspect.getsource(layer.dispatch), name
+    supernode.scope_runtime_layers()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         app = supernode_app.create_app(state_factory=None)  # type: ignore[arg-type]
-    gated = [m for m in app.user_middleware if getattr(m.cls, "func", None) is Gated]
-    assert len(gated) == 1 and gated[0].cls.keywords["layer"].cls is flower_layer
-    applies = gated[0].cls.keywords["applies"]
-    monkeypatch.delenv("FLWR_TRACING_ENABLED", raising=False)
-    assert not applies({"type": "http", "path": "/v1/runtime/acquire-task"})
-    monkeypatch.setenv("FLWR_TRACING_ENABLED", "1")
-    assert applies({"type": "http", "path": "/v1/runtime/acquire-task"})
+    gated = [m.cls for m in app.user_middleware if getattr(m.cls, "func", None) is Gated]
+    ungated = [m.cls for m in app.user_middleware if getattr(m.cls, "func", None) is not Gated]
+    assert sorted(_name(g.keywords["layer"].cls) for g in gated) == sorted(map(_name, flower_layers.values()))
+    assert all(g.keywords["applies"] is SCOPES[_name(g.keywords["layer"].cls)] for g in gated)
+    assert not {_name(cls) for cls in ungated} & set(SCOPES)  # every layer the SuperLink scopes is scoped here too

@@ -5,20 +5,18 @@ import importlib
 import numpy as np
 import pytest
 
-from fedshield.strategies.secure_aggregation import (
+from fedshield.flower_ext.secagg import (
     chacha20_masks,
     compact_vector_bytes,
-    effective_shares,
     install_compact_masked_vectors,
     install_mask_prg,
-    modulus_for,
     widened_vector,
 )
+from fedshield.strategies.secure_aggregation import effective_shares, modulus_for
 
 
 def test_masks_use_the_whole_seed_not_32_folded_bits():
-    # Flower's own function, even after another test in this process imported the ClientApp (which
-    # installs FedShield's PRG in its place)
+    # Flower's own function, even after another test in this process installed FedShield's PRG in its place
     utils = importlib.import_module("flwr.common.secure_aggregation.secaggplus_utils")
     flower_prg = getattr(utils, "flower_pseudo_rand_gen", utils.pseudo_rand_gen)
 

@@ -13,8 +13,8 @@ from flwr.server.superlink.linkstate.in_memory_linkstate import InMemoryLinkStat
 from flwr.supercore.corestate import in_memory_corestate
 from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
 
-from fedshield.server import task_start_window
-from fedshield.server.task_start_window import STATE_MODULES
+from fedshield.flower_ext import FLOWER_VERSION, task_start_window
+from fedshield.flower_ext.task_start_window import STATE_MODULES
 
 
 @pytest.fixture()
@@ -27,7 +27,7 @@ def patched(monkeypatch):  # type: ignore[no-untyped-def]
 
 
 def test_flower_uses_the_interval_for_the_start_window_and_with_the_patience_for_the_running_one() -> None:
-    assert flwr.__version__ == "1.41.0"  # a newer Flower: re-read claim_task / activate_task / heartbeat
+    assert flwr.__version__ == FLOWER_VERSION  # a newer Flower: re-read claim_task / activate_task / heartbeat
     for name in STATE_MODULES:
         source = inspect.getsource(import_module(name))
         assert source.count("HEARTBEAT_DEFAULT_INTERVAL") == 4  # the import and three uses

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import zipfile
 
-from fedshield.client.warm_executor import ALLOWED_CLIENTAPP, fab_clientapp
+from fedshield.flower_ext.app_executor import ALLOWED_CLIENTAPP, fab_clientapp
 
 
 def _fab(pyproject: str) -> bytes:

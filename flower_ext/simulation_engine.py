@@ -1,13 +1,14 @@
 """Simulation engine fix: hand queued messages to virtual sites without polling every site.
 
-Flower 1.41's simulation engine (``flwr/server/superlink/fleet/vce/vce_api.py``,
+Flower 1.41 and 1.42's simulation engine (``flwr/server/superlink/fleet/vce/vce_api.py``,
 ``add_messages_to_queue``) asks its link state for the next message of *every* virtual node, one node
 at a time, every 0.1 s, and each question scans every stored message. With 1,000 nodes that loop
 alone keeps ~40 % of a core busy in the driver while the sites train (measured with
 ``benchmarks/sim_scale.py``: rounds 1.25x slower at 1,000 sites than at 10). This replacement looks
 at the stored messages once per tick, collects the nodes that have an undelivered one, and asks the
 state only for those (with Flower's own ``get_message_ins``, one message per node per tick as
-before). Pinned to flwr 1.41.0; for a state without the in-memory store it runs Flower's original.
+before). For a state without the in-memory store it runs Flower's original. ``fl-sim``'s runner calls
+:func:`install` before it starts the engine.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from __future__ import annotations
 import threading
 from queue import Queue
 from typing import Any, Callable
+
+from fedshield.flower_ext.version_check import check_flower_version, rebinding_point
 
 TICK_S = 0.1  # Flower's own interval
 
@@ -45,8 +48,11 @@ def make_add_messages_to_queue(original: Callable[..., None]) -> Callable[..., N
 
 
 def install() -> None:
-    """Replace Flower's function in the module that calls it (idempotent)."""
+    """In ``fl-sim``'s process, before the engine starts: replace Flower's function in the module that calls
+    it (idempotent)."""
+    check_flower_version("simulation engine")
     from flwr.server.superlink.fleet.vce import vce_api
 
+    rebinding_point(vce_api, "add_messages_to_queue", "hands queued messages to virtual sites")
     if not getattr(vce_api.add_messages_to_queue, "fedshield_patch", False):
         vce_api.add_messages_to_queue = make_add_messages_to_queue(vce_api.add_messages_to_queue)

@@ -1,8 +1,8 @@
 """Long polls on the SuperLink: an empty pull is answered when there is something to pull, not at once.
 
-Flower 1.41's sites and ServerApp learn of new messages only by polling. A SuperNode asks the Fleet API
-for a message (FedShield's SuperNode every 0.05-0.25 s while idle, client/prompt_supernode.py), and the
-ServerApp asks the Runtime API for its replies (server/prompt_grid.py). Each empty poll is a request
+Flower 1.41 and 1.42's sites and ServerApp learn of new messages only by polling. A SuperNode asks the Fleet API
+for a message (FedShield's SuperNode every 0.05-0.25 s while idle, :mod:`fedshield.flower_ext.supernode`), and
+the ServerApp asks the Runtime API for its replies (server/prompt_grid.py). Each empty poll is a request
 that costs the SuperLink and the poller a few ms of CPU (a signed TLS request for a site). With 20
 sites on a 2-core host those idle polls took most of the CPU of a round: 20 SuperNodes used 6.3 s of
 CPU per plain round and 24 s per SecAgg+ round, whose four exchanges each wait for the slowest site
@@ -19,7 +19,7 @@ one that nothing woke gets its empty answer back when the hold ends. Requests ar
 Object pulls are held the same way. A message's objects (its arrays, its records) are pushed one by
 one after the message itself, so a site that pulls a message the moment it is pushed may ask for an
 object that is announced but not yet uploaded; Flower answers "not available yet" and the puller
-retries (from 20 ms, backing off, common/prompt_pulls.py). Held, such a pull is answered when that
+retries (from 20 ms, backing off, :mod:`fedshield.flower_ext.prompt_pulls`). Held, such a pull is answered when that
 object's push arrives: a push wakes only the pulls waiting for its object id.
 """
 

@@ -1,11 +1,12 @@
 """Flower's HTTP middleware, each layer run only on the requests it can act on.
 
-Flower 1.41 serves the SuperLink's Fleet, Control and Runtime APIs from one FastAPI app with nine
+Flower 1.42 serves the SuperLink's Fleet, Control and Runtime APIs from one FastAPI app with eight
 middleware layers (``_get_middleware`` in ``flwr/superlink/main.py``), all Starlette
-``BaseHTTPMiddleware``s, and every request passes through all nine. Six of them act on one API only
+``BaseHTTPMiddleware``s, and every request passes through all eight. Six of them act on one API only
 (the four ``Control*`` layers on ``/v1/control/``, node authentication and the fleet event log on
-``/v1/fleet/``) or only when tracing is switched on (``RuntimeTracingMiddleware``); on every other
-request their ``dispatch`` checks the path or the switch and calls the next layer. That check is cheap,
+``/v1/fleet/``); on every other request their ``dispatch`` checks the path and calls the next layer.
+(Flower 1.41 had a ninth, ``RuntimeTracingMiddleware``, acting only with tracing switched on; 1.42
+dropped it from the SuperLink and the SuperNode.) That check is cheap,
 but a ``BaseHTTPMiddleware`` layer is not: each one runs the request in a task group with memory
 streams and re-wraps the response, on the SuperLink's single event loop. With 20 sites polling four
 times a second over TLS, the SuperLink's loop was busy ~80% of a round, most of it in these layers
@@ -16,14 +17,13 @@ pure-ASGI gate that hands it exactly the requests its own check lets through; th
 the next layer, as the layer itself would send them. Layers not listed here (the protobuf translation,
 the error translator, anything an extension or a newer Flower adds) stay on every request. The gates
 decide on ``scope["path"]``, the path the router dispatches on, so a request reaches a Fleet or Control
-handler only through that API's layers. tests/test_scoped_middleware.py pins the list to the installed
-Flower and checks each layer's own pass-through condition.
+handler only through that API's layers. :data:`FLOWER_SUPERLINK_LAYERS` and :data:`PASS_THROUGH` record
+what this was written against; tests/test_scoped_middleware.py compares both with the installed Flower.
 """
 
 from __future__ import annotations
 
 import functools
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -43,12 +43,7 @@ def _under(prefix: str) -> Callable[[Scope], bool]:
     return applies
 
 
-def tracing_enabled(scope: Scope) -> bool:
-    """``RuntimeTracingMiddleware`` passes every response through unless this switch is on (read per request, as there)."""
-    return os.getenv("FLWR_TRACING_ENABLED") == "1"
-
-
-#: "module.Class" of a Flower 1.41 middleware -> the requests it can act on
+#: "module.Class" of a Flower middleware -> the requests it can act on
 SCOPES: dict[str, Callable[[Scope], bool]] = {
     "flwr.superlink.routers.control.middlewares.ControlSensitiveResponseMiddleware": _under(CONTROL),
     "flwr.superlink.routers.control.middlewares.ControlAuthenticationMiddleware": _under(CONTROL),
@@ -56,7 +51,30 @@ SCOPES: dict[str, Callable[[Scope], bool]] = {
     "flwr.superlink.routers.control.middlewares.ControlEventLogMiddleware": _under(CONTROL),
     "flwr.superlink.routers.fleet.node_auth.NodeAuthMiddleware": _under(FLEET),
     "flwr.superlink.routers.fleet.middlewares.FleetEventLogMiddleware": _under(FLEET),
-    "flwr.supercore.routers.runtime.tracing.RuntimeTracingMiddleware": tracing_enabled,
+}
+
+
+#: Flower's SuperLink middleware (``_get_middleware`` in ``flwr/superlink/main.py``), outermost first, in the
+#: release this module was written against: review :data:`SCOPES` whenever it changes.
+FLOWER_SUPERLINK_LAYERS = (
+    "flwr.superlink.routers.control.middlewares.ControlSensitiveResponseMiddleware",
+    "starlette.middleware.base.BaseHTTPMiddleware",  # dispatch=http_error_translator
+    "flwr.superlink.routers.control.middlewares.ControlAuthenticationMiddleware",
+    "flwr.superlink.routers.control.middlewares.ControlLicenseMiddleware",
+    "flwr.supercore.protobuf.translation.ProtobufTranslationMiddleware",
+    "flwr.superlink.routers.control.middlewares.ControlEventLogMiddleware",
+    "flwr.superlink.routers.fleet.node_auth.NodeAuthMiddleware",
+    "flwr.superlink.routers.fleet.middlewares.FleetEventLogMiddleware",
+)
+#: class name of each layer in :data:`SCOPES` -> the check at the top of its ``dispatch`` that passes every
+#: other request through unchanged (the gate is correct only while that check is there)
+PASS_THROUGH = {
+    "ControlSensitiveResponseMiddleware": "_is_control_sensitive_route(request)",
+    "ControlAuthenticationMiddleware": "if not _is_control_path(request.url.path)",
+    "ControlLicenseMiddleware": "not _is_control_path(request.url.path)",
+    "ControlEventLogMiddleware": "if not _is_control_path(request.url.path)",
+    "NodeAuthMiddleware": 'if request.url.path.startswith("/v1/fleet/")',
+    "FleetEventLogMiddleware": 'if not request.url.path.startswith("/v1/fleet/")',
 }
 
 

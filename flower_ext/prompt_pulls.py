@@ -1,11 +1,12 @@
 """Shorter retry backoff when Flower pulls message objects that are still in transit.
 
-Flower 1.41 pulls a message's objects (the model arrays) with exponential backoff starting at 1 s
+Flower 1.41 and 1.42 pulls a message's objects (the model arrays) with exponential backoff starting at 1 s
 (``PULL_INITIAL_BACKOFF`` in ``flwr/supercore/constant.py``, bound as default arguments of
 ``pull_objects`` / ``pull_and_inflate_object_from_tree``). An object that is a few milliseconds from
 arriving therefore costs 1-3 s; measured on loopback it was ~3 s per message for a site's ClientApp.
-:func:`install` rebinds the name in one Flower module to a wrapper that passes a 20 ms initial
-backoff (capped at 0.5 s); the retry limits and everything else stay Flower's.
+:func:`install` rebinds the name in the Flower module that calls it (the SuperNode's loop, the ServerApp's
+HTTP grid, the ClientApp runtime) to a wrapper that passes a 20 ms initial backoff (capped at 0.5 s); the
+retry limits and everything else stay Flower's.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from __future__ import annotations
 import functools
 from types import ModuleType
 from typing import Any, Callable
+
+from fedshield.flower_ext.version_check import hook
 
 INITIAL_BACKOFF_S = 0.02
 BACKOFF_CAP_S = 0.5
@@ -32,8 +35,7 @@ def _prompt(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def install(module: ModuleType) -> None:
-    """Make ``module``'s ``pull_objects`` / ``pull_and_inflate_object_from_tree`` retry promptly."""
-    for name in ("pull_objects", "pull_and_inflate_object_from_tree"):
-        if hasattr(module, name):
-            setattr(module, name, _prompt(getattr(module, name)))
+def install(module: ModuleType, name: str) -> None:
+    """Make ``module.name`` (Flower's ``pull_objects`` or ``pull_and_inflate_object_from_tree``, as that
+    module calls it) retry promptly."""
+    setattr(module, name, _prompt(hook(module, name, "retries pulls of message objects promptly")))

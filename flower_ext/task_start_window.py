@@ -1,6 +1,6 @@
 """Give the ServerApp two minutes, not 30 s, from launch to its first call to the SuperLink.
 
-When Flower 1.41's SuperExec claims the run's ServerApp task, the SuperLink's state gives the claim a
+When Flower 1.41 and 1.42's SuperExec claims the run's ServerApp task, the SuperLink's state gives the claim a
 token that expires after ``HEARTBEAT_DEFAULT_INTERVAL`` (30 s) unless the ``flwr-serverapp`` process
 it launched makes its first call by then; after that every call of the ServerApp is refused ("Runtime
 task-token authentication failed") and the run fails. ``fl-server start`` submits the run at once, so
@@ -22,6 +22,8 @@ from importlib import import_module
 
 from flwr.common.constant import HEARTBEAT_DEFAULT_INTERVAL, HEARTBEAT_PATIENCE
 
+from fedshield.flower_ext.version_check import hook
+
 START_WINDOW_S = 120
 RUNNING_WINDOW_S = HEARTBEAT_PATIENCE * HEARTBEAT_DEFAULT_INTERVAL  # 60 s, Flower's
 STATE_MODULES = ("flwr.supercore.corestate.in_memory_corestate", "flwr.supercore.corestate.sql_corestate")
@@ -29,7 +31,10 @@ STATE_MODULES = ("flwr.supercore.corestate.in_memory_corestate", "flwr.supercore
 
 def install() -> None:
     """In this (the SuperLink's) process: claimed tasks get START_WINDOW_S to start, running ones 60 s."""
-    for name in STATE_MODULES:
-        module = import_module(name)
+    modules = [import_module(name) for name in STATE_MODULES]
+    for module in modules:
+        for constant in ("HEARTBEAT_DEFAULT_INTERVAL", "HEARTBEAT_PATIENCE"):
+            hook(module, constant, "gives a starting ServerApp two minutes")
+    for module in modules:
         module.HEARTBEAT_DEFAULT_INTERVAL = START_WINDOW_S  # type: ignore[attr-defined]
         module.HEARTBEAT_PATIENCE = RUNNING_WINDOW_S / START_WINDOW_S  # type: ignore[attr-defined]  # 0.5

@@ -14,51 +14,46 @@ It differs from ``flwr-clientapp`` in two deliberate ways:
 * no FAB is installed and no code from the server runs: the ClientApp is FedShield's installed one,
   and a run whose app names any other ClientApp is refused with an error reply.
 
-Start it with ``python -m fedshield.client.warm_executor --runtime-api-address HOST:PORT
---parent-pid PID`` (``fl-client join`` does).
+:func:`install` adapts this process's Flower (prompt object pulls, SecAgg+); the process itself is
+:mod:`fedshield.flower_ext.app_executor_main`, which ``fl-client join`` starts.
 """
 
 from __future__ import annotations
 
-import argparse
+import functools
+import importlib
 import io
 import logging
 import os
-import signal
 import threading
 import time
 import tomllib
 import zipfile
+from typing import Any
 
-from fedshield.common.flower_env import silence_flower
+from flwr.app import Message
+from flwr.app.error import Error
+from flwr.common.constant import ErrorCode, SubStatus
+from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
+from flwr.supercore.constant import TaskType
+from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
+from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.retry import make_simple_http_retry_invoker
+from flwr.supercore.runtime import RuntimeHttpClient
+import flwr.supernode.runtime.run_clientapp as flower_clientapp
+from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
-silence_flower()
+from fedshield.common.backoff import Backoff
+from fedshield.flower_ext import prompt_pulls, secagg
+from fedshield.flower_ext.executor_wake import WakeWaiter
+from fedshield.flower_ext.version_check import check_flower_version
 
-from flwr.app import Message  # noqa: E402
-from flwr.app.error import Error  # noqa: E402
-from flwr.common.constant import ErrorCode, SubStatus  # noqa: E402
-from flwr.proto.runtime_pb2 import AcquireTaskRequest  # noqa: E402  # pylint: disable=E0611
-from flwr.supercore.constant import TaskType  # noqa: E402
-from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http  # noqa: E402
-from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor  # noqa: E402
-from flwr.supercore.retry import make_simple_http_retry_invoker  # noqa: E402
-from flwr.supercore.runtime import RuntimeHttpClient  # noqa: E402
-import flwr.supernode.runtime.run_clientapp as flower_clientapp  # noqa: E402
-from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output  # noqa: E402
-
-from fedshield.client.executor_wake import WakeWaiter  # noqa: E402
-from fedshield.common.backoff import Backoff  # noqa: E402
-from fedshield.common import prompt_pulls  # noqa: E402
-
-# The message's arrays may still be arriving at the SuperNode when the task starts.
-prompt_pulls.install(flower_clientapp)
-
-log = logging.getLogger("fedshield.client.warm_executor")
+log = logging.getLogger("fedshield.flower_ext.app_executor")
 
 ALLOWED_CLIENTAPP = "fedshield.client.client_app:app"
 IDLE_POLL_S = 0.02  # first re-poll after a task; grows 1.5x while idle up to IDLE_POLL_CAP_S
 # Started by `fl-client join`, the executor is woken by its SuperNode when a message arrives
-# (client/executor_wake.py), so the idle poll is only a fallback: 2 s instead of 0.25 s.
+# (flower_ext/executor_wake.py), so the idle poll is only a fallback: 2 s instead of 0.25 s.
 IDLE_POLL_CAP_S = 2.0
 
 
@@ -72,6 +67,23 @@ def fab_clientapp(fab_content: bytes) -> str | None:
         return None
 
 
+def install() -> None:
+    """In the executor's process, before its first task: Flower's ClientApp runtime pulls a message's objects
+    promptly (they may still be arriving at the SuperNode when the task starts), and SecAgg+ is the
+    server's (:mod:`fedshield.flower_ext.secagg`)."""
+    check_flower_version("app executor")
+    prompt_pulls.install(flower_clientapp, "pull_and_inflate_object_from_tree")
+    secagg.install()
+
+
+@functools.cache
+def clientapp() -> Any:
+    """The one ClientApp this executor runs, :data:`ALLOWED_CLIENTAPP`, from the installed FedShield
+    (loaded by its reference, as Flower loads ClientApps; imported once per process)."""
+    module, _, attribute = ALLOWED_CLIENTAPP.partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
 def _client(address: str, interceptors: list) -> RuntimeHttpClient:
     return RuntimeHttpClient.from_server_address(server_address=address, insecure=True, root_certificates=None,
                                                  interceptors=interceptors,
@@ -80,8 +92,7 @@ def _client(address: str, interceptors: list) -> RuntimeHttpClient:
 
 def run_task(address: str, token: str) -> None:
     """Execute one ClientApp task in this process (Flower's run_clientapp, minus process and FAB)."""
-    from fedshield.client.client_app import app as client_app
-
+    client_app = clientapp()
     client = _client(address, [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
                                RuntimeTokenHttpInterceptor(token)])
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
@@ -122,8 +133,7 @@ def serve(address: str, stop: threading.Event, wake: WakeWaiter | None = None) -
     """Acquire ClientApp tasks from the SuperNode and run them, until ``stop`` is set. Between polls,
     sleep until the SuperNode's wake-up (``wake``) or the idle interval, whichever is first."""
     client = _client(address, [RuntimeVersionHttpInterceptor(component_name="SuperExec")])
-    # Import the app (torch, Opacus, the task registry) once, before the first task arrives.
-    import fedshield.client.client_app  # noqa: F401
+    clientapp()  # import the app (torch, Opacus, the task registry) once, before the first task arrives
 
     # Woken by its SuperNode for every stored message, the executor needs no prompt re-polls after a
     # task: only the fallback poll every IDLE_POLL_CAP_S. (Short re-polls after each task were about
@@ -172,28 +182,11 @@ def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="FedShield warm ClientApp executor for one SuperNode")
-    parser.add_argument("--runtime-api-address", required=True)
-    parser.add_argument("--parent-pid", type=int, default=None)
-    parser.add_argument("--wake-fd", type=int, default=None,
-                        help="inherited socket the SuperNode writes to when a message arrives")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per poll otherwise
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    if args.parent_pid is not None:
-        exit_with_parent(args.parent_pid)
-    wake = WakeWaiter.from_fd(args.wake_fd) if args.wake_fd is not None else None
+def serve_until_stopped(address: str, stop: threading.Event, wake: WakeWaiter | None = None) -> None:
+    """:func:`serve`, started again whenever the SuperNode's Runtime API is not (yet) reachable."""
     while not stop.is_set():
         try:
-            serve(args.runtime_api_address, stop, wake)
+            serve(address, stop, wake)
         except Exception:  # the SuperNode's API not up yet, or restarting
-            log.info("waiting for the SuperNode's Runtime API at %s", args.runtime_api_address)
+            log.info("waiting for the SuperNode's Runtime API at %s", address)
             time.sleep(0.5)
-
-
-if __name__ == "__main__":
-    main()

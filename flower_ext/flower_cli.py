@@ -1,24 +1,25 @@
-"""Flower's ``flwr`` CLI, presenting the coordinator's Control API token (``python -m`` this module).
+"""Flower's ``flwr`` CLI, presenting the coordinator's Control API token.
 
-The SuperLink's Control API is guarded (:mod:`fedshield.server.control_guard`): it answers only requests
+The SuperLink's Control API is guarded (:mod:`fedshield.flower_ext.control_guard`): it answers only requests
 carrying the federation's coordinator token. Flower's CLI already sends an ``Authorization: Bearer``
-header for whatever access token its account-auth plugin holds; this entry point gives it a plugin
-that holds the token read from ``FEDSHIELD_CONTROL_TOKEN_FILE`` and then runs Flower's CLI unchanged.
+header for whatever access token its account-auth plugin holds; :func:`install` gives it a plugin that
+holds the token read from ``FEDSHIELD_CONTROL_TOKEN_FILE``, and Flower's CLI then runs unchanged
+(:mod:`fedshield.flower_ext.flower_cli_main`). :func:`register_sites` is one more command the same process
+offers: several sites' keys in one call.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from fedshield.common.flower_env import silence_flower
-from fedshield.server.control_guard import TOKEN_ENV
+from fedshield.flower_ext.control_guard import TOKEN_ENV, read_token
+from fedshield.flower_ext.version_check import check_flower_version, rebinding_point
 
 
-def _token_plugin(token: str):  # type: ignore[no-untyped-def]
+def token_plugin(token: str):  # type: ignore[no-untyped-def]
+    """A Flower CLI account-auth plugin class whose access token is ``token`` (the coordinator's)."""
     from flwr.cli.auth_plugin.auth_plugin import CliAuthPlugin, LoginError
     from flwr.common.constant import ACCESS_TOKEN_KEY
 
@@ -45,13 +46,16 @@ def _token_plugin(token: str):  # type: ignore[no-untyped-def]
 
 
 def install() -> None:
+    """In the ``flwr`` CLI's process: with ``$FEDSHIELD_CONTROL_TOKEN_FILE``, every Control API client the CLI
+    makes presents the coordinator's token."""
+    check_flower_version("flwr CLI")
     path = os.environ.get(TOKEN_ENV)
     if not path:
         return  # --insecure development runs: no guard, no token
-    token = open(path, encoding="utf-8").read().strip()
     import flwr.cli.utils as cli_utils
 
-    plugin = _token_plugin(token)
+    rebinding_point(cli_utils, "load_cli_auth_plugin_from_connection", "presents the coordinator's token")
+    plugin = token_plugin(read_token(path))
     cli_utils.load_cli_auth_plugin_from_connection = lambda host, authn_type=None: plugin(host)  # type: ignore[assignment]
 
 
@@ -73,21 +77,3 @@ def register_sites(connection: str, keys: dict[str, str]) -> dict[str, int]:
         return out
     finally:
         client.close()
-
-
-def main() -> None:
-    silence_flower()
-    install()
-    if sys.argv[1:2] == ["fedshield-register-sites"]:
-        # fedshield-register-sites CONNECTION NAME=KEYFILE ...  -> JSON {name: node_id} on stdout
-        _, _, connection, *pairs = sys.argv
-        keys = dict(pair.split("=", 1) for pair in pairs)
-        print(json.dumps(register_sites(connection, keys)))
-        return
-    from flwr.cli.app import app
-
-    app()
-
-
-if __name__ == "__main__":
-    main()
