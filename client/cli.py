@@ -96,9 +96,9 @@ def join(
     from fedshield.client.site_folder import check_folder
     from fedshield.client.supernode import SuperNode
     from fedshield.common.net import free_port, split_address, wait_reachable
-    from fedshield.server.superlink import last_line
+    from fedshield.common.process_tree import last_line
 
-    from fedshield.client.site_kit import load_kit
+    from fedshield.common.site_kit import load_kit
 
     if insecure and kit is not None:
         raise ConfigError("--insecure and --kit exclude each other; pick one")
@@ -122,7 +122,7 @@ def join(
     check_folder(data)  # a mistyped --data fails before torch is imported (0.3 s instead of 3 s)
     from fedshield.client.device import resolve_device
     from fedshield.client.site_check import check_site
-    from fedshield.common.site_config import site_allowed_tasks
+    from fedshield.tasks.site_config import site_allowed_tasks
 
     resolve_device(device)
     task_name, _options, site = check_site(data, task=task, overrides={"target": target}, private=not no_dp)

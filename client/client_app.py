@@ -26,6 +26,7 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict  # 
 from flwr.client import Client, NumPyClient  # noqa: E402
 from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod  # noqa: E402
 from flwr.clientapp import ClientApp  # noqa: E402
+from flwr.clientapp.typing import Mod  # noqa: E402
 from flwr.compat.common.recorddict_compat import recorddict_to_fitins  # noqa: E402
 
 from fedshield.client.device import resolve_device  # noqa: E402
@@ -199,5 +200,13 @@ def client_fn(context: Context) -> Client:
 
 # Order matters: the allowlist first (before any data access); SecAgg+ before client-side clipping, so
 # clipping sees the plain update and SecAgg+ masks the clipped one.
-app = ClientApp(client_fn=client_fn,
-                mods=[site_policy_mod, fedshield_query_mod, secaggplus_when_asked, central_clipping_mod])
+MODS = (site_policy_mod, fedshield_query_mod, secaggplus_when_asked, central_clipping_mod)
+
+
+def build_client_app(first: tuple[Mod, ...] = ()) -> ClientApp:
+    """The FedShield ClientApp; ``first``: mods that run before the site's own (a simulation's virtual
+    site folders, :class:`fedshield.simulations.virtual_sites.VirtualSiteFolders`)."""
+    return ClientApp(client_fn=client_fn, mods=[*first, *MODS])
+
+
+app = build_client_app()

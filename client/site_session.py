@@ -25,7 +25,7 @@ from fedshield.client.node_config import SiteNodeConfig
 from fedshield.client.site_privacy import PrivacySettings
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
-from fedshield.common.site_config import site_options
+from fedshield.tasks.site_config import site_options
 from fedshield.tasks.base import DataSchema, SiteData, Task, TaskOptions
 from fedshield.tasks.model_factory import build_model
 from fedshield.tasks.registry import get_task
@@ -87,13 +87,9 @@ _stats = {"messages": 0, "data_loads": 0, "model_builds": 0}
 def load_site(site: SiteIdentity, cfg: RunConfig) -> tuple[Task, TaskOptions, SiteData]:
     """Load and validate the site's data for the run's task (cached per process).
 
-    A virtual site of ``fl-sim run`` gets its folder written here, the first time its data is needed.
+    A virtual site of ``fl-sim run`` has its folder written before its message gets here (the
+    simulation's first ClientApp mod, :class:`fedshield.simulations.virtual_sites.VirtualSiteFolders`).
     """
-    if site.virtual is not None and not site.data_path.is_dir():
-        from fedshield.simulations.virtual_sites import has_plan, materialize_site
-
-        if has_plan(site.data_path.parent):
-            materialize_site(site.data_path.parent, site.virtual)
     site_task, options = site_options(site.data_path, {"seed": cfg.seed})
     if site_task is not None and site_task != cfg.task and not _reads_sites_of(cfg.task, site_task):
         raise ConfigError(

@@ -17,7 +17,7 @@ from typing import Any
 from fedshield.common.errors import ConfigError
 from fedshield.common.flower_env import child_env, parent_env
 from fedshield.flower_ext.executor_wake import WAKE_FD_ENV, wake_pair
-from fedshield.server.superlink import stop_process_group
+from fedshield.common.process_tree import stop_process_group
 
 
 def node_config_arg(values: dict[str, Any]) -> str:

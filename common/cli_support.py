@@ -66,17 +66,14 @@ def warn_loudly(message: str) -> None:
 
 
 
-def print_tasks() -> None:
-    """`fl-sim tasks` / `fl-server tasks`: every installed task (built-in and plugins), its site data
-    format and metrics."""
-    from fedshield.tasks.registry import available_tasks, builtin_task_names
-
-    builtin = builtin_task_names()
-    for name, task in sorted(available_tasks().items()):
-        origin = "" if name in builtin else " \\[plugin]"  # escaped: rich markup
-        console.print(f"[bold]{name}[/]{origin}: {task.summary}")
-        console.print(f"  data: {task.data_format}")
-        console.print(f"  metrics: {', '.join(task.metrics)}")
+def print_tasks(catalogue: list[tuple[str, bool, str, str, tuple[str, ...]]]) -> None:
+    """`fl-sim tasks` / `fl-server tasks`: each installed task (name, built-in?, summary, data format,
+    metrics; :func:`fedshield.tasks.registry.task_catalogue`), plugins marked."""
+    for name, builtin, summary, data_format, metrics in catalogue:
+        origin = "" if builtin else " \\[plugin]"  # escaped: rich markup
+        console.print(f"[bold]{name}[/]{origin}: {summary}")
+        console.print(f"  data: {data_format}")
+        console.print(f"  metrics: {', '.join(metrics)}")
 
 
 def model_note(given: str, resolved: str) -> str:

@@ -11,6 +11,11 @@ afterwards.
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+from pathlib import Path
+
 import psutil
 
 # What is left of a tree once its leader is gone (a ServerApp whose SuperLink stopped) has nobody to
@@ -45,3 +50,41 @@ def end_processes(processes: list[psutil.Process], grace: float) -> None:
         except psutil.Error:
             continue
     psutil.wait_procs(still, timeout=5)
+
+
+def stop_process_group(process: "subprocess.Popen[bytes] | None", grace: float) -> None:
+    """Terminate a child started with ``start_new_session=True`` and everything it started, including
+    processes it detached into sessions of their own (:func:`descendants`)."""
+    if process is None or process.poll() is not None:
+        return
+    # Flower's SuperLink starts its SuperExec (and so the ServerApp) in a session of its own: outside
+    # the group. Snapshot the whole tree now; an orphaned ServerApp is nobody's child afterwards.
+    detached = descendants(process.pid)
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        end_processes(detached, ORPHAN_GRACE_S)
+        return
+    try:
+        process.wait(timeout=grace)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=5)
+    # Children that outlived the leader (an app process) still belong to the group.
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    end_processes(detached, ORPHAN_GRACE_S)
+
+
+def last_line(path: Path) -> str:
+    """The last non-empty line of a log file (for one-line errors)."""
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return "(no log)"
+    return lines[-1][:300] if lines else "(empty log)"

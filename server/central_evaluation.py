@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedshield.common.atomic_io import atomic_write_bytes
 from fedshield.common.run_config import RunConfig
 from fedshield.common.run_files import PREDICTIONS_FILE
-from fedshield.common.site_config import site_options
+from fedshield.tasks.site_config import site_options
 from fedshield.common.torch_arrays import ndarrays_to_model
 from fedshield.tasks.base import DataSchema
 from fedshield.tasks.model_factory import build_model

@@ -232,7 +232,9 @@ def tasks() -> None:
     A plugin is a package declaring an entry point in the group ``fedshield.tasks`` (docs/writing-a-task.md);
     sites run it only if they allow it (`fl-client join --allow-task NAME`).
     """
-    print_tasks()
+    from fedshield.tasks.registry import task_catalogue
+
+    print_tasks(task_catalogue())
 
 
 @app.command()

@@ -32,7 +32,7 @@ import tomli_w
 
 from fedshield.common import pki
 from fedshield.common.atomic_io import atomic_write_bytes, atomic_write_text
-from fedshield.client.site_kit import KIT_FILE
+from fedshield.common.site_kit import KIT_FILE
 from fedshield.common.errors import ConfigError
 
 FEDERATION_FILE = "federation.toml"

@@ -11,8 +11,6 @@ token that adds the control guard, so that only the coordinator can use its Cont
 
 from __future__ import annotations
 
-import os
-import signal
 import ssl
 import subprocess
 import sys
@@ -24,7 +22,7 @@ from pathlib import Path
 
 from fedshield.common.errors import FedShieldError
 from fedshield.common.flower_env import child_env, parent_env
-from fedshield.common.process_tree import ORPHAN_GRACE_S, descendants, end_processes
+from fedshield.common.process_tree import last_line, stop_process_group
 from fedshield.flower_ext.control_guard import READY_ENV, TOKEN_ENV, probe_served
 
 
@@ -143,41 +141,3 @@ class SuperLink:
     def stop(self, grace: float = 10.0) -> None:
         """SIGTERM the SuperLink's whole process group (SuperExec and ServerApp too), then SIGKILL."""
         stop_process_group(self.process, grace)
-
-
-def stop_process_group(process: "subprocess.Popen[bytes] | None", grace: float) -> None:
-    """Terminate a child started with ``start_new_session=True`` and everything it started, including
-    processes it detached into sessions of their own (:mod:`fedshield.common.process_tree`)."""
-    if process is None or process.poll() is not None:
-        return
-    # Flower's SuperLink starts its SuperExec (and so the ServerApp) in a session of its own: outside
-    # the group. Snapshot the whole tree now; an orphaned ServerApp is nobody's child afterwards.
-    detached = descendants(process.pid)
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        end_processes(detached, ORPHAN_GRACE_S)
-        return
-    try:
-        process.wait(timeout=grace)
-    except subprocess.TimeoutExpired:
-        try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=5)
-    # Children that outlived the leader (an app process) still belong to the group.
-    try:
-        os.killpg(process.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    end_processes(detached, ORPHAN_GRACE_S)
-
-
-def last_line(path: Path) -> str:
-    """The last non-empty line of a log file (for one-line errors)."""
-    try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return "(no log)"
-    return lines[-1][:300] if lines else "(empty log)"

@@ -286,7 +286,9 @@ def report(
 @guarded
 def tasks() -> None:
     """List installed tasks (built-in and third-party plugins): name, data format, metrics."""
-    print_tasks()
+    from fedshield.tasks.registry import task_catalogue
+
+    print_tasks(task_catalogue())
 
 
 def main() -> None:

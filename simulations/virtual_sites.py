@@ -19,11 +19,14 @@ import os
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from flwr.app import Context, Message
 
 from fedshield.common.errors import ConfigError, DataError
 from fedshield.simulations.datasets import BundledDataset, SimulationPool
@@ -156,3 +159,21 @@ def materialize_site(data_dir: Path, site: int) -> Path:
 
 def has_plan(data_dir: Path) -> bool:
     return (Path(data_dir) / POOL_DIR / "plan.json").is_file()
+
+
+@dataclass(frozen=True)
+class VirtualSiteFolders:
+    """The first ClientApp mod of a simulation: before a virtual site's message reaches the site's own
+    code, its folder ``<data_dir>/site_NNNN`` (Flower's ``partition-id``) is written from the plan.
+
+    A mod rather than a call from the ClientApp: the deployment ClientApp knows nothing of simulations,
+    and the runner hands Ray's actors this object with the app (pickled by reference).
+    """
+
+    data_dir: str
+
+    def __call__(self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
+        partition = context.node_config.get("partition-id")
+        if partition is not None and has_plan(Path(self.data_dir)):
+            materialize_site(Path(self.data_dir), int(partition))
+        return call_next(msg, context)

@@ -22,7 +22,7 @@ from flwr.server.strategy import (
     Strategy,
 )
 
-from fedshield.client.privacy_ledger import epsilon_of
+from fedshield.common.privacy_accounting import epsilon_of
 from fedshield.common.run_config import RunConfig
 
 # Round-config key telling sites to clip their own update (client-side central DP).

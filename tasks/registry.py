@@ -61,3 +61,10 @@ def get_task(name: str) -> Task:
     except KeyError:
         installed = ", ".join(sorted(tasks)) or "none"
         raise TaskNotFoundError(f"unknown task {name!r}; installed tasks: {installed} (list them with `fl-sim tasks`)") from None
+
+
+def task_catalogue() -> list[tuple[str, bool, str, str, tuple[str, ...]]]:
+    """Every installed task, sorted: (name, built-in?, summary, data format, metrics)."""
+    builtin = builtin_task_names()
+    return [(name, name in builtin, task.summary, task.data_format, tuple(task.metrics))
+            for name, task in sorted(available_tasks().items())]

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from fedshield.client.site_kit import load_kit
+from fedshield.common.site_kit import load_kit
 from fedshield.client.tls_preflight import ServerNotTrustedError, check_server_certificate
 from fedshield.common import pki
 from fedshield.common.errors import ConfigError

@@ -254,7 +254,7 @@ def test_one_added_record_leaves_every_other_records_clipped_gradient_and_split_
     outlier = list(load_dataset("breast-cancer").x.max(axis=0) * 3)  # far outside every declared range
     base = _breast_cancer_folder(tmp_path / "d", 200)
     plus = _breast_cancer_folder(tmp_path / "d1", 200, outlier)
-    from fedshield.common.site_config import site_options
+    from fedshield.tasks.site_config import site_options
 
     loaded = []
     for folder in (base, plus):
@@ -279,7 +279,7 @@ def test_one_added_record_leaves_every_other_records_clipped_gradient_and_split_
 
 def test_under_dp_tabular_refuses_statistics_of_its_own_data_as_preprocessing(tmp_path: Path) -> None:
     folder = _breast_cancer_folder(tmp_path / "d", 60, ranges=False)
-    from fedshield.common.site_config import site_options
+    from fedshield.tasks.site_config import site_options
 
     _, options = site_options(folder, {})
     options.private = True

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from fedshield.common.errors import ConfigError
-from fedshield.common.site_config import read_site_config, site_options
+from fedshield.tasks.site_config import read_site_config, site_options
 
 
 def test_overrides_win_and_none_is_ignored(tmp_path: Path) -> None:

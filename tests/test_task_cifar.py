@@ -12,7 +12,7 @@ from PIL import Image
 
 from fedshield.client.site_check import infer_task
 from fedshield.common.errors import DataError
-from fedshield.common.site_config import site_options
+from fedshield.tasks.site_config import site_options
 from fedshield.simulations.shapes_dataset import SHAPES, generate_shapes
 from fedshield.tasks.base import TaskOptions
 from fedshield.tasks.registry import get_task

@@ -13,7 +13,7 @@ from opacus.validators import ModuleValidator
 
 from fedshield.client.site_check import infer_task
 from fedshield.common.errors import DataError
-from fedshield.common.site_config import site_options
+from fedshield.tasks.site_config import site_options
 from fedshield.simulations.dates_dataset import STYLES, generate_dates
 from fedshield.tasks.base import TaskOptions
 from fedshield.tasks.byte_tokens import BOS, EOS, PAD, decode, encode, source_tensor, target_tensor

@@ -94,7 +94,7 @@ def test_logistic_regression_learns_breast_cancer(tmp_path: Path) -> None:
 
 
 def test_linear_regression_learns_diabetes(tmp_path: Path) -> None:
-    from fedshield.common.site_config import site_options
+    from fedshield.tasks.site_config import site_options
 
     sites = write_sites("diabetes", 1, tmp_path / "db", dirichlet=None, seed=0)
     _, options = site_options(sites[0], {})

@@ -59,7 +59,7 @@ def test_named_labels_and_the_model(tmp_path: Path) -> None:
     ([("fine", "ok")], 'labels = ["bad", "good"]\n', r"label 'ok' is not in the task's label set \(bad, good\)"),
 ])
 def test_malformed_rows_fail_with_one_line_naming_file_and_row(tmp_path: Path, rows, toml: str, match: str) -> None:
-    from fedshield.common.site_config import site_options
+    from fedshield.tasks.site_config import site_options
 
     site = _site(tmp_path / "s", rows, toml)
     with pytest.raises(DataError, match=match) as err:

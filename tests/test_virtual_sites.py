@@ -24,9 +24,16 @@ def test_sites_are_built_on_first_use_with_exactly_their_partition(tmp_path: Pat
     assert not list(data.glob("site_*"))  # nothing per site up front
     assert prepared.counts.shape == (40, 10) and prepared.sizes.sum() == 1797 - prepared.test_examples
     cfg = RunConfig(task="digits-cnn", sim_data_dir=str(data), seed=1)
-    site = identify_site({"partition-id": 7, "num-partitions": 40}, cfg)
+    node_config = {"partition-id": 7, "num-partitions": 40}
+    site = identify_site(node_config, cfg)
     assert not site.data_path.exists()  # identifying a site (e.g. for a notice) builds nothing
-    _, _, loaded = load_site(site, cfg)
+    # the simulation's first ClientApp mod writes the folder before the site's own code reads it
+    from flwr.app import Context, RecordDict
+
+    from fedshield.simulations.virtual_sites import VirtualSiteFolders
+
+    context = Context(run_id=1, node_id=7, node_config=node_config, state=RecordDict(), run_config={})
+    _, _, loaded = VirtualSiteFolders(str(data))(None, context, lambda msg, ctx: load_site(site, cfg))  # type: ignore[arg-type]
     assert sorted(p.name for p in data.glob("site_*")) == ["site_0007"]
     assert len(loaded.train) + len(loaded.val) == prepared.sizes[7]
     pool_y = np.load(data / "pool" / "y.npy")
