@@ -114,7 +114,8 @@ def run_stock_flower(data: Path, work: Path, rounds: int, extra_cfg: dict) -> di
     work.mkdir(parents=True, exist_ok=True)
     link = subprocess.Popen([str(BIN / "flower-superlink"), "--insecure", "--port", str(port), "--database",
                              str(work / "state.db"), "--disable-runtime-dependency-installation"],
-                            env=_env(), stdout=open(work / "superlink.log", "wb"), stderr=subprocess.STDOUT,
+                            env=_env(), stdout=open(work / "superlink.log", "wb"),  # noqa: SIM115 - the child owns it
+                            stderr=subprocess.STDOUT,
                             start_new_session=True)
     mem.roots.append(link.pid)
     nodes: list[subprocess.Popen] = []
@@ -128,7 +129,7 @@ def run_stock_flower(data: Path, work: Path, rounds: int, extra_cfg: dict) -> di
                 pass
 
 
-def _drive_stock(data: Path, work: Path, rounds: int, extra_cfg: dict, port: int, mem: "TreeMemory", t0: float,
+def _drive_stock(data: Path, work: Path, rounds: int, extra_cfg: dict, port: int, mem: TreeMemory, t0: float,
                  nodes: list) -> dict:
     from fedshield.client.supernode import node_config_arg
     from fedshield.common.run_config import RunConfig
@@ -214,7 +215,8 @@ def main() -> None:
           f"{os.cpu_count()} cores")
     print(f"{'setup':<28}{'round s':>9}{'x sim':>7}{'start-up s':>12}{'peak GB':>9}")
     for name, row in rows.items():
-        print(f"{name:<28}{row['round_s']:>9.2f}{row['round_s'] / sim:>7.2f}{row['startup_s']:>12.1f}{row['peak_gb']:>9.2f}")
+        print(f"{name:<28}{row['round_s']:>9.2f}{row['round_s'] / sim:>7.2f}{row['startup_s']:>12.1f}"
+              f"{row['peak_gb']:>9.2f}")
 
 
 if __name__ == "__main__":

@@ -39,10 +39,11 @@ import warnings
 BATCH = 64
 MIN_TIMED_S = 5.0  # seconds of timed steps per run, at least (the machine drifts by 20% within minutes)
 MAX_STEPS = 5000
-TASKS = ("digits-cnn", "digits-cnn-frozen-middle", "digits-cnn-gabor", "tabular", "tabular-logistic", "cifar-cnn", "text-transformer", "transfer-mobilenet-full", "transfer-mobilenet-head",
-         "dcgan", "seq2seq-attention")
+TASKS = ("digits-cnn", "digits-cnn-frozen-middle", "digits-cnn-gabor", "tabular", "tabular-logistic", "cifar-cnn",
+         "text-transformer", "transfer-mobilenet-full", "transfer-mobilenet-head", "dcgan", "seq2seq-attention")
 #: benchmark name -> (task, --model)
-VARIANT = {"tabular": ("tabular", "mlp"), "tabular-logistic": ("tabular", "logistic"), "digits-cnn-frozen-middle": ("digits-cnn", "frozen-middle"), "digits-cnn-gabor": ("digits-cnn", "gabor"),
+VARIANT = {"tabular": ("tabular", "mlp"), "tabular-logistic": ("tabular", "logistic"),
+           "digits-cnn-frozen-middle": ("digits-cnn", "frozen-middle"), "digits-cnn-gabor": ("digits-cnn", "gabor"),
            "transfer-mobilenet-full": ("transfer-mobilenet", "full"),
            "transfer-mobilenet-head": ("transfer-mobilenet", "head")}
 
@@ -59,7 +60,8 @@ def platform_mode(task_name: str) -> str:
 
 
 def configs(tasks: list[str]) -> list[tuple[str, str]]:
-    """(task, none|platform|ghost|hooks); ghost only beside book-keeping, no reference run of the platform's own mode."""
+    """(task, none|platform|ghost|hooks); ghost only beside book-keeping, no reference run of the platform's
+    own mode."""
     modes = {t: platform_mode(t) for t in tasks}
     return [(t, m) for t in tasks for m in ("none", "platform", *REFERENCES)
             if m in ("none", "platform") or (m != modes[t] and (m == "hooks" or modes[t] == "bk"))]
@@ -227,14 +229,15 @@ def main() -> None:
     print(f"{'task':<25}{'configuration':<34}{'ms/step':>9}{'x non-DP':>10}{'paired':>8}{'peak RSS MB':>13}")
     for task_name in tasks:
         base = statistics.median(r["median_ms"] for r in results[(task_name, "none")])
-        for mode, label in (("none", "no DP"), ("platform", "DP, FedShield ({})"), ("ghost", "DP, Opacus fastest (ghost)"),
-                            ("hooks", "DP, Opacus default (hooks)")):
+        for mode, label in (("none", "no DP"), ("platform", "DP, FedShield ({})"),
+                            ("ghost", "DP, Opacus fastest (ghost)"), ("hooks", "DP, Opacus default (hooks)")):
             runs = results.get((task_name, mode))
             if runs is None:
                 continue
             ms = statistics.median(r["median_ms"] for r in runs)
             rss = statistics.median(r["peak_rss_mb"] for r in runs)
-            paired = f"{statistics.median(r['paired_ratio'] for r in runs):.2f}" if "paired_ratio" in runs[0] else "1.00"
+            paired = (f"{statistics.median(r['paired_ratio'] for r in runs):.2f}" if "paired_ratio" in runs[0]
+                      else "1.00")
             print(f"{task_name:<25}{label.format(runs[0]['opacus_mode']):<34}{ms:>9.2f}{ms / base:>10.2f}{paired:>8}"
                   f"{rss:>13.0f}")
     full, head = (results.get((f"transfer-mobilenet-{v}", "platform")) for v in ("full", "head"))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from deploy_latency import BIN, _env, _free_port, steady_round_s  # noqa: E402
+from deploy_latency import BIN, _env, _free_port, steady_round_s  # noqa: E402 - after the sys.path line above
 
 
 def _run(data: Path, work: Path, sites: list[str], rounds: int, mode: str) -> float:

@@ -27,7 +27,8 @@ else raises :class:`BookKeepingUnsupported` when wrapped, and the platform falls
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -85,7 +86,7 @@ class BookKeepingModule(nn.Module):
         if output.requires_grad:  # a training pass (no_grad evaluation records nothing)
             self._calls.append(_Call(layer, inputs[0].detach(), output))
 
-    def forward(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def forward(self, *args, **kwargs):
         calls = self._calls
         calls.clear()
         if self._sequence is None or len(args) != 1 or kwargs:
@@ -116,7 +117,7 @@ class BookKeepingModule(nn.Module):
         return self._module
 
 
-def _recordable_sequence(module: nn.Module, layers: list[nn.Module]) -> tuple[tuple[nn.Module, bool], ...] | None:
+def _recordable_sequence(module: nn.Module, layers: Sequence[nn.Module]) -> tuple[tuple[nn.Module, bool], ...] | None:
     """``(child, is a clipped layer)`` for each child of a plain ``nn.Sequential`` whose trainable parameters
     all sit in its direct children; ``None`` (record by hooks) for anything else."""
     if type(module) is not nn.Sequential or module._forward_hooks or module._forward_pre_hooks:
@@ -139,10 +140,10 @@ def _dense_plan(sequence: tuple[tuple[nn.Module, bool], ...] | None
     recorded = [child for child, clipped in sequence if clipped]
     if len({id(child) for child in recorded}) != len(recorded):
         return None
-    return tuple((child.weight, child.bias) for child in recorded)
+    return tuple((cast(torch.Tensor, child.weight), cast(torch.Tensor, child.bias)) for child in recorded)
 
 
-def _trainable_layers(module: nn.Module) -> list[nn.Module]:
+def _trainable_layers(module: nn.Module) -> list[nn.Linear | nn.Conv2d]:
     """Supported layers that hold trainable parameters; raises when a trainable parameter lives elsewhere."""
     layers = []
     for name, sub in module.named_modules():
@@ -163,7 +164,7 @@ def _padded(layer: nn.Conv2d, a: torch.Tensor) -> torch.Tensor:
     if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
         mode = "constant" if layer.padding_mode == "zeros" else layer.padding_mode
         return F.pad(a, layer._reversed_padding_repeated_twice, mode=mode)
-    ph, pw = layer.padding  # type: ignore[misc]
+    ph, pw = layer.padding
     return F.pad(a, (pw, pw, ph, ph)) if ph or pw else a
 
 
@@ -289,12 +290,12 @@ class _LayerTerms:
             if self.per_sample is not None:
                 w = torch.stack([torch.mv(part.t(), factors) for part in self.per_sample])  # (parts, numel/parts)
                 if self.layout:
-                    w = weight_order(w, self.layout, weight.shape)
+                    w = weight_order(w, self.layout, cast(torch.Size, weight.shape))
             else:
                 assert self.a is not None and self.g is not None
                 gc = self.g * factors[:, None, None]
                 w = gc.reshape(-1, gc.shape[2]).t() @ self.a.reshape(-1, self.a.shape[2])
-            _accumulate(weight, w.reshape(weight.shape))
+            _accumulate(cast(torch.Tensor, weight), w.reshape(cast(torch.Size, weight.shape)))
         if self.bias_grads is not None:
             _accumulate(layer.bias, factors @ self.bias_grads)  # type: ignore[arg-type]
 
@@ -387,7 +388,7 @@ def _clip_dense_rows(calls: list[_Call], grads: tuple[torch.Tensor | None, ...],
     """
     vecdot = torch.linalg.vecdot
     squared: torch.Tensor | None = None
-    for call, g in zip(calls, grads):
+    for call, g in zip(calls, grads, strict=True):
         if g is None or g.dim() != 2:
             return False
         g_sq = vecdot(g, g)
@@ -402,7 +403,7 @@ def _clip_dense_rows(calls: list[_Call], grads: tuple[torch.Tensor | None, ...],
     column = inverse.unsqueeze(1)  # (B, 1)
     alpha = max_grad_norm * scale
     zero = _scalar(0.0, inverse)
-    for call, g, (weight, bias) in zip(calls, grads, params):
+    for call, g, (weight, bias) in zip(calls, grads, params, strict=True):
         gt = g.t()  # type: ignore[union-attr]
         # row i of call.inputs * column: example i's input times 1/max(‖g_i‖, C)
         _accumulate(weight, torch.addmm(zero, gt, call.inputs * column, beta=0, alpha=alpha))
@@ -427,10 +428,10 @@ def _clip_layers(calls: list[_Call], grads: tuple[torch.Tensor | None, ...], max
                  scale: float, *, dense_linear: bool = False) -> None:
     """``dense_linear``: every recorded layer is a fully trained ``nn.Linear`` (:class:`BookKeepingModule`
     decides once); :func:`_clip_dense_rows` then applies when each sees one ``(B, K)`` row per example."""
-    if dense_linear and _clip_dense_rows(calls, grads, [(c.layer.weight, c.layer.bias) for c in calls],
-                                         max_grad_norm, scale):
+    params = [(cast(torch.Tensor, c.layer.weight), cast(torch.Tensor, c.layer.bias)) for c in calls]
+    if dense_linear and _clip_dense_rows(calls, grads, params, max_grad_norm, scale):
         return
-    terms = [_LayerTerms(c, g) for c, g in zip(calls, grads) if g is not None]
+    terms = [_LayerTerms(c, g) for c, g in zip(calls, grads, strict=True) if g is not None]
     if not terms:  # the loss reached no recorded layer: nothing to clip
         return
     squared = terms[0].squared_norms  # fresh: updated in place
@@ -452,7 +453,7 @@ class BookKeepingLoss:
     def __init__(self, module: BookKeepingModule, criterion: nn.Module, max_grad_norm: float, scale: float) -> None:
         self.module = module
         self.criterion = criterion
-        self.criterion.reduction = "sum"
+        self.criterion.reduction = "sum"  # type: ignore[assignment]  # the losses' attribute, a str, not a Tensor
         self.max_grad_norm = max_grad_norm
         self.scale = scale
 
@@ -489,7 +490,8 @@ def make_private_book_keeping(engine: PrivacyEngine, *, module: nn.Module, optim
     As Opacus does it (opacus/privacy_engine.py): Poisson ``DPDataLoader`` drawing from
     ``data_loader``'s generator, sample rate ``1/len(loader)``, expected batch ``int(N·q)``, mean loss
     reduction, noise from ``noise_generator``, the engine's accountant hooked to every optimizer step.
-    ``expected_batch_size`` replaces ``int(N·q)`` where E[B] must not depend on the exact N. Raises :class:`BookKeepingUnsupported` for a model it cannot clip.
+    ``expected_batch_size`` replaces ``int(N·q)`` where E[B] must not depend on the exact N. Raises
+    :class:`BookKeepingUnsupported` for a model it cannot clip.
     """
     engine.validate(module=module, optimizer=None, data_loader=None)  # BatchNorm and the like: refused
     wrapped = BookKeepingModule(module)
@@ -499,7 +501,7 @@ def make_private_book_keeping(engine: PrivacyEngine, *, module: nn.Module, optim
     loader = DPDataLoader.from_data_loader(data_loader)
     sample_rate = 1 / len(loader)
     if expected_batch_size is None:
-        expected_batch_size = int(len(loader.dataset) * sample_rate)  # type: ignore[arg-type]
+        expected_batch_size = int(len(loader.dataset) * sample_rate)
     dp_optimizer = FlatNoiseDPOptimizer(optimizer, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                                         expected_batch_size=expected_batch_size, loss_reduction="mean",
                                         generator=noise_generator)

@@ -22,31 +22,31 @@ from fedshield.common.flower_env import silence_flower
 
 silence_flower()
 
-from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict  # noqa: E402
-from flwr.client import Client, NumPyClient  # noqa: E402
-from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod  # noqa: E402
-from flwr.clientapp import ClientApp  # noqa: E402
-from flwr.clientapp.typing import Mod  # noqa: E402
-from flwr.compat.common.recorddict_compat import recorddict_to_fitins  # noqa: E402
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
+from flwr.client import Client, NumPyClient
+from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod
+from flwr.clientapp import ClientApp
+from flwr.clientapp.typing import Mod
+from flwr.compat.common.recorddict_compat import recorddict_to_fitins
 
-from fedshield.client.device import resolve_device  # noqa: E402
-from fedshield.client.events import emit  # noqa: E402
-from fedshield.client.local_evaluation import evaluate_round  # noqa: E402
-from fedshield.client.local_training import train_round  # noqa: E402
-from fedshield.client.site_privacy import close_run, released_counts  # noqa: E402
-from fedshield.client.site_policy import site_policy_mod  # noqa: E402
-from fedshield.strategies.secure_aggregation import secaggplus_when_asked  # noqa: E402
-from fedshield.client.site_session import (  # noqa: E402
+from fedshield.client.device import resolve_device
+from fedshield.client.events import emit
+from fedshield.client.local_evaluation import evaluate_round
+from fedshield.client.local_training import train_round
+from fedshield.client.site_policy import site_policy_mod
+from fedshield.client.site_privacy import close_run, released_counts
+from fedshield.client.site_session import (
     count_message,
     identify_site,
     load_site,
     privacy_settings,
     site_model,
 )
-from fedshield.common.errors import ConfigError  # noqa: E402
-from fedshield.common.run_config import RunConfig  # noqa: E402
-from fedshield.common.torch_arrays import model_to_ndarrays, ndarrays_to_model  # noqa: E402
-from fedshield.tasks.base import DataSchema  # noqa: E402
+from fedshield.common.errors import ConfigError
+from fedshield.common.run_config import RunConfig
+from fedshield.common.torch_arrays import model_to_ndarrays, ndarrays_to_model
+from fedshield.strategies.secure_aggregation import secaggplus_when_asked
+from fedshield.tasks.base import DataSchema
 
 log = logging.getLogger("fedshield.client")
 

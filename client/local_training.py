@@ -12,17 +12,17 @@ import logging
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
-from opacus import PrivacyEngine
+from opacus import GradSampleModule, PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from fedshield.client.book_keeping import make_private_book_keeping
 from fedshield.client.empty_batches import NoiseOnEmptyBatches
-from fedshield.client.private_randomness import DPRandomness, dp_randomness, simulation_noise_seed
 from fedshield.client.privacy_ledger import LedgerEntry
+from fedshield.client.private_randomness import DPRandomness, dp_randomness, simulation_noise_seed
 from fedshield.client.site_privacy import PrivacySession, PrivacySettings, privacy_session, sampling
 from fedshield.common.allocator import retain_freed_memory
 from fedshield.common.run_config import RunConfig
@@ -51,7 +51,7 @@ class PrivateTraining:
     """What Opacus' ``make_private`` returns: model, DP optimizer, Poisson loader, and (bk, ghost) criterion."""
 
     engine: PrivacyEngine
-    model: nn.Module
+    model: GradSampleModule  # Opacus' wrapper (or book-keeping's, which has the same to_standard_module)
     optimizer: torch.optim.Optimizer
     loader: NoiseOnEmptyBatches  # the Poisson DPDataLoader, taking empty batches' steps itself
     criterion: nn.Module | None
@@ -173,7 +173,8 @@ def train_round(
         return RoundOutcome(result, epsilon=math.inf, delta=0.0, noise_multiplier=0.0, sample_rate=0.0,
                             loss=result.loss, count=n)
 
-    randomness: DPRandomness = dp_randomness(seed, device)  # which examples each step samples stays as secret as the noise
+    # which examples each step samples stays as secret as the noise
+    randomness: DPRandomness = dp_randomness(seed, device)
     with privacy_session(privacy, site, cfg, run_id=run_id, rnd=rnd, purpose="train") as session:
         plan = session.plan(cfg)
         draw = sampling(session.counts.released_train, cfg.batch_size)
@@ -189,11 +190,13 @@ def train_round(
                 # generated half of dcgan's batch) leaves no input needing a gradient, and torch says so
                 # at every step of Opacus' per-sample hooks; the per-sample gradients are unaffected.
                 warnings.filterwarnings("ignore", message="Full backward hook is firing")
+                # the private loader iterates, has len() and .dataset: a DataLoader to the task
+                loader_view = cast(DataLoader, private.loader)
                 if trained is model:
-                    result = task.train(private.model, private.loader, private.optimizer, epochs=cfg.local_epochs,
+                    result = task.train(private.model, loader_view, private.optimizer, epochs=cfg.local_epochs,
                                         device=device, criterion=private.criterion)
                 else:  # the hooks live on the part's layers, so the task calls the part through the whole model
-                    result = task.train(model, private.loader, private.optimizer, epochs=cfg.local_epochs,  # type: ignore[call-arg]
+                    result = task.train(model, loader_view, private.optimizer, epochs=cfg.local_epochs,  # type: ignore[call-arg]
                                         device=device, criterion=private.criterion, private_module=private.model)
         finally:
             # Detach Opacus from the model (hooks, per-sample gradient buffers) so it can be reused, also
@@ -208,8 +211,8 @@ def train_round(
         log.info("round %s: %d DP-SGD steps, σ=%.3f, q=%.4f, ε spent %.3f of %.3g (δ=%.1e)",
                  rnd, entry.steps, entry.noise_multiplier, entry.sample_rate, epsilon, privacy.epsilon,
                  session.ledger.delta)
-        return RoundOutcome(result, epsilon=epsilon, delta=session.ledger.delta, noise_multiplier=entry.noise_multiplier,
-                            sample_rate=entry.sample_rate, loss=loss,
+        return RoundOutcome(result, epsilon=epsilon, delta=session.ledger.delta,
+                            noise_multiplier=entry.noise_multiplier, sample_rate=entry.sample_rate, loss=loss,
                             count=session.counts.released_train if privacy.private_statistics else n,
                             statistics=privacy.site_metrics)
 

@@ -61,7 +61,7 @@ class SiteNodeConfig:
         return {f.name.replace("_", "-"): getattr(self, f.name) for f in fields(self)}
 
     @classmethod
-    def from_flower(cls, node_config: Mapping[str, Any]) -> "SiteNodeConfig | None":
+    def from_flower(cls, node_config: Mapping[str, Any]) -> SiteNodeConfig | None:
         """Parse a node config; None for a simulation's virtual SuperNode (no ``data-path``).
 
         Raises ``ConfigError`` naming the key when a value has the wrong type.

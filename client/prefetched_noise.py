@@ -53,8 +53,8 @@ class PrefetchedNoise:
         seed = int(torch.randint(0, 1 << 62, (1,), generator=generator))
         self._generator = torch.Generator().manual_seed(seed)
         self._buffers = [torch.empty(self.rows, numel, dtype=dtype) for _ in range(2)]
-        self._views = [[[part.view(shape) for part, shape in zip(row.split(sizes), shapes)] for row in buffer]
-                       for buffer in self._buffers]
+        self._views = [[[part.view(shape) for part, shape in zip(row.split(sizes), shapes, strict=True)]
+                        for row in buffer] for buffer in self._buffers]
         self._pending: Future[int] = _helper().submit(self._fill, 0)
         self._due: int | None = None  # a used-up buffer whose refill release() starts
         self._buffer = 1

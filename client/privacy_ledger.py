@@ -31,10 +31,10 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -154,7 +154,7 @@ class PrivacyLedger:
     # ----------------------------------------------------------------- persistence
     @classmethod
     def open(cls, state_dir: Path, *, epsilon_budget: float | None, delta: float | None,
-             accountant: str | None = "rdp") -> "PrivacyLedger":
+             accountant: str | None = "rdp") -> PrivacyLedger:
         """Open (or create in memory) the ledger in ``state_dir``; a foreign, newer or corrupt file is refused.
 
         The budget, δ and accountant given now are the site's current settings; δ cannot change once
@@ -174,13 +174,15 @@ class PrivacyLedger:
             raise ConfigError(f"{path}: privacy ledger is unreadable ({exc}); restore it from backup — "
                               "never delete it, that would forget spent privacy") from None
         if not isinstance(raw, dict) or raw.get("format") != LEDGER_FORMAT:
-            raise ConfigError(f"{path}: not a FedShield privacy ledger; point --state-dir at the site's own state folder")
+            raise ConfigError(f"{path}: not a FedShield privacy ledger; point --state-dir at the site's own state "
+                              "folder")
         try:
             version = int(raw.get("version", 0))
         except (TypeError, ValueError):
             version = LEDGER_VERSION + 1
         if version > LEDGER_VERSION:
-            raise ConfigError(f"{path}: ledger written by a newer FedShield (version {raw.get('version')}); upgrade FedShield")
+            raise ConfigError(f"{path}: ledger written by a newer FedShield (version {raw.get('version')}); upgrade "
+                              "FedShield")
         try:
             entries = [_entry(e, version) for e in raw["entries"]]
             plans = {str(k): RunPlan(**v) for k, v in raw.get("plans", {}).items()}

@@ -10,9 +10,9 @@ from pathlib import Path
 
 from fedshield.client.site_folder import check_folder
 from fedshield.common.errors import DataError
-from fedshield.tasks.site_config import site_options
 from fedshield.tasks.base import SiteData, TaskOptions
 from fedshield.tasks.registry import get_task
+from fedshield.tasks.site_config import site_options
 
 
 def _colour_images(folder: Path) -> bool:

@@ -2,7 +2,8 @@
 
 Every message a site receives names the run's task in its run config. Before anything reads the site's
 data, :func:`site_policy_mod` (the outermost ClientApp mod) compares that task with the site's
-allowlist, carried in its node config (``allowed-tasks`` of :class:`SiteNodeConfig`, from ``fl-client join --allow-task`` and
+allowlist, carried in its node config (``allowed-tasks`` of :class:`SiteNodeConfig`, from
+``fl-client join --allow-task`` and
 ``allowed-tasks = [...]`` in the data folder's ``fedshield.toml``). A task outside it gets an error
 reply naming the reason, one log line at the site, and an event ``fl-client join`` prints; the data is
 never opened. (Code from the server never runs at all: the warm executor refuses FABs that name
@@ -42,7 +43,7 @@ def refusal(task: str, node_config: Mapping[str, Any]) -> str | None:
             f"can add it with `fl-client join --allow-task {task}`")
 
 
-def site_policy_mod(msg: Message, context: Context, call_next) -> Message:  # type: ignore[no-untyped-def]
+def site_policy_mod(msg: Message, context: Context, call_next) -> Message:
     """Refuse, before any data is touched, every message of a run whose task this site does not allow."""
     settings = SiteNodeConfig.from_flower(context.node_config)
     if settings is None:  # simulation: the experimenter owns every virtual site

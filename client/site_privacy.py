@@ -144,7 +144,8 @@ class PrivacySession:
 
     def begin(self, rnd: int, kind: str, plan: RunPlan, *, steps: int) -> LedgerEntry:
         """Record the release as pending (refusing a replay or a release past the budget)."""
-        return self.ledger.begin(self.run_id, rnd, kind, plan=plan, steps=steps, allow_repeat=self.settings.allow_repeats,
+        return self.ledger.begin(self.run_id, rnd, kind, plan=plan, steps=steps,
+                                 allow_repeat=self.settings.allow_repeats,
                                  exact_statistics=not self.settings.private_statistics)
 
     def release_means(self, stats: RecordStatistics, entry: LedgerEntry, *, count: int) -> dict[str, float]:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import os
 import threading
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -25,10 +26,10 @@ from fedshield.client.node_config import SiteNodeConfig
 from fedshield.client.site_privacy import PrivacySettings
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
-from fedshield.tasks.site_config import site_options
 from fedshield.tasks.base import DataSchema, SiteData, Task, TaskOptions
 from fedshield.tasks.model_factory import build_model
 from fedshield.tasks.registry import get_task
+from fedshield.tasks.site_config import site_options
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,8 @@ def privacy_settings(site: SiteIdentity, cfg: RunConfig) -> PrivacySettings:
 # and builds the model once. Bounded, so a simulation actor serving many virtual sites stays small.
 _MAX_CACHED_SITES = 8
 _cache_lock = threading.Lock()
-_cache: "OrderedDict[tuple[Any, ...], tuple[Task, TaskOptions, SiteData]]" = OrderedDict()
-_models: "OrderedDict[tuple[Any, ...], nn.Module]" = OrderedDict()
+_cache: OrderedDict[tuple[Any, ...], tuple[Task, TaskOptions, SiteData]] = OrderedDict()
+_models: OrderedDict[tuple[Any, ...], nn.Module] = OrderedDict()
 _stats = {"messages": 0, "data_loads": 0, "model_builds": 0}
 
 

@@ -16,8 +16,8 @@ from typing import Any
 
 from fedshield.common.errors import ConfigError
 from fedshield.common.flower_env import child_env, parent_env
-from fedshield.flower_ext.executor_wake import WAKE_FD_ENV, wake_pair
 from fedshield.common.process_tree import stop_process_group
+from fedshield.flower_ext.executor_wake import WAKE_FD_ENV, wake_pair
 
 
 def node_config_arg(values: dict[str, Any]) -> str:

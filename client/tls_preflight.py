@@ -23,7 +23,8 @@ class ServerNotTrustedError(FedShieldError):
 def _reason(err: ssl.SSLCertVerificationError, host: str) -> str:
     message = (err.verify_message or str(err)).lower()
     if "expired" in message:
-        return "the server's certificate has expired; the coordinator must renew it (fl-server init --renew-server-cert)"
+        return ("the server's certificate has expired; the coordinator must renew it "
+                "(fl-server init --renew-server-cert)")
     if "not yet valid" in message:
         return "the server's certificate is not valid yet (check both clocks, or the coordinator re-issues it)"
     if "hostname mismatch" in message or "ip address mismatch" in message:
@@ -39,9 +40,9 @@ def check_server_certificate(host: str, port: int, ca_file: Path, timeout: float
     """Raise :class:`ServerNotTrustedError` unless ``host:port`` presents a certificate ``ca_file`` vouches for."""
     context = ssl.create_default_context(cafile=str(ca_file))
     try:
-        with socket.create_connection((host, port), timeout=timeout) as sock:
-            with context.wrap_socket(sock, server_hostname=host):
-                return
+        with socket.create_connection((host, port), timeout=timeout) as sock, \
+                context.wrap_socket(sock, server_hostname=host):
+            return
     except ssl.SSLCertVerificationError as err:
         raise ServerNotTrustedError(f"refusing {host}:{port}: {_reason(err, host)}") from None
     except ssl.SSLError as err:

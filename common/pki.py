@@ -39,7 +39,7 @@ LOOPBACK_IPS = ("127.0.0.1", "::1")
 
 
 def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def _name(common_name: str, organization: str) -> x509.Name:
@@ -48,11 +48,13 @@ def _name(common_name: str, organization: str) -> x509.Name:
 
 
 def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """``key`` as unencrypted PKCS#8 PEM (written 0600 by :func:`write_private`)."""
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption())
 
 
 def pem_cert(cert: x509.Certificate) -> bytes:
+    """``cert`` as PEM."""
     return cert.public_bytes(serialization.Encoding.PEM)
 
 
@@ -125,6 +127,7 @@ def load_cert(path: Path) -> x509.Certificate:
 
 
 def load_private_key(path: Path) -> ec.EllipticCurvePrivateKey:
+    """The EC private key in the PEM file ``path`` (``ValueError`` for any other key type)."""
     key = serialization.load_pem_private_key(path.read_bytes(), password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError("not an EC private key")
@@ -141,6 +144,8 @@ def load_node_key(path: Path) -> bytes:
 
 @dataclass(frozen=True)
 class Validity:
+    """A certificate's validity window (UTC)."""
+
     not_before: dt.datetime
     not_after: dt.datetime
 
@@ -158,6 +163,7 @@ class Validity:
 
 
 def validity(cert: x509.Certificate) -> Validity:
+    """``cert``'s validity window."""
     return Validity(cert.not_valid_before_utc, cert.not_valid_after_utc)
 
 

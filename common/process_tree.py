@@ -52,7 +52,7 @@ def end_processes(processes: list[psutil.Process], grace: float) -> None:
     psutil.wait_procs(still, timeout=5)
 
 
-def stop_process_group(process: "subprocess.Popen[bytes] | None", grace: float) -> None:
+def stop_process_group(process: subprocess.Popen[bytes] | None, grace: float) -> None:
     """Terminate a child started with ``start_new_session=True`` and everything it started, including
     processes it detached into sessions of their own (:func:`descendants`)."""
     if process is None or process.poll() is not None:

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from rich.table import Table
 
@@ -28,6 +29,7 @@ def headline_metric_name(doc: dict[str, Any]) -> str:
 
 
 def headline_metric(aggregate: dict[str, Any]) -> tuple[str, float] | None:
+    """The first of :data:`HEADLINE` present in ``aggregate``, as (name, value); None when none is."""
     for name in HEADLINE:
         if aggregate.get(name) is not None:
             return name, float(aggregate[name])
@@ -67,8 +69,8 @@ def summary_table(doc: dict[str, Any]) -> Table:
     table.add_column("site")
     table.add_column("train", justify="right")
     table.add_column("val", justify="right")
-    last = next((r for r in reversed(doc.get("rounds", [])) if "evaluate" in r), {})
-    last_train = next((r for r in reversed(doc.get("rounds", [])) if "train" in r), {})
+    last: dict[str, Any] = next((r for r in reversed(doc.get("rounds", [])) if "evaluate" in r), {})
+    last_train: dict[str, Any] = next((r for r in reversed(doc.get("rounds", [])) if "train" in r), {})
     shown = ("accuracy", "f1", "roc_auc", "mse", "r2", "frechet_digits", "exact_match", "bleu", "loss")
     present = {k for s in last.get("evaluate", {}).get("sites", {}).values() for k in s}
     metric_names = [m for m in shown if m in present]
@@ -93,7 +95,8 @@ def summary_table(doc: dict[str, Any]) -> Table:
         ev = last.get("evaluate", {}).get("sites", {}).get(site, {})
         tr = last_train.get("train", {}).get("sites", {}).get(site, {})
         eps = ev.get("epsilon", tr.get("epsilon"))  # after the site's last release, its final evaluation
-        table.add_row(site.replace("hospital_", "h_"), str(info.get("examples-train", "")), str(info.get("examples-val", "")),
+        table.add_row(site.replace("hospital_", "h_"), str(info.get("examples-train", "")),
+                      str(info.get("examples-val", "")),
                       *[f"{ev[m]:.4f}" if isinstance(ev.get(m), (int, float)) else "" for m in metric_names],
                       f"{eps:.3f}" if isinstance(eps, (int, float)) else ("off" if tr.get("dp") is False else ""))
     return table
@@ -133,7 +136,7 @@ class ResultsWatcher:
             self.poll()
             self._stop.wait(self.interval)
 
-    def start(self) -> "ResultsWatcher":
+    def start(self) -> ResultsWatcher:
         self._thread.start()
         return self
 

@@ -21,6 +21,8 @@ KIT_FILE = "kit.toml"
 
 @dataclass(frozen=True)
 class SiteKit:
+    """A loaded kit: its folder, federation and site, the server address and the files it holds."""
+
     folder: Path
     federation_id: str
     federation: str

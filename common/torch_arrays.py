@@ -33,7 +33,7 @@ def ndarrays_to_model(model: nn.Module, arrays: list[np.ndarray]) -> None:
     _unwrap(model).load_state_dict(state_dict_from_ndarrays(model, arrays), strict=True)
 
 
-def state_dict_from_ndarrays(model: nn.Module, arrays: list[np.ndarray]) -> "OrderedDict[str, torch.Tensor]":
+def state_dict_from_ndarrays(model: nn.Module, arrays: list[np.ndarray]) -> OrderedDict[str, torch.Tensor]:
     """Unpack a packed ``[vector]`` into ``model``'s state-dict names, shapes and dtypes."""
     state = _plain_state_dict(model)
     total = sum(t.numel() for t in state.values())
@@ -42,7 +42,7 @@ def state_dict_from_ndarrays(model: nn.Module, arrays: list[np.ndarray]) -> "Ord
     vector = torch.as_tensor(np.asarray(arrays[0]))
     if vector.numel() != total:
         raise ValueError(f"update has {vector.numel()} values, the model has {total}")
-    out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
+    out: OrderedDict[str, torch.Tensor] = OrderedDict()
     offset = 0
     for name, ref in state.items():
         n = ref.numel()
@@ -56,5 +56,5 @@ def _unwrap(model: nn.Module) -> nn.Module:
     return getattr(model, "_module", model)
 
 
-def _plain_state_dict(model: nn.Module) -> "OrderedDict[str, torch.Tensor]":
+def _plain_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return _unwrap(model).state_dict()

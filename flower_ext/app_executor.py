@@ -31,6 +31,7 @@ import tomllib
 import zipfile
 from typing import Any
 
+import flwr.supernode.runtime.run_clientapp as flower_clientapp
 from flwr.app import Message
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode, SubStatus
@@ -40,7 +41,6 @@ from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_htt
 from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
-import flwr.supernode.runtime.run_clientapp as flower_clientapp
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
 
 from fedshield.common.backoff import Backoff

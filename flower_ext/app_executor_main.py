@@ -35,6 +35,7 @@ def _serve(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
+    """``python -m fedshield.flower_ext.app_executor_main``: the site's warm ClientApp executor."""
     parser = argparse.ArgumentParser(description="FedShield warm ClientApp executor for one SuperNode")
     parser.add_argument("--runtime-api-address", required=True)
     parser.add_argument("--parent-pid", type=int, default=None)

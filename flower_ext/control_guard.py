@@ -36,7 +36,9 @@ import ssl
 import sys
 import urllib.error
 import urllib.request
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 from fedshield.common.errors import ConfigError
 from fedshield.flower_ext.scoped_middleware import Scope
@@ -108,7 +110,7 @@ class CoordinatorOnly:
 def read_token(path: str) -> str:
     """The coordinator token in ``path`` (``server/control.token`` of the federation)."""
     try:
-        token = open(path, encoding="utf-8").read().strip()
+        token = Path(path).read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read the control token ({exc.strerror}); re-create the federation "
                           "with fl-server init") from None

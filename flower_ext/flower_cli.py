@@ -18,7 +18,7 @@ from fedshield.flower_ext.control_guard import TOKEN_ENV, read_token
 from fedshield.flower_ext.version_check import check_flower_version, rebinding_point
 
 
-def token_plugin(token: str):  # type: ignore[no-untyped-def]
+def token_plugin(token: str):
     """A Flower CLI account-auth plugin class whose access token is ``token`` (the coordinator's)."""
     from flwr.cli.auth_plugin.auth_plugin import CliAuthPlugin, LoginError
     from flwr.common.constant import ACCESS_TOKEN_KEY
@@ -30,16 +30,16 @@ def token_plugin(token: str):  # type: ignore[no-untyped-def]
             self.host = host
 
         @staticmethod
-        def login(login_details, control_client):  # type: ignore[no-untyped-def]
+        def login(login_details, control_client):
             raise LoginError("FedShield coordinators authenticate with the federation's control token")
 
-        def store_tokens(self, credentials) -> None:  # type: ignore[no-untyped-def]
+        def store_tokens(self, credentials) -> None:
             return None
 
         def load_tokens(self) -> None:
             return None
 
-        def write_tokens_to_metadata(self, metadata: Sequence[tuple[str, str | bytes]]):  # type: ignore[no-untyped-def]
+        def write_tokens_to_metadata(self, metadata: Sequence[tuple[str, str | bytes]]):
             return [*metadata, (ACCESS_TOKEN_KEY, token)]
 
     return CoordinatorToken
@@ -56,7 +56,7 @@ def install() -> None:
 
     rebinding_point(cli_utils, "load_cli_auth_plugin_from_connection", "presents the coordinator's token")
     plugin = token_plugin(read_token(path))
-    cli_utils.load_cli_auth_plugin_from_connection = lambda host, authn_type=None: plugin(host)  # type: ignore[assignment]
+    cli_utils.load_cli_auth_plugin_from_connection = lambda host, authn_type=None: plugin(host)
 
 
 def register_sites(connection: str, keys: dict[str, str]) -> dict[str, int]:

@@ -34,6 +34,7 @@ def _flwr() -> None:
 
 
 def main() -> None:
+    """``python -m fedshield.flower_ext.flower_cli_main``: Flower's ``flwr`` CLI with the coordinator's token."""
     run_process(_install, _flwr)
 
 

@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from collections.abc import Iterator
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 from flwr.proto.fleet_pb2 import PullMessagesResponse  # pylint: disable=E0611
 from flwr.proto.message_pb2 import PullObjectRequest, PullObjectResponse, PushObjectRequest  # pylint: disable=E0611

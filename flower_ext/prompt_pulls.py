@@ -12,8 +12,9 @@ retry limits and everything else stay Flower's.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 from fedshield.flower_ext.version_check import hook
 

@@ -110,4 +110,5 @@ def scoped(layers: list[Middleware]) -> list[Middleware]:
 def gated_factory(cls: type) -> Callable[[Any], Gated]:
     """For ``app.add_middleware(cls)`` call sites: a factory that builds ``cls`` behind its gate."""
     applies = SCOPES[_name(cls)]
-    return functools.partial(Gated, layer=Middleware(cls), applies=applies)
+    # a BaseHTTPMiddleware class is such a factory; Starlette's factory protocol does not say so
+    return functools.partial(Gated, layer=Middleware(cls), applies=applies)  # type: ignore[arg-type]

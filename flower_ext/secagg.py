@@ -28,7 +28,6 @@ import importlib
 import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
-
 from flwr.common import bytes_to_ndarray, ndarray_to_bytes
 
 from fedshield.flower_ext.version_check import check_flower_version, hook, rebinding_point
@@ -63,7 +62,7 @@ def chacha20_masks(seed: bytes, num_range: int, dimensions_list: list[tuple[int,
     values = np.bitwise_and(words, word.type(num_range - 1)).astype(np.int64)
     out: list[np.ndarray] = []
     offset = 0
-    for dims, size in zip(dimensions_list, sizes):
+    for dims, size in zip(dimensions_list, sizes, strict=True):
         chunk = values[offset:offset + size]
         out.append(np.array(chunk[0], dtype=np.int64) if len(dims) == 0 else chunk.reshape(dims))
         offset += size

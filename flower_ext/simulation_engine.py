@@ -14,8 +14,9 @@ before). For a state without the in-memory store it runs Flower's original. ``fl
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from queue import Queue
-from typing import Any, Callable
+from typing import Any
 
 from fedshield.flower_ext.version_check import check_flower_version, rebinding_point
 

@@ -104,7 +104,7 @@ def install(token: str | None, ready_file: str | None = None, *, hold_s: float =
     task_start_window.install()  # a ServerApp on a busy host gets 2 minutes to start, not 30 s
 
 
-def superlink_app(scope_layers: bool = True):  # type: ignore[no-untyped-def]
+def superlink_app(scope_layers: bool = True):
     """Flower's SuperLink FastAPI app, in this process, with its layers scoped as the SuperLink runs them
     (no guard, no long polls) or, ``scope_layers=False``, exactly as Flower builds it: for comparisons."""
     superlink_main = _flower_app_module()

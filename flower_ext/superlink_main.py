@@ -30,6 +30,7 @@ def _flower_superlink() -> None:
 
 
 def main() -> None:
+    """``python -m fedshield.flower_ext.superlink_main``: Flower's SuperLink, adapted and guarded."""
     run_process(_install, _flower_superlink)
 
 

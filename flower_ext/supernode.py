@@ -82,7 +82,7 @@ def patch_supernode_polling() -> None:
     stored = rebinding_point(loop, "_pull_and_store_message", "wakes the executor when a message is stored")
     backoff = IdleBackoff()
     executor = WakeNotifier.from_env()  # None without a warm executor
-    loop.time = _PromptTime(backoff)  # type: ignore[attr-defined]
+    loop.time = _PromptTime(backoff)  # type: ignore[assignment]  # Flower's loop module reads time.time(); a stand-in
     pull = getattr(stored, "__wrapped__", stored)
 
     def pull_and_note(*args: Any, **kwargs: Any) -> Any:
@@ -97,7 +97,7 @@ def patch_supernode_polling() -> None:
         return run_id
 
     pull_and_note.__wrapped__ = pull  # type: ignore[attr-defined]  # patching twice wraps Flower's once
-    loop._pull_and_store_message = pull_and_note  # type: ignore[attr-defined]
+    loop._pull_and_store_message = pull_and_note
     prompt_pulls.install(loop, "pull_objects")  # objects of a message still arriving from the SuperLink
 
 

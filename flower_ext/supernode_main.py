@@ -24,6 +24,7 @@ def _flower_supernode() -> None:
 
 
 def main() -> None:
+    """``python -m fedshield.flower_ext.supernode_main``: Flower's SuperNode, adapted."""
     run_process(_install, _flower_supernode)
 
 

@@ -11,8 +11,8 @@ non-decomposable metrics such as F1 and ROC-AUC.
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -21,11 +21,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from fedshield.common.atomic_io import atomic_write_bytes
 from fedshield.common.run_config import RunConfig
 from fedshield.common.run_files import PREDICTIONS_FILE
-from fedshield.tasks.site_config import site_options
 from fedshield.common.torch_arrays import ndarrays_to_model
 from fedshield.tasks.base import DataSchema
 from fedshield.tasks.model_factory import build_model
 from fedshield.tasks.registry import get_task
+from fedshield.tasks.site_config import site_options
 
 EvaluateFn = Callable[[int, list[np.ndarray], dict], tuple[float, dict] | None]
 TEST_FOLDER = "test"

@@ -32,8 +32,8 @@ import tomli_w
 
 from fedshield.common import pki
 from fedshield.common.atomic_io import atomic_write_bytes, atomic_write_text
-from fedshield.common.site_kit import KIT_FILE
 from fedshield.common.errors import ConfigError
+from fedshield.common.site_kit import KIT_FILE
 
 FEDERATION_FILE = "federation.toml"
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -41,10 +41,11 @@ EXPIRY_WARNING_DAYS = 30
 
 
 def _utc_now() -> str:
-    return dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def check_site_name(name: str) -> str:
+    """``name`` if it is a valid site name (it becomes a folder and a certificate name), else ``ConfigError``."""
     if not SITE_NAME.match(name):
         raise ConfigError(f"site name {name!r}: use letters, digits, '_', '.', '-' (up to 64, no leading symbol)")
     return name
@@ -116,7 +117,7 @@ class Federation:
         atomic_write_text(self.root / FEDERATION_FILE, tomli_w.dumps(doc))
 
     @classmethod
-    def load(cls, root: Path) -> "Federation":
+    def load(cls, root: Path) -> Federation:
         path = Path(root) / FEDERATION_FILE
         if not path.is_file():
             raise ConfigError(f"--dir {root}: no {FEDERATION_FILE}; create a federation with "
@@ -136,7 +137,8 @@ class Federation:
         """Enroll ``site``: a new node key pair and a kit folder. Returns the kit folder."""
         check_site_name(site)
         if site in self.sites and self.sites[site].get("status") == "enrolled":
-            raise ConfigError(f"site {site!r} is already enrolled in {self.root}; revoke-site it first to replace its key")
+            raise ConfigError(f"site {site!r} is already enrolled in {self.root}; revoke-site it first to replace its "
+                              "key")
         private, public = pki.new_node_key()
         kit = self.kit_dir(site)
         if kit.exists():
@@ -153,7 +155,8 @@ class Federation:
 
     def revoke_site(self, site: str) -> None:
         if site not in self.sites:
-            raise ConfigError(f"site {site!r} is not part of {self.root}; `fl-server status --dir {self.root}` lists the sites")
+            raise ConfigError(f"site {site!r} is not part of {self.root}; `fl-server status --dir {self.root}` lists "
+                              "the sites")
         if self.sites[site].get("status") == "revoked":
             raise ConfigError(f"site {site!r} is already revoked")
         self.sites[site]["status"] = "revoked"
@@ -187,12 +190,14 @@ class Federation:
         """Refuse to start with a missing, unreadable, expired or not-yet-valid certificate or key."""
         for path in (self.ca_cert, self.server_cert, self.server_key):
             if not path.is_file():
-                raise ConfigError(f"{path}: missing; the federation folder is incomplete (re-create it with fl-server init)")
+                raise ConfigError(f"{path}: missing; the federation folder is incomplete (re-create it with fl-server "
+                                  "init)")
         try:
             ca, cert = pki.load_cert(self.ca_cert), pki.load_cert(self.server_cert)
             pki.load_private_key(self.server_key)
         except ValueError as exc:
-            raise ConfigError(f"{self.server_dir}: a certificate or key is corrupt ({exc}); re-create the folder") from None
+            raise ConfigError(f"{self.server_dir}: a certificate or key is corrupt ({exc}); re-create the "
+                              "folder") from None
         for label, path, c in (("CA certificate", self.ca_cert, ca), ("server certificate", self.server_cert, cert)):
             if (problem := pki.validity(c).problem(now)) is not None:
                 raise ConfigError(f"{label} {path}: {problem}; renew it with fl-server init --dir {self.root} "

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
-from fedshield.common.cli_support import console, guarded, set_debug, warn_loudly
 from fedshield.common.cli_options import Debug
+from fedshield.common.cli_support import console, guarded, set_debug, warn_loudly
 
 DirOption = typer.Option(..., "--dir", help="The federation folder (created by `fl-server init`).")
 
@@ -28,7 +27,7 @@ def register(app: typer.Typer) -> None:
         sites: list[str] = typer.Option([], "--sites", help="Sites to enroll now (space-separated after one "
                                          "--sites, or repeat the flag); more later with add-site."),
         port: int = typer.Option(9092, "--port", min=1, max=65535, help="Port the server will listen on."),
-        name: Optional[str] = typer.Option(None, "--name", help="Federation name (default: the folder name)."),
+        name: str | None = typer.Option(None, "--name", help="Federation name (default: the folder name)."),
         renew_server_cert: bool = typer.Option(False, "--renew-server-cert", help="Only re-issue the server "
                                                "certificate of an existing federation (same CA, same sites)."),
         debug: Debug = False,
@@ -100,7 +99,7 @@ def register(app: typer.Typer) -> None:
         _unregister_from_running_server(fed, site)
 
 
-def _unregister_from_running_server(fed, site: str) -> None:  # type: ignore[no-untyped-def]
+def _unregister_from_running_server(fed, site: str) -> None:
     """If `fl-server start --dir` is running on this federation, drop the site's key from its SuperLink now."""
     import json
     import os

@@ -8,12 +8,12 @@ before round 1 trains, it runs Flower's own ``default_evaluate_workflow`` once w
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from flwr.serverapp import Grid
 from flwr.app import Context
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
 from flwr.server.workflow.default_workflows import default_evaluate_workflow
+from flwr.serverapp import Grid
 
 Workflow = Callable[[Grid, Context], None]
 
@@ -23,7 +23,7 @@ def with_initial_evaluation(fit_workflow: Workflow) -> Workflow:
 
     def workflow(grid: Grid, context: Context) -> None:
         cfg = context.state.config_records[MAIN_CONFIGS_RECORD]
-        if int(cfg[Key.CURRENT_ROUND]) == 1:
+        if cfg[Key.CURRENT_ROUND] == 1:
             cfg[Key.CURRENT_ROUND] = 0
             try:
                 default_evaluate_workflow(grid, context)

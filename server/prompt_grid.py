@@ -29,14 +29,14 @@ class PromptGrid(Grid):
         self.inner = inner
         self.interval = interval
 
-    def set_run(self, run):  # type: ignore[no-untyped-def]
+    def set_run(self, run):
         return self.inner.set_run(run)
 
     @property
-    def run(self):  # type: ignore[no-untyped-def]
+    def run(self):
         return self.inner.run
 
-    def create_message(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+    def create_message(self, *args, **kwargs):
         return self.inner.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Iterable[int]:

@@ -190,8 +190,8 @@ class RunRecorder:
             name = self._site(node_id, metrics)
             values = {"loss": float(site_loss), **{k: float(v) for k, v in metrics.items()
                                                      if k != "site" and isinstance(v, (int, float))}}
-            sites[name] = _clean_dict({"examples": n, **values,
-                                       **({"site-metrics": metrics["site-metrics"]} if "site-metrics" in metrics else {})})
+            mode = {"site-metrics": metrics["site-metrics"]} if "site-metrics" in metrics else {}
+            sites[name] = _clean_dict({"examples": n, **values, **mode})
             weighted.append((n, values))
         self._note_exact([(nid, n, m) for nid, n, _, m in results])
         entry["evaluate"] = {

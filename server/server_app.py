@@ -18,30 +18,30 @@ from fedshield.common.flower_env import silence_flower
 
 silence_flower()
 
-from flwr.app import Context  # noqa: E402
-from flwr.common import ndarrays_to_parameters  # noqa: E402
-from flwr.server import ServerConfig  # noqa: E402
-from flwr.server.compat import LegacyContext  # noqa: E402
-from flwr.server.workflow import DefaultWorkflow  # noqa: E402
-from flwr.server.workflow.default_workflows import default_fit_workflow  # noqa: E402
-from flwr.serverapp import Grid, ServerApp  # noqa: E402
+from flwr.app import Context
+from flwr.common import ndarrays_to_parameters
+from flwr.server import ServerConfig
+from flwr.server.compat import LegacyContext
+from flwr.server.workflow import DefaultWorkflow
+from flwr.server.workflow.default_workflows import default_fit_workflow
+from flwr.serverapp import Grid, ServerApp
 
-from fedshield.common.metrics import weighted_mean  # noqa: E402
-from fedshield.common.run_config import RunConfig  # noqa: E402
-from fedshield.common.torch_arrays import model_to_ndarrays  # noqa: E402
-from fedshield.flower_ext import serverapp as flower_serverapp  # noqa: E402
-from fedshield.server.central_evaluation import central_test_fn  # noqa: E402
-from fedshield.server.initial_evaluation import with_initial_evaluation  # noqa: E402
-from fedshield.server.prompt_grid import PromptGrid  # noqa: E402
-from fedshield.server.run_results import RunRecorder  # noqa: E402
-from fedshield.server.site_handshake import agree_schema, query_sites, wait_for_sites  # noqa: E402
-from fedshield.strategies.central_dp import wrap_central_dp  # noqa: E402
-from fedshield.strategies.recording import RecordingStrategy  # noqa: E402
-from fedshield.strategies.registry import make_strategy  # noqa: E402
-from fedshield.tasks.base import TaskOptions  # noqa: E402
-from fedshield.tasks.init_weights import resolve_model, start_from  # noqa: E402
-from fedshield.tasks.model_factory import build_model  # noqa: E402
-from fedshield.tasks.registry import get_task  # noqa: E402
+from fedshield.common.metrics import weighted_mean
+from fedshield.common.run_config import RunConfig
+from fedshield.common.torch_arrays import model_to_ndarrays
+from fedshield.flower_ext import serverapp as flower_serverapp
+from fedshield.server.central_evaluation import central_test_fn
+from fedshield.server.initial_evaluation import with_initial_evaluation
+from fedshield.server.prompt_grid import PromptGrid
+from fedshield.server.run_results import RunRecorder
+from fedshield.server.site_handshake import agree_schema, query_sites, wait_for_sites
+from fedshield.strategies.central_dp import wrap_central_dp
+from fedshield.strategies.recording import RecordingStrategy
+from fedshield.strategies.registry import make_strategy
+from fedshield.tasks.base import TaskOptions
+from fedshield.tasks.init_weights import resolve_model, start_from
+from fedshield.tasks.model_factory import build_model
+from fedshield.tasks.registry import get_task
 
 log = logging.getLogger("fedshield.server")
 
@@ -77,7 +77,8 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         recorder.set_sites(healthy, schema, model, total=len(node_ids),
                            refused={nid: str(r["site"]) for nid, r in replies.items() if "error" in r and "site" in r})
         recorder.set_status("running", connected=len(node_ids),
-                            refused_sites={str(r.get("site", nid)): r["error"] for nid, r in replies.items() if "error" in r})
+                            refused_sites={str(r.get("site", nid)): r["error"] for nid, r in replies.items()
+                                           if "error" in r})
 
         def round_config(rnd: int) -> dict[str, Any]:
             return {**cfg.to_flower(), **schema.to_config(), "round": rnd}
@@ -144,7 +145,7 @@ def round_min_sites(cfg: RunConfig) -> int:
     return min(cfg.min_clients, 2)
 
 
-def secure_fit_workflow(cfg: RunConfig, replies: dict[int, dict[str, Any]],  # type: ignore[no-untyped-def]
+def secure_fit_workflow(cfg: RunConfig, replies: dict[int, dict[str, Any]],
                         on_stages: Callable[[int, dict[str, float]], None] | None = None):
     """SecAgg+ as the fit workflow (see :mod:`fedshield.strategies.secure_aggregation`)."""
     from fedshield.strategies.secure_aggregation import FedShieldSecAggPlus
@@ -153,7 +154,7 @@ def secure_fit_workflow(cfg: RunConfig, replies: dict[int, dict[str, Any]],  # t
     largest = max((int(r.get("examples-train", 0)) for r in replies.values() if "error" not in r), default=1)
     largest = max(largest, cfg.max_site_examples)  # a sampled simulation's handshake did not see every site
 
-    def sampled_sites(context: Context) -> int:  # what the strategy will sample this round (FedAvg's rule)
+    def sampled_sites(context: LegacyContext) -> int:  # what the strategy will sample this round (FedAvg's rule)
         if cfg.per_round:
             return cfg.per_round
         available = context.client_manager.num_available()

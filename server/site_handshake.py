@@ -9,7 +9,8 @@ trains. Each site answers a FedShield QUERY with its schema and example counts (
 from __future__ import annotations
 
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid

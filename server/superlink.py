@@ -103,7 +103,8 @@ class SuperLink:
                 return
             time.sleep(0.2)
         self.stop()
-        raise SuperLinkStartError(f"flower-superlink did not become healthy within {timeout:.0f} s; see {self.log_path}")
+        raise SuperLinkStartError(f"flower-superlink did not become healthy within {timeout:.0f} s; see "
+                                  f"{self.log_path}")
 
     def _check_guard(self) -> None:
         if self.control_token is None:

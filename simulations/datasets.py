@@ -16,9 +16,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -70,7 +70,8 @@ def feature_ranges(x: np.ndarray, names: tuple[str, ...]) -> dict[str, list[floa
     moves no other record's features. Being public, the whole data set's statistics are such a declaration.
     """
     mean, sd = x.mean(axis=0), np.maximum(x.std(axis=0), 1e-9)
-    return {name: [float(f"{m - 2 * d:.4g}"), float(f"{m + 2 * d:.4g}")] for name, m, d in zip(names, mean, sd)}
+    return {name: [float(f"{m - 2 * d:.4g}"), float(f"{m + 2 * d:.4g}")]
+            for name, m, d in zip(names, mean, sd, strict=True)}
 
 
 def _breast_cancer() -> BundledDataset:
@@ -117,15 +118,17 @@ def _dates() -> BundledDataset:
                           {"max_length": 48, "max_target_length": 16})
 
 
-_LOADERS = {"dates": _dates, "digits": _digits, "breast-cancer": _breast_cancer, "diabetes": _diabetes, "shapes": _shapes,
-            "reviews": _reviews}
+_LOADERS = {"dates": _dates, "digits": _digits, "breast-cancer": _breast_cancer, "diabetes": _diabetes,
+            "shapes": _shapes, "reviews": _reviews}
 
 
 def dataset_names() -> list[str]:
+    """The bundled data sets' names, sorted."""
     return sorted(_LOADERS)
 
 
 def load_dataset(name: str) -> BundledDataset:
+    """The bundled data set ``name`` (``ConfigError`` listing the names for an unknown one)."""
     try:
         return _LOADERS[name]()
     except KeyError:
@@ -192,7 +195,8 @@ def augmented_copies(x: np.ndarray, copies: int, seed: int) -> Iterator[np.ndarr
         cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
         theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
         grid = torch.nn.functional.affine_grid(theta, list(images.shape), align_corners=False)
-        moved = torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+        moved = torch.nn.functional.grid_sample(images, grid, mode="bilinear", padding_mode="zeros",
+                                                align_corners=False)
         yield (moved.squeeze(1).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
 
 
@@ -229,5 +233,6 @@ def simulation_pool(name: str, *, sites: int, test_fraction: float, augment: int
     greyscale = data.x.ndim == 3  # the jitter of augmented_copies is written for greyscale digits
     copies = augment or (auto_copies(len(site_idx), sites) if greyscale else 1)
     if copies > 1 and not greyscale:
-        raise ConfigError(f"--augment {copies}: only the greyscale digits can be augmented, not {name}; use --augment 1")
+        raise ConfigError(f"--augment {copies}: only the greyscale digits can be augmented, not {name}; "
+                          "use --augment 1")
     return SimulationPool(_subset(data, np.sort(site_idx)), _subset(data, np.sort(test_idx)), copies, seed)

@@ -40,7 +40,7 @@ def generate_dates(n: int = DEFAULT_SIZE, seed: int = 0) -> tuple[np.ndarray, np
     rng.shuffle(styles)
     days = rng.integers(0, _DAYS, size=n)
     pairs = []
-    for offset, style in zip(days, styles):
+    for offset, style in zip(days, styles, strict=True):
         date = _START + dt.timedelta(days=int(offset))
         pairs.append((render(date, int(style)), date.isoformat()))
     return np.array(pairs, dtype=str), styles

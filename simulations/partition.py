@@ -50,7 +50,8 @@ def _check(n_examples: int, n_sites: int, min_size: int = MIN_SITE_EXAMPLES) -> 
     if n_sites < 1:
         raise ConfigError("the number of sites (--sites, --clients) must be at least 1")
     if n_sites > n_examples:
-        raise ConfigError(f"{n_sites} sites is more than the {n_examples} examples; use fewer sites (--sites, --clients)")
+        raise ConfigError(f"{n_sites} sites is more than the {n_examples} examples; use fewer sites (--sites, "
+                          "--clients)")
     if n_sites * min_size > n_examples:
         raise ConfigError(f"{n_sites} sites: {n_examples} examples cannot give every site {min_size}; "
                           "use fewer sites (--sites, --clients)")
@@ -137,7 +138,7 @@ def shard_partition(labels: np.ndarray, n_sites: int, shards_per_site: int, seed
     per_class = np.floor(quota).astype(int)
     per_class[np.argsort(-(quota - per_class))[: n_shards - per_class.sum()]] += 1
     shards: list[np.ndarray] = []
-    for cls, count in zip(classes, per_class):
+    for cls, count in zip(classes, per_class, strict=True):
         if count:
             shards.extend(np.array_split(rng.permutation(np.flatnonzero(bins == cls)), count))
     deal = rng.permutation(n_shards).reshape(n_sites, shards_per_site)

@@ -15,14 +15,14 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import numpy as np  # noqa: E402
-from matplotlib.axes import Axes  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.ticker import MaxNLocator, NullFormatter, NullLocator  # noqa: E402
-from sklearn.metrics import auc, roc_curve  # noqa: E402
+import numpy as np
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator, NullFormatter, NullLocator
+from sklearn.metrics import auc, roc_curve
 
-from fedshield.common.atomic_io import atomic_write_bytes  # noqa: E402
-from fedshield.common.results_view import HEADLINE  # noqa: E402
+from fedshield.common.atomic_io import atomic_write_bytes
+from fedshield.common.results_view import HEADLINE
 
 DPI = 110
 _METRIC_LABELS = {"accuracy": "accuracy", "r2": "R²", "mse": "mean squared error", "mae": "mean absolute error",
@@ -73,7 +73,8 @@ def _main_metric(rounds: list[dict[str, Any]]) -> str:
 
 
 def _series(rounds: list[dict[str, Any]], getter: Any) -> tuple[list[int], list[float]]:
-    xs, ys = [], []
+    xs: list[int] = []
+    ys: list[float] = []
     for entry in rounds:
         value = _number(getter(entry))
         if value is not None:
@@ -155,7 +156,7 @@ def plot_epsilon_per_site(doc: dict[str, Any], path: Path) -> Path:
     names = sorted(per_site)
     few = len(names) <= 10
     for name in names:
-        xs, ys = zip(*per_site[name])
+        xs, ys = zip(*per_site[name], strict=True)
         if few:
             ax.plot(xs, ys, "o-", drawstyle="steps-post", linewidth=1, markersize=3, label=name)
         else:
@@ -246,7 +247,8 @@ def plot_roc(y_true: np.ndarray, scores: np.ndarray, path: Path) -> Path:
 
 
 def plot_regression_fit(y_true: np.ndarray, y_pred: np.ndarray, path: Path) -> Path:
-    """Predicted vs true scatter with the y = x line; ``y_true``, ``y_pred``: (N,) or (N, 1) targets, R² in the title."""
+    """Predicted vs true scatter with the y = x line; ``y_true``, ``y_pred``: (N,) or (N, 1) targets, R² in
+    the title."""
     y_true = np.asarray(y_true, dtype=float).ravel()
     y_pred = np.asarray(y_pred, dtype=float).ravel()
     n = min(y_true.size, y_pred.size)

@@ -27,7 +27,8 @@ def load_results(run_dir: Path) -> dict[str, Any]:
     try:
         doc = read_json(path)
     except FileNotFoundError:
-        raise RunFolderError(f"{run_dir}: no {RESULTS_FILE}; pass a run folder written by fl-sim run or fl-server start") from None
+        raise RunFolderError(f"{run_dir}: no {RESULTS_FILE}; pass a run folder written by fl-sim run or fl-server "
+                             "start") from None
     except ValueError as exc:
         raise RunFolderError(f"{path}: not valid JSON ({exc}); the run folder is damaged") from None
     if doc.get("format") != RESULTS_FORMAT:

@@ -1,7 +1,8 @@
 """Write site folders from a bundled data set, in the documented site formats.
 
 Image sites get ``data.npz`` (x N×28×28 or N×32×32×3 uint8, y N int64); tabular sites get
-``data.csv`` with a header; text sites ``data.csv`` with the columns ``text,label``. Each folder also gets a ``fedshield.toml`` naming its task (and target). The whole output is
+``data.csv`` with a header; text sites ``data.csv`` with the columns ``text,label``. Each folder also
+gets a ``fedshield.toml`` naming its task (and target, kind, classes, feature ranges). The whole output is
 written into a temporary folder beside ``out`` and renamed into place, so an interrupted split leaves
 nothing half-written.
 """
@@ -44,16 +45,19 @@ def write_site_folder(folder: Path, data: BundledDataset, idx: np.ndarray) -> No
             fh.writelines(f"{source}\t{target}\n" for source, target in data.x[idx])
     elif data.x.dtype.kind == "U":  # texts: text,label with the class names of the site's fedshield.toml
         names = data.site_config["labels"]
+        assert isinstance(names, list)  # the text data sets name their classes
         with open(folder / "data.csv", "w", newline="", encoding="utf-8") as fh:
             writer = csv.writer(fh)
             writer.writerow(["text", "label"])
-            writer.writerows((str(text), names[int(label)]) for text, label in zip(data.x[idx], data.y[idx]))
+            writer.writerows((str(text), names[int(label)])
+                             for text, label in zip(data.x[idx], data.y[idx], strict=True))
     else:
         with open(folder / "data.csv", "w", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow([*data.feature_names, data.target])
-            for row, target in zip(data.x[idx], data.y[idx]):
-                writer.writerow([*(f"{v:.6g}" for v in row), int(target) if data.is_classification else f"{target:.6g}"])
+            for row, target in zip(data.x[idx], data.y[idx], strict=True):
+                label = int(target) if data.is_classification else f"{target:.6g}"
+                writer.writerow([*(f"{v:.6g}" for v in row), label])
     (folder / "fedshield.toml").write_text(_toml({"task": data.task, **data.site_config}))
 
 
@@ -76,7 +80,7 @@ def write_sites(dataset: str, sites: int, out: Path, *, dirichlet: float | None,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        for name, idx in zip(labels, parts):
+        for name, idx in zip(labels, parts, strict=True):
             write_site_folder(tmp / name, data, idx)
         if out.exists():
             out.rmdir()

@@ -80,7 +80,7 @@ class SweepSpec:
     seeds: int
     fixed: dict[str, str] = field(default_factory=dict)
 
-    def validate(self) -> "SweepSpec":
+    def validate(self) -> SweepSpec:
         if not self.epsilons or any(not e > 0 for e in self.epsilons):
             raise ConfigError("--epsilon: give positive values or inf (no DP), e.g. 0.5,1,3,8,inf")
         for p in self.partitions:
@@ -122,13 +122,15 @@ def parse_list(flag: str, text: str, kind: type) -> list[Any]:
         try:
             values.append(math.inf if kind is float and item.lower() in ("inf", "none") else kind(item))
         except ValueError:
-            raise ConfigError(f"{flag} {text!r}: {item!r} is not a {kind.__name__}; give a comma-separated list") from None
+            raise ConfigError(f"{flag} {text!r}: {item!r} is not a {kind.__name__}; give a comma-separated "
+                              "list") from None
     if not values:
         raise ConfigError(f"{flag}: give at least one value")
     return list(dict.fromkeys(values))
 
 
 def is_sweep(folder: Path) -> bool:
+    """Whether ``folder`` holds a sweep (rather than one run)."""
     return (Path(folder) / SWEEP_FILE).is_file()
 
 
@@ -156,18 +158,22 @@ def open_sweep(spec: SweepSpec, out: Path) -> None:
 
 
 def load_spec(out: Path) -> SweepSpec:
+    """The sweep specification stored in ``out`` (``RunFolderError`` for a folder that is no sweep)."""
     doc = read_json(Path(out) / SWEEP_FILE)
     if doc.get("format") != SWEEP_FORMAT:
         raise RunFolderError(f"{out / SWEEP_FILE}: not a FedShield sweep")
-    fields = {k: doc[k] for k in ("task", "clients", "rounds", "partitions", "per_round", "strategies", "seeds", "fixed")}
+    fields = {k: doc[k] for k in ("task", "clients", "rounds", "partitions", "per_round", "strategies", "seeds",
+                                  "fixed")}
     return SweepSpec(epsilons=[math.inf if e == "inf" else float(e) for e in doc["epsilons"]], **fields)
 
 
 def cell_dir(out: Path, cell: Cell) -> Path:
+    """The run folder of one cell of the sweep."""
     return Path(out) / CELLS_DIR / cell.key
 
 
 def cell_finished(out: Path, cell: Cell) -> bool:
+    """Whether the cell's run finished (a resumed sweep skips it)."""
     try:
         return read_json(cell_dir(out, cell) / "results.json").get("status") == "finished"
     except (OSError, ValueError):
@@ -222,7 +228,8 @@ def write_table(out: Path, spec: SweepSpec, errors: dict[str, str] | None = None
     writer.writeheader()
     writer.writerows(rows)
     atomic_write_text(Path(out) / CSV_FILE, buffer.getvalue())
-    atomic_write_json(Path(out) / JSON_FILE, {"format": "fedshield-sweep-results", "sweep": spec.to_dict(), "cells": rows})
+    atomic_write_json(Path(out) / JSON_FILE,
+                      {"format": "fedshield-sweep-results", "sweep": spec.to_dict(), "cells": rows})
     return rows
 
 
@@ -267,14 +274,16 @@ def sweep_summary_markdown(spec: SweepSpec, rows: list[dict[str, Any]], metric: 
              + f"; figure: {metric} of the final model on the central test set (mean ± std over seeds).", "",
              "| " + " | ".join([*groups, "ε", metric, "seeds", "worst ε spent"]) + " |",
              "|" + "---|" * (len(groups) + 4)]
-    keyfn = lambda r: (*[str(r[g]) for g in groups], math.inf if r["epsilon"] == "inf" else float(r["epsilon"]))  # noqa: E731
-    for key, members in itertools.groupby(sorted(done, key=keyfn), key=keyfn):
-        members = list(members)
+    def keyfn(r: dict[str, Any]) -> tuple[tuple[str, ...], float]:
+        return tuple(str(r[g]) for g in groups), math.inf if r["epsilon"] == "inf" else float(r["epsilon"])
+
+    for (names, epsilon), cell_rows in itertools.groupby(sorted(done, key=keyfn), key=keyfn):
+        members = list(cell_rows)
         values = [float(m["central"]) for m in members]
         spent = [float(m["epsilon_spent"]) for m in members if m["epsilon_spent"] is not None]
         std = statistics.pstdev(values) if len(values) > 1 else 0.0
-        eps = "∞ (no DP)" if math.isinf(key[-1]) else f"{key[-1]:g}"
-        lines.append("| " + " | ".join([*key[:-1], eps, f"{statistics.mean(values):.4f} ± {std:.4f}", str(len(values)),
+        eps = "∞ (no DP)" if math.isinf(epsilon) else f"{epsilon:g}"
+        lines.append("| " + " | ".join([*names, eps, f"{statistics.mean(values):.4f} ± {std:.4f}", str(len(values)),
                                         f"{max(spent):.3f}" if spent else "–"]) + " |")
     for r in failed:
         lines.append(f"\n- failed: `{r['key']}`: {r['error']} (log: cells/{r['key']}.log)")

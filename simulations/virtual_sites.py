@@ -158,6 +158,7 @@ def materialize_site(data_dir: Path, site: int) -> Path:
 
 
 def has_plan(data_dir: Path) -> bool:
+    """Whether ``data_dir`` holds a simulation's partition plan (sites are built from it lazily)."""
     return (Path(data_dir) / POOL_DIR / "plan.json").is_file()
 
 

@@ -43,13 +43,14 @@ def wrap_central_dp(strategy: Strategy, cfg: RunConfig, n_sites: int) -> Strateg
         return strategy
     m = sampled_per_round(cfg, n_sites)
     if cfg.central_dp == "fixed":
-        cls = (DifferentialPrivacyServerSideFixedClipping if cfg.central_dp_side == "server"
-               else DifferentialPrivacyClientSideFixedClipping)
-        return cls(strategy, noise_multiplier=cfg.central_noise, clipping_norm=cfg.central_clip, num_sampled_clients=m)
-    cls = (DifferentialPrivacyServerSideAdaptiveClipping if cfg.central_dp_side == "server"
-           else DifferentialPrivacyClientSideAdaptiveClipping)
-    return cls(strategy, noise_multiplier=cfg.central_noise, num_sampled_clients=m,
-               initial_clipping_norm=cfg.central_clip)
+        fixed = (DifferentialPrivacyServerSideFixedClipping if cfg.central_dp_side == "server"
+                 else DifferentialPrivacyClientSideFixedClipping)
+        return fixed(strategy, noise_multiplier=cfg.central_noise, clipping_norm=cfg.central_clip,
+                     num_sampled_clients=m)
+    adaptive = (DifferentialPrivacyServerSideAdaptiveClipping if cfg.central_dp_side == "server"
+                else DifferentialPrivacyClientSideAdaptiveClipping)
+    return adaptive(strategy, noise_multiplier=cfg.central_noise, num_sampled_clients=m,
+                    initial_clipping_norm=cfg.central_clip)
 
 
 def client_level_epsilon(cfg: RunConfig, n_sites: int, rounds_done: int) -> float:

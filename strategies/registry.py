@@ -6,7 +6,8 @@ purpose: it needs a proximal term in the sites' loss, which our ClientApp does n
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from flwr.server.strategy import (
     FedAdagrad,

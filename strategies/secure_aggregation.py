@@ -35,6 +35,7 @@ from typing import Any
 
 from flwr.app import Context, Message
 from flwr.common.logger import log
+from flwr.server.compat import LegacyContext
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
 from flwr.server.workflow.constant import Key as WorkflowKey
@@ -80,7 +81,7 @@ class FedShieldSecAggPlus(SecAggPlusWorkflow):
     the modulus are chosen before Flower builds its setup message.
     """
 
-    def __init__(self, *, shares: int, threshold_fraction: float, sampled_sites: Callable[[Context], int],
+    def __init__(self, *, shares: int, threshold_fraction: float, sampled_sites: Callable[[LegacyContext], int],
                  max_weight: float, timeout: float | None,
                  on_stages: Callable[[int, dict[str, float]], None] | None = None, **kwargs: Any) -> None:
         super().__init__(num_shares=max(3, shares), reconstruction_threshold=threshold_fraction,
@@ -91,24 +92,24 @@ class FedShieldSecAggPlus(SecAggPlusWorkflow):
         self.on_stages = on_stages  # told each round's stage times (s): the run's results.json records them
         self._stage_s: dict[str, float] = {}
 
-    def setup_stage(self, grid, context, state):  # type: ignore[no-untyped-def]  # Flower's signature
+    def setup_stage(self, grid, context, state):  # Flower's signature
         sampled = self.sampled_sites(context)
         self.num_shares = effective_shares(self.requested_shares, sampled)
         self.modulus_range = modulus_for(sampled, self.quantization_range)
         self._stage_s = {}
         return self._timed("setup", super().setup_stage, grid, context, state)
 
-    def share_keys_stage(self, grid, context, state):  # type: ignore[no-untyped-def]
+    def share_keys_stage(self, grid, context, state):
         return self._timed("key shares", super().share_keys_stage, grid, context, state)
 
-    def collect_masked_vectors_stage(self, grid, context, state):  # type: ignore[no-untyped-def]
+    def collect_masked_vectors_stage(self, grid, context, state):
         return self._timed("masked updates", super().collect_masked_vectors_stage, grid, context, state)
 
-    def unmask_stage(self, grid, context, state):  # type: ignore[no-untyped-def]
+    def unmask_stage(self, grid, context, state):
         ok = self._timed("unmasking", super().unmask_stage, grid, context, state)
         log(INFO, "SecAgg+ stages (s): %s", ", ".join(f"{k} {v:.2f}" for k, v in self._stage_s.items()))
         if self.on_stages is not None:
-            rnd = int(context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])  # type: ignore[arg-type]
+            rnd = int(context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
             self.on_stages(rnd, dict(self._stage_s))
         return ok
 
@@ -121,7 +122,7 @@ class FedShieldSecAggPlus(SecAggPlusWorkflow):
             self._stage_s[name] = time.perf_counter() - start
 
 
-def secaggplus_when_asked(msg: Message, context: Context, call_next):  # type: ignore[no-untyped-def]
+def secaggplus_when_asked(msg: Message, context: Context, call_next):
     """Flower's ``secaggplus_mod``, only for TRAIN messages that belong to a SecAgg+ round.
 
     Flower's mod assumes every TRAIN message carries SecAgg+ stage configs and fails on a plain round;

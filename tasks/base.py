@@ -8,9 +8,10 @@ sampling, the optimizer and the privacy engine, so every task is private the sam
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -54,20 +55,20 @@ class DataSchema:
         }
 
     @classmethod
-    def from_config(cls, cfg: dict[str, object]) -> "DataSchema":
+    def from_config(cls, cfg: Mapping[str, Any]) -> DataSchema:
         """Inverse of :meth:`to_config`."""
         names = str(cfg.get("schema-feature-names", ""))
         labels = str(cfg.get("schema-labels", ""))
         return cls(
             kind=str(cfg["schema-kind"]),  # type: ignore[arg-type]
             input_shape=tuple(int(d) for d in str(cfg["schema-input-shape"]).split(",") if d),
-            num_outputs=int(cfg["schema-num-outputs"]),  # type: ignore[arg-type]
+            num_outputs=int(cfg["schema-num-outputs"]),
             feature_names=tuple(names.split("\x1f")) if names else (),
             target=str(cfg.get("schema-target", "")),
             labels=tuple(labels.split("\x1f")) if labels else (),
         )
 
-    def mismatch(self, other: "DataSchema") -> str | None:
+    def mismatch(self, other: DataSchema) -> str | None:
         """Return a one-phrase description of how ``other`` differs from this schema, or None."""
         for name in ("kind", "input_shape", "num_outputs", "feature_names", "target", "labels"):
             mine, theirs = getattr(self, name), getattr(other, name)
@@ -97,7 +98,7 @@ class TaskOptions:
     kind: Kind | None = None
     val_fraction: float = 0.2
     seed: int = 0
-    extra: dict[str, object] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # each key's type is checked by tasks/site_config.py
     private: bool = False
 
 
@@ -157,8 +158,9 @@ class Task(Protocol):
     # Optional: ``private_part(model) -> nn.Module`` (only that submodule sees private data and is made
     # private; ``train`` then also gets ``private_module=`` Opacus' wrapper of it, see tasks/dcgan.py);
     # ``default_lr(dp) -> float`` (the task's --lr default); ``sample_grid(model) -> bytes`` (a PNG
-    # written next to each checkpoint); ``reads_sites_of`` (tuple of task names whose site folders this task also reads, so a
-    # site whose fedshield.toml names one of them may join this task's runs); ``resolve_model(model,
+    # written next to each checkpoint); ``reads_sites_of`` (tuple of task names whose site folders this
+    # task also reads, so a site whose fedshield.toml names one of them may join this task's runs);
+    # ``resolve_model(model,
     # *, pretrained, dp) -> str`` and ``head_prefixes() -> tuple[str, ...]`` (see ``--init-weights``);
     # ``per_example_statistics(model, data, *, device, loss_only=False) -> RecordStatistics`` (what a site
     # under DP reports: each record's loss and metrics with their bounds; without it a DP site reports

@@ -10,6 +10,7 @@ VOCAB = 256 + 3
 
 
 def encode(text: str) -> list[int]:
+    """``text``'s UTF-8 bytes as token ids (each byte + 3: ids 0-2 are reserved)."""
     return [b + 3 for b in text.encode("utf-8")]
 
 

@@ -43,7 +43,7 @@ class CifarCNNTask(SupervisedTask):
     """The seed colour CNN on 32×32 RGB images."""
 
     name = "cifar-cnn"
-    models = ("auto",)  # one model: any other --model is refused before a run starts
+    models: tuple[str, ...] | None = ("auto",)  # one model: any other --model is refused before a run starts
     summary = "CNN (conv32-conv64-conv64-fc64) classifying colour images (resized to 32×32) into K classes"
     data_format = ("data.npz with x (N×H×W×3 uint8, any size) and y (N class indices), or "
                    "images/<label>/*.png|jpg (colour, any size); labels 0-9 unless fedshield.toml sets "

@@ -29,7 +29,7 @@ def _resize(x: np.ndarray, side: int) -> np.ndarray:
     """(N, H, W, 3) uint8 → (N, side, side, 3) uint8, bilinear; unchanged when already that size."""
     if x.shape[1:3] == (side, side):
         return x
-    return np.stack([np.asarray(Image.fromarray(img).resize((side, side), Image.BILINEAR)) for img in x])
+    return np.stack([np.asarray(Image.fromarray(img).resize((side, side), Image.Resampling.BILINEAR)) for img in x])
 
 
 def load_npz(path: Path, *, side: int, labels: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
@@ -67,7 +67,7 @@ def load_folders(folder: Path, *, side: int, labels: tuple[str, ...]) -> tuple[n
                         where = f" while {first_colour} is colour" if first_colour else ""
                         raise DataError(f"{img_path}: greyscale image{where}; this task needs colour (RGB) images, "
                                         "convert it (e.g. PIL .convert('RGB')) or use digits-cnn for greyscale")
-                    rgb = img.convert("RGB").resize((side, side), Image.BILINEAR)
+                    rgb = img.convert("RGB").resize((side, side), Image.Resampling.BILINEAR)
                     xs.append(np.asarray(rgb, dtype=np.uint8))
             except (UnidentifiedImageError, OSError) as exc:
                 raise DataError(f"{img_path}: not a readable image ({exc}); re-export or remove it") from None

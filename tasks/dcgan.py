@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from opacus import GradSampleModule
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -60,7 +61,8 @@ class DCGANTask(DigitsCNNTask):
 
     def private_part(self, model: nn.Module) -> nn.Module:
         """The module that touches private data: the platform makes only it private."""
-        return model.discriminator
+        gan: DCGAN = model  # type: ignore[assignment]  # the task's own model, built by build_model
+        return gan.discriminator
 
     def criterion(self, schema: DataSchema) -> nn.Module:
         return nn.BCEWithLogitsLoss()
@@ -91,7 +93,7 @@ class DCGANTask(DigitsCNNTask):
 
     def train(self, model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer, *, epochs: int,
               device: torch.device, criterion: nn.Module | None = None,
-              private_module: nn.Module | None = None) -> TrainResult:
+              private_module: GradSampleModule | None = None) -> TrainResult:
         """Alternate a discriminator step (``optimizer``, private when DP is on) on real + generated
         images and a generator step (Adam, its own) through the discriminator, per batch.
 
@@ -103,7 +105,8 @@ class DCGANTask(DigitsCNNTask):
         gen_opt = torch.optim.Adam(gan.generator.parameters(), lr=GENERATOR_LR, betas=(0.5, 0.999))
         # generated images per step: the expected batch size, fixed; under DP the DP optimizer's E[B], which
         # comes from the site's released count (the exact N would shape every update)
-        n_fake = int(getattr(optimizer, "expected_batch_size", 0) or 0) or max(1, round(len(loader.dataset) / max(len(loader), 1)))
+        n_fake = int(getattr(optimizer, "expected_batch_size", 0) or 0) or max(
+            1, round(len(loader.dataset) / max(len(loader), 1)))  # type: ignore[arg-type]
         bce = nn.functional.binary_cross_entropy_with_logits
         gan.train()
         total, steps, examples = 0.0, 0, 0
@@ -148,7 +151,8 @@ class DCGANTask(DigitsCNNTask):
         gan.eval()
         real = data.tensors[0]
         fake = gan.sample(len(real), seed=SAMPLE_SEED)
-        logits = torch.cat([gan.discriminator(chunk.to(device)).cpu() for chunk in torch.cat([real, fake]).split(batch_size)])
+        logits = torch.cat([gan.discriminator(chunk.to(device)).cpu()
+                            for chunk in torch.cat([real, fake]).split(batch_size)])
         target = torch.cat([torch.ones(len(real)), torch.zeros(len(fake))])
         loss = float(nn.functional.binary_cross_entropy_with_logits(logits, target))
         out = {"loss": loss}
@@ -184,5 +188,6 @@ class DCGANTask(DigitsCNNTask):
             r, c = divmod(i, rows)
             grid[1 + r * side:1 + r * side + img.shape[0], 1 + c * side:1 + c * side + img.shape[1]] = img
         buffer = io.BytesIO()
-        Image.fromarray(grid, mode="L").resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.NEAREST).save(buffer, "PNG")
+        image = Image.fromarray(grid, mode="L")
+        image.resize((grid.shape[1] * 2, grid.shape[0] * 2), Image.Resampling.NEAREST).save(buffer, "PNG")
         return buffer.getvalue()

@@ -36,10 +36,10 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fedshield.common.errors import ConfigError, DataError
-from fedshield.tasks.npz_arrays import read_npz_xy
 from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
 from fedshield.tasks.gabor_filters import gabor_bank
 from fedshield.tasks.holdout import holdout_indices
+from fedshield.tasks.npz_arrays import read_npz_xy
 from fedshield.tasks.supervised import CLASSIFICATION_METRICS, SupervisedTask
 
 SIDE = 28
@@ -116,11 +116,11 @@ class DigitsCNNTask(SupervisedTask):
     """The seed CNN on 28×28 greyscale digits."""
 
     name = "digits-cnn"
-    models = MODELS  # checked by `fl-server start` / `fl-sim run` before anything starts
+    models: tuple[str, ...] | None = MODELS  # checked by `fl-server start` / `fl-sim run` before anything starts
     summary = "CNN (conv32-conv64-fc128) classifying 28×28 greyscale images into 10 classes"
     data_format = ("data.npz with x (N×28×28 uint8) and y (N labels 0-9), or images/<label>/*.png "
                    "(28×28 greyscale, label folders 0-9); 20% held out for validation")
-    metrics = CLASSIFICATION_METRICS
+    metrics: tuple[str, ...] = CLASSIFICATION_METRICS
     # Conv2d and Linear only: one-pass book-keeping clipping (client/book_keeping.py, Bu et al. 2023),
     # 1.2-1.3x a plain step at batch 64 on CPU against 2.4-2.7x for Opacus' ghost clipping (README).
     dp_mode = "bk"
@@ -163,8 +163,10 @@ class DigitsCNNTask(SupervisedTask):
         model.head[1].requires_grad_(False)  # fc 3136→128
         if options.model == "gabor":
             conv = model.features[0]
+            assert isinstance(conv, nn.Conv2d)
             with torch.no_grad():
                 conv.weight.copy_(gabor_bank(conv.kernel_size[0], norm=GABOR_NORM))
-                conv.bias.zero_()
+                if conv.bias is not None:
+                    conv.bias.zero_()
             conv.requires_grad_(False)
         return model

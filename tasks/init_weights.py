@@ -26,7 +26,8 @@ def read_weights(path: Path) -> dict[str, torch.Tensor]:
     """The named tensors in ``path``; ``ConfigError`` naming ``--init-weights`` when unreadable."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"--init-weights {path}: no such file; give a FedShield checkpoint or a torch state_dict (.pt)")
+        raise ConfigError(f"--init-weights {path}: no such file; give a FedShield checkpoint or a torch "
+                          "state_dict (.pt)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # pickle errors, truncated files, non-tensor objects
@@ -79,12 +80,14 @@ def load_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], *, sourc
         if name.startswith(fresh_prefixes):
             fresh.append(name)
             continue
-        found = "is missing" if given is None else f"has shape {tuple(given.shape)}, the model needs {tuple(tensor.shape)}"
+        found = ("is missing" if given is None
+                 else f"has shape {tuple(given.shape)}, the model needs {tuple(tensor.shape)}")
         raise ConfigError(f"--init-weights {source}: tensor {name!r} {found}; pass weights of this task and "
                           "--model (e.g. a model-final.pt of a run of the same task)")
     unused = [k for k in weights if k not in own and not k.endswith(BATCHNORM_STATS)]
     if unused:
-        log.warning("--init-weights %s: %d tensors not in the model were ignored (first: %s)", source, len(unused), unused[0])
+        log.warning("--init-weights %s: %d tensors not in the model were ignored (first: %s)", source, len(unused),
+                    unused[0])
     own.update(updates)
     model.load_state_dict(own)
     return fresh

@@ -74,7 +74,8 @@ class MobileNetV2(nn.Module):
         blocks.append(ConvNormReLU6(cin, max(LAST_CHANNELS, scaled_channels(LAST_CHANNELS, width)), kernel=1))
         self.features = nn.Sequential(*blocks)
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(max(LAST_CHANNELS, scaled_channels(LAST_CHANNELS, width)), classes))
+        last = max(LAST_CHANNELS, scaled_channels(LAST_CHANNELS, width))
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(last, classes))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")

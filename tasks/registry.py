@@ -60,7 +60,8 @@ def get_task(name: str) -> Task:
         return tasks[name]
     except KeyError:
         installed = ", ".join(sorted(tasks)) or "none"
-        raise TaskNotFoundError(f"unknown task {name!r}; installed tasks: {installed} (list them with `fl-sim tasks`)") from None
+        raise TaskNotFoundError(f"unknown task {name!r}; installed tasks: {installed} "
+                                "(list them with `fl-sim tasks`)") from None
 
 
 def task_catalogue() -> list[tuple[str, bool, str, str, tuple[str, ...]]]:

@@ -24,8 +24,8 @@ class TaskSettings:
 def resolve_settings(task_name: str, *, model: str, init_weights: Path | None, lr: float | None,
                      dp: bool) -> TaskSettings:
     """Check ``--init-weights`` reads as weights and ``--model`` is one the task knows (its ``models``,
-    or its own ``resolve_model``; one-line ``ConfigError`` otherwise); without ``--lr``, the task's ``default_lr(dp)`` if it has one, else
-    :meth:`RunConfig.default_lr`."""
+    or its own ``resolve_model``; one-line ``ConfigError`` otherwise); without ``--lr``, the task's
+    ``default_lr(dp)`` if it has one, else :meth:`RunConfig.default_lr`."""
     task = get_task(task_name)
     known = getattr(task, "models", None)  # a task's fixed set of --model variants, when it has one
     if known and model not in known:

@@ -84,7 +84,8 @@ class Seq2SeqAttentionTask(SupervisedTask):
     def build_model(self, schema: DataSchema, options: TaskOptions) -> nn.Module:
         return Seq2SeqAttention(vocab=schema.num_outputs)
 
-    def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module | None) -> torch.Tensor:
+    def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  criterion: nn.Module | None) -> torch.Tensor:
         """Teacher forcing: the decoder reads the target shifted right and predicts it."""
         return sequence_loss(model(x, y[:, :-1]), y[:, 1:])
 
@@ -101,7 +102,8 @@ class Seq2SeqAttentionTask(SupervisedTask):
             losses.append(example_losses(model(src, tgt[:, :-1]), tgt[:, 1:]).double().cpu())
             if not loss_only:
                 decoded = model.greedy(src, max_len=tgt.shape[1] - 2).cpu()  # type: ignore[operator]
-                exact += [float(decode(p.tolist()) == decode(r[1:].tolist())) for p, r in zip(decoded, tgt.cpu())]
+                exact += [float(decode(p.tolist()) == decode(r[1:].tolist()))
+                          for p, r in zip(decoded, tgt.cpu(), strict=True)]
         values = {"loss": torch.cat(losses).numpy()}
         bounds = {"loss": 2.0 * math.log(256)}
         if not loss_only:
@@ -121,6 +123,6 @@ class Seq2SeqAttentionTask(SupervisedTask):
             decoded = model.greedy(src, max_len=tgt.shape[1] - 2).cpu()  # type: ignore[operator]
             predictions += [decode(row.tolist()) for row in decoded]
             references += [decode(row[1:].tolist()) for row in tgt.cpu()]
-        exact = sum(p == r for p, r in zip(predictions, references)) / max(len(references), 1)
+        exact = sum(p == r for p, r in zip(predictions, references, strict=True)) / max(len(references), 1)
         bleu = sacrebleu.corpus_bleu(predictions, [references]).score
         return {"loss": sum(losses) / max(len(references), 1), "exact_match": float(exact), "bleu": float(bleu)}

@@ -31,11 +31,11 @@ class Seq2SeqAttention(nn.Module):
         self.combine = nn.Linear(2 * hidden, hidden)
         self.out = nn.Linear(hidden, vocab)
 
-    def encode(self, src: torch.Tensor):  # type: ignore[no-untyped-def]
+    def encode(self, src: torch.Tensor):
         outputs, state = self.encoder(self.src_embed(src))
         return outputs, state, src != PAD
 
-    def step(self, tgt_in: torch.Tensor, enc: torch.Tensor, state, mask: torch.Tensor):  # type: ignore[no-untyped-def]
+    def step(self, tgt_in: torch.Tensor, enc: torch.Tensor, state, mask: torch.Tensor):
         dec, state = self.decoder(self.tgt_embed(tgt_in), state)
         scores = torch.bmm(self.score(dec), enc.transpose(1, 2)).masked_fill(~mask[:, None, :], -1e9)
         context = torch.bmm(scores.softmax(dim=-1), enc)

@@ -10,7 +10,8 @@ Example::
     seed = 0                 # held-out split seed
     file = "patients.csv"    # tabular: which CSV, when the folder has several
     classes = 2              # tabular: number of classes (needed under DP: never inferred from the data)
-    feature_ranges = { age = [20, 90], bmi = [18, 40] }  # tabular: per feature, the range mapped to [-1, 1] (needed under DP)
+    feature_ranges = { age = [20, 90], bmi = [18, 40] }  # tabular, needed under DP: each feature's
+                             # range, mapped to [-1, 1]
     target_shift = 150.0     # tabular regression: train on (y - shift) / scale, federation-wide
     target_scale = 75.0
     labels = ["cat", "dog"]  # image tasks: the class names, in index order (images/<name>/ folders)
@@ -32,8 +33,8 @@ CONFIG_FILE = "fedshield.toml"
 _TYPES: dict[str, tuple[type, ...]] = {
     "task": (str,), "target": (str,), "model": (str,), "kind": (str,), "val_fraction": (float, int),
     "seed": (int,), "file": (str,), "classes": (int,), "target_shift": (float, int),
-    "target_scale": (float, int), "labels": (list,), "max_length": (int,), "max_target_length": (int,), "allowed-tasks": (list,),
-    "feature_ranges": (dict,),
+    "target_scale": (float, int), "labels": (list,), "max_length": (int,), "max_target_length": (int,),
+    "allowed-tasks": (list,), "feature_ranges": (dict,),
 }
 
 

@@ -35,6 +35,9 @@ class SupervisedTask:
     """
 
     dp_mode = "hooks"
+    #: the --model variants a run may name (None: the task parses them itself, ``resolve_model``)
+    models: tuple[str, ...] | None
+    metrics: tuple[str, ...]
 
     def criterion(self, schema: DataSchema) -> nn.Module:
         return nn.CrossEntropyLoss() if schema.kind == "classification" else FlatMSELoss()
@@ -44,7 +47,8 @@ class SupervisedTask:
             return nn.functional.cross_entropy(outputs, targets)
         return nn.functional.mse_loss(outputs.reshape(-1), targets.reshape(-1))
 
-    def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module | None) -> torch.Tensor:
+    def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
+                  criterion: nn.Module | None) -> torch.Tensor:
         """The loss of one batch; ``criterion`` is Opacus' ghost-clipping wrapper when given."""
         return criterion(model(x), y) if criterion is not None else self.loss(model(x), y)
 
@@ -119,4 +123,5 @@ class SupervisedTask:
 
 
 def as_float_tensor(array: np.ndarray) -> torch.Tensor:
+    """``array`` as a contiguous float32 tensor."""
     return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.float32)

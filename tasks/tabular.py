@@ -23,7 +23,7 @@ from __future__ import annotations
 import csv
 import math
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 from fedshield.common.errors import ConfigError, DataError
-from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
+from fedshield.tasks.base import DataSchema, Kind, SiteData, TaskOptions
 from fedshield.tasks.holdout import holdout_indices
 from fedshield.tasks.supervised import SupervisedTask, as_float_tensor
 
@@ -92,10 +92,11 @@ def read_table(path: Path, target: str) -> Table:
                 if len(row) != len(header):
                     raise DataError(f"{path}:{line_no}: row has {len(row)} cells, the header has {len(header)}; "
                                     "fix the row")
-                rows.append([_cell(path, line_no, col, cell) for col, cell in zip(header, row)])
+                rows.append([_cell(path, line_no, col, cell) for col, cell in zip(header, row, strict=True)])
                 lines.append(line_no)
         except (csv.Error, UnicodeDecodeError) as exc:
-            raise DataError(f"{path}:{reader.line_num + 1}: not readable as CSV ({exc}); save it as UTF-8 CSV") from None
+            raise DataError(f"{path}:{reader.line_num + 1}: not readable as CSV ({exc}); save it as UTF-8 "
+                            "CSV") from None
     if not rows:
         raise DataError(f"{path}: header only, no data rows; add the site's examples")
     table = np.asarray(rows, dtype=np.float64)
@@ -113,8 +114,9 @@ def declared_ranges(ranges: object, features: list[str], config: Path) -> tuple[
     missing = [f for f in features if f not in ranges]
     unknown = sorted(set(ranges) - set(features))
     if missing or unknown:
-        what = (f"no range for {', '.join(missing[:5])}" if missing else "") + \
-               ("; " if missing and unknown else "") + (f"unknown column(s) {', '.join(unknown[:5])}" if unknown else "")
+        parts = ([f"no range for {', '.join(missing[:5])}"] if missing else []) + \
+                ([f"unknown column(s) {', '.join(unknown[:5])}"] if unknown else [])
+        what = "; ".join(parts)
         raise ConfigError(f"{config}: feature_ranges must name every feature column exactly once ({what})")
     low, high = np.empty(len(features)), np.empty(len(features))
     for i, name in enumerate(features):
@@ -122,7 +124,8 @@ def declared_ranges(ranges: object, features: list[str], config: Path) -> tuple[
         ok = (isinstance(pair, list) and len(pair) == 2
               and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in pair))
         if not ok or not pair[0] < pair[1]:
-            raise ConfigError(f"{config}: feature_ranges.{name} = {pair!r}; use [low, high] with finite numbers, low < high")
+            raise ConfigError(f"{config}: feature_ranges.{name} = {pair!r}; use [low, high] with finite "
+                              "numbers, low < high")
         low[i], high[i] = float(pair[0]), float(pair[1])
     return low, high
 
@@ -197,7 +200,7 @@ class TabularTask(SupervisedTask):
         else:
             shift, scale = self._target_transform(options)
             yt = as_float_tensor((y - shift) / scale)
-        schema = DataSchema(kind=kind, input_shape=(len(names),), num_outputs=classes,
+        schema = DataSchema(kind=cast(Kind, kind), input_shape=(len(names),), num_outputs=classes,
                             feature_names=tuple(names), target=options.target)
         return SiteData(TensorDataset(xs[train], yt[train]), TensorDataset(xs[val], yt[val]), schema, folder)
 
@@ -213,7 +216,8 @@ class TabularTask(SupervisedTask):
         if options.kind != "regression" and "classes" not in options.extra:
             missing.append("classes = K (classification)")
         if "feature_ranges" not in options.extra:
-            missing.append("feature_ranges = { column = [low, high], ... } for every feature (the range that maps to [-1, 1])")
+            missing.append("feature_ranges = { column = [low, high], ... } for every feature (the range that maps to "
+                           "[-1, 1])")
         if missing:
             raise ConfigError(f"{config}: under DP, tabular takes nothing about the data from the data itself; declare "
                               f"{'; '.join(missing)} (or train with --no-dp)")

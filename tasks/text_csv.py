@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -16,12 +17,12 @@ from fedshield.common.errors import DataError
 from fedshield.tasks.hashing_tokenizer import token_count
 
 
-def text_label_set(extra: dict[str, object]) -> tuple[str, ...]:
+def text_label_set(extra: dict[str, Any]) -> tuple[str, ...]:
     """Class names: ``labels`` from fedshield.toml, else ``"0"`` … ``classes - 1`` (default 2 classes)."""
     labels = extra.get("labels")
     if isinstance(labels, list) and labels:
         return tuple(str(n) for n in labels)
-    classes = int(extra.get("classes", 2))  # type: ignore[arg-type]
+    classes = int(extra.get("classes", 2))
     return tuple(str(i) for i in range(classes))
 
 
@@ -54,7 +55,8 @@ def read_text_csv(path: Path, *, labels: tuple[str, ...], max_length: int) -> tu
                 if not row:
                     continue
                 if len(row) != 2:
-                    raise DataError(f"{path}:{row_no}: {len(row)} fields; a row is text,label (quote texts with commas)")
+                    raise DataError(f"{path}:{row_no}: {len(row)} fields; a row is text,label (quote texts with "
+                                    "commas)")
                 text, label = row[0].strip(), row[1].strip()
                 if not text:
                     raise DataError(f"{path}:{row_no}: empty text; remove the row or fill it in")
@@ -63,7 +65,8 @@ def read_text_csv(path: Path, *, labels: tuple[str, ...], max_length: int) -> tu
                                     f"({', '.join(labels)}); fix the row or set labels = [...] in fedshield.toml")
                 if token_count(text) > max_length:
                     raise DataError(f"{path}:{row_no}: text has {token_count(text)} tokens, more than max_length "
-                                    f"{max_length}; shorten it or raise max_length in fedshield.toml (every site alike)")
+                                    f"{max_length}; shorten it or raise max_length in fedshield.toml "
+                                    "(every site alike)")
                 texts.append(text)
                 ys.append(index[label])
     except UnicodeDecodeError as exc:

@@ -47,8 +47,8 @@ class EncoderLayer(nn.Module):
 class TextTransformer(nn.Module):
     """Input (N, L) int64 token ids (0 = padding, position 0 = ``[CLS]``, never padding); output (N, K) logits."""
 
-    def __init__(self, classes: int, max_length: int = DEFAULT_MAX_LENGTH, buckets: int = BUCKETS,
-                 width: int = WIDTH, heads: int = HEADS, layers: int = LAYERS, feed_forward: int = FEED_FORWARD) -> None:
+    def __init__(self, classes: int, max_length: int = DEFAULT_MAX_LENGTH, buckets: int = BUCKETS, width: int = WIDTH,
+                 heads: int = HEADS, layers: int = LAYERS, feed_forward: int = FEED_FORWARD) -> None:
         super().__init__()
         self.tokens = nn.Embedding(buckets, width)
         self.positions = nn.Embedding(max_length, width)
@@ -84,7 +84,7 @@ class TextTransformerTask(SupervisedTask):
     def load_site(self, path: Path, options: TaskOptions) -> SiteData:
         path = Path(path)
         labels = text_label_set(options.extra)
-        max_length = int(options.extra.get("max_length", DEFAULT_MAX_LENGTH))  # type: ignore[arg-type]
+        max_length = int(options.extra.get("max_length", DEFAULT_MAX_LENGTH))
         texts, y = read_text_csv(find_csv(path, options.extra), labels=labels, max_length=max_length)
         train, val = holdout_indices(texts, y, val_fraction=options.val_fraction, seed=options.seed, where=str(path))
         ids = torch.as_tensor(encode(texts, buckets=BUCKETS, max_length=max_length))

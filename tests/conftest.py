@@ -26,8 +26,8 @@ def cli_env() -> dict[str, str]:
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 300,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run ``fl-server``/``fl-client``/``fl-sim`` to completion, capturing output (``env``: extra variables)."""
-    return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, env={**cli_env(), **(env or {})}, capture_output=True,
-                          text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
+    return subprocess.run([str(BIN / args[0]), *args[1:]], cwd=cwd, env={**cli_env(), **(env or {})},
+                          capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL, check=False)
 
 
 def start_cli(*args: str, log: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
@@ -86,7 +86,8 @@ def digits_checkpoint_quality(run_dir: Path, rnd: int) -> dict[str, float]:
     schema = DataSchema.from_config(doc["schema"])
     model = build_model(task, schema, TaskOptions(model=doc["config"]["model"]), seed=int(doc["config"]["seed"]))
     if rnd > 0:
-        model.load_state_dict(torch.load(run_dir / "checkpoints" / f"round-{rnd:03d}.pt", weights_only=True)["state_dict"])
+        checkpoint = torch.load(run_dir / "checkpoints" / f"round-{rnd:03d}.pt", weights_only=True)
+        model.load_state_dict(checkpoint["state_dict"])
     digits = load_dataset("digits")
     data = TensorDataset(torch.as_tensor(digits.x, dtype=torch.float32).unsqueeze(1) / 255, torch.as_tensor(digits.y))
     return task.evaluate(model, data, device=torch.device("cpu"))

@@ -131,8 +131,8 @@ def test_an_mlp_is_clipped_on_the_lean_path_unless_a_layer_repeats() -> None:
     mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     wrapped = BookKeepingModule(mlp)
     assert wrapped.dense_params is not None
-    assert [p is q for pair, layer in zip(wrapped.dense_params, (mlp[0], mlp[2]))
-            for p, q in zip(pair, (layer.weight, layer.bias))] == [True] * 4
+    assert [p is q for pair, layer in zip(wrapped.dense_params, (mlp[0], mlp[2]), strict=True)
+            for p, q in zip(pair, (layer.weight, layer.bias), strict=True)] == [True] * 4
     shared = nn.Linear(4, 4)
     twice = BookKeepingModule(nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(4, 2)))
     assert twice.dense_params is None
@@ -212,11 +212,11 @@ def test_every_step_is_noised_and_accounted_like_opacus() -> None:
         reference = _clipped_sum_reference(model, xb, yb, clip)
         criterion(wrapped(xb), yb).backward()
         clipped = [p.grad.clone() for p in model.parameters()]  # the clipped sum / E[B], Opacus' mean reduction
-        for (key, expected), got in zip(reference.items(), clipped):
+        for (key, expected), got in zip(reference.items(), clipped, strict=True):
             assert torch.allclose(got * optimizer.expected_batch_size, expected, rtol=1e-4, atol=1e-6), key
         assert optimizer.pre_step()
         noise.append(torch.cat([((p.grad - c) * optimizer.expected_batch_size).flatten()
-                                for p, c in zip(model.parameters(), clipped)]))
+                                for p, c in zip(model.parameters(), clipped, strict=True)]))
         optimizer.original_optimizer.step()
         steps += 1
     assert engine.accountant.history == [(sigma, 1 / len(loader), steps)]
@@ -246,11 +246,12 @@ def test_gradients_never_accumulate_across_backward_passes(dense: bool) -> None:
     first = [p.grad.clone() for p in model.parameters()]
     with pytest.raises(RuntimeError, match="before optimizer.zero_grad"):
         criterion(wrapped(xb), yb).backward()
-    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), first))  # untouched by the refusal
+    # untouched by the refusal
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), first, strict=True))
     optimizer.zero_grad(set_to_none=False)  # Opacus' signature; book-keeping clears to None regardless
     assert all(p.grad is None for p in model.parameters())
     criterion(wrapped(xb), yb).backward()
-    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), first))
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), first, strict=True))
 
 
 def test_opacus_modes_refuse_padding_modes_they_get_wrong() -> None:
@@ -262,8 +263,10 @@ def test_opacus_modes_refuse_padding_modes_they_get_wrong() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
     x, y = torch.randn(6, 3, 8, 8), torch.randint(0, 3, (6,))
     params = {k: v.detach() for k, v in model.named_parameters()}
-    per_example = vmap(grad(lambda p, xi, yi: nn.functional.cross_entropy(functional_call(model, p, (xi[None],)),
-                                                                           yi[None])), in_dims=(None, 0, 0))(params, x, y)
+    def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        return nn.functional.cross_entropy(functional_call(model, p, (xi[None],)), yi[None])
+
+    per_example = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
     opacus_model = GradSampleModule(model)
     nn.functional.cross_entropy(opacus_model(x), y).backward()
     error = (model[0].weight.grad_sample - per_example["0.weight"]).abs().max() / per_example["0.weight"].abs().max()

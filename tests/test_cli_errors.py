@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 
 from conftest import cli_env, run_cli
-
 from fedshield.common.net import free_port
 
 
@@ -77,7 +76,8 @@ def test_server_start_bad_input(tmp_path: Path) -> None:
     _one_line_error(run_cli("fl-server", "start", "--run-dir", str(tmp_path / "r2")), "--dir", "--insecure")
     _one_line_error(run_cli("fl-server", "start", "--dir", str(tmp_path / "nofed"), "--run-dir", str(tmp_path / "r5")),
                     "no federation.toml", "fl-server init")
-    _one_line_error(run_cli("fl-server", "start", "--insecure", "--strategy", "magic", "--run-dir", str(tmp_path / "r3")),
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--strategy", "magic",
+                            "--run-dir", str(tmp_path / "r3")),
                     "--strategy 'magic'")
     _one_line_error(run_cli("fl-server", "start", "--insecure", "--task", "tabular", "--model", "cnn", "--run-dir",
                             str(tmp_path / "r6")), "--model 'cnn': tabular models are auto, logistic, linear, mlp")
@@ -89,7 +89,8 @@ def test_server_start_bad_input(tmp_path: Path) -> None:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         port = busy.getsockname()[1]
-        _one_line_error(run_cli("fl-server", "start", "--insecure", "--port", str(port), "--run-dir", str(tmp_path / "r4")),
+        _one_line_error(run_cli("fl-server", "start", "--insecure", "--port", str(port),
+                                "--run-dir", str(tmp_path / "r4")),
                         f"--port {port}", "already in use")
     finished = tmp_path / "done"
     finished.mkdir()
@@ -100,8 +101,10 @@ def test_server_start_bad_input(tmp_path: Path) -> None:
 
 def test_federation_commands_bad_input(tmp_path: Path) -> None:
     fed = tmp_path / "fed"
-    assert run_cli("fl-server", "init", "--dir", str(fed), "--server-ip", "127.0.0.1", "--sites", "a", "b").returncode == 0
-    _one_line_error(run_cli("fl-server", "init", "--dir", str(fed), "--server-ip", "127.0.0.1"), "already holds a federation")
+    init = run_cli("fl-server", "init", "--dir", str(fed), "--server-ip", "127.0.0.1", "--sites", "a", "b")
+    assert init.returncode == 0
+    _one_line_error(run_cli("fl-server", "init", "--dir", str(fed), "--server-ip", "127.0.0.1"),
+                    "already holds a federation")
     _one_line_error(run_cli("fl-server", "init", "--dir", str(tmp_path / "f2")), "--server-name", "--server-ip")
     _one_line_error(run_cli("fl-server", "init", "--dir", str(tmp_path / "f3"), "--server-ip", "not-an-ip"),
                     "--server-ip 'not-an-ip'")
@@ -120,7 +123,8 @@ def test_federation_commands_bad_input(tmp_path: Path) -> None:
 
 def test_sim_bad_input(tmp_path: Path) -> None:
     _one_line_error(run_cli("fl-sim", "run", "--dirichlet", "0", "--run-dir", str(tmp_path / "a")), "--dirichlet 0")
-    _one_line_error(run_cli("fl-sim", "run", "--task", "tabular", "--clients", "2000", "--run-dir", str(tmp_path / "b")),
+    _one_line_error(run_cli("fl-sim", "run", "--task", "tabular", "--clients", "2000",
+                            "--run-dir", str(tmp_path / "b")),
                     "2000 sites is more than the 455 examples")
     _one_line_error(run_cli("fl-sim", "run", "--epsilon", "-1", "--run-dir", str(tmp_path / "c")), "--epsilon")
     _one_line_error(run_cli("fl-sim", "run", "--clients", "5", "--per-round", "6", "--run-dir", str(tmp_path / "d")),
@@ -134,14 +138,17 @@ def test_sim_bad_input(tmp_path: Path) -> None:
                     "exclude each other")
     _one_line_error(run_cli("fl-sim", "run", "--ray-address", f"127.0.0.1:{free_port()}", "--run-dir",
                             str(tmp_path / "h")), "no Ray cluster answers at 127.0.0.1")
-    _one_line_error(run_cli("fl-sim", "sweep", "--epsilon", "1,abc", "--out", str(tmp_path / "i")), "'abc' is not a float")
+    _one_line_error(run_cli("fl-sim", "sweep", "--epsilon", "1,abc", "--out", str(tmp_path / "i")),
+                    "'abc' is not a float")
     _one_line_error(run_cli("fl-sim", "sweep", "--dirichlet", "0,1", "--out", str(tmp_path / "j")), "--dirichlet 0")
     _one_line_error(run_cli("fl-sim", "report", str(tmp_path)), "no results.json")
-    _one_line_error(run_cli("fl-sim", "run", "--init-weights", str(tmp_path / "none.pt"), "--run-dir", str(tmp_path / "k")),
+    _one_line_error(run_cli("fl-sim", "run", "--init-weights", str(tmp_path / "none.pt"),
+                            "--run-dir", str(tmp_path / "k")),
                     "--init-weights")
     _one_line_error(run_cli("fl-sim", "run", "--task", "transfer-mobilenet", "--model", "head@2", "--run-dir",
                             str(tmp_path / "l")), "--model 'head@2': transfer-mobilenet models are auto, head or full")
-    _one_line_error(run_cli("fl-sim", "run", "--task", "digits-cnn", "--model", "mlp", "--run-dir", str(tmp_path / "m")),
+    _one_line_error(run_cli("fl-sim", "run", "--task", "digits-cnn", "--model", "mlp",
+                            "--run-dir", str(tmp_path / "m")),
                     "--model 'mlp': digits-cnn models are auto, full, frozen-middle")
     _one_line_error(run_cli("fl-sim", "run", "--task", "dcgan", "--model", "frozen-middle", "--run-dir",
                             str(tmp_path / "n")), "--model 'frozen-middle': dcgan models are auto")

@@ -101,7 +101,7 @@ def test_opacus_per_sample_gradients_of_the_transformer_are_exact() -> None:
     nn.functional.cross_entropy(private.model(x), y).backward()  # mean: Opacus scales back by the batch size
     params = [p for p in model.parameters() if p.requires_grad]
     for i, reference in enumerate(references):
-        for p, ref in zip(params, reference):
+        for p, ref in zip(params, reference, strict=True):
             assert torch.allclose(p.grad_sample[i], ref, atol=1e-5, rtol=1e-3)
     private.model.to_standard_module()
 
@@ -199,10 +199,8 @@ def test_every_dp_draw_comes_from_the_rounds_own_generators(tmp_path: Path, monk
                                                             mode: str) -> None:
     """With the round's generators fixed, the global generator's state changes nothing: neither the noise nor
     the Poisson sampling fell back to it (the test above would miss either one alone)."""
-    from fedshield.client import local_training
+    from fedshield.client import local_training, site_privacy
     from fedshield.client.private_randomness import dp_randomness
-
-    from fedshield.client import site_privacy
 
     monkeypatch.setattr(local_training, "dp_randomness", lambda seed, device: dp_randomness(1234, device))
     # the released count (hence q) and the released loss draw from their own generator too

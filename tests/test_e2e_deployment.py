@@ -13,7 +13,6 @@ import pytest
 import torch
 
 from conftest import BIN, cli_env, digits_checkpoint_quality, run_cli, start_cli
-
 from fedshield.common.net import free_port
 
 pytestmark = pytest.mark.slow
@@ -41,7 +40,7 @@ def test_two_sites_learn_digits_with_dp(tmp_path: Path, digits_sites: Path) -> N
                                log=tmp_path / f"{name}.out"))
     try:
         assert _wait(server, 600) == 0, (tmp_path / "server.out").read_text()[-3000:]
-        for name, proc in zip(("hospital_a", "hospital_b"), sites):
+        for name, proc in zip(("hospital_a", "hospital_b"), sites, strict=True):
             assert _wait(proc, 60) == 0, (tmp_path / f"{name}.out").read_text()[-3000:]
     finally:
         for proc in [server, *sites]:

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 
 from conftest import run_cli
-
 from fedshield.client.privacy_ledger import PrivacyLedger, epsilon_of
 
 pytestmark = pytest.mark.slow

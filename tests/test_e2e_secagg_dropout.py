@@ -12,7 +12,6 @@ import psutil
 import pytest
 
 from conftest import start_cli
-
 from fedshield.common.net import free_port
 
 pytestmark = pytest.mark.slow

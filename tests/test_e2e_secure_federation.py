@@ -17,7 +17,6 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, cli_env, digits_checkpoint_quality, run_cli, start_cli
-
 from fedshield.common import pki
 from fedshield.common.net import free_port
 
@@ -106,7 +105,7 @@ def test_tls_federation_trains_and_refuses_every_intruder(tmp_path: Path, digits
                                    "--threads", "1", "--state-dir", str(tmp_path / f"state-{name}"),
                                    "--connect-timeout", "60", log=tmp_path / f"{name}.out"))
         assert server.wait(timeout=600) == 0, (tmp_path / "server.out").read_text()[-3000:]
-        for name, proc in zip(SITES, sites):
+        for name, proc in zip(SITES, sites, strict=True):
             assert proc.wait(timeout=60) == 0, (tmp_path / f"{name}.out").read_text()[-3000:]
     finally:
         for proc in [server, *sites]:

@@ -12,7 +12,6 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli
-
 from fedshield.common.net import free_port
 
 pytestmark = pytest.mark.slow

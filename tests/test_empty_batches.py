@@ -58,7 +58,7 @@ def test_a_noise_only_step_moves_the_parameters_by_the_noise_alone() -> None:
     for _ in range(200):  # 200 steps x 10 coordinates: enough draws to pin the noise's mean and spread
         noise_only_step(private.optimizer)  # type: ignore[arg-type]
         after = [p.detach().clone() for p in model.parameters()]
-        steps.append(torch.cat([(b - a).reshape(-1) for b, a in zip(before, after)]))
+        steps.append(torch.cat([(b - a).reshape(-1) for b, a in zip(before, after, strict=True)]))
         before = after
     moved = torch.stack(steps)
     # lr 1: each step is the noise, N(0, (σC/E[B])²) per coordinate, E[B] = 1 example here

@@ -2,19 +2,19 @@
 
 import datetime as dt
 import os
-import stat
-import ssl
 import socket
+import ssl
+import stat
 import threading
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 
-from fedshield.common.site_kit import load_kit
 from fedshield.client.tls_preflight import ServerNotTrustedError, check_server_certificate
 from fedshield.common import pki
 from fedshield.common.errors import ConfigError
+from fedshield.common.site_kit import load_kit
 from fedshield.flower_ext.control_guard import decide
 from fedshield.server.federation import Federation, init_federation
 
@@ -108,7 +108,7 @@ def _reissue(fed: Federation, *, not_before: dt.datetime, days: int) -> None:
 
 
 def test_server_refuses_to_start_with_expired_certificate_and_warns_before_expiry(fed: Federation):
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     _reissue(fed, not_before=now - dt.timedelta(days=10), days=5)
     with pytest.raises(ConfigError, match="expired"):
         fed.check_server_files()
@@ -148,7 +148,7 @@ class _TlsServer:
 
 
 def test_site_refuses_wrong_ca_wrong_name_expired_and_future_certificates(fed: Federation, tmp_path: Path):
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     server = _TlsServer(fed.server_cert, fed.server_key)
     try:
         check_server_certificate("127.0.0.1", server.port, fed.ca_cert)  # the right CA: accepted

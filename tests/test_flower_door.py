@@ -27,8 +27,15 @@ OTHER = "1.99.0"  # a Flower release the door was not written for
 
 
 def _door_installs() -> dict[str, object]:
-    from fedshield.flower_ext import app_executor, flower_cli, secagg, serverapp, simulation_engine, superlink, \
-        supernode
+    from fedshield.flower_ext import (
+        app_executor,
+        flower_cli,
+        secagg,
+        serverapp,
+        simulation_engine,
+        superlink,
+        supernode,
+    )
 
     return {"SuperLink": lambda: superlink.install(TOKEN), "SuperNode": supernode.install,
             "app executor": app_executor.install, "ServerApp": serverapp.install,
@@ -214,7 +221,8 @@ assert cli_utils.load_cli_auth_plugin_from_connection.__module__ == "flwr.cli.ut
 
 
 # Flower's runtime and wire modules: only the door imports them.
-PRIVATE = re.compile(r"flwr\.(superlink|supernode|superexec|supercore|cli|server\.superlink|proto)(\.|$)|flwr(\.\w+)*\._")
+PRIVATE = re.compile(r"flwr\.(superlink|supernode|superexec|supercore|cli|server\.superlink|proto)(\.|$)"
+                     r"|flwr(\.\w+)*\._")
 
 
 def test_only_the_door_imports_flowers_runtime_modules() -> None:

@@ -11,6 +11,8 @@ import pytest
 from flwr.proto.fleet_pb2 import PullMessagesRequest, PullMessagesResponse  # pylint: disable=E0611
 from flwr.proto.message_pb2 import (  # pylint: disable=E0611
     Message as ProtoMessage,
+)
+from flwr.proto.message_pb2 import (
     PullObjectRequest,
     PullObjectResponse,
     PushObjectRequest,
@@ -73,10 +75,12 @@ def _pull_object(object_id: str) -> tuple[str, bytes]:
 
 
 def _push_object(object_id: str) -> tuple[str, bytes]:
-    return "/v1/runtime/push-object", PushObjectRequest(object_id=object_id, object_content=b"arrays").SerializeToString()
+    request = PushObjectRequest(object_id=object_id, object_content=b"arrays")
+    return "/v1/runtime/push-object", request.SerializeToString()
 
 
-async def _post(client: httpx.AsyncClient, request: tuple[str, bytes], delay: float = 0.0) -> tuple[float, httpx.Response]:
+async def _post(client: httpx.AsyncClient, request: tuple[str, bytes],
+                delay: float = 0.0) -> tuple[float, httpx.Response]:
     await asyncio.sleep(delay)
     start = time.monotonic()
     response = await client.post(request[0], content=request[1])

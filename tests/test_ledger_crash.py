@@ -60,7 +60,8 @@ def test_kill_9_mid_round_then_restart(tmp_path: Path) -> None:
     # round 1 completes; round 2 is a long one, killed with SIGKILL while it trains
     subprocess.run([sys.executable, "-c", SCRIPT, str(state), "1", "fast"], check=True, timeout=300)
     after_round_1 = json.loads((state / LEDGER_FILE).read_text())
-    assert [(e["kind"], e["status"]) for e in after_round_1["entries"]] == [("count", "released"), ("train", "released")]
+    assert [(e["kind"], e["status"]) for e in after_round_1["entries"]] == [("count", "released"),
+                                                                            ("train", "released")]
     proc = subprocess.Popen([sys.executable, "-c", SCRIPT.replace('range(1, int(sys.argv[2]) + 1)', 'range(2, 3)'),
                              str(state), "2", "slow"])
     deadline = time.monotonic() + 120

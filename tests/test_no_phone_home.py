@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from conftest import BIN, cli_env
-
 from fedshield.common.net import free_port
 
 pytestmark = pytest.mark.slow

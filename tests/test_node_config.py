@@ -25,7 +25,8 @@ def test_what_join_writes_is_what_the_clientapp_reads_through_flowers_own_parser
 
 def test_defaults_a_virtual_site_and_a_wrong_type() -> None:
     minimal = SiteNodeConfig.from_flower({"data-path": "/data/hospital_a"})
-    assert minimal is not None and (minimal.site_name, minimal.state_dir) == ("hospital_a", "/data/hospital_a/.fedshield")
+    assert minimal is not None
+    assert (minimal.site_name, minimal.state_dir) == ("hospital_a", "/data/hospital_a/.fedshield")
     assert minimal.dp and minimal.site_metrics == "dp" and not minimal.allow_repeats  # private unless the site says
     assert SiteNodeConfig.from_flower({"partition-id": 3, "num-partitions": 10}) is None
     with pytest.raises(ConfigError, match="epsilon"):

@@ -6,7 +6,16 @@ import numpy as np
 import pytest
 
 from fedshield.common.errors import ConfigError
-from fedshield.simulations.partition import dirichlet_partition, iid_partition
+from fedshield.simulations.partition import (
+    PartitionSpec,
+    dirichlet_partition,
+    iid_partition,
+    label_counts,
+    make_partition,
+    quantity_skew_partition,
+    shard_partition,
+    spec_from_flags,
+)
 
 LABELS = np.repeat(np.arange(10), 100)
 
@@ -16,13 +25,14 @@ def _skew(parts: list[np.ndarray]) -> float:
     return float(np.mean([np.bincount(LABELS[p], minlength=10).max() / len(p) for p in parts]))
 
 
-@pytest.mark.parametrize("make", [lambda s: iid_partition(LABELS, 7, s), lambda s: dirichlet_partition(LABELS, 7, 0.3, s)])
+@pytest.mark.parametrize("make", [lambda s: iid_partition(LABELS, 7, s),
+                                  lambda s: dirichlet_partition(LABELS, 7, 0.3, s)])
 def test_every_example_assigned_once_and_seed_reproduces(make) -> None:
     parts = make(3)
     together = np.concatenate(parts)
     assert len(together) == len(LABELS) and len(np.unique(together)) == len(LABELS)
-    assert all(np.array_equal(a, b) for a, b in zip(parts, make(3)))
-    assert not all(np.array_equal(a, b) for a, b in zip(parts, make(4)))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, make(3), strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, make(4), strict=True))
 
 
 def test_small_alpha_skews_labels_more_than_large_alpha() -> None:
@@ -49,14 +59,6 @@ def test_bad_partition_arguments(call, match) -> None:
 
 
 # ------------------------------------------------------------------ shards, quantity skew, dispatch
-from fedshield.simulations.partition import (  # noqa: E402
-    PartitionSpec,
-    label_counts,
-    make_partition,
-    quantity_skew_partition,
-    shard_partition,
-    spec_from_flags,
-)
 
 
 @pytest.mark.parametrize("spec", [PartitionSpec("iid"), PartitionSpec("dirichlet", alpha=0.3),
@@ -67,7 +69,7 @@ def test_every_partitioner_assigns_each_example_once_reproducibly(spec: Partitio
     assert len(together) == len(LABELS) and len(np.unique(together)) == len(LABELS)
     assert min(len(p) for p in parts) >= 2
     again = make_partition(LABELS, 20, spec, seed=5)
-    assert all(np.array_equal(a, b) for a, b in zip(parts, again))
+    assert all(np.array_equal(a, b) for a, b in zip(parts, again, strict=True))
 
 
 def test_shards_give_each_site_at_most_k_labels() -> None:

@@ -161,7 +161,7 @@ def test_two_federations_on_one_data_folder_compose_every_round(tmp_path: Path) 
     procs = [subprocess.Popen([sys.executable, "-c", TWO_FEDERATIONS, str(state), run], stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for run in ("run-a", "run-b")]
     outs = [p.communicate(timeout=600) for p in procs]
-    for proc, (out, err) in zip(procs, outs):
+    for proc, (out, err) in zip(procs, outs, strict=True):
         assert proc.returncode == 0 and "done" in out, err[-2000:]
     ledger = _ledger(state)
     train = sorted((e.run_id, e.round, e.status) for e in ledger.entries if e.kind == "train")
@@ -190,7 +190,7 @@ def test_evaluation_replies_carry_noise_of_the_scale_the_ledger_accounts(tmp_pat
     assert all(r.statistics == "dp" and r.count == n_val for r in released)  # FedAvg weighs by the released count
     accuracy = np.array([r.metrics["accuracy"] for r in released])
     expected_sd = sigma_m * np.sqrt(2) / n_val  # k = 2 statistics (loss, accuracy), accuracy's bound 1
-    assert 0 < accuracy.min() and accuracy.max() < 1  # inside the clamp: the spread is the noise alone
+    assert accuracy.min() > 0 and accuracy.max() < 1  # inside the clamp: the spread is the noise alone
     assert accuracy.std(ddof=1) == pytest.approx(expected_sd, rel=0.3)
     assert abs(accuracy.mean() - exact["accuracy"] * 150 / n_val) < 4 * expected_sd / np.sqrt(80) + 1e-9
     assert set(released[0].metrics) == {"accuracy"}  # precision, recall, F1, ROC-AUC are not per-record sums
@@ -228,7 +228,7 @@ def _breast_cancer_folder(folder: Path, rows: int, extra_row: list[float] | None
     with open(folder / "data.csv", "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow([*data.feature_names, "diagnosis"])
-        for x, y in zip(data.x[:rows], data.y[:rows]):
+        for x, y in zip(data.x[:rows], data.y[:rows], strict=True):
             writer.writerow([*(f"{v:.6g}" for v in x), int(y)])
         if extra_row is not None:
             writer.writerow([*(f"{v:.6g}" for v in extra_row), 1])
@@ -242,7 +242,7 @@ def _breast_cancer_folder(folder: Path, rows: int, extra_row: list[float] | None
 def _clipped_gradients(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float = 1.0) -> torch.Tensor:
     """(N, P) per-example gradients of the loss, each clipped to L2 norm ``clip`` (float64 reference)."""
     rows = []
-    for xi, yi in zip(x, y):
+    for xi, yi in zip(x, y, strict=True):
         model.zero_grad()
         torch.nn.functional.cross_entropy(model(xi[None].double()), yi[None]).backward()
         g = torch.cat([p.grad.flatten() for p in model.parameters()])
@@ -304,7 +304,9 @@ def test_the_hold_out_split_of_every_task_is_stable_under_insertion(seed: int) -
         x1 = np.insert(x, extra, d.x[500], axis=0)
         y1 = np.insert(y, extra, d.y[500])
         train1, val1 = holdout_indices(x1, y1, val_fraction=0.2, seed=seed, where="t")
-        back = lambda idx: {int(i) - (1 if i > extra else 0) for i in idx if i != extra}  # noqa: E731
+        def back(idx: np.ndarray, extra: int = extra) -> set[int]:  # the indices the old records had
+            return {int(i) - (1 if i > extra else 0) for i in idx if i != extra}
+
         assert back(train1) == set(train.tolist()) and back(val1) == set(val.tolist())
     texts = [f"review {i}" for i in range(50)]
     t_train, _ = holdout_indices(texts, val_fraction=0.2, seed=seed, where="t")
@@ -330,9 +332,9 @@ def test_the_lock_of_a_killed_process_does_not_block_the_site(tmp_path: Path) ->
     """)], stdout=subprocess.PIPE, text=True)
     assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
     assert (tmp_path / LOCK_FILE).read_text().strip() == str(holder.pid)
-    with pytest.raises(ConfigError, match=f"process {holder.pid} held this site's privacy ledger"):
-        with ledger_lock(tmp_path, wait_s=0.3):
-            pass
+    with pytest.raises(ConfigError, match=f"process {holder.pid} held this site's privacy ledger"), \
+            ledger_lock(tmp_path, wait_s=0.3):
+        pass
     os.kill(holder.pid, signal.SIGKILL)
     holder.wait()
     with ledger_lock(tmp_path, wait_s=5):  # raises if the dead holder still blocked it after 5 s

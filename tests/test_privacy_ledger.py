@@ -39,7 +39,8 @@ def _train(ledger: PrivacyLedger, run: str, rnd: int, plan, **kw) -> None:
 
 @pytest.mark.parametrize("sigma,q,steps,delta", [(1.0, 0.01, 100, 1e-5), (0.8, 0.05, 60, 1e-5), (2.0, 0.1, 300, 1e-6)])
 def test_epsilon_equals_opacus_accountant_stepped_one_by_one(sigma, q, steps, delta) -> None:
-    assert epsilon_of([(sigma, q, steps)], delta) == pytest.approx(_accountant_eps([(sigma, q, steps)], delta), rel=1e-9)
+    expected = _accountant_eps([(sigma, q, steps)], delta)
+    assert epsilon_of([(sigma, q, steps)], delta) == pytest.approx(expected, rel=1e-9)
 
 
 def test_a_gaussian_release_is_the_accountants_step_at_q_1() -> None:
@@ -157,8 +158,10 @@ def test_version_1_ledger_reads_as_rounds_with_exact_metrics(tmp_path: Path) -> 
 @pytest.mark.parametrize("content,match", [
     ("not json", "unreadable"),
     (json.dumps({"format": "something-else"}), "not a FedShield privacy ledger"),
-    (json.dumps({"format": "fedshield-privacy-ledger", "version": 99, "entries": [], "delta": 1e-5}), "newer FedShield"),
-    (json.dumps({"format": "fedshield-privacy-ledger", "version": 1, "entries": [{"bogus": 1}], "delta": 1e-5}), "corrupt"),
+    (json.dumps({"format": "fedshield-privacy-ledger", "version": 99, "entries": [], "delta": 1e-5}),
+     "newer FedShield"),
+    (json.dumps({"format": "fedshield-privacy-ledger", "version": 1, "entries": [{"bogus": 1}], "delta": 1e-5}),
+     "corrupt"),
     (json.dumps({"format": "fedshield-privacy-ledger", "version": 2, "epsilon_budget": 8, "delta": 1e-5, "entries": [
         {"run_id": "r", "round": 1, "steps": -11, "sample_rate": 0.05, "noise_multiplier": 1.0}]}), "corrupt"),
 ])

@@ -69,10 +69,10 @@ def test_prompt_grid_collects_every_reply_quickly_and_honours_timeout() -> None:
 
 def test_object_pulls_retry_promptly_in_the_three_flower_modules(monkeypatch) -> None:
     import flwr.supernode.runtime.run_clientapp as clientapp_runtime
+    from flwr.supercore.inflatable import inflatable_utils
 
     from fedshield.flower_ext import app_executor, serverapp
     from fedshield.flower_ext.prompt_pulls import INITIAL_BACKOFF_S
-    from flwr.supercore.inflatable import inflatable_utils
 
     # Flower binds a 1 s initial backoff as a default argument: the reason for the wrapper
     assert inspect.signature(inflatable_utils.pull_objects).parameters["initial_backoff"].default == 1

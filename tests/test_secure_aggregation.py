@@ -25,13 +25,13 @@ def test_masks_use_the_whole_seed_not_32_folded_bits():
     b = a[4:8] + a[0:4] + a[8:]
     shapes = [(3, 4), (), (5,)]
     flower_a, flower_b = flower_prg(a, 2**32, shapes), flower_prg(b, 2**32, shapes)
-    assert all(np.array_equal(x, y) for x, y in zip(flower_a, flower_b))
+    assert all(np.array_equal(x, y) for x, y in zip(flower_a, flower_b, strict=True))
     # ...while ChaCha20 keyed by SHA-256 of the whole seed does not
     ours_a, ours_b = chacha20_masks(a, 2**32, shapes), chacha20_masks(b, 2**32, shapes)
     assert not np.array_equal(ours_a[0], ours_b[0])
     # deterministic (both sides of a pair must expand the same mask), right shapes, dtype and range
     again = chacha20_masks(a, 2**32, shapes)
-    assert all(np.array_equal(x, y) for x, y in zip(ours_a, again))
+    assert all(np.array_equal(x, y) for x, y in zip(ours_a, again, strict=True))
     assert [m.shape for m in ours_a] == [(3, 4), (), (5,)]
     assert all(m.dtype == np.int64 and (m >= 0).all() and (m < 2**32).all() for m in ours_a)
 
@@ -107,10 +107,10 @@ def _run_client_protocol(updates: dict[int, tuple[np.ndarray, int]], *, modulus:
     Returns (what the server receives from each site, each site's private-mask seed, the plaintext
     quantised update each site would have sent without SecAgg+).
     """
-    from flwr.app import ConfigRecord
-    from flwr.client.mod.secure_aggregation import secaggplus_mod as _  # noqa: F401  (package import)
     import importlib
 
+    from flwr.app import ConfigRecord
+    from flwr.client.mod.secure_aggregation import secaggplus_mod as _  # noqa: F401  (package import)
     from flwr.common import ndarrays_to_parameters
     from flwr.common.secure_aggregation.secaggplus_constants import Key
 
@@ -123,7 +123,7 @@ def _run_client_protocol(updates: dict[int, tuple[np.ndarray, int]], *, modulus:
     inbox: dict[int, tuple[list, list]] = {nid: ([], []) for nid in nids}
     for nid in nids:
         out = mod._share_keys(states[nid], ConfigRecord({k: v for k, v in keys.items()}))
-        for dst, ciphertext in zip(out[Key.DESTINATION_LIST], out[Key.CIPHERTEXT_LIST]):
+        for dst, ciphertext in zip(out[Key.DESTINATION_LIST], out[Key.CIPHERTEXT_LIST], strict=True):
             inbox[dst][0].append(nid)
             inbox[dst][1].append(ciphertext)
     received = {}
@@ -139,8 +139,8 @@ def _run_client_protocol(updates: dict[int, tuple[np.ndarray, int]], *, modulus:
 
 
 def test_server_receives_masked_updates_whose_sum_is_the_weighted_mean():
-    from flwr.common.secure_aggregation.quantization import dequantize
     from flwr.common.secure_aggregation.ndarrays_arithmetic import factor_extract
+    from flwr.common.secure_aggregation.quantization import dequantize
 
     install_mask_prg()
     install_compact_masked_vectors()
@@ -161,14 +161,15 @@ def test_server_receives_masked_updates_whose_sum_is_the_weighted_mean():
 
     # the server's unmasking (as in Flower's workflow): sum, remove each survivor's private mask, mod
     total = [sum(received[n][i] for n in received) for i in range(2)]
-    for nid, seed in seeds.items():
-        total = [t - m for t, m in zip(total, chacha20_masks(seed, modulus, [t.shape for t in total]))]
+    for seed in seeds.values():
+        total = [t - m for t, m in zip(total, chacha20_masks(seed, modulus, [t.shape for t in total]), strict=True)]
     total = [t & (modulus - 1) for t in total]
     q_total_ratio, recon = factor_extract(total)
     mean = dequantize(recon, clip, quant)[0]
     mean = (mean + -(len(updates) - 1) * clip) * (quant / q_total_ratio)
     weights = np.array([e for _, e in updates.values()], dtype=np.float64)
-    expected = sum(w * v.astype(np.float64) for w, (v, _) in zip(weights, updates.values())) / weights.sum()
+    weighted = sum(w * v.astype(np.float64) for w, (v, _) in zip(weights, updates.values(), strict=True))
+    expected = weighted / weights.sum()
     assert np.abs(mean - expected).max() < 1e-4  # quantisation error only
 
 

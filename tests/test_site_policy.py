@@ -4,9 +4,7 @@ import json
 from pathlib import Path
 
 import pytest
-
-from flwr.app import Context, Message, RecordDict
-from flwr.app import MessageType
+from flwr.app import Context, Message, MessageType, RecordDict
 
 from fedshield.client.site_policy import allowed_tasks, site_policy_mod
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from conftest import run_cli
-
 from fedshield.client.site_check import check_site
 from fedshield.common.errors import ConfigError
 from fedshield.simulations.split import write_sites
@@ -68,5 +67,5 @@ def test_custom_names_and_many_sites(tmp_path: Path) -> None:
 def test_same_seed_same_sites(tmp_path: Path) -> None:
     a = write_sites("digits", 2, tmp_path / "a", dirichlet=0.3, seed=7)
     b = write_sites("digits", 2, tmp_path / "b", dirichlet=0.3, seed=7)
-    for pa, pb in zip(a, b):
+    for pa, pb in zip(a, b, strict=True):
         assert np.array_equal(np.load(pa / "data.npz")["y"], np.load(pb / "data.npz")["y"])

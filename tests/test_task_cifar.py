@@ -12,10 +12,10 @@ from PIL import Image
 
 from fedshield.client.site_check import infer_task
 from fedshield.common.errors import DataError
-from fedshield.tasks.site_config import site_options
 from fedshield.simulations.shapes_dataset import SHAPES, generate_shapes
 from fedshield.tasks.base import TaskOptions
 from fedshield.tasks.registry import get_task
+from fedshield.tasks.site_config import site_options
 
 TASK = get_task("cifar-cnn")
 
@@ -45,7 +45,7 @@ def test_npz_of_any_size_is_resized_and_held_out(tmp_path: Path) -> None:
     data = TASK.load_site(_npz(tmp_path / "s", big, y), TaskOptions(seed=1))
     assert data.train.tensors[0].shape[1:] == (3, 32, 32) and len(data.train) + len(data.val) == 100
     assert 8 <= len(data.val) <= 32
-    assert 0 <= float(data.train.tensors[0].min()) and float(data.train.tensors[0].max()) <= 1
+    assert float(data.train.tensors[0].min()) >= 0 and float(data.train.tensors[0].max()) <= 1
     assert data.schema.input_shape == (3, 32, 32) and data.schema.labels == tuple(str(i) for i in range(10))
     assert infer_task(tmp_path / "s") == "cifar-cnn"
 

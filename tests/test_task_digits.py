@@ -136,7 +136,7 @@ def test_frozen_middle_variant_trains_two_layers_under_dp_and_refuses_unknown_va
     assert sum(p.numel() for p in model.parameters()) == 454_922
     assert sum(p.numel() for p in model.parameters() if p.requires_grad) == 2_122
     # the fixed layers are the seeded initialisation every site and the server build alike
-    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(full.state_dict().values(), model.state_dict().values(), strict=True))
     # tanh after each hidden layer instead of ReLU, on inputs centred to [-1, 1]
     assert sum(isinstance(m, torch.nn.Tanh) for m in model.modules()) == 3
     assert not any(isinstance(m, torch.nn.ReLU) for m in model.modules())

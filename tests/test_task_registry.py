@@ -24,7 +24,8 @@ def test_unknown_task_lists_installed_ones() -> None:
     assert "\n" not in message
 
 
-def test_broken_plugin_is_skipped_with_a_warning(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+def test_broken_plugin_is_skipped_with_a_warning(monkeypatch: pytest.MonkeyPatch,
+                                                 caplog: pytest.LogCaptureFixture) -> None:
     from importlib.metadata import EntryPoint
 
     from fedshield.tasks import registry

@@ -13,13 +13,13 @@ from opacus.validators import ModuleValidator
 
 from fedshield.client.site_check import infer_task
 from fedshield.common.errors import DataError
-from fedshield.tasks.site_config import site_options
 from fedshield.simulations.dates_dataset import STYLES, generate_dates
 from fedshield.tasks.base import TaskOptions
 from fedshield.tasks.byte_tokens import BOS, EOS, PAD, decode, encode, source_tensor, target_tensor
 from fedshield.tasks.registry import get_task
 from fedshield.tasks.seq2seq_attention import sequence_loss
 from fedshield.tasks.seq2seq_model import Seq2SeqAttention
+from fedshield.tasks.site_config import site_options
 
 TASK = get_task("seq2seq-attention")
 
@@ -43,7 +43,7 @@ def test_byte_tokens_round_trip_any_text_and_pad_as_documented() -> None:
 def test_generated_dates_pair_each_style_with_its_iso_date() -> None:
     pairs, styles = generate_dates(10, seed=3)
     assert pairs.shape == (10, 2) and set(styles.tolist()) == set(range(len(STYLES)))
-    for (source, target), style in zip(pairs, styles):
+    for (source, target), style in zip(pairs, styles, strict=True):
         year, month, day = target.split("-")
         assert year in source and len(target) == 10
         assert (str(int(day)) in source) if style != 2 else source.startswith(f"{day}/{month}/")
@@ -65,7 +65,8 @@ def test_tsv_site_loads_holds_out_and_is_recognised(tmp_path: Path) -> None:
     ("a\tb\n\tb\n", "", r"data.tsv:2: empty source"),
     ("a\tb\nc\t \n", "", r"data.tsv:2: empty target"),
     ("a\tb\nabcdefgh\tb\n", "max_length = 4\n", r"data.tsv:2: source is 8 bytes, more than max_length = 4"),
-    ("a\tb\nc\t2026-11-22\n", "max_target_length = 5\n", r"data.tsv:2: target is 10 bytes, more than max_target_length"),
+    ("a\tb\nc\t2026-11-22\n", "max_target_length = 5\n", r"data.tsv:2: target is 10 bytes, more than "
+                                                         r"max_target_length"),
     (b"a\tb\n\xff\tb\n", "", r"data.tsv: not UTF-8"),
     ("a\tb\n", "", r"1 pair\(s\); a site needs at least 2"),
 ])

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import inspect
-from types import SimpleNamespace
 from datetime import timedelta
 from importlib import import_module
+from types import SimpleNamespace
 
 import flwr
 import pytest

@@ -44,7 +44,8 @@ def test_kind_inferred_and_features_standardised(tmp_path: Path) -> None:
     ("a,label\n1,0\n2\n", TaskOptions(target="label"), r"data.csv:3: row has 1 cells"),
     ("a,label\n", TaskOptions(target="label"), "no data rows"),
     ("", TaskOptions(target="label"), "file is empty"),
-    ("a,label\n1,0\n2,-1\n", TaskOptions(target="label", kind="classification"), r"data.csv:3: target -1 is not a class"),
+    ("a,label\n1,0\n2,-1\n", TaskOptions(target="label", kind="classification"), r"data.csv:3: target -1 is not a "
+                                                                                 r"class"),
     ("a,label\n1,0\n2,3\n", TaskOptions(target="label", extra={"classes": 2}), r"data.csv:3: label 3 is outside 0..1"),
     # line numbers are the file's lines: blank lines and quoted multi-line cells still count
     ("a,label\n1,0\n\n2,-1\n", TaskOptions(target="label", kind="classification"), r"data.csv:4: target -1"),
@@ -70,7 +71,8 @@ def test_model_variants_and_mismatches(tmp_path: Path) -> None:
     sites = write_sites("breast-cancer", 1, tmp_path / "bc", dirichlet=None, seed=0)
     data = TASK.load_site(sites[0], TaskOptions(target="diagnosis"))
     assert sum(p.numel() for p in TASK.build_model(data.schema, TaskOptions(model="auto")).parameters()) == 31 * 2
-    assert sum(p.numel() for p in TASK.build_model(data.schema, TaskOptions(model="mlp")).parameters()) == 31 * 64 + 65 * 2
+    mlp = TASK.build_model(data.schema, TaskOptions(model="mlp"))
+    assert sum(p.numel() for p in mlp.parameters()) == 31 * 64 + 65 * 2
     with pytest.raises(ConfigError, match="needs a regression target"):
         TASK.build_model(data.schema, TaskOptions(model="linear"))
     with pytest.raises(ConfigError, match="tabular models are"):

@@ -40,7 +40,7 @@ def test_hashed_ids_are_the_same_in_every_process() -> None:
 def test_named_labels_and_the_model(tmp_path: Path) -> None:
     texts, y = generate_reviews(40)
     names = ("negative", "positive")
-    site = _site(tmp_path / "s", [(t, names[int(label)]) for t, label in zip(texts, y)],
+    site = _site(tmp_path / "s", [(t, names[int(label)]) for t, label in zip(texts, y, strict=True)],
                  'task = "text-transformer"\nlabels = ["negative", "positive"]\nmax_length = 32\n')
     name, options, data = check_site(site, task=None, overrides={})
     assert name == "text-transformer" and len(data.train) + len(data.val) == 40 and 2 <= len(data.val) <= 15
@@ -55,7 +55,8 @@ def test_named_labels_and_the_model(tmp_path: Path) -> None:
 @pytest.mark.parametrize("rows,toml,match", [
     ([("fine", "0"), ("", "1")], "", r"data\.csv:3: empty text"),
     ([("fine", "0"), ("also fine", "2")], "", r"data\.csv:3: label '2' is not in the task's label set \(0, 1\)"),
-    ([("fine", "0"), ("a b c d e f g", "1")], "max_length = 4\n", r"data\.csv:3: text has 8 tokens, more than max_length 4"),
+    ([("fine", "0"), ("a b c d e f g", "1")], "max_length = 4\n", r"data\.csv:3: text has 8 tokens, more than "
+                                                                  r"max_length 4"),
     ([("fine", "ok")], 'labels = ["bad", "good"]\n', r"label 'ok' is not in the task's label set \(bad, good\)"),
 ])
 def test_malformed_rows_fail_with_one_line_naming_file_and_row(tmp_path: Path, rows, toml: str, match: str) -> None:

@@ -34,9 +34,12 @@ def test_network_is_mobilenet_v2_and_opacus_trains_it_as_is() -> None:
     assert sum(p.numel() for p in MobileNetV2(10, width=0.35).parameters()) < 450_000
 
 
-@pytest.mark.parametrize("given,pretrained,resolved", [("auto", True, "head@1"), ("auto", False, "full@1"),
-                                                       ("full@0.35", True, "full@0.35"), ("head@0.5", False, "head@0.5")])
-def test_auto_trains_the_head_only_when_the_run_starts_from_weights(given: str, pretrained: bool, resolved: str) -> None:
+@pytest.mark.parametrize("given,pretrained,resolved", [
+    ("auto", True, "head@1"), ("auto", False, "full@1"), ("full@0.35", True, "full@0.35"),
+    ("head@0.5", False, "head@0.5"),
+])
+def test_auto_trains_the_head_only_when_the_run_starts_from_weights(given: str, pretrained: bool,
+                                                                   resolved: str) -> None:
     assert resolve_model(TASK, given, pretrained=pretrained, dp=True) == resolved
 
 
@@ -81,19 +84,22 @@ def test_init_weights_fills_every_tensor_and_a_head_for_other_classes_stays_fres
 
 def test_init_weights_accepts_a_fedshield_checkpoint(tmp_path: Path) -> None:
     source = MobileNetV2(10, width=0.35)
-    torch.save({"format": "fedshield-checkpoint", "task": TASK.name, "state_dict": source.state_dict()}, tmp_path / "c.pt")
+    torch.save({"format": "fedshield-checkpoint", "task": TASK.name, "state_dict": source.state_dict()},
+               tmp_path / "c.pt")
     model = MobileNetV2(10, width=0.35)
     start_from(TASK, model, str(tmp_path / "c.pt"))
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), source.state_dict().values()))
+    pairs = zip(model.state_dict().values(), source.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
 
 
 def test_bad_weights_are_refused_in_one_line_and_the_model_is_untouched(tmp_path: Path) -> None:
     model = MobileNetV2(10, width=0.35)
     before = [v.clone() for v in model.state_dict().values()]
     torch.save(MobileNetV2(10, width=0.5).state_dict(), tmp_path / "wider.pt")
-    with pytest.raises(ConfigError, match=r"--init-weights .*wider.pt: tensor 'features\.[\w.]+' has shape \(16, .*the model needs \(8, "):
+    with pytest.raises(ConfigError, match=r"--init-weights .*wider.pt: tensor 'features\.[\w.]+' has shape \(16, "
+                                          r".*the model needs \(8, "):
         start_from(TASK, model, str(tmp_path / "wider.pt"))
-    assert all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(before, model.state_dict().values(), strict=True))
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
     with pytest.raises(ConfigError, match=r"--init-weights .*junk.pt: not a torch weights file"):
         read_weights(tmp_path / "junk.pt")

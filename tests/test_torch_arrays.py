@@ -24,7 +24,7 @@ def test_one_vector_carries_every_tensor_and_round_trips_exactly():
     for p in dst.parameters():
         nn.init.zeros_(p)
     ndarrays_to_model(dst, arrays)
-    for (name, a), b in zip(src.state_dict().items(), dst.state_dict().values()):
+    for (name, a), b in zip(src.state_dict().items(), dst.state_dict().values(), strict=True):
         assert a.dtype == b.dtype, name
         assert torch.equal(a, b), name
 

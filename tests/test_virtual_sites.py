@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from fedshield.client.site_session import identify_site, load_site
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
-from fedshield.client.site_session import identify_site, load_site
 from fedshield.simulations.datasets import augment_images, auto_copies, load_dataset, simulation_pool
 from fedshield.simulations.partition import PartitionSpec
 from fedshield.simulations.run_setup import prepare_data
@@ -58,7 +58,8 @@ def test_no_test_fraction_deals_every_example_as_fl_sim_split_does(tmp_path: Pat
 def test_concurrent_builders_of_one_site_agree(tmp_path: Path) -> None:
     prepare_data(tmp_path, "breast-cancer", 5, PartitionSpec(), seed=0, test_fraction=0.2, augment=1)
     folders: list[Path] = []
-    threads = [threading.Thread(target=lambda: folders.append(materialize_site(tmp_path / "data", 3))) for _ in range(4)]
+    threads = [threading.Thread(target=lambda: folders.append(materialize_site(tmp_path / "data", 3)))
+               for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:

@@ -44,7 +44,8 @@ def read_digits(path: Path) -> tuple[np.ndarray, np.ndarray]:
     except KeyError as exc:
         raise DataError(f"{path}: missing array {exc}; save it with numpy.savez(path, x=images, y=labels)") from None
     except (OSError, ValueError):
-        raise DataError(f"{path}: not a readable .npz file; save it with numpy.savez(path, x=images, y=labels)") from None
+        raise DataError(f"{path}: not a readable .npz file; save it with numpy.savez(path, x=images, "
+                        "y=labels)") from None
     if x.dtype != np.uint8 or x.ndim != 3 or x.shape[1:] != (SIDE, SIDE):
         raise DataError(f"{path}: x is {x.dtype} {x.shape}; digits-mlp needs N×28×28 uint8 greyscale images")
     if y.shape != (len(x),) or not np.issubdtype(y.dtype, np.integer):
