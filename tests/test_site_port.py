@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedshield.client.cli import _port_taken
+from fedshield.client.site_join import port_taken
 from fedshield.client.supernode import SuperNode
 from fedshield.common import net
 
@@ -48,8 +48,8 @@ def test_a_supernode_whose_port_is_taken_stops_and_its_site_recognises_why(tmp_p
             assert node.poll() not in (None, 0)
         finally:
             node.stop()
-    assert _port_taken(node.log_path, 0)
-    assert not _port_taken(node.log_path, node.log_path.stat().st_size)  # a later start's part of the log
+    assert port_taken(node.log_path, 0)
+    assert not port_taken(node.log_path, node.log_path.stat().st_size)  # a later start's part of the log
 
 
 # `fl-client join` itself, in its own process, with its first local port taken before the SuperNode binds
@@ -97,7 +97,7 @@ def test_join_restarts_a_supernode_whose_port_was_taken_and_the_site_trains(tmp_
     out = " ".join(site.stdout.split())  # rich wraps long lines
     assert "local port was taken by another process; restarting it on port" in out
     assert "run complete" in out
-    assert _port_taken(tmp_path / "state" / "supernode.log", 0)  # the first SuperNode did fail to bind
+    assert port_taken(tmp_path / "state" / "supernode.log", 0)  # the first SuperNode did fail to bind
     doc = json.loads((run_dir / "results.json").read_text())
     assert doc["status"] == "finished" and set(doc["sites"]) == {"hospital_a"}
     assert doc["rounds"][-1]["train"]["sites"]["hospital_a"]["examples"] > 0
