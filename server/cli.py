@@ -5,15 +5,22 @@ from __future__ import annotations
 import json
 import os
 import time
+from dataclasses import asdict
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from fedshield.common import cli_options as opts
-from fedshield.common.cli_support import console, guarded, model_note, print_tasks, set_debug, warn_loudly
 from fedshield.common.atomic_io import atomic_write_json
+from fedshield.common.cli_groups import with_option_groups
+from fedshield.common.cli_support import console, guarded, model_note, print_tasks, set_debug, warn_loudly
 from fedshield.common.errors import ConfigError, FedShieldError, RunFolderError
+from fedshield.common.run_config import RunConfig
+from fedshield.server.federation_commands import register as register_federation_commands
+
+if TYPE_CHECKING:
+    from fedshield.server.federation import Federation
 
 app = typer.Typer(
     help="Coordinate a FedShield federation: start the aggregation server, submit the run, show "
@@ -23,57 +30,34 @@ app = typer.Typer(
 )
 
 
-def _check_run_dir(run_dir: Path) -> None:
-    results = run_dir / "results.json"
-    if not results.exists():
-        return
-    try:
-        status = json.loads(results.read_text()).get("status")
-    except (OSError, ValueError):
-        status = "unreadable"
-    if status == "finished":
-        raise RunFolderError(f"--run-dir {run_dir}: already holds a finished run; pass a new --run-dir")
-    raise RunFolderError(f"--run-dir {run_dir}: holds an earlier run (status {status}); pass a new --run-dir "
-                         "so its results are not overwritten")
-
-
 @app.command()
 @guarded
+@with_option_groups
 def start(
-    task: opts.Task = "digits-cnn",
-    rounds: opts.Rounds = 5,
-    min_clients: int = typer.Option(2, "--min-clients", min=1, help="Sites that must join before round 1; later rounds go ahead with the sites still connected (at least 2)."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Folder for results.json, checkpoints and logs (default ./runs/<time>)."),
-    dir: Optional[Path] = typer.Option(None, "--dir", help="The federation folder from `fl-server init`: TLS, site "
-                                       "authentication, only enrolled sites, only this coordinator starts runs."),
+    *,
+    training: opts.TrainingOptions,
+    min_clients: int = typer.Option(
+        RunConfig.min_clients, "--min-clients", min=1,
+        help="Sites that must join before round 1; later rounds go ahead with the sites still connected (at least 2)."),
+    run_dir: Path | None = typer.Option(
+        None, "--run-dir", help="Folder for results.json, checkpoints and logs (default ./runs/<time>)."),
+    dir: Path | None = typer.Option(None, "--dir", help="The federation folder from `fl-server init`: TLS, site "
+                                    "authentication, only enrolled sites, only this coordinator starts runs."),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 for every interface)."),
-    port: Optional[int] = typer.Option(None, "--port", min=1, max=65535, help="Port sites connect to (default: the "
-                                       "federation's, 9092 with --insecure)."),
+    port: int | None = typer.Option(None, "--port", min=1, max=65535, help="Port sites connect to (default: the "
+                                    "federation's, 9092 with --insecure)."),
     insecure: bool = typer.Option(False, "--insecure", help="Plain HTTP, no site authentication, anyone on the port "
                                   "may submit runs: loopback development only."),
-    local_epochs: opts.LocalEpochs = 1,
-    batch_size: opts.BatchSize = 32,
-    lr: opts.LearningRate = None,
-    momentum: opts.Momentum = 0.0,
-    seed: opts.Seed = 0,
-    strategy: opts.Strategy = "fedavg",
-    model: opts.Model = "auto",
-    init_weights: opts.InitWeights = None,
-    fraction_train: float = typer.Option(1.0, "--fraction-train", help="Share of connected sites trained per round."),
-    epsilon: Optional[float] = typer.Option(None, "--epsilon", hidden=True),
-    max_grad_norm: Optional[float] = typer.Option(None, "--max-grad-norm", hidden=True),
-    central_dp: opts.CentralDp = "off",
-    central_dp_side: opts.CentralDpSide = "server",
-    noise_multiplier: opts.NoiseMultiplier = 1.0,
-    clip: opts.Clip = 0.5,
-    central_delta: opts.CentralDelta = 1e-5,
-    secagg: opts.SecAgg = False,
-    secagg_shares: opts.SecAggShares = 0,
-    secagg_threshold: opts.SecAggThreshold = 0.6,
-    secagg_timeout: opts.SecAggTimeout = 300.0,
+    fraction_train: float = typer.Option(RunConfig.fraction_train, "--fraction-train",
+                                         help="Share of connected sites trained per round."),
+    epsilon: float | None = typer.Option(None, "--epsilon", hidden=True),
+    max_grad_norm: float | None = typer.Option(None, "--max-grad-norm", hidden=True),
+    central: opts.CentralDpOptions,
+    secure_aggregation: opts.SecAggOptions,
     no_dp: bool = typer.Option(False, "--no-dp", help="Plan the run for training WITHOUT DP (the non-private model and "
                                "learning rate); a proposal only: each site that joined with DP keeps it and says so."),
-    join_timeout: float = typer.Option(0.0, "--join-timeout", help="Seconds to wait for --min-clients sites (0 = until Ctrl-C)."),
+    join_timeout: float = typer.Option(
+        0.0, "--join-timeout", help="Seconds to wait for --min-clients sites (0 = until Ctrl-C)."),
     json_out: opts.JsonOut = False,
     debug: opts.Debug = False,
 ) -> None:
@@ -84,20 +68,17 @@ def start(
     set_debug(debug)
     from fedshield.common.net import port_in_use
     from fedshield.common.results_view import ResultsWatcher, round_line, summary_table
-    from fedshield.common.run_config import RunConfig
+    from fedshield.server.federation import Federation
     from fedshield.server.run_status_probe import RunStatusProbe
     from fedshield.server.run_submission import submit, write_app, write_flwr_home
-    from fedshield.server.superlink import SuperLink
+    from fedshield.server.superlink import SuperLink, TlsFiles
     from fedshield.tasks.registry import check_task_name
-
-    from fedshield.server.federation import Federation
-    from fedshield.server.superlink import TlsFiles
 
     for flag, value in (("--epsilon", epsilon), ("--max-grad-norm", max_grad_norm)):
         if value is not None:  # each site's own decision: a coordinator's value would be ignored, so it is refused
             raise ConfigError(f"{flag} is each site's own setting (`fl-client join {flag} ...`); the coordinator "
                               "cannot choose a site's privacy budget or clipping bound: drop it here")
-    check_task_name(task)  # flags first; torch (resolve_settings below) takes seconds to import
+    check_task_name(training.task)  # flags first; torch (resolve_settings below) takes seconds to import
     if insecure and dir is not None:
         raise ConfigError("--insecure and --dir exclude each other; pick one")
     if not insecure and dir is None:
@@ -113,30 +94,26 @@ def start(
     port = port if port is not None else (fed.port if fed is not None else 9092)
     folder = (run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     _check_run_dir(folder)
-    learning_rate = lr if lr is not None else RunConfig.default_lr(not no_dp)
-    cfg = RunConfig(task=task, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=learning_rate,
-                    momentum=momentum,
-                    seed=seed,
-                    min_clients=min_clients, fraction_train=fraction_train, strategy=strategy, model=model,
-                    dp=not no_dp,
-                    central_dp=central_dp, central_dp_side=central_dp_side, central_noise=noise_multiplier,
-                    central_clip=clip, central_delta=central_delta, secagg=secagg, secagg_shares=secagg_shares,
-                    secagg_threshold=secagg_threshold, secagg_timeout=secagg_timeout, run_dir=str(folder)).validate()
+    cfg = RunConfig(**training.config_fields(not no_dp), **asdict(central), **asdict(secure_aggregation),
+                    min_clients=min_clients, fraction_train=fraction_train, dp=not no_dp,
+                    run_dir=str(folder)).validate()
     from fedshield.strategies.registry import make_strategy
 
-    make_strategy(strategy)  # unknown strategy: fail now, not inside the server
+    make_strategy(training.strategy)  # unknown strategy: fail now, not inside the server
     from fedshield.tasks.run_settings import resolve_settings  # loads the task: a broken plugin fails here
 
-    settings = resolve_settings(task, model=model, init_weights=init_weights, lr=lr, dp=not no_dp)
+    settings = resolve_settings(training.task, model=training.model, init_weights=training.init_weights,
+                                lr=training.lr, dp=not no_dp)
     cfg.model, cfg.init_weights, cfg.lr = settings.model, settings.init_weights, settings.lr
     cfg.validate()
     if port_in_use(host, port):
         raise ConfigError(f"--port {port}: already in use on {host}; stop what uses it or pick another --port")
     if insecure:
-        warn_loudly("--insecure: updates travel WITHOUT encryption and sites are not authenticated; loopback development only")
+        warn_loudly("--insecure: updates travel WITHOUT encryption and sites are not authenticated; loopback "
+                    "development only")
     if no_dp:
         warn_loudly("--no-dp: the run proposes training WITHOUT differential privacy (recorded in results.json)")
-    if secagg:
+    if secure_aggregation.secagg:
         console.print("secure aggregation: SecAgg+ every training round; this server learns only the sum of the "
                       "sites' updates")
 
@@ -161,14 +138,15 @@ def start(
                                                      "nodes": node_ids}, mode=0o600)
             (folder / ".fleet-ready").touch()  # sites may now activate (the guard answered 503 so far)
         run_id = submit(app_dir, flwr_home)
-        console.print(f"server listening on {host}:{port}; run {run_id}: {task}{model_note(model, cfg.model)}, {rounds} rounds, "
+        console.print(f"server listening on {host}:{port}; run {run_id}: {training.task}"
+                      f"{model_note(training.model, cfg.model)}, {training.rounds} rounds, "
                       f"waiting for {min_clients} site(s). Sites join with:")
         if fed is not None:
             console.print(f"  fl-client join --kit KIT --data DIR      (enrolled: {', '.join(sorted(fed.enrolled()))})")
         else:
             console.print(f"  fl-client join --data DIR --server {address} --insecure")
 
-        def on_status(doc: dict) -> None:
+        def on_status(doc: dict[str, Any]) -> None:
             if doc.get("status") == "waiting-for-sites":
                 console.print(f"sites connected: {doc.get('connected', 0)}/{min_clients}")
             elif doc.get("status") == "running":
@@ -210,7 +188,21 @@ def start(
     console.print(f"results: {folder / 'results.json'}  final model: {folder / 'model-final.pt'}")
 
 
-def _register_sites(fed, flwr_home: Path) -> dict[str, int]:  # type: ignore[no-untyped-def]
+def _check_run_dir(run_dir: Path) -> None:
+    results = run_dir / "results.json"
+    if not results.exists():
+        return
+    try:
+        status = json.loads(results.read_text()).get("status")
+    except (OSError, ValueError):
+        status = "unreadable"
+    if status == "finished":
+        raise RunFolderError(f"--run-dir {run_dir}: already holds a finished run; pass a new --run-dir")
+    raise RunFolderError(f"--run-dir {run_dir}: holds an earlier run (status {status}); pass a new --run-dir "
+                         "so its results are not overwritten")
+
+
+def _register_sites(fed: Federation, flwr_home: Path) -> dict[str, int]:
     """Register every enrolled site's public key with the SuperLink (Flower's SuperNode authentication)."""
     from fedshield.common.atomic_io import atomic_write_text
     from fedshield.server.run_submission import register_sites
@@ -240,19 +232,18 @@ def tasks() -> None:
 @app.command()
 @guarded
 def status(
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="A run folder given to `fl-server start`."),
-    dir: Optional[Path] = typer.Option(None, "--dir", help="A federation folder: sites and certificate lifetimes."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="A run folder given to `fl-server start`."),
+    dir: Path | None = typer.Option(None, "--dir", help="A federation folder: sites and certificate lifetimes."),
     json_out: bool = typer.Option(False, "--json", help="Print results.json."),
 ) -> None:
     """Print a run's state (--run-dir), or a federation's sites and certificates (--dir)."""
     from fedshield.common.results_view import round_line, summary_table
 
-    if (run_dir is None) == (dir is None):
-        raise ConfigError("pass exactly one of --run-dir RUN_FOLDER or --dir FEDERATION_FOLDER")
-    if dir is not None:
+    if dir is not None and run_dir is None:
         _federation_status(dir)
         return
-
+    if run_dir is None or dir is not None:
+        raise ConfigError("pass exactly one of --run-dir RUN_FOLDER or --dir FEDERATION_FOLDER")
     results = run_dir / "results.json"
     if not results.exists():
         raise ConfigError(f"--run-dir {run_dir}: no results.json; is this a run folder of `fl-server start`?")
@@ -292,12 +283,11 @@ def _federation_status(folder: Path) -> None:
         warn_loudly(line)
 
 
-from fedshield.server.federation_commands import register as _register_federation_commands  # noqa: E402
-
-_register_federation_commands(app)
+register_federation_commands(app)  # after start, tasks and status: the order `fl-server --help` lists them in
 
 
 def main() -> None:
+    """The ``fl-server`` console script."""
     app()
 
 

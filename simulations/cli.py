@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import shutil
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from fedshield.common import cli_options as opts
+from fedshield.common.cli_groups import with_option_groups
 from fedshield.common.cli_support import console, guarded, model_note, print_tasks, set_debug, warn_loudly
 from fedshield.common.errors import ConfigError, RunFolderError
 from fedshield.common.results_view import ResultsWatcher, round_line, summary_table
 from fedshield.common.run_config import RunConfig
+
+if TYPE_CHECKING:
+    from fedshield.simulations.partition import PartitionSpec
+
+DEFAULT_DATASET = {"digits-cnn": "digits", "tabular": "breast-cancer", "cifar-cnn": "shapes",
+                   "text-transformer": "reviews", "transfer-mobilenet": "shapes", "dcgan": "digits",
+                   "seq2seq-attention": "dates"}
 
 app = typer.Typer(
     help="Experiments on one machine: split bundled real data into site folders and run the same "
@@ -22,96 +31,105 @@ app = typer.Typer(
     add_completion=False,
 )
 
-DEFAULT_DATASET = {"digits-cnn": "digits", "tabular": "breast-cancer", "cifar-cnn": "shapes",
-                   "text-transformer": "reviews", "transfer-mobilenet": "shapes", "dcgan": "digits",
-                   "seq2seq-attention": "dates"}
 
+@dataclass(frozen=True)
+class PartitionOptions:
+    """How `fl-sim split` and `fl-sim run` deal examples to sites: one partitioner and its parameter."""
 
-PartitionKind = Annotated[Optional[str], typer.Option(
-    "--partition", help="How examples are dealt to sites: iid, dirichlet (label skew, --dirichlet α), shards "
-    "(--shards K labels per site) or quantity (size skew, --quantity-skew β). Implied by those flags; default iid.")]
-Dirichlet = Annotated[Optional[float], typer.Option(
-    "--dirichlet", help="Dirichlet α label skew: small = very non-IID (0.1), large = near IID (100).")]
-Shards = Annotated[Optional[int], typer.Option(
-    "--shards", help="Pathological non-IID: each site gets K label-sorted shards, so at most K labels.")]
-QuantitySkew = Annotated[Optional[float], typer.Option(
-    "--quantity-skew", help="Site sizes ∝ Dirichlet(β): small β = very unequal sizes, labels stay IID.")]
-Iid = Annotated[bool, typer.Option("--iid", help="Split uniformly at random (the default).")]
+    partition: Annotated[str | None, typer.Option(
+        "--partition", help="How examples are dealt to sites: iid, dirichlet (label skew, --dirichlet α), shards "
+        "(--shards K labels per site) or quantity (size skew, --quantity-skew β). Implied by those flags; "
+        "default iid.")] = None
+    dirichlet: Annotated[float | None, typer.Option(
+        "--dirichlet", help="Dirichlet α label skew: small = very non-IID (0.1), large = near IID (100).")] = None
+    shards: Annotated[int | None, typer.Option(
+        "--shards", help="Pathological non-IID: each site gets K label-sorted shards, so at most K labels.")] = None
+    quantity_skew: Annotated[float | None, typer.Option(
+        "--quantity-skew", help="Site sizes ∝ Dirichlet(β): small β = very unequal sizes, labels stay IID.")] = None
+    iid: Annotated[bool, typer.Option("--iid", help="Split uniformly at random (the default).")] = False
+
+    def spec(self) -> PartitionSpec:
+        """The partition these flags ask for (``ConfigError`` on conflicting or out-of-range flags)."""
+        from fedshield.simulations.partition import spec_from_flags
+
+        return spec_from_flags(partition=self.partition, iid=self.iid, dirichlet=self.dirichlet, shards=self.shards,
+                               quantity_skew=self.quantity_skew)
 
 
 @app.command()
 @guarded
+@with_option_groups
 def split(
-    dataset: str = typer.Option(..., "--dataset", help="Bundled data set: digits, breast-cancer, diabetes (real, from scikit-learn) shapes (generated 32×32 colour images, cifar-cnn), reviews (generated texts, text-transformer) or dates (generated date translations, seq2seq-attention)."),
+    *,
+    dataset: str = typer.Option(
+        ..., "--dataset", help="Bundled data set: digits, breast-cancer, diabetes (real, from scikit-learn) shapes "
+        "(generated 32×32 colour images, cifar-cnn), reviews (generated texts, text-transformer) or dates (generated "
+        "date translations, seq2seq-attention)."),
     sites: int = typer.Option(3, "--sites", min=1, help="Number of site folders to write."),
     out: Path = typer.Option(..., "--out", help="New (or empty) folder to write hospital_a, hospital_b, ... into."),
-    partition: PartitionKind = None,
-    dirichlet: Dirichlet = None,
-    shards: Shards = None,
-    quantity_skew: QuantitySkew = None,
-    iid: Iid = False,
+    partitioning: PartitionOptions,
     seed: int = typer.Option(0, "--seed", help="Seed of the split."),
 ) -> None:
     """Write one site folder per site from a bundled data set, in the documented site formats.
 
     Example: fl-sim split --dataset digits --sites 3 --dirichlet 0.5 --out ./data
     """
-    from fedshield.simulations.partition import spec_from_flags
     from fedshield.simulations.split import write_sites
 
-    spec = spec_from_flags(partition=partition, iid=iid, dirichlet=dirichlet, shards=shards, quantity_skew=quantity_skew)
-    paths = write_sites(dataset, sites, out, dirichlet=None, seed=seed, spec=spec)
+    paths = write_sites(dataset, sites, out, dirichlet=None, seed=seed, spec=partitioning.spec())
     for path in paths:
         console.print(f"wrote {path}")
 
 
 @app.command()
 @guarded
+@with_option_groups
 def run(
-    task: opts.Task = "digits-cnn",
-    clients: int = typer.Option(10, "--clients", min=1, help="Number of virtual sites (1,000 fit on a laptop: only sampled sites are built)."),
-    per_round: int = typer.Option(0, "--per-round", min=0, help="Sites sampled per round for training and evaluation (0 = every site)."),
-    rounds: opts.Rounds = 5,
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Bundled data set (default: digits for digits-cnn and dcgan, breast-cancer for tabular, shapes for cifar-cnn and transfer-mobilenet, reviews for text-transformer, dates for seq2seq-attention)."),
-    partition: PartitionKind = None,
-    dirichlet: Dirichlet = None,
-    shards: Shards = None,
-    quantity_skew: QuantitySkew = None,
-    iid: Iid = False,
-    augment: int = typer.Option(0, "--augment", min=0, help="Image data: examples per real one given to sites (1 = none; 0 = automatic: enough for ~16 per site, e.g. 1,000 digit sites)."),
-    test_fraction: float = typer.Option(0.2, "--test-fraction", help="Share of the real examples held out of every site as the server's central test set (0 = none: the sites hold every example, as `fl-sim split` deals them)."),
-    seed: opts.Seed = 0,
-    local_epochs: opts.LocalEpochs = 1,
-    batch_size: opts.BatchSize = 32,
-    lr: opts.LearningRate = None,
-    momentum: opts.Momentum = 0.0,
-    strategy: opts.Strategy = "fedavg",
-    model: opts.Model = "auto",
-    init_weights: opts.InitWeights = None,
-    epsilon: float = typer.Option(8.0, "--epsilon", help="Each site's ε budget (sample-level DP-SGD)."),
-    delta: float = typer.Option(0.0, "--delta", help="δ; 0 picks min(1e-5, 1/(10·N)) per site."),
-    max_grad_norm: opts.MaxGradNorm = 1.0,
-    accountant: str = typer.Option("rdp", "--accountant", help="Privacy accountant: rdp or prv (Opacus)."),
-    central_dp: opts.CentralDp = "off",
-    central_dp_side: opts.CentralDpSide = "server",
-    noise_multiplier: opts.NoiseMultiplier = 1.0,
-    clip: opts.Clip = 0.5,
-    central_delta: opts.CentralDelta = 1e-5,
-    secagg: opts.SecAgg = False,
-    secagg_shares: opts.SecAggShares = 0,
-    secagg_threshold: opts.SecAggThreshold = 0.6,
-    secagg_timeout: opts.SecAggTimeout = 300.0,
-    no_dp: bool = typer.Option(False, "--no-dp", help="Train WITHOUT differential privacy (explicit opt-out, recorded in results)."),
-    site_metrics: str = typer.Option("dp", "--site-metrics", help="What the virtual sites' replies say about their data: dp "
-                                     "(losses, metrics, counts as Gaussian releases inside each site's ε) or exact (outside ε). "
-                                     "The central test set's figures are exact either way."),
-    run_dir: Optional[Path] = typer.Option(None, "--run-dir", help="Output folder (default ./runs/sim-<time>)."),
-    state_dir: Optional[Path] = typer.Option(None, "--state-dir", help="Folder of the virtual sites' privacy ledgers (default RUN_DIR/site-state); reuse it across runs and their ε composes, as a real site's does."),
-    cpus_per_client: float = typer.Option(1.0, "--cpus-per-client", help="Ray CPUs per virtual site (sites trained at once = CPUs / this)."),
-    gpus_per_client: float = typer.Option(0.0, "--gpus-per-client", help="Ray GPU fraction per virtual site (e.g. 0.25: four sites share a GPU)."),
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join an existing Ray cluster: auto (the one `ray start` runs here) or HOST:PORT of its head."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    no_plots: bool = typer.Option(False, "--no-plots", help="Skip the PNG plots and summary.md (`fl-sim report` draws them later)."),
+    *,
+    training: opts.TrainingOptions,
+    clients: int = typer.Option(
+        10, "--clients", min=1, help="Number of virtual sites (1,000 fit on a laptop: only sampled sites are built)."),
+    per_round: int = typer.Option(
+        RunConfig.per_round, "--per-round", min=0,
+        help="Sites sampled per round for training and evaluation (0 = every site)."),
+    dataset: str | None = typer.Option(
+        None, "--dataset", help="Bundled data set (default: digits for digits-cnn and dcgan, breast-cancer for "
+        "tabular, shapes for cifar-cnn and transfer-mobilenet, reviews for text-transformer, dates for "
+        "seq2seq-attention)."),
+    partitioning: PartitionOptions,
+    augment: int = typer.Option(
+        0, "--augment", min=0, help="Image data: examples per real one given to sites (1 = none; 0 = automatic: "
+        "enough for ~16 per site, e.g. 1,000 digit sites)."),
+    test_fraction: float = typer.Option(
+        0.2, "--test-fraction", help="Share of the real examples held out of every site as the server's central "
+        "test set (0 = none: the sites hold every example, as `fl-sim split` deals them)."),
+    epsilon: float = typer.Option(RunConfig.epsilon, "--epsilon", help="Each site's ε budget (sample-level DP-SGD)."),
+    delta: float = typer.Option(RunConfig.delta, "--delta", help="δ; 0 picks min(1e-5, 1/(10·N)) per site."),
+    max_grad_norm: opts.MaxGradNorm = RunConfig.max_grad_norm,
+    accountant: str = typer.Option(RunConfig.accountant, "--accountant",
+                                   help="Privacy accountant: rdp or prv (Opacus)."),
+    central: opts.CentralDpOptions,
+    secure_aggregation: opts.SecAggOptions,
+    no_dp: bool = typer.Option(
+        False, "--no-dp", help="Train WITHOUT differential privacy (explicit opt-out, recorded in results)."),
+    site_metrics: str = typer.Option(
+        RunConfig.site_metrics, "--site-metrics", help="What the virtual sites' replies say about their data: dp "
+        "(losses, metrics, counts as Gaussian releases inside each site's ε) or exact (outside ε). "
+        "The central test set's figures are exact either way."),
+    run_dir: Path | None = typer.Option(None, "--run-dir", help="Output folder (default ./runs/sim-<time>)."),
+    state_dir: Path | None = typer.Option(
+        None, "--state-dir", help="Folder of the virtual sites' privacy ledgers (default RUN_DIR/site-state); reuse "
+        "it across runs and their ε composes, as a real site's does."),
+    cpus_per_client: float = typer.Option(
+        1.0, "--cpus-per-client", help="Ray CPUs per virtual site (sites trained at once = CPUs / this)."),
+    gpus_per_client: float = typer.Option(
+        0.0, "--gpus-per-client", help="Ray GPU fraction per virtual site (e.g. 0.25: four sites share a GPU)."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", help="Join an existing Ray cluster: auto (the one `ray start` runs here) or "
+        "HOST:PORT of its head."),
+    device: str = typer.Option(RunConfig.device, "--device", help="auto, cpu or cuda."),
+    no_plots: bool = typer.Option(
+        False, "--no-plots", help="Skip the PNG plots and summary.md (`fl-sim report` draws them later)."),
     json_out: opts.JsonOut = False,
     debug: opts.Debug = False,
 ) -> None:
@@ -122,15 +140,14 @@ def run(
       fl-sim run --task digits-cnn --clients 1000 --per-round 50 --rounds 20 --dirichlet 0.3 --epsilon 3
     """
     set_debug(debug)
-    from fedshield.simulations.partition import spec_from_flags
     from fedshield.tasks.registry import check_task_name
 
     # every flag is checked before torch, Flower or Ray is imported: a typo costs well under a second
-    spec = spec_from_flags(partition=partition, iid=iid, dirichlet=dirichlet, shards=shards, quantity_skew=quantity_skew)
-    check_task_name(task)
-    data_name = dataset or DEFAULT_DATASET.get(task)
+    spec = partitioning.spec()
+    check_task_name(training.task)
+    data_name = dataset or DEFAULT_DATASET.get(training.task)
     if data_name is None:
-        raise ConfigError(f"--dataset is required for task {task!r}")
+        raise ConfigError(f"--dataset is required for task {training.task!r}")
     if per_round > clients:
         raise ConfigError(f"--per-round {per_round} is more than --clients {clients}; sample at most every site")
     folder = run_dir or Path("runs") / time.strftime("sim-%Y%m%d-%H%M%S")
@@ -138,24 +155,21 @@ def run(
         raise RunFolderError(f"--run-dir {folder}: exists and is not empty; pass a new folder")
     if state_dir is not None and state_dir.exists() and not state_dir.is_dir():
         raise ConfigError(f"--state-dir {state_dir}: is a file; pass a folder (it holds one ledger folder per site)")
-    learning_rate = lr if lr is not None else RunConfig.default_lr(not no_dp)
-    cfg = RunConfig(task=task, rounds=rounds, local_epochs=local_epochs, batch_size=batch_size, lr=learning_rate,
-                    momentum=momentum,
-                    seed=seed, min_clients=clients, per_round=per_round, strategy=strategy, model=model, dp=not no_dp,
-                    central_dp=central_dp, central_dp_side=central_dp_side, central_noise=noise_multiplier,
-                    central_clip=clip, central_delta=central_delta, secagg=secagg, secagg_shares=secagg_shares,
-                    secagg_threshold=secagg_threshold, secagg_timeout=secagg_timeout,
-                    epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant,
-                    run_dir=str(folder.resolve()), sim_data_dir=str((folder / "data").resolve()),
+    cfg = RunConfig(**training.config_fields(not no_dp), **asdict(central), **asdict(secure_aggregation),
+                    min_clients=clients, per_round=per_round, dp=not no_dp, epsilon=epsilon, delta=delta,
+                    max_grad_norm=max_grad_norm, accountant=accountant, run_dir=str(folder.resolve()),
+                    sim_data_dir=str((folder / "data").resolve()),
                     sim_state_dir=str(state_dir.resolve()) if state_dir else "",
                     device=device, site_metrics=site_metrics).validate()
     from fedshield.simulations import runner
     from fedshield.simulations.partition_view import partition_table
     from fedshield.simulations.run_setup import prepare_data
+
     # loads the task: a plugin that fails to load fails here, before anything is written
     from fedshield.tasks.run_settings import resolve_settings
 
-    settings = resolve_settings(task, model=model, init_weights=init_weights, lr=lr, dp=not no_dp)
+    settings = resolve_settings(training.task, model=training.model, init_weights=training.init_weights,
+                                lr=training.lr, dp=not no_dp)
     cfg.model, cfg.init_weights, cfg.lr = settings.model, settings.init_weights, settings.lr
     cfg.validate()
     if ray_address:
@@ -166,15 +180,17 @@ def run(
         warn_loudly("--site-metrics exact: the virtual sites report EXACT losses, metrics and counts, outside their ε")
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        prepared = prepare_data(folder, data_name, clients, spec, seed=seed, test_fraction=test_fraction, augment=augment)
+        prepared = prepare_data(folder, data_name, clients, spec, seed=training.seed, test_fraction=test_fraction,
+                                augment=augment)
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)  # bad input leaves no partial run folder behind
         raise
     cfg.max_site_examples = prepared.largest_site
     console.print(partition_table(prepared, spec.describe()))
     sampled = f"{per_round} per round" if per_round else "all every round"
-    console.print(f"simulating {clients} sites ({sampled}) of {data_name} for {task}{model_note(model, cfg.model)}, {rounds} rounds, "
-                  f"{'DP-SGD ε≤' + format(epsilon, 'g') + ' per site' if not no_dp else 'NO DP'} → {folder}")
+    privacy = f"DP-SGD ε≤{epsilon:g} per site" if not no_dp else "NO DP"
+    console.print(f"simulating {clients} sites ({sampled}) of {data_name} for {training.task}"
+                  f"{model_note(training.model, cfg.model)}, {training.rounds} rounds, {privacy} → {folder}")
     watcher = ResultsWatcher(folder / "results.json", lambda doc, entry: console.print(round_line(doc, entry))).start()
     try:
         doc = runner.run(cfg, clients, runner.SimulationResources(cpus_per_client, gpus_per_client, ray_address, debug))
@@ -190,26 +206,28 @@ def run(
         console.print_json(json.dumps(doc))
     else:
         console.print(summary_table(doc))
-        console.print(f"results: {folder / 'results.json'}" + ("" if no_plots else f"; report: {folder / 'summary.md'}"))
+        results = f"results: {folder / 'results.json'}"
+        console.print(results + ("" if no_plots else f"; report: {folder / 'summary.md'}"))
 
 
 @app.command()
 @guarded
 def sweep(
-    task: opts.Task = "digits-cnn",
+    task: opts.Task = RunConfig.task,
     clients: int = typer.Option(10, "--clients", min=1, help="Virtual sites in every cell."),
-    rounds: opts.Rounds = 5,
+    rounds: opts.Rounds = RunConfig.rounds,
     epsilon: str = typer.Option("1,3,8,inf", "--epsilon", help="Comma-separated ε per site; inf = no DP."),
     dirichlet: str = typer.Option("iid", "--dirichlet", help="Comma-separated Dirichlet α label skews; iid = no skew."),
     per_round: str = typer.Option("0", "--per-round", help="Comma-separated sites per round (0 = every site)."),
     strategy: str = typer.Option("fedavg", "--strategy", help="Comma-separated strategies (see fl-sim run --help)."),
     seeds: int = typer.Option(1, "--seeds", min=1, help="Seeds per setting (0, 1, ...): the error bars."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Sweep folder; rerun with the same one to resume (default ./runs/sweep-<time>)."),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="Bundled data set (default: the task's)."),
-    local_epochs: opts.LocalEpochs = 1,
-    batch_size: opts.BatchSize = 32,
+    out: Path | None = typer.Option(
+        None, "--out", help="Sweep folder; rerun with the same one to resume (default ./runs/sweep-<time>)."),
+    dataset: str | None = typer.Option(None, "--dataset", help="Bundled data set (default: the task's)."),
+    local_epochs: opts.LocalEpochs = RunConfig.local_epochs,
+    batch_size: opts.BatchSize = RunConfig.batch_size,
     lr: opts.LearningRate = None,
-    momentum: opts.Momentum = 0.0,
+    momentum: opts.Momentum = RunConfig.momentum,
     debug: opts.Debug = False,
 ) -> None:
     """Run every combination of the listed values as one simulated federation; resumable; one CSV and a plot.
@@ -231,7 +249,8 @@ def sweep(
     if momentum:
         fixed["--momentum"] = str(momentum)
     spec = sw.SweepSpec(task=task, clients=clients, rounds=rounds, epsilons=sw.parse_list("--epsilon", epsilon, float),
-                        partitions=["iid" if p.lower() == "iid" else p for p in sw.parse_list("--dirichlet", dirichlet, str)],
+                        partitions=["iid" if p.lower() == "iid" else p
+                                    for p in sw.parse_list("--dirichlet", dirichlet, str)],
                         per_round=sw.parse_list("--per-round", per_round, int),
                         strategies=sw.parse_list("--strategy", strategy, str), seeds=seeds, fixed=fixed).validate()
     from fedshield.strategies.registry import strategy_names
@@ -268,7 +287,8 @@ def sweep(
 @app.command()
 @guarded
 def report(
-    folder: Path = typer.Argument(..., help="A run folder (fl-sim run --run-dir) or a sweep folder (fl-sim sweep --out)."),
+    folder: Path = typer.Argument(
+        ..., help="A run folder (fl-sim run --run-dir) or a sweep folder (fl-sim sweep --out)."),
 ) -> None:
     """Redraw the plots and summary.md of a finished run or sweep from its result files.
 
@@ -292,6 +312,7 @@ def tasks() -> None:
 
 
 def main() -> None:
+    """The ``fl-sim`` console script."""
     app()
 
 
