@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import json
-import os
-import time
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import typer
 
 from fedshield.common import cli_options as opts
-from fedshield.common.atomic_io import atomic_write_json
 from fedshield.common.cli_groups import with_option_groups
 from fedshield.common.cli_support import console, guarded, model_note, print_tasks, set_debug, warn_loudly
-from fedshield.common.errors import ConfigError, FedShieldError, RunFolderError
+from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
 from fedshield.server.federation_commands import register as register_federation_commands
-
-if TYPE_CHECKING:
-    from fedshield.server.federation import Federation
 
 app = typer.Typer(
     help="Coordinate a FedShield federation: start the aggregation server, submit the run, show "
@@ -66,48 +58,16 @@ def start(
     Example: fl-server start --dir ./federation --task digits-cnn --rounds 5 --min-clients 3 --run-dir ./runs/demo
     """
     set_debug(debug)
-    from fedshield.common.net import port_in_use
-    from fedshield.common.results_view import ResultsWatcher, round_line, summary_table
-    from fedshield.server.federation import Federation
-    from fedshield.server.run_status_probe import RunStatusProbe
-    from fedshield.server.run_submission import submit, write_app, write_flwr_home
-    from fedshield.server.superlink import SuperLink, TlsFiles
-    from fedshield.tasks.registry import check_task_name
-
     for flag, value in (("--epsilon", epsilon), ("--max-grad-norm", max_grad_norm)):
         if value is not None:  # each site's own decision: a coordinator's value would be ignored, so it is refused
             raise ConfigError(f"{flag} is each site's own setting (`fl-client join {flag} ...`); the coordinator "
                               "cannot choose a site's privacy budget or clipping bound: drop it here")
-    check_task_name(training.task)  # flags first; torch (resolve_settings below) takes seconds to import
-    if insecure and dir is not None:
-        raise ConfigError("--insecure and --dir exclude each other; pick one")
-    if not insecure and dir is None:
-        raise ConfigError("no federation: pass --dir FOLDER (create it with `fl-server init --dir FOLDER "
-                          "--server-ip ... --sites ...`), or --insecure for a loopback development run")
-    fed = Federation.load(dir) if dir is not None else None
-    if fed is not None:
-        fed.check_server_files()
-        for line in fed.certificate_warnings():
-            warn_loudly(line)
-        if not fed.enrolled():
-            raise ConfigError(f"--dir {dir}: no site is enrolled; add one with fl-server add-site NAME --dir {dir}")
-    port = port if port is not None else (fed.port if fed is not None else 9092)
-    folder = (run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
-    _check_run_dir(folder)
-    cfg = RunConfig(**training.config_fields(not no_dp), **asdict(central), **asdict(secure_aggregation),
-                    min_clients=min_clients, fraction_train=fraction_train, dp=not no_dp,
-                    run_dir=str(folder)).validate()
-    from fedshield.strategies.registry import make_strategy
+    from fedshield.common.results_view import round_line, summary_table
+    from fedshield.server.coordinator import CoordinatorCallbacks, coordinate, plan_run
 
-    make_strategy(training.strategy)  # unknown strategy: fail now, not inside the server
-    from fedshield.tasks.run_settings import resolve_settings  # loads the task: a broken plugin fails here
-
-    settings = resolve_settings(training.task, model=training.model, init_weights=training.init_weights,
-                                lr=training.lr, dp=not no_dp)
-    cfg.model, cfg.init_weights, cfg.lr = settings.model, settings.init_weights, settings.lr
-    cfg.validate()
-    if port_in_use(host, port):
-        raise ConfigError(f"--port {port}: already in use on {host}; stop what uses it or pick another --port")
+    plan = plan_run(training, central, secure_aggregation, min_clients=min_clients, fraction_train=fraction_train,
+                    dp=not no_dp, run_dir=run_dir, federation_dir=dir, host=host, port=port, insecure=insecure,
+                    join_timeout=join_timeout, on_warning=warn_loudly)
     if insecure:
         warn_loudly("--insecure: updates travel WITHOUT encryption and sites are not authenticated; loopback "
                     "development only")
@@ -117,103 +77,29 @@ def start(
         console.print("secure aggregation: SecAgg+ every training round; this server learns only the sum of the "
                       "sites' updates")
 
-    folder.mkdir(parents=True, exist_ok=True)
-    tls = TlsFiles(fed.ca_cert, fed.server_cert, fed.server_key) if fed is not None else None
-    superlink = SuperLink(host=host, port=port, state_db=None, log_path=folder / "server.log", tls=tls,
-                          enable_node_auth=fed is not None, control_token=fed.control_token if fed else None,
-                          fleet_ready_file=folder / ".fleet-ready" if fed else None)
-    (folder / ".fleet-ready").unlink(missing_ok=True)
-    # The coordinator's own CLI calls go over loopback (in the certificate's SANs).
-    address = f"127.0.0.1:{port}" if fed is not None or host in ("0.0.0.0", "::") else f"{host}:{port}"
-    t0 = time.monotonic()
-    superlink.start()
-    try:
-        app_dir = write_app(folder / "app", cfg, {"join-timeout": join_timeout})
-        flwr_home = write_flwr_home(folder / ".flwr", address, root_certificates=fed.ca_cert if fed else None,
-                                    control_token=fed.control_token if fed else None)
-        if fed is not None:
-            node_ids = _register_sites(fed, flwr_home)
-            # lets `fl-server revoke-site` unregister a site from this running SuperLink at once
-            atomic_write_json(fed.coordinator_file, {"pid": os.getpid(), "flwr-home": str(flwr_home),
-                                                     "nodes": node_ids}, mode=0o600)
-            (folder / ".fleet-ready").touch()  # sites may now activate (the guard answered 503 so far)
-        run_id = submit(app_dir, flwr_home)
-        console.print(f"server listening on {host}:{port}; run {run_id}: {training.task}"
-                      f"{model_note(training.model, cfg.model)}, {training.rounds} rounds, "
+    def invite_sites(run_id: int) -> None:
+        console.print(f"server listening on {host}:{plan.port}; run {run_id}: {training.task}"
+                      f"{model_note(training.model, plan.cfg.model)}, {training.rounds} rounds, "
                       f"waiting for {min_clients} site(s). Sites join with:")
-        if fed is not None:
-            console.print(f"  fl-client join --kit KIT --data DIR      (enrolled: {', '.join(sorted(fed.enrolled()))})")
+        if plan.federation is not None:
+            console.print(f"  fl-client join --kit KIT --data DIR      "
+                          f"(enrolled: {', '.join(sorted(plan.federation.enrolled()))})")
         else:
-            console.print(f"  fl-client join --data DIR --server {address} --insecure")
+            console.print(f"  fl-client join --data DIR --server {plan.address} --insecure")
 
-        def on_status(doc: dict[str, Any]) -> None:
-            if doc.get("status") == "waiting-for-sites":
-                console.print(f"sites connected: {doc.get('connected', 0)}/{min_clients}")
-            elif doc.get("status") == "running":
-                console.print(f"all sites connected after {time.monotonic() - t0:.1f} s: "
-                              f"{', '.join(sorted(doc.get('sites', {})))}; round 1 starting")
-
-        watcher = ResultsWatcher(folder / "results.json", lambda doc, entry: console.print(round_line(doc, entry)),
-                                 on_status=on_status)
-        status = None
-        doc = None
-        next_check = time.monotonic() + 10.0
-        probe = RunStatusProbe(flwr_home)
-        try:
-            while True:
-                doc = watcher.poll()
-                if doc is not None and doc.get("status") in ("finished", "failed"):
-                    break
-                # results.json is the fast path; the Control API only every 10 s, to notice a
-                # ServerApp that died before it could write its failure.
-                if time.monotonic() >= next_check:
-                    status = probe(run_id)
-                    if status and status.startswith("finished"):
-                        doc = watcher.poll()
-                        break
-                    next_check = time.monotonic() + 10.0
-                time.sleep(0.5)
-        finally:
-            probe.close()
-    finally:
-        superlink.stop()
-        if fed is not None:
-            fed.coordinator_file.unlink(missing_ok=True)
-    if doc is None or doc.get("status") != "finished":
-        reason = (doc or {}).get("error") or status or "unknown"
-        raise FedShieldError(f"run failed: {reason}; server log {folder / 'server.log'}")
+    doc = coordinate(plan, CoordinatorCallbacks(
+        sites_registered=lambda count: console.print(
+            f"TLS on; {count} enrolled site key(s) registered; revoked sites are refused"),
+        run_submitted=invite_sites,
+        sites_connected=lambda connected: console.print(f"sites connected: {connected}/{min_clients}"),
+        all_connected=lambda sites, seconds: console.print(
+            f"all sites connected after {seconds:.1f} s: {', '.join(sites)}; round 1 starting"),
+        round_finished=lambda doc, entry: console.print(round_line(doc, entry)),
+    ))
     console.print(summary_table(doc))
     if json_out:
         console.print_json(json.dumps(doc))
-    console.print(f"results: {folder / 'results.json'}  final model: {folder / 'model-final.pt'}")
-
-
-def _check_run_dir(run_dir: Path) -> None:
-    results = run_dir / "results.json"
-    if not results.exists():
-        return
-    try:
-        status = json.loads(results.read_text()).get("status")
-    except (OSError, ValueError):
-        status = "unreadable"
-    if status == "finished":
-        raise RunFolderError(f"--run-dir {run_dir}: already holds a finished run; pass a new --run-dir")
-    raise RunFolderError(f"--run-dir {run_dir}: holds an earlier run (status {status}); pass a new --run-dir "
-                         "so its results are not overwritten")
-
-
-def _register_sites(fed: Federation, flwr_home: Path) -> dict[str, int]:
-    """Register every enrolled site's public key with the SuperLink (Flower's SuperNode authentication)."""
-    from fedshield.common.atomic_io import atomic_write_text
-    from fedshield.server.run_submission import register_sites
-
-    keys = {}
-    for site, entry in sorted(fed.enrolled().items()):
-        keys[site] = flwr_home / "site-keys" / f"{site}.pub"
-        atomic_write_text(keys[site], str(entry["public-key"]) + "\n")
-    node_ids = register_sites(keys, flwr_home)
-    console.print(f"TLS on; {len(fed.enrolled())} enrolled site key(s) registered; revoked sites are refused")
-    return node_ids
+    console.print(f"results: {plan.folder / 'results.json'}  final model: {plan.folder / 'model-final.pt'}")
 
 
 @app.command()

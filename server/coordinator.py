@@ -1,0 +1,232 @@
+"""One coordinated run, as ``fl-server start`` drives it: check, start the SuperLink, submit, follow, stop.
+
+:func:`plan_run` checks every setting and the federation and writes nothing; :func:`coordinate` starts
+the SuperLink (TLS and site authentication with a federation), registers the enrolled sites' keys,
+submits the FedShield ServerApp as a Flower run, follows ``results.json`` (and, every 10 s, the run's
+status on the SuperLink) until the run ends, and stops the SuperLink. Progress goes to
+:class:`CoordinatorCallbacks`; errors are :class:`FedShieldError` with the cause and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from fedshield.common.atomic_io import atomic_write_json, atomic_write_text
+from fedshield.common.cli_options import CentralDpOptions, SecAggOptions, TrainingOptions
+from fedshield.common.errors import ConfigError, FedShieldError, RunFolderError
+from fedshield.common.net import port_in_use
+from fedshield.common.results_view import ResultsWatcher
+from fedshield.common.run_config import RunConfig
+from fedshield.server.federation import Federation
+from fedshield.server.run_status_probe import RunStatusProbe
+from fedshield.server.run_submission import register_sites, submit, write_app, write_flwr_home
+from fedshield.server.superlink import SuperLink, TlsFiles
+from fedshield.tasks.registry import check_task_name
+
+#: port a development (``--insecure``) coordinator listens on when none is given
+INSECURE_PORT = 9092
+#: seconds between two questions to the SuperLink about the run (results.json is read every 0.5 s)
+STATUS_PROBE_INTERVAL = 10.0
+RESULTS_POLL_INTERVAL = 0.5
+
+
+@dataclass(frozen=True)
+class CoordinatorPlan:
+    """A run checked by :func:`plan_run`, nothing started or written yet.
+
+    Attributes:
+        cfg: the validated run config (model, initial weights and learning rate resolved by the task).
+        folder: the run folder (absolute): results.json, checkpoints, server.log.
+        host, port: where the SuperLink listens.
+        federation: the federation (TLS, enrolled sites), or None for an ``--insecure`` run.
+        join_timeout: seconds to wait for ``cfg.min_clients`` sites (0 = until interrupted).
+    """
+
+    cfg: RunConfig
+    folder: Path
+    host: str
+    port: int
+    federation: Federation | None
+    join_timeout: float
+
+    @property
+    def address(self) -> str:
+        """HOST:PORT of the coordinator's own Flower calls: loopback (in the certificate's SANs) under TLS or
+        when listening on every interface."""
+        if self.federation is not None or self.host in ("0.0.0.0", "::"):
+            return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
+
+
+def _ignore(*_args: Any) -> None:
+    """A callback that reports nothing."""
+
+
+@dataclass(frozen=True)
+class CoordinatorCallbacks:
+    """What :func:`coordinate` reports while the run goes on; each defaults to nothing.
+
+    Attributes:
+        sites_registered: (number of enrolled site keys registered with the SuperLink).
+        run_submitted: (run id) once Flower accepted the run.
+        sites_connected: (sites connected so far) while the run waits for ``min_clients``.
+        all_connected: (site names, seconds since the SuperLink started) when round 1 starts.
+        round_finished: (results.json document, the round's entry) once per evaluated round.
+    """
+
+    sites_registered: Callable[[int], None] = _ignore
+    run_submitted: Callable[[int], None] = _ignore
+    sites_connected: Callable[[int], None] = _ignore
+    all_connected: Callable[[list[str], float], None] = _ignore
+    round_finished: Callable[[dict[str, Any], dict[str, Any]], None] = _ignore
+
+
+def check_run_folder(folder: Path) -> None:
+    """Refuse a run folder that already holds a run's results.json (``RunFolderError``)."""
+    results = folder / "results.json"
+    if not results.exists():
+        return
+    try:
+        status = json.loads(results.read_text()).get("status")
+    except (OSError, ValueError):
+        status = "unreadable"
+    if status == "finished":
+        raise RunFolderError(f"--run-dir {folder}: already holds a finished run; pass a new --run-dir")
+    raise RunFolderError(f"--run-dir {folder}: holds an earlier run (status {status}); pass a new --run-dir "
+                         "so its results are not overwritten")
+
+
+def load_federation(folder: Path, on_warning: Callable[[str], None]) -> Federation:
+    """The federation in ``folder`` with its server files checked and at least one site enrolled;
+    certificate expiry warnings go to ``on_warning``."""
+    fed = Federation.load(folder)
+    fed.check_server_files()
+    for line in fed.certificate_warnings():
+        on_warning(line)
+    if not fed.enrolled():
+        raise ConfigError(f"--dir {folder}: no site is enrolled; add one with fl-server add-site NAME --dir {folder}")
+    return fed
+
+
+def plan_run(training: TrainingOptions, central: CentralDpOptions, secagg: SecAggOptions, *, min_clients: int,
+             fraction_train: float, dp: bool, run_dir: Path | None, federation_dir: Path | None, host: str,
+             port: int | None, insecure: bool, join_timeout: float,
+             on_warning: Callable[[str], None]) -> CoordinatorPlan:
+    """Check the run's settings, the federation, the run folder and the port; start and write nothing.
+
+    ``run_dir`` None: ``./runs/<time>``; ``port`` None: the federation's, or :data:`INSECURE_PORT`;
+    ``dp`` False: plan the run without DP (a proposal: sites decide). Federation warnings go to
+    ``on_warning``. Raises ``ConfigError``/``RunFolderError`` naming the flag and the fix.
+    """
+    check_task_name(training.task)  # flags first; torch (resolve_settings below) takes seconds to import
+    if insecure and federation_dir is not None:
+        raise ConfigError("--insecure and --dir exclude each other; pick one")
+    if not insecure and federation_dir is None:
+        raise ConfigError("no federation: pass --dir FOLDER (create it with `fl-server init --dir FOLDER "
+                          "--server-ip ... --sites ...`), or --insecure for a loopback development run")
+    fed = load_federation(federation_dir, on_warning) if federation_dir is not None else None
+    port = port if port is not None else (fed.port if fed is not None else INSECURE_PORT)
+    folder = (run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    check_run_folder(folder)
+    cfg = RunConfig(**training.config_fields(dp), **asdict(central), **asdict(secagg),
+                    min_clients=min_clients, fraction_train=fraction_train, dp=dp, run_dir=str(folder)).validate()
+    from fedshield.strategies.registry import make_strategy
+
+    make_strategy(training.strategy)  # unknown strategy: fail now, not inside the server
+    from fedshield.tasks.run_settings import resolve_settings  # loads the task: a broken plugin fails here
+
+    settings = resolve_settings(training.task, model=training.model, init_weights=training.init_weights,
+                                lr=training.lr, dp=dp)
+    cfg.model, cfg.init_weights, cfg.lr = settings.model, settings.init_weights, settings.lr
+    cfg.validate()
+    if port_in_use(host, port):
+        raise ConfigError(f"--port {port}: already in use on {host}; stop what uses it or pick another --port")
+    return CoordinatorPlan(cfg, folder, host, port, fed, join_timeout)
+
+
+def coordinate(plan: CoordinatorPlan, callbacks: CoordinatorCallbacks) -> dict[str, Any]:
+    """Run the planned run to its end and stop everything started; the finished run's results.json document.
+
+    Raises ``FedShieldError`` with the reason and the server log when the run fails, or when the
+    SuperLink ends it without results.
+    """
+    folder, fed = plan.folder, plan.federation
+    folder.mkdir(parents=True, exist_ok=True)
+    tls = TlsFiles(fed.ca_cert, fed.server_cert, fed.server_key) if fed is not None else None
+    superlink = SuperLink(host=plan.host, port=plan.port, state_db=None, log_path=folder / "server.log", tls=tls,
+                          enable_node_auth=fed is not None, control_token=fed.control_token if fed else None,
+                          fleet_ready_file=folder / ".fleet-ready" if fed else None)
+    (folder / ".fleet-ready").unlink(missing_ok=True)
+    started = time.monotonic()
+    superlink.start()
+    try:
+        app_dir = write_app(folder / "app", plan.cfg, {"join-timeout": plan.join_timeout})
+        flwr_home = write_flwr_home(folder / ".flwr", plan.address, root_certificates=fed.ca_cert if fed else None,
+                                    control_token=fed.control_token if fed else None)
+        if fed is not None:
+            node_ids = register_enrolled_sites(fed, flwr_home)
+            callbacks.sites_registered(len(fed.enrolled()))
+            # lets `fl-server revoke-site` unregister a site from this running SuperLink at once
+            atomic_write_json(fed.coordinator_file, {"pid": os.getpid(), "flwr-home": str(flwr_home),
+                                                     "nodes": node_ids}, mode=0o600)
+            (folder / ".fleet-ready").touch()  # sites may now activate (the guard answered 503 so far)
+        run_id = submit(app_dir, flwr_home)
+        callbacks.run_submitted(run_id)
+
+        def on_status(doc: dict[str, Any]) -> None:
+            if doc.get("status") == "waiting-for-sites":
+                callbacks.sites_connected(doc.get("connected", 0))
+            elif doc.get("status") == "running":
+                callbacks.all_connected(sorted(doc.get("sites", {})), time.monotonic() - started)
+
+        watcher = ResultsWatcher(folder / "results.json", callbacks.round_finished, on_status=on_status)
+        doc, status = follow_run(watcher, RunStatusProbe(flwr_home), run_id)
+    finally:
+        superlink.stop()
+        if fed is not None:
+            fed.coordinator_file.unlink(missing_ok=True)
+    if doc is None or doc.get("status") != "finished":
+        reason = (doc or {}).get("error") or status or "unknown"
+        raise FedShieldError(f"run failed: {reason}; server log {folder / 'server.log'}")
+    return doc
+
+
+def register_enrolled_sites(fed: Federation, flwr_home: Path) -> dict[str, int]:
+    """Register every enrolled site's public key with the SuperLink (Flower's SuperNode authentication);
+    site name -> node id."""
+    keys = {}
+    for site, entry in sorted(fed.enrolled().items()):
+        keys[site] = flwr_home / "site-keys" / f"{site}.pub"
+        atomic_write_text(keys[site], str(entry["public-key"]) + "\n")
+    return register_sites(keys, flwr_home)
+
+
+def follow_run(watcher: ResultsWatcher, probe: RunStatusProbe,
+               run_id: int) -> tuple[dict[str, Any] | None, str | None]:
+    """Poll results.json until the run is finished or failed; (last document, last SuperLink status).
+
+    results.json is the fast path; the Control API is asked only every :data:`STATUS_PROBE_INTERVAL`
+    seconds, to notice a ServerApp that died before it could write its failure. Closes ``probe``.
+    """
+    status = None
+    doc = None
+    next_check = time.monotonic() + STATUS_PROBE_INTERVAL
+    try:
+        while True:
+            doc = watcher.poll()
+            if doc is not None and doc.get("status") in ("finished", "failed"):
+                return doc, status
+            if time.monotonic() >= next_check:
+                status = probe(run_id)
+                if status and status.startswith("finished"):
+                    return watcher.poll(), status
+                next_check = time.monotonic() + STATUS_PROBE_INTERVAL
+            time.sleep(RESULTS_POLL_INTERVAL)
+    finally:
+        probe.close()
