@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -13,16 +12,12 @@ import typer
 from fedshield.common import cli_options as opts
 from fedshield.common.cli_groups import with_option_groups
 from fedshield.common.cli_support import console, guarded, model_note, print_tasks, set_debug, warn_loudly
-from fedshield.common.errors import ConfigError, RunFolderError
-from fedshield.common.results_view import ResultsWatcher, round_line, summary_table
+from fedshield.common.errors import ConfigError
+from fedshield.common.results_view import round_line, summary_table
 from fedshield.common.run_config import RunConfig
 
 if TYPE_CHECKING:
     from fedshield.simulations.partition import PartitionSpec
-
-DEFAULT_DATASET = {"digits-cnn": "digits", "tabular": "breast-cancer", "cifar-cnn": "shapes",
-                   "text-transformer": "reviews", "transfer-mobilenet": "shapes", "dcgan": "digits",
-                   "seq2seq-attention": "dates"}
 
 app = typer.Typer(
     help="Experiments on one machine: split bundled real data into site folders and run the same "
@@ -140,74 +135,38 @@ def run(
       fl-sim run --task digits-cnn --clients 1000 --per-round 50 --rounds 20 --dirichlet 0.3 --epsilon 3
     """
     set_debug(debug)
-    from fedshield.tasks.registry import check_task_name
+    from fedshield.simulations.experiment import plan_simulation, prepare_sites, simulate
 
     # every flag is checked before torch, Flower or Ray is imported: a typo costs well under a second
     spec = partitioning.spec()
-    check_task_name(training.task)
-    data_name = dataset or DEFAULT_DATASET.get(training.task)
-    if data_name is None:
-        raise ConfigError(f"--dataset is required for task {training.task!r}")
-    if per_round > clients:
-        raise ConfigError(f"--per-round {per_round} is more than --clients {clients}; sample at most every site")
-    folder = run_dir or Path("runs") / time.strftime("sim-%Y%m%d-%H%M%S")
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise RunFolderError(f"--run-dir {folder}: exists and is not empty; pass a new folder")
-    if state_dir is not None and state_dir.exists() and not state_dir.is_dir():
-        raise ConfigError(f"--state-dir {state_dir}: is a file; pass a folder (it holds one ledger folder per site)")
-    cfg = RunConfig(**training.config_fields(not no_dp), **asdict(central), **asdict(secure_aggregation),
-                    min_clients=clients, per_round=per_round, dp=not no_dp, epsilon=epsilon, delta=delta,
-                    max_grad_norm=max_grad_norm, accountant=accountant, run_dir=str(folder.resolve()),
-                    sim_data_dir=str((folder / "data").resolve()),
-                    sim_state_dir=str(state_dir.resolve()) if state_dir else "",
-                    device=device, site_metrics=site_metrics).validate()
-    from fedshield.simulations import runner
+    plan = plan_simulation(training, central, secure_aggregation, spec, clients=clients, per_round=per_round,
+                           dataset=dataset, test_fraction=test_fraction, augment=augment, dp=not no_dp,
+                           epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant,
+                           site_metrics=site_metrics, device=device, run_dir=run_dir, state_dir=state_dir,
+                           ray_address=ray_address)
     from fedshield.simulations.partition_view import partition_table
-    from fedshield.simulations.run_setup import prepare_data
+    from fedshield.simulations.runner import SimulationResources
 
-    # loads the task: a plugin that fails to load fails here, before anything is written
-    from fedshield.tasks.run_settings import resolve_settings
-
-    settings = resolve_settings(training.task, model=training.model, init_weights=training.init_weights,
-                                lr=training.lr, dp=not no_dp)
-    cfg.model, cfg.init_weights, cfg.lr = settings.model, settings.init_weights, settings.lr
-    cfg.validate()
-    if ray_address:
-        runner.check_ray_address(ray_address)
     if no_dp:
         warn_loudly("--no-dp: sites train WITHOUT differential privacy; recorded in results.json")
     elif site_metrics == "exact":
         warn_loudly("--site-metrics exact: the virtual sites report EXACT losses, metrics and counts, outside their ε")
-    folder.mkdir(parents=True, exist_ok=True)
-    try:
-        prepared = prepare_data(folder, data_name, clients, spec, seed=training.seed, test_fraction=test_fraction,
-                                augment=augment)
-    except BaseException:
-        shutil.rmtree(folder, ignore_errors=True)  # bad input leaves no partial run folder behind
-        raise
-    cfg.max_site_examples = prepared.largest_site
+    prepared = prepare_sites(plan)
     console.print(partition_table(prepared, spec.describe()))
     sampled = f"{per_round} per round" if per_round else "all every round"
     privacy = f"DP-SGD ε≤{epsilon:g} per site" if not no_dp else "NO DP"
-    console.print(f"simulating {clients} sites ({sampled}) of {data_name} for {training.task}"
-                  f"{model_note(training.model, cfg.model)}, {training.rounds} rounds, {privacy} → {folder}")
-    watcher = ResultsWatcher(folder / "results.json", lambda doc, entry: console.print(round_line(doc, entry))).start()
-    try:
-        doc = runner.run(cfg, clients, runner.SimulationResources(cpus_per_client, gpus_per_client, ray_address, debug))
-    finally:
-        watcher.stop()
-        if not no_plots and (folder / "results.json").exists():
-            from fedshield.simulations.report import report_run
-
-            report_run(folder)
+    console.print(f"simulating {clients} sites ({sampled}) of {plan.dataset} for {training.task}"
+                  f"{model_note(training.model, plan.cfg.model)}, {training.rounds} rounds, {privacy} → {plan.folder}")
+    doc = simulate(plan, SimulationResources(cpus_per_client, gpus_per_client, ray_address, debug),
+                   on_round=lambda doc, entry: console.print(round_line(doc, entry)), report=not no_plots)
     if json_out:
         import json
 
         console.print_json(json.dumps(doc))
     else:
         console.print(summary_table(doc))
-        results = f"results: {folder / 'results.json'}"
-        console.print(results + ("" if no_plots else f"; report: {folder / 'summary.md'}"))
+        results = f"results: {plan.folder / 'results.json'}"
+        console.print(results + ("" if no_plots else f"; report: {plan.folder / 'summary.md'}"))
 
 
 @app.command()
