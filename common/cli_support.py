@@ -10,7 +10,8 @@ from __future__ import annotations
 import functools
 import logging
 import os
-from typing import Any, Callable, TypeVar
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -26,17 +27,19 @@ DEBUG_ENV = "FEDSHIELD_DEBUG"
 
 
 def debug_enabled() -> bool:
+    """Whether ``--debug`` (or ``FEDSHIELD_DEBUG``) asked for tracebacks."""
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
 def set_debug(enabled: bool) -> None:
+    """Turn on tracebacks and debug logging (also in child processes) when ``enabled``; set the log format."""
     if enabled:
         os.environ[DEBUG_ENV] = "1"
     logging.basicConfig(level=logging.DEBUG if enabled else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
-def fail(message: str, code: int = 2) -> "typer.Exit":
+def fail(message: str, code: int = 2) -> typer.Exit:
     """Print ``error: message`` on stderr and return the Exit to raise."""
     err_console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     return typer.Exit(code)
