@@ -8,8 +8,9 @@ A site's own privacy settings (its budget) come from the site, never from the se
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Mapping
+from typing import Any
 
 from fedshield.common.errors import ConfigError
 
@@ -46,7 +47,8 @@ class RunConfig:
         central_clip: clipping norm C of each site's update (initial norm when adaptive).
         central_delta: δ at which the client-level ε is reported.
         secagg: run every training round under SecAgg+ (the server learns only the sum of the updates).
-        secagg_shares: neighbours/secret shares per site (0 = automatic: all up to 7 sites, then ~2·log2(n)+1; else made odd, ≥ 3).
+        secagg_shares: neighbours/secret shares per site (0 = automatic: all up to 7 sites, then
+            ~2·log2(n)+1; else made odd, ≥ 3).
         secagg_threshold: share of a site's shares needed to reconstruct (fraction, Flower's default 0.5+).
         secagg_timeout: seconds a SecAgg+ stage waits for sites before treating the rest as dropped.
         run_dir: where the ServerApp writes ``results.json`` and checkpoints.
@@ -106,7 +108,7 @@ class RunConfig:
         """
         return 0.5 if dp else 0.05
 
-    def validate(self) -> "RunConfig":
+    def validate(self) -> RunConfig:
         """Raise ``ConfigError`` naming the flag and the fix for any out-of-range value."""
         checks: list[tuple[bool, str]] = [
             (self.rounds >= 1, "--rounds must be at least 1"),
@@ -158,7 +160,7 @@ class RunConfig:
         return "\n".join(lines) + "\n"
 
     @classmethod
-    def from_flower(cls, cfg: Mapping[str, Any]) -> "RunConfig":
+    def from_flower(cls, cfg: Mapping[str, Any]) -> RunConfig:
         """Build from a Flower run/message config; unknown keys are ignored, types coerced."""
         values: dict[str, Any] = {}
         for f in fields(cls):
