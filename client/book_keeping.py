@@ -3,7 +3,7 @@
 Opacus' fastest mode, ghost clipping (Li et al. 2022, "Large Language Models Can Be Strong
 Differentially Private Learners"), runs two backward passes: one that finds each example's gradient
 norm, a second one on the loss reweighted by the clip factors. On CPU that makes a DP step 2.4-3×
-a plain one (../shared/notes/opacus-cpu.md). Book-keeping (Bu, Mao, Xu, Zha, Karypis 2023,
+a plain one (docs/performance.md, cost of DP-SGD per step). Book-keeping (Bu, Mao, Xu, Zha, Karypis 2023,
 "Differentially Private Optimization on Large Model at Small Cost", ICML) needs one: for a layer
 ``Z = A·Wᵀ`` the per-sample weight gradient is ``G_iᵀ A_i`` (``G = ∂L/∂Z``), so once the backward pass
 has produced every layer's output gradient ``G`` and the forward pass its input ``A``:
@@ -281,9 +281,9 @@ class _LayerTerms:
         if self.g is not None and self.g.dim() == 2:  # linear, one position
             gc = self.g * factors[:, None]
             if layer.weight.requires_grad:
-                _accumulate(layer.weight, gc.t().mm(self.a))  # type: ignore[arg-type]
+                _accumulate(layer.weight, gc.t().mm(self.a))  # type: ignore[arg-type]  # a Linear layer's weight and bias are tensors
             if self.bias_grads is not None:
-                _accumulate(layer.bias, gc.sum(0))  # type: ignore[arg-type]
+                _accumulate(layer.bias, gc.sum(0))  # type: ignore[arg-type]  # a Linear layer's weight and bias are tensors
             return
         weight = layer.weight
         if weight.requires_grad:
@@ -297,7 +297,7 @@ class _LayerTerms:
                 w = gc.reshape(-1, gc.shape[2]).t() @ self.a.reshape(-1, self.a.shape[2])
             _accumulate(cast(torch.Tensor, weight), w.reshape(cast(torch.Size, weight.shape)))
         if self.bias_grads is not None:
-            _accumulate(layer.bias, factors @ self.bias_grads)  # type: ignore[arg-type]
+            _accumulate(layer.bias, factors @ self.bias_grads)  # type: ignore[arg-type]  # bias_grads is set only where the layer has a bias
 
 
 def _accumulate(param: torch.Tensor, grad: torch.Tensor) -> None:
@@ -404,7 +404,7 @@ def _clip_dense_rows(calls: list[_Call], grads: tuple[torch.Tensor | None, ...],
     alpha = max_grad_norm * scale
     zero = _scalar(0.0, inverse)
     for call, g, (weight, bias) in zip(calls, grads, params, strict=True):
-        gt = g.t()  # type: ignore[union-attr]
+        gt = g.t()  # type: ignore[union-attr]  # layers the loss did not reach were skipped above
         # row i of call.inputs * column: example i's input times 1/max(‖g_i‖, C)
         _accumulate(weight, torch.addmm(zero, gt, call.inputs * column, beta=0, alpha=alpha))
         _accumulate(bias, torch.addmv(zero, gt, inverse, beta=0, alpha=alpha))

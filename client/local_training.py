@@ -88,7 +88,7 @@ def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.
                 engine = PrivacyEngine(accountant="rdp", secure_mode=False)
                 dp_criterion: nn.Module | None = None
                 if mode == "bk":  # one backward pass instead of ghost clipping's two (client/book_keeping.py)
-                    private_model, dp_optimizer, dp_criterion, dp_loader = make_private_book_keeping(  # type: ignore[assignment]
+                    private_model, dp_optimizer, dp_criterion, dp_loader = make_private_book_keeping(  # type: ignore[assignment]  # book-keeping's module and loss stand in for Opacus'
                         engine, module=model, optimizer=optimizer, criterion=task.criterion(site.schema),
                         data_loader=loader, noise_multiplier=noise_multiplier, max_grad_norm=max_grad_norm,
                         noise_generator=noise_generator, expected_batch_size=expected_batch_size)
@@ -196,7 +196,7 @@ def train_round(
                     result = task.train(private.model, loader_view, private.optimizer, epochs=cfg.local_epochs,
                                         device=device, criterion=private.criterion)
                 else:  # the hooks live on the part's layers, so the task calls the part through the whole model
-                    result = task.train(model, loader_view, private.optimizer, epochs=cfg.local_epochs,  # type: ignore[call-arg]
+                    result = task.train(model, loader_view, private.optimizer, epochs=cfg.local_epochs,  # type: ignore[call-arg]  # a task with a private_part takes private_module
                                         device=device, criterion=private.criterion, private_module=private.model)
         finally:
             # Detach Opacus from the model (hooks, per-sample gradient buffers) so it can be reused, also

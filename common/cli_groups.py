@@ -57,7 +57,7 @@ def with_option_groups(command: Callable[..., R]) -> Callable[..., R]:
             options[name] = group(**{f.name: options.pop(f.name) for f in dataclasses.fields(group)})
         return command(**options)
 
-    expanded.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]
+    expanded.__signature__ = signature.replace(parameters=parameters)  # type: ignore[attr-defined]  # typer reads inspect.signature, which honours __signature__
     expanded.__annotations__ = {p.name: p.annotation for p in parameters}
     if signature.return_annotation is not inspect.Signature.empty:
         expanded.__annotations__["return"] = signature.return_annotation

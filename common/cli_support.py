@@ -60,7 +60,7 @@ def guarded(fn: F) -> F:
             err_console.print("interrupted: stopped everything this command started")
             raise typer.Exit(130) from None
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # the wrapper keeps the command's signature (functools.wraps)
 
 
 def warn_loudly(message: str) -> None:

@@ -2,7 +2,7 @@
 
 Flower's SuperExec starts a fresh ``flwr-clientapp`` process for every message a site receives; each
 imports torch, Flower and Opacus again (~2.6 s of CPU on our 2-core machines) and reloads the site's
-data, which dominated deployed round time (shared/notes/flower-1.4x.md §8). Flower supports
+data, which dominated deployed round time (docs/performance.md, deployed rounds). Flower supports
 running its executor outside the SuperNode (``flower-supernode --isolation process``); this module is
 such an executor. It takes tasks from the SuperNode's Runtime API exactly as ``flower-superexec`` does
 (``AcquireTask``) and runs each in this process with Flower's own helpers from
@@ -138,7 +138,7 @@ def serve(address: str, stop: threading.Event, wake: WakeWaiter | None = None) -
     # Woken by its SuperNode for every stored message, the executor needs no prompt re-polls after a
     # task: only the fallback poll every IDLE_POLL_CAP_S. (Short re-polls after each task were about
     # 12 requests per message to the SuperNode's Runtime API, the part of the SuperNode's CPU that
-    # serving them took; README, transport overhead.) Without a wake-up, back off from IDLE_POLL_S.
+    # serving them took; docs/performance.md, transport security.) Without a wake-up, back off from IDLE_POLL_S.
     backoff = Backoff(IDLE_POLL_CAP_S if wake is not None else IDLE_POLL_S, IDLE_POLL_CAP_S)
     try:
         while not stop.is_set():

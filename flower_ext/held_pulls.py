@@ -6,7 +6,7 @@ the ServerApp asks the Runtime API for its replies (server/prompt_grid.py). Each
 that costs the SuperLink and the poller a few ms of CPU (a signed TLS request for a site). With 20
 sites on a 2-core host those idle polls took most of the CPU of a round: 20 SuperNodes used 6.3 s of
 CPU per plain round and 24 s per SecAgg+ round, whose four exchanges each wait for the slowest site
-(README, transport overhead).
+(docs/performance.md, transport security).
 
 :class:`HeldPulls` holds a pull whose answer is empty (HTTP 200, no message) for up to ``hold_s``
 seconds and answers it again as soon as the other side has pushed: a ServerApp push (Runtime

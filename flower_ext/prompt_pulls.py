@@ -32,7 +32,7 @@ def _prompt(fn: Callable[..., Any]) -> Callable[..., Any]:
         kwargs.setdefault("backoff_cap", BACKOFF_CAP_S)
         return fn(*args, **kwargs)
 
-    wrapper._fedshield_prompt = True  # type: ignore[attr-defined]
+    wrapper._fedshield_prompt = True  # type: ignore[attr-defined]  # a marker on the function object
     return wrapper
 
 

@@ -111,4 +111,4 @@ def gated_factory(cls: type) -> Callable[[Any], Gated]:
     """For ``app.add_middleware(cls)`` call sites: a factory that builds ``cls`` behind its gate."""
     applies = SCOPES[_name(cls)]
     # a BaseHTTPMiddleware class is such a factory; Starlette's factory protocol does not say so
-    return functools.partial(Gated, layer=Middleware(cls), applies=applies)  # type: ignore[arg-type]
+    return functools.partial(Gated, layer=Middleware(cls), applies=applies)  # type: ignore[arg-type]  # see above

@@ -80,8 +80,8 @@ def install_mask_prg() -> None:
         rebinding_point(module, "pseudo_rand_gen", "expands SecAgg+ masks with ChaCha20")
     for module in (utils, *users):
         if module.pseudo_rand_gen is not chacha20_masks:  # keep Flower's, for tests that show its defect
-            module.flower_pseudo_rand_gen = module.pseudo_rand_gen  # type: ignore[attr-defined]
-        module.pseudo_rand_gen = chacha20_masks  # type: ignore[attr-defined]
+            module.flower_pseudo_rand_gen = module.pseudo_rand_gen  # type: ignore[attr-defined]  # the door rebinds Flower's module attribute
+        module.pseudo_rand_gen = chacha20_masks  # type: ignore[attr-defined]  # the door rebinds Flower's module attribute
 
 
 def compact_vector_bytes(array: np.ndarray) -> bytes:
@@ -106,8 +106,8 @@ def install_compact_masked_vectors() -> None:
     workflow = importlib.import_module(SERVER_WORKFLOW)
     rebinding_point(mod, "ndarray_to_bytes", "uploads masked vectors compactly")
     rebinding_point(workflow, "bytes_to_ndarray", "widens compact masked vectors")
-    mod.ndarray_to_bytes = compact_vector_bytes  # type: ignore[attr-defined]
-    workflow.bytes_to_ndarray = widened_vector  # type: ignore[attr-defined]
+    mod.ndarray_to_bytes = compact_vector_bytes  # type: ignore[attr-defined]  # the door rebinds Flower's module attribute
+    workflow.bytes_to_ndarray = widened_vector  # type: ignore[attr-defined]  # the door rebinds Flower's module attribute
 
 
 def install() -> None:

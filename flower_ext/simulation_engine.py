@@ -44,7 +44,7 @@ def make_add_messages_to_queue(original: Callable[..., None]) -> Callable[..., N
                         queue.put(msg)
             f_stop.wait(TICK_S)
 
-    add_messages_to_queue.fedshield_patch = True  # type: ignore[attr-defined]
+    add_messages_to_queue.fedshield_patch = True  # type: ignore[attr-defined]  # a marker on the function object
     return add_messages_to_queue
 
 

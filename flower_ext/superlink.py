@@ -65,7 +65,7 @@ def install_middleware(token: str | None, ready_file: str | None = None, *, hold
         held = [Middleware(HeldPulls, hold_s=hold_s)] if hold_s > 0 else []
         return [*guard, *held, *scoped(flower_middleware())]
 
-    superlink_main._get_middleware = with_guard  # type: ignore[attr-defined]
+    superlink_main._get_middleware = with_guard  # type: ignore[attr-defined]  # the door rebinds Flower's private hook
 
 
 def check_built_apps() -> None:
@@ -90,7 +90,7 @@ def check_built_apps() -> None:
               file=sys.stderr, flush=True)
         return app
 
-    superlink_main.create_app = create_guarded_app  # type: ignore[attr-defined]
+    superlink_main.create_app = create_guarded_app  # type: ignore[attr-defined]  # the door rebinds Flower's app factory
 
 
 def install(token: str | None, ready_file: str | None = None, *, hold_s: float = HOLD_S) -> None:
@@ -116,4 +116,4 @@ def superlink_app(scope_layers: bool = True):
             warnings.simplefilter("ignore")
             return superlink_main.create_app()
     finally:
-        superlink_main._get_middleware = original  # type: ignore[attr-defined]
+        superlink_main._get_middleware = original  # type: ignore[attr-defined]  # the door restores Flower's private hook

@@ -26,7 +26,7 @@ from fedshield.flower_ext.version_check import check_flower_version, rebinding_p
 # often follows at once: evaluate after train, the next SecAgg+ stage for the last site to answer),
 # then 1.5x longer per empty pull up to 0.25 s. Not longer: a round's next exchange starts only when
 # the slowest of its sites has re-polled, so the cap is paid once per exchange (a 0.5 s cap made a
-# 20-site SecAgg+ round slower, README), while each pull is a signed TLS request costing the SuperLink
+# 20-site SecAgg+ round slower, docs/performance.md), while each pull is a signed TLS request costing the SuperLink
 # ~4 ms of CPU on a shared host.
 IDLE_PULL_S = 0.05
 IDLE_PULL_GROWTH = 1.5

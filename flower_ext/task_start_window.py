@@ -36,5 +36,5 @@ def install() -> None:
         for constant in ("HEARTBEAT_DEFAULT_INTERVAL", "HEARTBEAT_PATIENCE"):
             hook(module, constant, "gives a starting ServerApp two minutes")
     for module in modules:
-        module.HEARTBEAT_DEFAULT_INTERVAL = START_WINDOW_S  # type: ignore[attr-defined]
+        module.HEARTBEAT_DEFAULT_INTERVAL = START_WINDOW_S  # type: ignore[attr-defined]  # the door rebinds Flower's constant
         module.HEARTBEAT_PATIENCE = RUNNING_WINDOW_S / START_WINDOW_S  # type: ignore[attr-defined]  # 0.5

@@ -1,8 +1,8 @@
 """A Grid that collects site replies promptly.
 
-Flower 1.41's HTTP grid (``flwr/superlink/grid/http_grid.py``, ``send_and_receive``) sleeps a fixed
+Flower's HTTP grid (1.41 and 1.42) (``flwr/superlink/grid/http_grid.py``, ``send_and_receive``) sleeps a fixed
 3 s between reply polls, which alone adds up to 3 s to every message exchange of a deployed round
-(measured: 30.7 s deployed vs 1.47 s simulated per round, shared/notes/flower-1.4x.md §8). This
+(measured: 30.7 s deployed vs 1.47 s simulated per round on stock Flower, docs/performance.md). This
 wrapper delegates everything to Flower's grid and re-implements only ``send_and_receive`` with the
 same push/pull calls and a short poll interval. Each poll is one small loopback HTTP request. (The
 objects of a reply are pulled promptly too: :mod:`fedshield.flower_ext.serverapp`.)

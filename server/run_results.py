@@ -244,7 +244,7 @@ class RunRecorder:
         from fedshield.common.torch_arrays import ndarrays_to_model
 
         ndarrays_to_model(self.model_template, parameters)
-        atomic_write_bytes(self.run_dir / SAMPLES_DIR / f"round-{rnd:03d}.png", grid(self.model_template))  # type: ignore[operator]
+        atomic_write_bytes(self.run_dir / SAMPLES_DIR / f"round-{rnd:03d}.png", grid(self.model_template))  # type: ignore[operator]  # checked callable above
 
     def write(self) -> None:
         self.doc["updated_at"] = time.time()

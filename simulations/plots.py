@@ -8,6 +8,7 @@ from __future__ import annotations
 import io
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,8 +94,11 @@ def plot_metrics_per_round(doc: dict[str, Any], path: Path) -> Path:
     metric = _main_metric(rounds)
     fig = Figure(figsize=(11, 4.2))
     ax_m, ax_l = fig.subplots(1, 2)
-    fed = lambda key: lambda r: ((r.get("evaluate") or {}).get("aggregate") or {}).get(key)  # noqa: E731
-    cen = lambda key: lambda r: (r.get("centralized") or {}).get(key)  # noqa: E731
+    def fed(key: str) -> Callable[[dict[str, Any]], Any]:  # the sites' weighted evaluation
+        return lambda r: ((r.get("evaluate") or {}).get("aggregate") or {}).get(key)
+
+    def cen(key: str) -> Callable[[dict[str, Any]], Any]:  # the central test set
+        return lambda r: (r.get("centralized") or {}).get(key)
     drawn = {ax_m: 0, ax_l: 0}
     for ax, key in ((ax_m, metric), (ax_l, "loss")):
         for label, getter, style in (("federated (mean of sites' validation)", fed(key), "o-"),

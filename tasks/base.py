@@ -1,6 +1,6 @@
 """The Task protocol: what a model family must provide to run in a FedShield federation.
 
-A task has five duties (DESIGN.md, "Task plugins"): describe its data format, load and validate a
+A task has five duties (docs/writing-a-task.md): describe its data format, load and validate a
 site folder, build the model, train one round with an optimizer the platform hands in (already made
 private by Opacus when DP is on), and evaluate. The platform, not the task, creates the data loader's
 sampling, the optimizer and the privacy engine, so every task is private the same way.
@@ -60,7 +60,7 @@ class DataSchema:
         names = str(cfg.get("schema-feature-names", ""))
         labels = str(cfg.get("schema-labels", ""))
         return cls(
-            kind=str(cfg["schema-kind"]),  # type: ignore[arg-type]
+            kind=str(cfg["schema-kind"]),  # type: ignore[arg-type]  # a Kind, as to_config wrote it
             input_shape=tuple(int(d) for d in str(cfg["schema-input-shape"]).split(",") if d),
             num_outputs=int(cfg["schema-num-outputs"]),
             feature_names=tuple(names.split("\x1f")) if names else (),
@@ -153,7 +153,7 @@ class Task(Protocol):
     #: how DP-SGD clips per-sample gradients: ``bk`` (FedShield's one-pass book-keeping clipping,
     #: client/book_keeping.py; models of Linear and Conv2d layers, falls back to ghost otherwise), or an
     #: Opacus ``grad_sample_mode``: ``ghost`` (fast gradient clipping; conv/linear/attention models),
-    #: ``hooks`` or ``ew`` (expanded weights). See ../shared/notes/opacus-cpu.md.
+    #: ``hooks`` or ``ew`` (expanded weights). What each costs: docs/performance.md.
     dp_mode: str
     # Optional: ``private_part(model) -> nn.Module`` (only that submodule sees private data and is made
     # private; ``train`` then also gets ``private_module=`` Opacus' wrapper of it, see tasks/dcgan.py);

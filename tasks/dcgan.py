@@ -101,12 +101,12 @@ class DCGANTask(DigitsCNNTask):
         off during the generator step, whose gradients flow through the discriminator but must not
         count as a private step (and would break Poisson sampling's one-backward-per-step rule).
         """
-        gan: DCGAN = model  # type: ignore[assignment]
+        gan: DCGAN = model  # type: ignore[assignment]  # the task's own model, from build_model
         gen_opt = torch.optim.Adam(gan.generator.parameters(), lr=GENERATOR_LR, betas=(0.5, 0.999))
         # generated images per step: the expected batch size, fixed; under DP the DP optimizer's E[B], which
         # comes from the site's released count (the exact N would shape every update)
         n_fake = int(getattr(optimizer, "expected_batch_size", 0) or 0) or max(
-            1, round(len(loader.dataset) / max(len(loader), 1)))  # type: ignore[arg-type]
+            1, round(len(loader.dataset) / max(len(loader), 1)))  # type: ignore[arg-type]  # a TensorDataset, sized
         bce = nn.functional.binary_cross_entropy_with_logits
         gan.train()
         total, steps, examples = 0.0, 0, 0
@@ -147,7 +147,7 @@ class DCGANTask(DigitsCNNTask):
                  batch_size: int = 256) -> dict[str, float]:
         """``frechet_digits`` between ``data``'s images and as many generated from fixed codes, and
         the discriminator's loss on both (real = 1, generated = 0)."""
-        gan: DCGAN = model  # type: ignore[assignment]
+        gan: DCGAN = model  # type: ignore[assignment]  # the task's own model, from build_model
         gan.eval()
         real = data.tensors[0]
         fake = gan.sample(len(real), seed=SAMPLE_SEED)
@@ -169,7 +169,7 @@ class DCGANTask(DigitsCNNTask):
         half of :meth:`evaluate`'s loss involves no private record and its size would follow the exact
         count, so a site under DP reports the loss on its real images only. The Fréchet distance
         compares the whole set's feature covariance, not a sum of per-record values: not reported."""
-        gan: DCGAN = model  # type: ignore[assignment]
+        gan: DCGAN = model  # type: ignore[assignment]  # the task's own model, from build_model
         gan.eval()
         logits = torch.cat([gan.discriminator(x.to(device)).reshape(-1).cpu() for x, _ in
                             DataLoader(data, batch_size=batch_size)])
@@ -180,7 +180,7 @@ class DCGANTask(DigitsCNNTask):
         """PNG bytes of a rows×rows grid of generated images (fixed latent codes, 1-pixel gaps)."""
         from PIL import Image
 
-        gan: DCGAN = model  # type: ignore[assignment]
+        gan: DCGAN = model  # type: ignore[assignment]  # the task's own model, from build_model
         images = (gan.sample(rows * rows, seed=SAMPLE_SEED).squeeze(1).numpy() * 255).round().astype(np.uint8)
         side = images.shape[-1] + 1
         grid = np.zeros((rows * side + 1, rows * side + 1), dtype=np.uint8)

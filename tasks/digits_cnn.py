@@ -15,14 +15,14 @@ root of the trained parameter count (Abadi et al. 2016), 1/15 of the full model'
 random layers still give the trained ones useful features. It also uses tanh instead of ReLU, a
 bounded activation that keeps per-example gradient norms small and even, so clipping discards less
 of them (Papernot et al. 2021, "Tempered Sigmoid Activations for Deep Learning with Differential
-Privacy"), and centres its inputs from [0, 1] to [-1, 1]. At ε = 3 over 3 digits sites (README) the
+Privacy"), and centres its inputs from [0, 1] to [-1, 1]. At ε = 3 over 3 digits sites (docs/performance.md) the
 tanh and the centring took it from 0.74 to 0.85 accuracy.
 
 ``gabor`` is ``frozen-middle`` with a fixed first convolution too: its 32 filters are a bank of Gabor
 filters (``tasks/gabor_filters.py``: 2 scales × 8 orientations × even and odd phase, zero mean, L2 norm
 ``GABOR_NORM``), handcrafted edge and bar detectors in place of learned ones (Tramèr & Boneh 2021), so
 only the last layer trains (1,290 parameters). At ε = 3 over 3 digits sites it reaches 0.88 against
-``frozen-middle``'s 0.85 (README); without DP it underfits (0.71), so it is for private runs.
+``frozen-middle``'s 0.85 (docs/performance.md); without DP it underfits (0.71), so it is for private runs.
 """
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ from fedshield.tasks.supervised import CLASSIFICATION_METRICS, SupervisedTask
 SIDE = 28
 CLASSES = 10
 MODELS = ("auto", "full", "frozen-middle", "gabor")
-# L2 norm of each fixed Gabor filter (so tanh sees edges at its bend): at ε = 3 (README) norm 2 gave
+# L2 norm of each fixed Gabor filter (so tanh sees edges at its bend): at ε = 3 (docs/performance.md) norm 2 gave
 # 0.881 accuracy, 3 and 4 0.878-0.880, 1 0.867, 0.5 0.832
 GABOR_NORM = 2.0
 SCHEMA = DataSchema(kind="classification", input_shape=(1, SIDE, SIDE), num_outputs=CLASSES)
@@ -122,7 +122,7 @@ class DigitsCNNTask(SupervisedTask):
                    "(28×28 greyscale, label folders 0-9); 20% held out for validation")
     metrics: tuple[str, ...] = CLASSIFICATION_METRICS
     # Conv2d and Linear only: one-pass book-keeping clipping (client/book_keeping.py, Bu et al. 2023),
-    # 1.2-1.3x a plain step at batch 64 on CPU against 2.4-2.7x for Opacus' ghost clipping (README).
+    # 1.2-1.3x a plain step at batch 64 on CPU against 2.4-2.7x for Opacus' ghost clipping (docs/performance.md).
     dp_mode = "bk"
 
     def load_site(self, path: Path, options: TaskOptions) -> SiteData:
@@ -145,7 +145,7 @@ class DigitsCNNTask(SupervisedTask):
     def resolve_model(self, model: str, *, pretrained: bool, dp: bool) -> str:
         """``auto`` → ``gabor`` under DP-SGD (at ε = 3 over 3 digits sites, 5 rounds, 3 seeds: 0.77 accuracy
         at 1 local epoch against ``frozen-middle``'s 0.76 and the full model's 0.54; 0.88 against 0.85 at 5,
-        README), else ``full``: without DP the full model learns more (``gabor`` underfits: 0.71 against
+        docs/performance.md), else ``full``: without DP the full model learns more (``gabor`` underfits: 0.71 against
         0.91), and pretrained weights (``--init-weights``) come from a ReLU network."""
         if model != "auto":
             return model

@@ -101,7 +101,7 @@ class Seq2SeqAttentionTask(SupervisedTask):
             src, tgt = src.to(device), tgt.to(device)
             losses.append(example_losses(model(src, tgt[:, :-1]), tgt[:, 1:]).double().cpu())
             if not loss_only:
-                decoded = model.greedy(src, max_len=tgt.shape[1] - 2).cpu()  # type: ignore[operator]
+                decoded = model.greedy(src, max_len=tgt.shape[1] - 2).cpu()  # type: ignore[operator]  # Seq2SeqAttention.greedy, the task's own model
                 exact += [float(decode(p.tolist()) == decode(r[1:].tolist()))
                           for p, r in zip(decoded, tgt.cpu(), strict=True)]
         values = {"loss": torch.cat(losses).numpy()}
@@ -120,7 +120,7 @@ class Seq2SeqAttentionTask(SupervisedTask):
         for src, tgt in DataLoader(data, batch_size=batch_size):
             src, tgt = src.to(device), tgt.to(device)
             losses.append(float(sequence_loss(model(src, tgt[:, :-1]), tgt[:, 1:])) * len(src))
-            decoded = model.greedy(src, max_len=tgt.shape[1] - 2).cpu()  # type: ignore[operator]
+            decoded = model.greedy(src, max_len=tgt.shape[1] - 2).cpu()  # type: ignore[operator]  # Seq2SeqAttention.greedy, the task's own model
             predictions += [decode(row.tolist()) for row in decoded]
             references += [decode(row[1:].tolist()) for row in tgt.cpu()]
         exact = sum(p == r for p, r in zip(predictions, references, strict=True)) / max(len(references), 1)

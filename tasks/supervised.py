@@ -16,7 +16,7 @@ from fedshield.tasks.base import DataSchema, RecordStatistics, TrainResult
 class FlatMSELoss(nn.MSELoss):
     """MSE between ``(N, 1)`` predictions and ``(N,)`` targets (``reduction="none"`` gives ``(N,)``)."""
 
-    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # noqa: A002
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # nn.MSELoss's names
         return super().forward(input.reshape(-1), target.reshape(-1))
 
 

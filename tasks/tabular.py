@@ -154,7 +154,7 @@ class TabularTask(SupervisedTask):
                    f"target holds ≤{MAX_CLASSES_INFERRED} integer values 0..K-1)")
     metrics = ("loss", "accuracy", "precision", "recall", "f1", "roc_auc", "mse", "mae", "r2")
     # Linear layers only: one-pass book-keeping clipping (client/book_keeping.py); on a 0.45 ms step
-    # fixed per-operation costs dominate, and it still beats Opacus' fastest mode here by 3x (README).
+    # fixed per-operation costs dominate, and it still beats Opacus' fastest mode here by 3x (docs/performance.md).
     dp_mode = "bk"
 
     def load_site(self, path: Path, options: TaskOptions) -> SiteData:

@@ -42,7 +42,7 @@ def test_federation_talks_only_to_loopback(tmp_path: Path, digits_sites: Path) -
     port = free_port()
 
     def start(args: list[str], name: str) -> subprocess.Popen[bytes]:
-        out = open(tmp_path / f"{name}.out", "wb")  # noqa: SIM115
+        out = open(tmp_path / f"{name}.out", "wb")  # noqa: SIM115 - the child process owns it
         return subprocess.Popen([str(BIN / args[0]), *args[1:]], env=env, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL)
 
