@@ -2,7 +2,7 @@
 
 The held-out records are private data that DP-SGD never touches, so under DP an evaluation reply is a
 release of its own: recorded in the ledger (a replayed evaluation is refused like a replayed round)
-and, by default, made of Gaussian releases of per-record losses and metrics over the released count
+and, by default, made of Gaussian releases of per-record losses and metrics with their record count
 (:mod:`fedshield.client.private_statistics`). A site that opted out with ``--site-metrics exact``
 sends the task's exact metrics, recorded in its ledger and in the results as outside ε.
 """
@@ -48,8 +48,7 @@ def evaluate_round(task: Task, site: SiteData, model: nn.Module, cfg: RunConfig,
         entry = session.begin(rnd, "evaluate", plan, steps=0)
         if privacy.private_statistics:
             assert callable(per_example)
-            means = session.release_means(per_example(model, site.val, device=device), entry,
-                                          count=session.counts.released_val)
+            means = session.release_means(per_example(model, site.val, device=device), entry)
             outcome = EvaluationOutcome(means.pop("loss"), session.counts.released_val, means, "dp")
         else:
             outcome = _exact(task, site, model, device)

@@ -226,4 +226,4 @@ def _released_training_loss(task: Task, model: nn.Module, site: SiteData, sessio
         return None
     stats: RecordStatistics = per_example(model, site.train, device=device, loss_only=True)
     model.train()
-    return session.release_means(stats, entry, count=session.counts.released_train)["loss"]
+    return session.release_means(stats, entry)["loss"]

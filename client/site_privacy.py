@@ -3,9 +3,10 @@
 Every message that can release something about the site's data runs inside :func:`privacy_session`:
 it takes the site's ledger lock (:mod:`fedshield.client.ledger_lock`), opens the ledger, makes sure
 the site's example counts have been released once (:meth:`PrivacyLedger.draw_counts`), and
-derives from those released counts — never from the exact ones — everything a reply reveals: the
-Poisson sample rate and step count of DP-SGD, its expected batch size, δ, FedAvg's weight, and the
-denominators of the released means. The run's plan (σ for DP-SGD, the statistics' noise) comes from
+derives from those released counts — never from the exact ones — what a reply reveals about the
+data's size: the Poisson sample rate and step count of DP-SGD, its expected batch size, δ and FedAvg's
+weight (a released mean divides by a count released with it, :mod:`fedshield.client.private_statistics`).
+The run's plan (σ for DP-SGD, the statistics' noise) comes from
 the coordinator's settings of this round; a change mid-run re-plans (:meth:`PrivacyLedger.plan_run`).
 """
 
@@ -148,11 +149,11 @@ class PrivacySession:
                                  allow_repeat=self.settings.allow_repeats,
                                  exact_statistics=not self.settings.private_statistics)
 
-    def release_means(self, stats: RecordStatistics, entry: LedgerEntry, *, count: int) -> dict[str, float]:
+    def release_means(self, stats: RecordStatistics, entry: LedgerEntry) -> dict[str, float]:
         """The statistics' Gaussian release at the entry's noise (the entry already records it)."""
         if entry.statistics_noise <= 0:
             raise RuntimeError("a private release needs a ledger entry with statistics noise")
-        return released_means(stats, count=count, noise_multiplier=entry.statistics_noise, rng=self.rng)
+        return released_means(stats, noise_multiplier=entry.statistics_noise, rng=self.rng)
 
 
 def statistics_rng(settings: PrivacySettings, cfg: RunConfig, rnd: int, purpose: str) -> np.random.Generator:
