@@ -405,11 +405,11 @@ class PrivacyLedger:
             entry.noise_multiplier, entry.sample_rate = ran[0][0], ran[0][1]
             entry.steps = sum(s for _, _, s in ran)
         after = self.epsilon_spent()
-        self.save()
         if after > self.epsilon_budget * (1 + 1e-6):
+            self.save()  # recorded as it ran, still pending: it counts, though nothing leaves
             raise BudgetExhaustedError(f"{self.path}: round {entry.round} ran more DP-SGD steps than planned (ε "
                                        f"{after:.3g} of {self.epsilon_budget:g}); its update is withheld")
-        self.release(entry)
+        self.release(entry)  # one atomic write: what ran, and that it is released
 
     def release(self, entry: LedgerEntry) -> None:
         """Mark a recorded release as released (its result is about to leave the site)."""

@@ -170,3 +170,20 @@ def test_bad_ledger_files_are_refused_untouched(tmp_path: Path, content: str, ma
     with pytest.raises(ConfigError, match=match):
         PrivacyLedger.open(tmp_path, epsilon_budget=3.0, delta=1e-5)
     assert (tmp_path / LEDGER_FILE).read_text() == content
+
+
+def test_a_round_that_ran_more_steps_than_planned_is_recorded_as_it_ran_and_withheld_past_the_budget(
+        tmp_path: Path) -> None:
+    ledger = PrivacyLedger.open(tmp_path, epsilon_budget=2.0, delta=1e-5)
+    plan = _plan(ledger, "r", q=0.1, steps=10, rounds=1)
+    entry = ledger.begin("r", 1, "train", plan=plan, steps=10, allow_repeat=False)
+    with pytest.raises(BudgetExhaustedError, match="withheld"):
+        ledger.settle(entry, ran=[(plan.noise_multiplier, 0.1, 10)] * 5)  # five times the planned steps ran
+    (recorded,) = PrivacyLedger.open(tmp_path, epsilon_budget=2.0, delta=1e-5).entries
+    assert (recorded.steps, recorded.status) == (50, "pending")  # counted as it ran; nothing was released
+    fits = PrivacyLedger.open(tmp_path / "b", epsilon_budget=2.0, delta=1e-5)
+    plan = _plan(fits, "r", q=0.1, steps=10, rounds=1)
+    entry = fits.begin("r", 1, "train", plan=plan, steps=10, allow_repeat=False)
+    fits.settle(entry, ran=[(plan.noise_multiplier, 0.1, 9)])  # Opacus' int(1/q) steps: one fewer
+    (recorded,) = PrivacyLedger.open(tmp_path / "b", epsilon_budget=2.0, delta=1e-5).entries
+    assert (recorded.steps, recorded.status) == (9, "released")
