@@ -156,12 +156,13 @@ def privacy(
 
     state = (state_dir or data / ".fedshield")
     path = state / LEDGER_FILE
+    # opened first: a ledger that an anchor says existed is refused, not shown as "none yet"
+    ledger = PrivacyLedger.open(state, epsilon_budget=None, delta=None, accountant=None, data_dir=data)
     if not path.exists():
         console.print(f"{path}: no privacy ledger yet; this site has not trained with DP on this data")
         return
     import json as _json
 
-    ledger = PrivacyLedger.open(state, epsilon_budget=None, delta=None, accountant=None)
     raw = _json.loads(path.read_text())
     spent = ledger.epsilon_spent()
     if json_out:

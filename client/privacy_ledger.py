@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fedshield.client.ledger_anchor import anchor_paths, check_anchors, write_anchors
 from fedshield.common.atomic_io import atomic_write_json
 from fedshield.common.errors import ConfigError
 from fedshield.common.privacy_accounting import ACCOUNTANTS, SEARCH_ORDERS, Mechanism, epsilon_of
@@ -98,13 +99,17 @@ class LedgerEntry:
 
     def validate(self) -> None:
         """Raise ``ValueError`` for a value no release can have (a corrupt or edited ledger)."""
-        if self.kind not in KINDS or self.status not in ("pending", "released") or self.steps < 0 or self.release < 1:
-            raise ValueError(f"entry {self.run_id}/{self.round}: kind, status, steps or release out of range")
-        if self.steps > 0 and not (0 < self.sample_rate <= 1 and math.isfinite(self.noise_multiplier)
-                                   and self.noise_multiplier > 0):
-            raise ValueError(f"entry {self.run_id}/{self.round}: sample rate or noise multiplier out of range")
-        if not (math.isfinite(self.statistics_noise) and self.statistics_noise >= 0):
-            raise ValueError(f"entry {self.run_id}/{self.round}: statistics noise out of range")
+        where = f"entry {self.run_id!r}/{self.round!r}"
+        _require(isinstance(self.run_id, str) and _is_int(self.round) and _is_int(self.steps)
+                 and _is_int(self.release), f"{where}: run, round, steps or release of the wrong type")
+        _require(self.kind in KINDS and self.status in ("pending", "released") and self.steps >= 0
+                 and self.release >= 1 and self.round >= 0, f"{where}: kind, status, steps or release out of range")
+        _require(_finite(self.sample_rate, self.noise_multiplier, self.statistics_noise, self.recorded_at)
+                 and 0 <= self.sample_rate <= 1 and self.noise_multiplier >= 0 and self.statistics_noise >= 0,
+                 f"{where}: sample rate or noise multipliers not finite or out of range")
+        _require(self.steps == 0 or (self.sample_rate > 0 and self.noise_multiplier > 0),
+                 f"{where}: DP-SGD steps without a sample rate or noise multiplier")
+        _require(isinstance(self.exact_statistics, bool), f"{where}: exact_statistics is not true or false")
 
 
 @dataclass
@@ -150,12 +155,15 @@ class PrivacyLedger:
     entries: list[LedgerEntry] = field(default_factory=list)
     plans: dict[str, RunPlan] = field(default_factory=dict)
     counts: list[ReleasedCounts] = field(default_factory=list)
+    anchors: list[Path] = field(default_factory=list)
 
     # ----------------------------------------------------------------- persistence
     @classmethod
     def open(cls, state_dir: Path, *, epsilon_budget: float | None, delta: float | None,
-             accountant: str | None = "rdp") -> PrivacyLedger:
-        """Open (or create in memory) the ledger in ``state_dir``; a foreign, newer or corrupt file is refused.
+             accountant: str | None = "rdp", data_dir: Path | None = None) -> PrivacyLedger:
+        """Open (or create in memory) the ledger in ``state_dir``; a foreign, newer, corrupt, missing or
+        rolled-back file is refused (:mod:`fedshield.client.ledger_anchor`; ``data_dir``: the site's data
+        folder, which keeps a second anchor).
 
         The budget, δ and accountant given now are the site's current settings; δ cannot change once
         releases are recorded, since ε at a different δ would not describe the same guarantee. The
@@ -165,9 +173,13 @@ class PrivacyLedger:
         if accountant is not None and accountant not in ACCOUNTANTS:
             raise ConfigError(f"--accountant {accountant!r}: use rdp or prv")
         path = Path(state_dir) / LEDGER_FILE
+        anchors = anchor_paths(Path(state_dir), data_dir)
+        if epsilon_budget is not None and not (math.isfinite(epsilon_budget) and epsilon_budget > 0):
+            raise ConfigError(f"--epsilon {epsilon_budget}: the budget must be a positive number")
         if not path.exists():
+            check_anchors(path, 0, anchors)
             return cls(path=path, epsilon_budget=epsilon_budget or 0.0, delta=delta or 0.0,
-                       accountant=accountant or "rdp")
+                       accountant=accountant or "rdp", anchors=anchors)
         try:
             raw = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -192,16 +204,15 @@ class PrivacyLedger:
                 epsilon_budget = float(raw["epsilon_budget"])
             if accountant is None:
                 accountant = str(raw.get("accountant", "rdp"))
-            for entry in entries:
-                entry.validate()
-            if entries and not 0 < old_delta < 1:
-                raise ValueError(f"delta {old_delta}")
+            stored_accountant = str(raw.get("accountant", "rdp"))
+            _validate(entries, plans, counts, old_delta, float(raw["epsilon_budget"]), stored_accountant)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"{path}: privacy ledger is corrupt ({exc}); restore it from backup") from None
+        check_anchors(path, len(entries), anchors)
         if entries or delta is None:
             delta = old_delta  # keep the recorded δ: ε is only comparable at one δ
         return cls(path=path, epsilon_budget=epsilon_budget, delta=delta, accountant=accountant,
-                   entries=entries, plans=plans, counts=counts)
+                   entries=entries, plans=plans, counts=counts, anchors=anchors)
 
     def fix_delta(self, delta: float) -> None:
         """Set δ of a ledger that records no release yet (its δ depends on the released count)."""
@@ -209,7 +220,8 @@ class PrivacyLedger:
             self.delta = delta
 
     def save(self) -> None:
-        """Write the ledger atomically (owner-only: it reveals how the site trained)."""
+        """Write the ledger atomically (owner-only: it reveals how the site trained), then its anchors."""
+        spent = self.epsilon_spent()
         atomic_write_json(
             self.path,
             {
@@ -218,13 +230,14 @@ class PrivacyLedger:
                 "accountant": self.accountant,
                 "epsilon_budget": self.epsilon_budget,
                 "delta": self.delta,
-                "epsilon_spent": self.epsilon_spent(),
+                "epsilon_spent": spent,
                 "entries": [asdict(e) for e in self.entries],
                 "plans": {k: asdict(v) for k, v in self.plans.items()},
                 "counts": [asdict(c) for c in self.counts],
             },
             mode=0o600,
         )
+        write_anchors(self.path, len(self.entries), spent, self.anchors or anchor_paths(self.path.parent, None))
 
     # ----------------------------------------------------------------- accounting
     def history(self, *, exclude_run: str | None = None) -> list[Mechanism]:
@@ -415,6 +428,49 @@ class PrivacyLedger:
         """Mark a recorded release as released (its result is about to leave the site)."""
         entry.status = "released"
         self.save()
+
+
+def _finite(*values: object) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in values)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _require(condition: bool, problem: str) -> None:
+    if not condition:
+        raise ValueError(problem)
+
+
+def _validate(entries: list[LedgerEntry], plans: dict[str, RunPlan], counts: list[ReleasedCounts], delta: float,
+              budget: float, accountant: str) -> None:
+    """Raise ``ValueError`` for any value in a stored ledger that no release can have.
+
+    A ledger is read by the accountant and the noise search; a NaN, a negative step count or a δ that
+    allows releasing a whole record would make ε meaningless (negative, NaN, or a search that never
+    ends), so the whole file is refused instead.
+    """
+    _require(_finite(budget) and budget > 0, f"epsilon_budget {budget!r} is not a positive number")
+    _require(accountant in ACCOUNTANTS, f"accountant {accountant!r} is not rdp or prv")
+    for entry in entries:
+        entry.validate()
+    for run_id, plan in plans.items():
+        _require(_finite(plan.noise_multiplier, plan.sample_rate, plan.statistics_noise, plan.updated_at)
+                 and plan.noise_multiplier > 0 and 0 < plan.sample_rate <= 1 and plan.statistics_noise >= 0
+                 and all(_is_int(v) and v >= 0 for v in (plan.steps_per_round, plan.rounds, plan.evaluations))
+                 and isinstance(plan.closed, bool), f"plan of run {run_id!r} out of range")
+    for c in counts:
+        _require(all(_is_int(v) for v in (c.train, c.val, c.released_train, c.released_val))
+                 and min(c.train, c.val) >= 0 and min(c.released_train, c.released_val) >= 1
+                 and _finite(c.noise_multiplier, c.recorded_at) and c.noise_multiplier > 0,
+                 "released counts out of range")
+    if entries:
+        _require(_finite(delta) and 0 < delta < 1, f"delta {delta!r} is not in (0, 1)")
+        smallest = min((c.train for c in counts if c.train > 0), default=0)
+        # δ ≥ 1/N admits "publish one random record" as (0, δ)-DP: no guarantee at all
+        _require(not smallest or delta < 1.0 / smallest,
+                 f"delta {delta:g} is not below 1/N = {1.0 / max(smallest, 1):.2e} for the site's {smallest} records")
 
 
 def _entry(raw: dict, version: int) -> LedgerEntry:

@@ -106,7 +106,7 @@ def plan_join(*, data: Path, kit: Path | None, server: str | None, insecure: boo
     task_name, _options, site = check_site(data, task=task, overrides={"target": target}, private=dp)
     state = (state_dir or data / ".fedshield").resolve()
     spent, ledger_delta = (check_ledger(state, epsilon=epsilon, delta=delta, accountant=accountant,
-                                        train_examples=len(site.train)) if dp else (0.0, None))
+                                        train_examples=len(site.train), data_dir=data) if dp else (0.0, None))
     node_config = SiteNodeConfig(
         data_path=str(data), site_name=name or (site_kit.site if site_kit is not None else data.name),
         task=task_name, state_dir=str(state), events_file=str(state / f"events-{os.getpid()}.jsonl"), dp=dp,
@@ -117,19 +117,20 @@ def plan_join(*, data: Path, kit: Path | None, server: str | None, insecure: boo
                     connect_timeout, threads)
 
 
-def check_ledger(state: Path, *, epsilon: float, delta: float, accountant: str,
-                 train_examples: int) -> tuple[float, float | None]:
+def check_ledger(state: Path, *, epsilon: float, delta: float, accountant: str, train_examples: int,
+                 data_dir: Path | None = None) -> tuple[float, float | None]:
     """Open the site's privacy ledger in ``state`` and check this join can train; (ε spent, the ledger's δ or
     None while it has no entry).
 
-    Fails now, not at round 1, on a δ not below 1/N, a corrupt, foreign or newer ledger, or a spent budget.
+    Fails now, not at round 1, on a δ not below 1/N, a corrupt, foreign, newer, missing or rolled-back ledger,
+    or a spent budget.
     """
     from fedshield.client.privacy_ledger import PrivacyLedger
 
     if delta >= 1.0 / train_examples:
         raise ConfigError(f"--delta {delta:g} is not below 1/N = {1.0 / train_examples:.2e} for this site's "
                           f"{train_examples} training examples; use a smaller δ or leave it 0 for the default")
-    ledger = PrivacyLedger.open(state, epsilon_budget=epsilon, delta=None, accountant=accountant)
+    ledger = PrivacyLedger.open(state, epsilon_budget=epsilon, delta=None, accountant=accountant, data_dir=data_dir)
     if not ledger.entries:
         return 0.0, None
     spent = ledger.epsilon_spent()

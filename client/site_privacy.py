@@ -52,6 +52,7 @@ class PrivacySettings:
             opt-out: exact statistics, recorded as such, outside any ε).
         allow_repeats: count a repeated (run, round) again instead of refusing it.
         metrics_cost: how much the statistics may raise DP-SGD's noise multiplier (a fraction).
+        data_dir: the site's data folder, which keeps a second anchor of the ledger (None: a virtual site).
     """
 
     enabled: bool
@@ -64,6 +65,7 @@ class PrivacySettings:
     site_metrics: str = "dp"
     allow_repeats: bool = False
     metrics_cost: float = DEFAULT_METRICS_COST
+    data_dir: Path | None = None
 
     @property
     def private_statistics(self) -> bool:
@@ -174,7 +176,7 @@ def privacy_session(settings: PrivacySettings, data: SiteData, cfg: RunConfig, *
     rng = statistics_rng(settings, cfg, rnd, purpose)
     with ledger_lock(settings.state_dir):
         ledger = PrivacyLedger.open(settings.state_dir, epsilon_budget=settings.epsilon, delta=None,
-                                    accountant=settings.accountant)
+                                    accountant=settings.accountant, data_dir=settings.data_dir)
         n_train, n_val = len(data.train), len(data.val)
         counts = ledger.counts_for(n_train, n_val)
         if counts is None:
@@ -197,4 +199,5 @@ def close_run(settings: PrivacySettings, run_id: str) -> None:
     if not (Path(settings.state_dir) / "privacy-ledger.json").exists():
         return
     with ledger_lock(settings.state_dir):
-        PrivacyLedger.open(settings.state_dir, epsilon_budget=None, delta=None, accountant=None).close_run(run_id)
+        PrivacyLedger.open(settings.state_dir, epsilon_budget=None, delta=None, accountant=None,
+                           data_dir=settings.data_dir).close_run(run_id)

@@ -73,7 +73,7 @@ def privacy_settings(site: SiteIdentity, cfg: RunConfig) -> PrivacySettings:
                                site_metrics=cfg.site_metrics)
     return PrivacySettings(enabled=own.dp, epsilon=own.epsilon, delta=own.delta, max_grad_norm=own.max_grad_norm,
                            state_dir=site.state_dir, accountant=own.accountant, site_metrics=own.site_metrics,
-                           allow_repeats=own.allow_repeats, metrics_cost=own.metrics_cost)
+                           allow_repeats=own.allow_repeats, metrics_cost=own.metrics_cost, data_dir=site.data_path)
 
 
 # Per-process caches: a warm process (FedShield's warm executor, a Ray actor) loads a site's data once

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -41,11 +42,20 @@ def start_cli(*args: str, log: Path, cwd: Path | None = None) -> subprocess.Pope
 
 
 @pytest.fixture(scope="session")
-def digits_sites(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Three digits site folders (Dirichlet 0.5) written by `fl-sim split`."""
+def digits_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three digits site folders (Dirichlet 0.5) written once by `fl-sim split`; tests take copies."""
     out = tmp_path_factory.mktemp("digits") / "data"
     proc = run_cli("fl-sim", "split", "--dataset", "digits", "--sites", "3", "--dirichlet", "0.5", "--out", str(out))
     assert proc.returncode == 0, proc.stderr
+    return out
+
+
+@pytest.fixture
+def digits_sites(digits_split: Path, tmp_path: Path) -> Path:
+    """This test's own copy of the three digits site folders: a DP site's data folder keeps an anchor of
+    its privacy ledger, so a data folder shared with other tests would tie their ledgers together."""
+    out = tmp_path / "digits-data"
+    shutil.copytree(digits_split, out)
     return out
 
 
