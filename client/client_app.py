@@ -203,10 +203,12 @@ def client_fn(context: Context) -> Client:
 MODS = (site_policy_mod, fedshield_query_mod, secaggplus_when_asked, central_clipping_mod)
 
 
-def build_client_app(first: tuple[Mod, ...] = ()) -> ClientApp:
+def build_client_app(first: tuple[Mod, ...] = (), innermost: tuple[Mod, ...] = ()) -> ClientApp:
     """The FedShield ClientApp; ``first``: mods that run before the site's own (a simulation's virtual
-    site folders, :class:`fedshield.simulations.virtual_sites.VirtualSiteFolders`)."""
-    return ClientApp(client_fn=client_fn, mods=[*first, *MODS])
+    site folders, :class:`fedshield.simulations.virtual_sites.VirtualSiteFolders`); ``innermost``: mods
+    next to the training itself, inside SecAgg+ (a simulation's attacking sites,
+    :class:`fedshield.simulations.attacks.AttackingSites`)."""
+    return ClientApp(client_fn=client_fn, mods=[*first, *MODS, *innermost])
 
 
 app = build_client_app()

@@ -28,7 +28,22 @@ Momentum = Annotated[float, typer.Option(
     help="Local SGD momentum in [0, 1) (default 0: plain SGD; applied after DP-SGD's noise, so free in privacy).")]
 Seed = Annotated[int, typer.Option("--seed", help="Seed of initialisation, sampling and splits.")]
 Strategy = Annotated[str, typer.Option(
-    "--strategy", help="fedavg, fedavgm, fedadam, fedyogi, fedadagrad, fedmedian, fedtrimmedavg.")]
+    "--strategy", help="fedavg, fedavgm, fedadam, fedyogi, fedadagrad, or robust to attacking sites: fedmedian "
+    "(f < n/2), fedtrimmedavg (f ≤ 0.2n), krum, multikrum (f = --tolerate-attackers, n ≥ 2f+3); robust ones not with "
+    "--secagg.")]
+MaxUpdateNorm = Annotated[str, typer.Option(
+    "--max-update-norm", help="Largest L2 norm of a site's update the server accepts: Nx = N times the round's "
+    "median (default), a number = absolute, off = no bound. Non-finite, misshapen updates and inflated example "
+    "counts are always refused.")]
+MinUpdateCosine = Annotated[str, typer.Option(
+    "--min-update-cosine", help="Least cosine similarity of a site's update with the round's median update (3 or "
+    "more sites): 0 (default) refuses updates that point against what the other sites learn, e.g. sign-flipped "
+    "ones; off = no check.")]
+MaxRejections = Annotated[int, typer.Option(
+    "--max-rejections", min=1, help="Rejected updates after which a site is excluded for the rest of the run.")]
+TolerateAttackers = Annotated[int, typer.Option(
+    "--tolerate-attackers", min=0, help="Attacking sites krum and multikrum tolerate per round (f; they need at "
+    "least 2f+3 sites).")]
 Model = Annotated[str, typer.Option(
     "--model", help="Task model variant (tabular: auto, logistic, linear, mlp; transfer-mobilenet: auto, head, full, "
     "optionally @WIDTH, e.g. head@0.5; digits-cnn: auto, full, frozen-middle, gabor: for DP, 2,122 or 1,290 of "
@@ -55,6 +70,10 @@ class TrainingOptions:
     strategy: Strategy = RunConfig.strategy
     model: Model = RunConfig.model
     init_weights: InitWeights = None
+    max_update_norm: MaxUpdateNorm = RunConfig.max_update_norm
+    min_update_cosine: MinUpdateCosine = RunConfig.min_update_cosine
+    max_rejections: MaxRejections = RunConfig.max_rejections
+    tolerate_attackers: TolerateAttackers = RunConfig.tolerate_attackers
 
     def config_fields(self, dp: bool) -> dict[str, Any]:
         """:class:`RunConfig` keyword arguments; without ``--lr``, :meth:`RunConfig.default_lr` (until the task's

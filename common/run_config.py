@@ -13,6 +13,10 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from fedshield.common.errors import ConfigError
+from fedshield.common.update_bounds import NormBound, parse_min_cosine
+
+# Strategies that need every site's own update (the median, trimming, Krum's distances): never under SecAgg+.
+ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum")
 
 
 @dataclass
@@ -46,6 +50,12 @@ class RunConfig:
         central_noise: noise multiplier z of central DP (σ = z·C / sampled sites on the average).
         central_clip: clipping norm C of each site's update (initial norm when adaptive).
         central_delta: δ at which the client-level ε is reported.
+        max_update_norm: the update checks' norm bound: ``Nx`` (N times the round's median update norm),
+            an absolute L2 norm, or ``off`` (:mod:`fedshield.strategies.update_checks`).
+        min_update_cosine: the update checks' direction test: the least cosine similarity of an update with
+            the round's coordinate-wise median update, or ``off``.
+        max_rejections: rejected updates after which a site is excluded for the rest of the run.
+        tolerate_attackers: f, the attacking sites Krum and Multi-Krum tolerate (they need 2f + 3 sites).
         secagg: run every training round under SecAgg+ (the server learns only the sum of the updates).
         secagg_shares: neighbours/secret shares per site (0 = automatic: all up to 7 sites, then
             ~2·log2(n)+1; else made odd, ≥ 3).
@@ -59,6 +69,8 @@ class RunConfig:
             the virtual sites' ε compose across those runs, as a real site's does.
         max_site_examples: simulation only: examples at the largest virtual site (the partition knows
             it), which SecAgg+'s weight quantisation must cover; 0 = the largest the handshake saw.
+        sim_attack: simulation only: ``KIND:SITES``, the first SITES virtual sites attack
+            (:mod:`fedshield.simulations.attacks`); empty for none.
         device: ``auto``, ``cpu`` or ``cuda`` for site training.
         site_metrics: simulation only: what virtual sites' replies say about their data: ``dp`` (losses,
             metrics and counts as Gaussian releases inside each site's ε) or ``exact`` (outside ε). A real
@@ -88,6 +100,10 @@ class RunConfig:
     central_noise: float = 1.0
     central_clip: float = 0.5
     central_delta: float = 1e-5
+    max_update_norm: str = "5x"
+    min_update_cosine: str = "0"
+    max_rejections: int = 3
+    tolerate_attackers: int = 1
     secagg: bool = False
     secagg_shares: int = 0
     secagg_threshold: float = 0.6
@@ -96,6 +112,7 @@ class RunConfig:
     sim_data_dir: str = ""
     sim_state_dir: str = ""
     max_site_examples: int = 0
+    sim_attack: str = ""
     device: str = "auto"
     site_metrics: str = "dp"
 
@@ -133,6 +150,14 @@ class RunConfig:
             (self.secagg_shares >= 0, "--secagg-shares must be 0 (every sampled site) or a count"),
             (0 < self.secagg_threshold < 1, "--secagg-threshold must be a fraction in (0, 1)"),
             (self.secagg_timeout > 0, "--secagg-timeout must be positive seconds"),
+            (self.max_rejections >= 1, "--max-rejections must be at least 1"),
+            (self.tolerate_attackers >= 0, "--tolerate-attackers must be 0 or more"),
+            (not (self.secagg and self.strategy in ROBUST_STRATEGIES),
+             f"--strategy {self.strategy} needs every site's update, which --secagg hides from the server (it "
+             "sees only the sum); use fedavg, fedavgm, fedadam, fedyogi or fedadagrad with --secagg, or drop --secagg"),
+            (self.strategy not in ("krum", "multikrum") or self.min_clients >= 2 * self.tolerate_attackers + 3,
+             f"--strategy {self.strategy} with --tolerate-attackers {self.tolerate_attackers} needs --min-clients of "
+             f"at least {2 * self.tolerate_attackers + 3} (2f + 3 sites per round)"),
             (not (self.secagg and self.central_dp != "off" and self.central_dp_side == "server"),
              "--secagg hides single updates from the server, so it cannot clip them: use "
              "--central-dp-side client with --central-dp"),
@@ -140,6 +165,8 @@ class RunConfig:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        NormBound.parse(self.max_update_norm)  # one-line errors naming --max-update-norm, --min-update-cosine
+        parse_min_cosine(self.min_update_cosine)
         return self
 
     def to_flower(self) -> dict[str, Any]:

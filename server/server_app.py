@@ -29,6 +29,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedshield.common.metrics import weighted_mean
 from fedshield.common.run_config import RunConfig
 from fedshield.common.torch_arrays import model_to_ndarrays
+from fedshield.common.update_bounds import NormBound, parse_min_cosine
 from fedshield.flower_ext import serverapp as flower_serverapp
 from fedshield.server.central_evaluation import central_test_fn
 from fedshield.server.initial_evaluation import with_initial_evaluation
@@ -38,6 +39,7 @@ from fedshield.server.site_handshake import agree_schema, query_sites, wait_for_
 from fedshield.strategies.central_dp import wrap_central_dp
 from fedshield.strategies.recording import RecordingStrategy
 from fedshield.strategies.registry import make_strategy
+from fedshield.strategies.update_checks import UpdatePolicy, ValidatingStrategy
 from fedshield.tasks.base import TaskOptions
 from fedshield.tasks.init_weights import resolve_model, start_from
 from fedshield.tasks.model_factory import build_model
@@ -85,6 +87,7 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
 
         inner = make_strategy(
             cfg.strategy,
+            tolerate=cfg.tolerate_attackers,
             **sampling_options(cfg),
             initial_parameters=ndarrays_to_parameters(model_to_ndarrays(model)),
             on_fit_config_fn=round_config,
@@ -93,7 +96,10 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
             fit_metrics_aggregation_fn=_numeric_mean,
             evaluate_metrics_aggregation_fn=_numeric_mean,
         )
-        strategy = RecordingStrategy(wrap_central_dp(inner, cfg, len(node_ids)), recorder)
+        # checks first: a rejected update never reaches central DP's clipping nor the strategy, and the
+        # recorder sees it as a failure that names the site and the reason
+        strategy = ValidatingStrategy(RecordingStrategy(wrap_central_dp(inner, cfg, len(node_ids)), recorder),
+                                      update_policy(cfg, replies))
         legacy = LegacyContext(context, config=ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
         fit = secure_fit_workflow(cfg, replies, recorder.on_secagg_stages) if cfg.secagg else default_fit_workflow
         DefaultWorkflow(fit_workflow=with_initial_evaluation(fit))(grid, legacy)
@@ -104,6 +110,22 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
     # Sites first, results last: `fl-server start` stops the SuperLink once results say "finished".
     _notify(grid, cfg, "finished", mode)
     recorder.finish("finished")
+
+
+def update_policy(cfg: RunConfig, replies: dict[int, dict[str, Any]]) -> UpdatePolicy:
+    """The update checks for this run: counts capped at what each site released in its handshake.
+
+    A site the handshake did not ask (a sampled simulation; a site that connected later) may claim at most
+    the largest virtual site's count plus five standard deviations of the count noise (simulation), or
+    twice the largest count any site released (deployment).
+    """
+    limits = {nid: (int(r.get("examples-train", 0)), int(r.get("examples-val", 0)))
+              for nid, r in replies.items() if "error" not in r}
+    largest = max((max(t, v) for t, v in limits.values()), default=0)
+    default = cfg.max_site_examples + 100 if cfg.max_site_examples else 2 * largest
+    return UpdatePolicy(norm_bound=NormBound.parse(cfg.max_update_norm), max_rejections=cfg.max_rejections,
+                        count_limits=limits, default_count_limit=default, aggregate_only=cfg.secagg,
+                        min_cosine=parse_min_cosine(cfg.min_update_cosine))
 
 
 def handshake_nodes(node_ids: list[int], cfg: RunConfig, mode: str) -> list[int]:

@@ -111,6 +111,9 @@ def run(
         RunConfig.site_metrics, "--site-metrics", help="What the virtual sites' replies say about their data: dp "
         "(losses, metrics, counts as Gaussian releases inside each site's ε) or exact (outside ε). "
         "The central test set's figures are exact either way."),
+    attack: str = typer.Option(
+        "", "--attack", help="Robustness experiment: KIND:SITES makes the first SITES virtual sites attack; KIND is "
+        "nan, scale (update x1000), sign-flip or random (noise of the update's norm)."),
     run_dir: Path | None = typer.Option(None, "--run-dir", help="Output folder (default ./runs/sim-<time>)."),
     state_dir: Path | None = typer.Option(
         None, "--state-dir", help="Folder of the virtual sites' privacy ledgers (default RUN_DIR/site-state); reuse "
@@ -143,7 +146,7 @@ def run(
                            dataset=dataset, test_fraction=test_fraction, augment=augment, dp=not no_dp,
                            epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant,
                            site_metrics=site_metrics, device=device, run_dir=run_dir, state_dir=state_dir,
-                           ray_address=ray_address)
+                           ray_address=ray_address, attack=attack)
     from fedshield.simulations.partition_view import partition_table
     from fedshield.simulations.runner import SimulationResources
 

@@ -19,6 +19,7 @@ from fedshield.common.cli_options import CentralDpOptions, SecAggOptions, Traini
 from fedshield.common.errors import ConfigError, RunFolderError
 from fedshield.common.results_view import ResultsWatcher
 from fedshield.common.run_config import RunConfig
+from fedshield.simulations.attacks import Attack
 from fedshield.simulations.partition import PartitionSpec
 from fedshield.tasks.registry import check_task_name
 
@@ -59,10 +60,11 @@ def plan_simulation(training: TrainingOptions, central: CentralDpOptions, secagg
                     spec: PartitionSpec, *, clients: int, per_round: int, dataset: str | None, test_fraction: float,
                     augment: int, dp: bool, epsilon: float, delta: float, max_grad_norm: float, accountant: str,
                     site_metrics: str, device: str, run_dir: Path | None, state_dir: Path | None,
-                    ray_address: str | None) -> SimulationPlan:
+                    ray_address: str | None, attack: str = "") -> SimulationPlan:
     """Check the simulation's settings, run folder, state folder and Ray cluster; write nothing.
 
-    ``dataset`` None: the task's :data:`DEFAULT_DATASET`; ``run_dir`` None: ``./runs/sim-<time>``;
+    ``attack``: ``KIND:SITES`` attacking virtual sites (:mod:`fedshield.simulations.attacks`), for robustness
+    experiments. ``dataset`` None: the task's :data:`DEFAULT_DATASET`; ``run_dir`` None: ``./runs/sim-<time>``;
     ``state_dir`` None: the virtual sites' ledgers in the run folder. Every flag is checked before
     torch, Flower or Ray is imported. Raises ``ConfigError``/``RunFolderError`` naming the flag and the fix.
     """
@@ -70,6 +72,8 @@ def plan_simulation(training: TrainingOptions, central: CentralDpOptions, secagg
     data_name = dataset or DEFAULT_DATASET.get(training.task)
     if data_name is None:
         raise ConfigError(f"--dataset is required for task {training.task!r}")
+    if Attack.parse(attack).sites >= clients:
+        raise ConfigError(f"--attack {attack}: at least one of the --clients {clients} sites must be honest")
     if per_round > clients:
         raise ConfigError(f"--per-round {per_round} is more than --clients {clients}; sample at most every site")
     folder = run_dir or Path("runs") / time.strftime("sim-%Y%m%d-%H%M%S")
@@ -82,7 +86,7 @@ def plan_simulation(training: TrainingOptions, central: CentralDpOptions, secagg
                     max_grad_norm=max_grad_norm, accountant=accountant, run_dir=str(folder.resolve()),
                     sim_data_dir=str((folder / "data").resolve()),
                     sim_state_dir=str(state_dir.resolve()) if state_dir else "",
-                    device=device, site_metrics=site_metrics).validate()
+                    device=device, site_metrics=site_metrics, sim_attack=attack).validate()
     from fedshield.simulations import runner
 
     # loads the task: a plugin that fails to load fails here, before anything is written

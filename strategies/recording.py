@@ -25,6 +25,8 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
+from fedshield.strategies.update_checks import RejectedUpdate
+
 
 class RoundObserver(Protocol):
     """Receives what the strategy saw each round."""
@@ -54,14 +56,17 @@ def short_reason(text: str) -> str:
 
 
 def _failed(sampled: list[int], answered: set[int], failures: list) -> list[tuple[int, str]]:
-    """Node ids that were sampled but gave no usable result, with the reason Flower reported."""
+    """Node ids that were sampled but gave no usable result, with the reason.
+
+    A rejected update names its site (:class:`~fedshield.strategies.update_checks.RejectedUpdate`);
+    Flower's own failures do not, so the other missing sites take the remaining reasons in order.
+    """
+    named = {f.node_id: f.reason for f in failures if isinstance(f, RejectedUpdate)}
     reasons = [short_reason(str(f)) if isinstance(f, BaseException) else f"status {f[1].status.message}"
-               for f in failures]
-    missing = [nid for nid in sampled if nid not in answered]
-    out = []
-    for i, nid in enumerate(missing):
-        out.append((nid, reasons[i] if i < len(reasons) else "no reply"))
-    return out
+               for f in failures if not isinstance(f, RejectedUpdate)]
+    missing = [nid for nid in sampled if nid not in answered and nid not in named]
+    out = [(nid, reasons[i] if i < len(reasons) else "no reply") for i, nid in enumerate(missing)]
+    return out + [(nid, reason) for nid, reason in named.items() if nid in sampled]
 
 
 class RecordingStrategy(Strategy):

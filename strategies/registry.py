@@ -1,7 +1,18 @@
 """Strategy name -> Flower strategy (legacy ``flwr.server.strategy``, which SecAgg+'s workflow drives).
 
-A registry instead of an if-chain; every entry is Flower's own implementation. FedProx is absent on
-purpose: it needs a proximal term in the sites' loss, which our ClientApp does not add yet.
+A registry instead of an if-chain; every entry is Flower's own implementation (Multi-Krum a thin
+subclass of Flower's Krum). FedProx is absent on purpose: it needs a proximal term in the sites' loss,
+which our ClientApp does not add yet.
+
+Robust aggregation and the attackers each tolerates among n sites of a round, when the update checks
+(:mod:`fedshield.strategies.update_checks`) have already dropped non-finite, misshapen and outsized updates:
+
+- ``fedmedian`` (coordinate-wise median, Yin et al. 2018): any f < n/2;
+- ``fedtrimmedavg`` (mean after trimming 20 % at each end per coordinate): f ≤ 0.2·n;
+- ``krum`` (Blanchard et al. 2017): f = ``--tolerate-attackers``, needs n ≥ 2f + 3;
+- ``multikrum``: Krum's n − f best-scored updates averaged, same f and n.
+
+None of them can work on a sum, so none is allowed with SecAgg+.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from flwr.server.strategy import (
     FedMedian,
     FedTrimmedAvg,
     FedYogi,
+    Krum,
     Strategy,
 )
 
@@ -33,7 +45,23 @@ _STRATEGIES: dict[str, tuple[Callable[..., Strategy], dict[str, Any]]] = {
     "fedadagrad": (FedAdagrad, {"eta": 1e-1, "eta_l": 1e-1}),
     "fedmedian": (FedMedian, {}),
     "fedtrimmedavg": (FedTrimmedAvg, {"beta": 0.2}),
+    "krum": (Krum, {}),
 }
+
+
+class MultiKrum(Krum):
+    """Multi-Krum (Blanchard et al. 2017): the mean of the n − f updates Krum scores best.
+
+    Our own subclass because Flower's Krum keeps a fixed count (``num_clients_to_keep``), which cannot
+    follow how many updates a round actually has after failures and rejected updates.
+    """
+
+    def aggregate_fit(self, server_round, results, failures):  # Flower's signature
+        self.num_clients_to_keep = max(1, len(results) - self.num_malicious_clients)
+        return super().aggregate_fit(server_round, results, failures)
+
+
+_STRATEGIES["multikrum"] = (MultiKrum, {})
 
 
 def strategy_names() -> list[str]:
@@ -41,10 +69,13 @@ def strategy_names() -> list[str]:
     return sorted(_STRATEGIES)
 
 
-def make_strategy(name: str, **fedavg_kwargs: Any) -> Strategy:
-    """Instantiate the named Flower strategy with FedAvg's keyword arguments plus its own defaults."""
+def make_strategy(name: str, *, tolerate: int = 1, **fedavg_kwargs: Any) -> Strategy:
+    """Instantiate the named Flower strategy with FedAvg's keyword arguments plus its own defaults
+    (``tolerate``: the attackers Krum and Multi-Krum assume)."""
     try:
         cls, extra = _STRATEGIES[name]
     except KeyError:
         raise ConfigError(f"--strategy {name!r} is unknown; choose one of: {', '.join(strategy_names())}") from None
+    if name in ("krum", "multikrum"):
+        extra = {**extra, "num_malicious_clients": tolerate}
     return cls(**fedavg_kwargs, **extra)

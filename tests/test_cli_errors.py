@@ -85,6 +85,13 @@ def test_server_start_bad_input(tmp_path: Path) -> None:
                     "--epsilon is each site's own setting", "fl-client join --epsilon")
     _one_line_error(run_cli("fl-server", "start", "--insecure", "--momentum", "1", "--run-dir", str(tmp_path / "r7")),
                     "--momentum must be in [0, 1)")
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--secagg", "--strategy", "fedmedian", "--min-clients",
+                            "3", "--run-dir", str(tmp_path / "r9")),
+                    "--strategy fedmedian needs every site's update, which --secagg hides")
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--max-update-norm", "0.5x", "--run-dir",
+                            str(tmp_path / "r10")), "--max-update-norm '0.5x'")
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--strategy", "krum", "--min-clients", "3",
+                            "--run-dir", str(tmp_path / "r11")), "needs --min-clients of at least 5")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -152,5 +159,9 @@ def test_sim_bad_input(tmp_path: Path) -> None:
                     "--model 'mlp': digits-cnn models are auto, full, frozen-middle")
     _one_line_error(run_cli("fl-sim", "run", "--task", "dcgan", "--model", "frozen-middle", "--run-dir",
                             str(tmp_path / "n")), "--model 'frozen-middle': dcgan models are auto")
+    _one_line_error(run_cli("fl-sim", "run", "--attack", "flood:2", "--run-dir", str(tmp_path / "p")),
+                    "--attack 'flood:2': use KIND:SITES")
+    _one_line_error(run_cli("fl-sim", "run", "--clients", "3", "--attack", "nan:3", "--run-dir", str(tmp_path / "q")),
+                    "at least one of the --clients 3 sites must be honest")
     assert not [p.name for p in tmp_path.iterdir()]  # bad input leaves no partial output
     _one_line_error(run_cli("fl-server", "status", "--run-dir", str(tmp_path)), "no results.json")

@@ -1,0 +1,304 @@
+"""Every site's update checked before any strategy aggregates it: finite, the model's shape, a bounded norm,
+a plausible example count.
+
+Why our own wrapper: Flower's strategies trust every ``FitRes``. One enrolled site sending NaN made all
+parameters of the global model NaN (FedAvg, and FedMedian too, since ``np.median`` propagates NaN), an
+update scaled by 1e6 took over the model, a wrong-shaped array aborted the run, and a site claiming 1e9
+examples took almost all of FedAvg's weight. This wrapper sits in front of any Flower strategy (and of
+its DP wrappers), drops what fails with the reason, and hands the rest on unchanged.
+
+The checks, per site and round (plaintext updates):
+
+1. the arrays decode, with the global model's shapes and dtypes, and every value is finite;
+2. the example count is a positive integer no larger than the count the site released in its handshake
+   (``count_limits``; unknown sites: ``default_count_limit``), and FedAvg weighs it at most that;
+3. ‖update − global‖₂ is at most the bound: a number, or ``k``× the median norm of the round's
+   updates that passed 1-2 (``"5x"``, the default; ``"off"``). A median bound holds while fewer than
+   half the sites attack.
+4. the update points the way the round's sites agree on: its cosine similarity with the coordinate-wise
+   median of the updates that passed 1-3 is at least ``min_cosine`` − 3/√d (default 0; None: no check;
+   needs 3 or more updates; d parameters). A sign-flipped update scores about minus an honest one's, so
+   FedAvg keeps learning. The margin 3/√d is three standard deviations of the cosine of two unrelated
+   vectors in d dimensions: honest updates that are mostly DP noise agree with the median only by
+   chance, and are not refused for it (in a 31-parameter model the margin is 0.54, so only a flip of a
+   clearly agreed direction is caught there).
+
+A site whose update fails ``max_rejections`` times is excluded for the rest of the run (it is no longer
+sampled). Rejections reach the strategy as failures (:class:`RejectedUpdate`), so results name the site
+and the reason, and the round goes on with the others.
+
+Under SecAgg+ the server only ever sees the sum: the same aggregate arrives as every site's result.
+Then only the aggregate is checked (finite, shapes, and its norm against ``k``× the median of the earlier
+rounds' aggregate norms); a failing aggregate is discarded and the global model stays as it was.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import Counter
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+from flwr.common import (
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Scalar,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.criterion import Criterion
+from flwr.server.strategy import Strategy
+
+from fedshield.common.update_bounds import DEFAULT_NORM_BOUND, NormBound
+
+log = logging.getLogger("fedshield.server")
+
+DEFAULT_MAX_REJECTIONS = 3
+MEDIAN_SAMPLE = 100
+
+
+class RejectedUpdate(Exception):
+    """A site's reply that failed a check: ``node_id`` and the reason (the failure Flower's strategies see)."""
+
+    def __init__(self, node_id: int, reason: str) -> None:
+        super().__init__(reason)
+        self.node_id = node_id
+        self.reason = reason
+
+
+@dataclass
+class UpdatePolicy:
+    """What a plausible update is: see the module docstring.
+
+    ``count_limits``: node id → the (training, validation) example counts the site released in its
+    handshake; ``default_count_limit``: both limits for sites the handshake did not ask (a sampled
+    simulation), 0 = no limit;
+    ``aggregate_only``: SecAgg+ (the server sees only the sum).
+    """
+
+    norm_bound: NormBound = field(default_factory=lambda: NormBound.parse(DEFAULT_NORM_BOUND))
+    max_rejections: int = DEFAULT_MAX_REJECTIONS
+    count_limits: dict[int, tuple[int, int]] = field(default_factory=dict)
+    default_count_limit: int = 0
+    aggregate_only: bool = False
+    min_cosine: float | None = 0.0
+
+    def count_limit(self, node_id: int, split: str) -> int:
+        """The most examples ``node_id`` may claim for ``split`` (``train`` or ``val``); 0: no limit."""
+        limits = self.count_limits.get(node_id)
+        if limits is None:
+            return self.default_count_limit
+        return limits[0] if split == "train" else limits[1]
+
+
+def _flat_norm(arrays: list[np.ndarray], reference: list[np.ndarray]) -> float:
+    return math.sqrt(sum(float(np.sum((a.astype(np.float64) - r.astype(np.float64)) ** 2))
+                         for a, r in zip(arrays, reference, strict=True)))
+
+
+def array_problem(arrays: list[np.ndarray], reference: list[np.ndarray]) -> str | None:
+    """Why ``arrays`` cannot be an update of a model shaped like ``reference`` (None: it can)."""
+    if len(arrays) != len(reference):
+        return f"{len(arrays)} arrays where the model has {len(reference)}"
+    for i, (a, r) in enumerate(zip(arrays, reference, strict=True)):
+        if a.shape != r.shape or a.dtype != r.dtype:
+            return f"array {i} is {a.dtype}{list(a.shape)} where the model has {r.dtype}{list(r.shape)}"
+        if a.dtype.kind in "fc" and not np.isfinite(a).all():
+            return f"array {i} holds NaN or infinite values"
+    return None
+
+
+class _Allowed(Criterion):
+    def __init__(self, excluded: dict[int, str], also: Criterion | None) -> None:
+        self.excluded, self.also = excluded, also
+
+    def select(self, client: ClientProxy) -> bool:
+        return client.node_id not in self.excluded and (self.also is None or self.also.select(client))
+
+
+class ExcludingClientManager(ClientManager):
+    """Flower's client manager without the excluded sites: strategies size and draw their samples from the
+    sites still allowed, so an excluded site is never sampled (nor counted as a missing reply)."""
+
+    def __init__(self, inner: ClientManager, excluded: dict[int, str]) -> None:
+        self.inner, self.excluded = inner, excluded
+
+    def num_available(self) -> int:
+        return sum(1 for proxy in self.inner.all().values() if proxy.node_id not in self.excluded)
+
+    def register(self, client: ClientProxy) -> bool:
+        return self.inner.register(client)
+
+    def unregister(self, client: ClientProxy) -> None:
+        self.inner.unregister(client)
+
+    def all(self) -> dict[str, ClientProxy]:
+        return {cid: p for cid, p in self.inner.all().items() if p.node_id not in self.excluded}
+
+    def wait_for(self, num_clients: int, timeout: int = 86400) -> bool:
+        return self.inner.wait_for(num_clients, timeout)
+
+    def sample(self, num_clients: int, min_num_clients: int | None = None,
+               criterion: Criterion | None = None) -> list[ClientProxy]:
+        return self.inner.sample(num_clients, min_num_clients, _Allowed(self.excluded, criterion))
+
+
+class ValidatingStrategy(Strategy):
+    """Check every site's reply (see the module docstring), then delegate to ``inner`` with what passed."""
+
+    def __init__(self, inner: Strategy, policy: UpdatePolicy) -> None:
+        self.inner = inner
+        self.policy = policy
+        self.rejections: Counter[int] = Counter()
+        self.excluded: dict[int, str] = {}
+        self._global: dict[int, list[np.ndarray]] = {}  # round -> the global model the sites were sent
+        self._aggregate_norms: list[float] = []
+
+    def __repr__(self) -> str:
+        return f"Validating({self.inner!r})"
+
+    # ------------------------------------------------------------------ delegation
+    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
+        return self.inner.initialize_parameters(client_manager)
+
+    def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
+        return self.inner.evaluate(server_round, parameters)
+
+    def configure_fit(self, server_round: int, parameters: Parameters,
+                      client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
+        self._global = {server_round: parameters_to_ndarrays(parameters)}
+        return self.inner.configure_fit(server_round, parameters, ExcludingClientManager(client_manager, self.excluded))
+
+    def configure_evaluate(self, server_round: int, parameters: Parameters,
+                           client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
+        return self.inner.configure_evaluate(server_round, parameters,
+                                             ExcludingClientManager(client_manager, self.excluded))
+
+    # ------------------------------------------------------------------ training
+    def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                      failures: list) -> tuple[Parameters | None, dict[str, Scalar]]:
+        reference = self._global.get(server_round)
+        if reference is None or not results:  # nothing to compare with (a strategy driven from elsewhere)
+            return self.inner.aggregate_fit(server_round, results, failures)
+        if self.policy.aggregate_only:
+            return self._aggregate_sum(server_round, results, failures, reference)
+        accepted: list[tuple[ClientProxy, FitRes, float]] = []
+        rejected: list[RejectedUpdate] = []
+        for proxy, res in results:
+            problem, arrays = self._decode(res, reference)
+            count, count_problem = self._count(proxy.node_id, res.num_examples)
+            problem = problem or count_problem
+            if problem is not None:
+                rejected.append(self._reject(proxy.node_id, problem))
+                continue
+            accepted.append((proxy, replace(res, num_examples=count), _flat_norm(arrays, reference)))
+        bound = self.policy.norm_bound.limit([n for _, _, n in accepted])
+        bounded = []
+        for proxy, res, norm in accepted:
+            if norm > bound:
+                rejected.append(self._reject(proxy.node_id, f"update norm {norm:.3g} above the bound {bound:.3g} "
+                                                            "(--max-update-norm)"))
+            else:
+                bounded.append((proxy, res))
+        kept = []
+        least = (self.policy.min_cosine - 3.0 / math.sqrt(sum(r.size for r in reference))
+                 if self.policy.min_cosine is not None else -math.inf)
+        for (proxy, res), cosine in zip(bounded, self._agreement(server_round, bounded, reference), strict=True):
+            if cosine < least:
+                rejected.append(self._reject(proxy.node_id, f"update points away from the round's median update "
+                                                            f"(cosine {cosine:.2f} below {least:.2f}, "
+                                                            "--min-update-cosine)"))
+            else:
+                kept.append((proxy, res))
+        if not kept:
+            log.warning("round %s: no update passed the checks; the global model stays as it was", server_round)
+            return None, {}
+        return self.inner.aggregate_fit(server_round, kept, [*failures, *rejected])
+
+    def _aggregate_sum(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list,
+                       reference: list[np.ndarray]) -> tuple[Parameters | None, dict[str, Scalar]]:
+        """SecAgg+: every result carries the one unmasked aggregate; check it, not the sites."""
+        problem, arrays = self._decode(results[0][1], reference)
+        norm = _flat_norm(arrays, reference) if problem is None else math.nan
+        if problem is None:
+            bound = self.policy.norm_bound.limit(self._aggregate_norms)  # inf in round 1 of a relative bound
+            if norm > bound:
+                problem = f"aggregate norm {norm:.3g} above the bound {bound:.3g} (--max-update-norm)"
+        if problem is not None:
+            log.warning("round %s: the securely aggregated update was discarded (%s); one of the sites sent a "
+                        "malformed or outsized masked update", server_round, problem)
+            return None, {"aggregate-rejected": problem}
+        self._aggregate_norms.append(norm)
+        return self.inner.aggregate_fit(server_round, results, failures)
+
+    def _agreement(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
+                   reference: list[np.ndarray]) -> list[float]:
+        """Each update's cosine similarity with the coordinate-wise median update (1.0 each below 3 updates).
+
+        The median is taken over at most :data:`MEDIAN_SAMPLE` updates (a seeded sample), so a round of
+        1,000 sites does not stack 1,000 model-sized vectors.
+        """
+        if self.policy.min_cosine is None or len(results) < 3:
+            return [1.0] * len(results)
+        flat_reference = np.concatenate([r.ravel().astype(np.float32) for r in reference])
+        deltas = [np.concatenate([a.ravel().astype(np.float32) for a in parameters_to_ndarrays(res.parameters)])
+                  - flat_reference for _, res in results]
+        rng = np.random.default_rng(server_round)
+        picked = rng.choice(len(deltas), size=min(len(deltas), MEDIAN_SAMPLE), replace=False)
+        median = np.median(np.stack([deltas[i] for i in picked]), axis=0)
+        median_norm = float(np.linalg.norm(median))
+        out = []
+        for delta in deltas:
+            norm = float(np.linalg.norm(delta)) * median_norm
+            out.append(float(np.dot(delta, median)) / norm if norm > 0 else 1.0)
+        return out
+
+    # ------------------------------------------------------------------ evaluation
+    def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],
+                           failures: list) -> tuple[float | None, dict[str, Scalar]]:
+        kept = []
+        rejected = []
+        for proxy, res in results:
+            count, problem = self._count(proxy.node_id, res.num_examples, split="val")
+            if problem is None and not math.isfinite(float(res.loss)):
+                problem = "loss is NaN or infinite"
+            if problem is None and any(isinstance(v, float) and not math.isfinite(v) for v in res.metrics.values()):
+                problem = "a metric is NaN or infinite"
+            if problem is not None:
+                rejected.append(RejectedUpdate(proxy.node_id, f"evaluation rejected: {problem}"))
+                continue
+            kept.append((proxy, replace(res, num_examples=count)))
+        if not kept:
+            return None, {}
+        return self.inner.aggregate_evaluate(server_round, kept, [*failures, *rejected])
+
+    # ------------------------------------------------------------------ checks
+    @staticmethod
+    def _decode(res: FitRes, reference: list[np.ndarray]) -> tuple[str | None, list[np.ndarray]]:
+        try:
+            arrays = parameters_to_ndarrays(res.parameters)
+        except Exception as exc:  # any bytes a site sent: numpy's loader raises many kinds
+            return f"arrays do not decode ({type(exc).__name__})", []
+        return array_problem(arrays, reference), arrays
+
+    def _count(self, node_id: int, num_examples: object, split: str = "train") -> tuple[int, str | None]:
+        if not isinstance(num_examples, int) or isinstance(num_examples, bool) or num_examples < 1:
+            return 0, f"example count {num_examples!r} is not a positive integer"
+        limit = self.policy.count_limit(node_id, split)
+        if limit and num_examples > limit:
+            return 0, f"claims {num_examples} {split} examples, its handshake released {limit}"
+        return num_examples, None
+
+    def _reject(self, node_id: int, problem: str) -> RejectedUpdate:
+        self.rejections[node_id] += 1
+        reason = f"update rejected: {problem}"
+        if self.rejections[node_id] >= self.policy.max_rejections and node_id not in self.excluded:
+            self.excluded[node_id] = problem
+            reason += f"; excluded from the rest of the run after {self.rejections[node_id]} rejected updates"
+        log.warning("node %s: %s", node_id, reason)
+        return RejectedUpdate(node_id, reason)

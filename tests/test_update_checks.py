@@ -1,0 +1,290 @@
+"""The coordinator's update checks in front of Flower's own strategies: each attack performed, each refused.
+
+Honest sites send the global model plus a small update; an attacker sends NaN, a scaled update, a
+misshapen or undecodable array, or an inflated count. Without the checks (the first test shows it on
+Flower's FedAvg and FedMedian) one NaN update made the whole model NaN.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from flwr.common import (
+    Code,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    Parameters,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+from flwr.server.strategy import FedAvg, FedMedian, FedTrimmedAvg
+
+from fedshield.common.errors import ConfigError
+from fedshield.common.run_config import RunConfig
+from fedshield.common.update_bounds import NormBound, parse_min_cosine
+from fedshield.strategies.recording import RecordingStrategy
+from fedshield.strategies.registry import make_strategy
+from fedshield.strategies.update_checks import RejectedUpdate, UpdatePolicy, ValidatingStrategy
+
+OK = Status(code=Code.OK, message="")
+GLOBAL = [np.zeros((4, 3), dtype=np.float32), np.zeros(3, dtype=np.float32)]
+
+
+class Proxy(ClientProxy):
+    """A connected site as Flower's client manager holds it (no transport: the strategy never calls it)."""
+
+    def __init__(self, node_id: int) -> None:
+        super().__init__(str(node_id))
+        self.node_id = node_id
+
+    def get_properties(self, ins, timeout, group_id):  # pragma: no cover - never called by strategies
+        raise NotImplementedError
+
+    def get_parameters(self, ins, timeout, group_id):  # pragma: no cover
+        raise NotImplementedError
+
+    def fit(self, ins, timeout, group_id):  # pragma: no cover
+        raise NotImplementedError
+
+    def evaluate(self, ins, timeout, group_id):  # pragma: no cover
+        raise NotImplementedError
+
+    def reconnect(self, ins, timeout, group_id):  # pragma: no cover
+        raise NotImplementedError
+
+
+def _honest(rng: np.random.Generator, shift: float = 1.0) -> list[np.ndarray]:
+    return [(g + shift + 0.1 * rng.standard_normal(g.shape)).astype(np.float32) for g in GLOBAL]
+
+
+def _fit(arrays: list[np.ndarray] | Parameters, count: int = 100) -> FitRes:
+    params = arrays if isinstance(arrays, Parameters) else ndarrays_to_parameters(arrays)
+    return FitRes(status=OK, parameters=params, num_examples=count, metrics={})
+
+
+def _manager(n: int) -> SimpleClientManager:
+    manager = SimpleClientManager()
+    for nid in range(1, n + 1):
+        manager.register(Proxy(nid))
+    return manager
+
+
+class Observer:
+    """What the run's results would record (RecordingStrategy's observer)."""
+
+    def __init__(self) -> None:
+        self.failed: dict[int, list[tuple[int, str]]] = {}
+        self.evaluation_failed: list[tuple[int, str]] = []
+
+    def on_train(self, rnd, sampled, results, failed, aggregate, parameters) -> None:
+        self.failed[rnd] = failed
+
+    def on_evaluate(self, rnd, results, failed, loss, aggregate) -> None:
+        self.evaluation_failed = failed
+
+    def on_centralized(self, rnd, loss, metrics) -> None:  # pragma: no cover
+        pass
+
+
+def _round(strategy: ValidatingStrategy, manager: SimpleClientManager, rnd: int,
+           replies: dict[int, FitRes]) -> tuple[list[np.ndarray] | None, list[int]]:
+    instructions = strategy.configure_fit(rnd, ndarrays_to_parameters(GLOBAL), manager)
+    sampled = [p.node_id for p, _ in instructions]
+    results = [(p, replies[p.node_id]) for p, _ in instructions if p.node_id in replies]
+    params, _ = strategy.aggregate_fit(rnd, results, [])
+    return (parameters_to_ndarrays(params) if params is not None else None), sampled
+
+
+@pytest.mark.parametrize("inner", [FedAvg, FedMedian])
+def test_without_the_checks_one_nan_site_poisons_flowers_strategies(inner) -> None:
+    rng = np.random.default_rng(0)
+    results = [(Proxy(i), _fit(_honest(rng))) for i in (1, 2, 3)]
+    results.append((Proxy(4), _fit([np.full_like(g, np.nan) for g in GLOBAL])))
+    params, _ = inner().aggregate_fit(1, results, [])
+    assert np.isnan(parameters_to_ndarrays(params)[0]).all()
+
+
+def _poisoned(kind: str) -> FitRes:
+    if kind == "nan":
+        return _fit([np.full_like(g, np.nan) for g in GLOBAL])
+    if kind == "inf":
+        return _fit([np.full_like(g, np.inf) for g in GLOBAL])
+    if kind == "scale":
+        return _fit([g + 1e6 for g in GLOBAL])
+    if kind == "shape":
+        return _fit([GLOBAL[0], np.zeros((5,), dtype=np.float32)])
+    if kind == "dtype":
+        return _fit([g.astype(np.float64) for g in GLOBAL])
+    if kind == "arrays":
+        return _fit(GLOBAL[:1])
+    if kind == "bytes":
+        return _fit(Parameters(tensors=[b"\x93NUMPY garbage", b""], tensor_type="numpy.ndarray"))
+    if kind == "count":
+        return _fit(_honest(np.random.default_rng(9)), count=10**9)
+    if kind == "zero-count":
+        return _fit(_honest(np.random.default_rng(9)), count=0)
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("strategy_name", ["fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum"])
+@pytest.mark.parametrize("kind,reason", [
+    ("nan", "NaN or infinite"), ("inf", "NaN or infinite"), ("scale", "above the bound"),
+    ("shape", "where the model has"), ("dtype", "where the model has"), ("arrays", "arrays where the model has"),
+    ("bytes", "do not decode"), ("count", "claims 1000000000 train examples"), ("zero-count", "not a positive"),
+])
+def test_a_poisoned_update_is_dropped_named_and_the_round_goes_on(strategy_name: str, kind: str, reason: str) -> None:
+    observer = Observer()
+    inner = make_strategy(strategy_name, tolerate=1, min_fit_clients=2, min_available_clients=2)
+    strategy = ValidatingStrategy(RecordingStrategy(inner, observer),
+                                  UpdatePolicy(count_limits={i: (120, 30) for i in range(1, 7)}))
+    rng = np.random.default_rng(1)
+    replies = {i: _fit(_honest(rng)) for i in range(1, 6)}
+    replies[6] = _poisoned(kind)
+    params, _ = _round(strategy, _manager(6), 1, replies)
+    assert params is not None and all(np.isfinite(a).all() for a in params)
+    assert all(abs(float(a.mean()) - 1.0) < 0.2 for a in params)  # the honest sites' update, not the attacker's
+    ((node, why),) = observer.failed[1]
+    assert node == 6 and why.startswith("update rejected: ") and reason in why
+
+
+def test_a_site_claiming_more_than_its_handshake_is_refused_and_an_honest_count_weighs_as_sent() -> None:
+    observer = Observer()
+    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer),
+                                  UpdatePolicy(count_limits={1: (100, 10), 2: (300, 10), 3: (50, 10)}))
+    replies = {1: _fit([g + 1 for g in GLOBAL], 100), 2: _fit([g + 2 for g in GLOBAL], 300),
+               3: _fit([g + 9 for g in GLOBAL], 51)}
+    params, _ = _round(strategy, _manager(3), 1, replies)
+    assert params[0][0, 0] == pytest.approx((100 * 1 + 300 * 2) / 400)
+    assert observer.failed[1] == [(3, "update rejected: claims 51 train examples, its handshake released 50")]
+
+
+def test_a_site_rejected_max_rejections_times_is_no_longer_sampled() -> None:
+    observer = Observer()
+    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(min_fit_clients=2, min_available_clients=2), observer),
+                                  UpdatePolicy(max_rejections=2))
+    manager = _manager(4)
+    rng = np.random.default_rng(2)
+    for rnd in (1, 2, 3):
+        replies = {i: _fit(_honest(rng)) for i in (1, 2, 3)}
+        replies[4] = _poisoned("nan")
+        params, sampled = _round(strategy, manager, rnd, replies)
+        assert params is not None
+        if rnd < 3:
+            assert 4 in sampled and [n for n, _ in observer.failed[rnd]] == [4]
+        else:
+            assert sorted(sampled) == [1, 2, 3] and observer.failed[rnd] == []
+    assert "excluded from the rest of the run" in observer.failed[2][0][1]
+    assert set(strategy.excluded) == {4}
+    evaluation = strategy.configure_evaluate(3, ndarrays_to_parameters(GLOBAL), manager)
+    assert 4 not in {p.node_id for p, _ in evaluation}
+
+
+def test_the_norm_bound_is_relative_to_the_round_median_absolute_or_off() -> None:
+    assert NormBound.parse("5x").limit([1.0, 2.0, 30.0]) == pytest.approx(10.0)
+    assert NormBound.parse("20").limit([1.0, 2.0]) == 20.0
+    assert NormBound.parse("off").limit([1.0]) == math.inf
+    for bad in ("0.5x", "-3", "x", "lots", "nan", "inf"):
+        with pytest.raises(ConfigError, match="--max-update-norm"):
+            NormBound.parse(bad)
+
+
+def test_sign_flipped_updates_are_refused_so_fedavg_keeps_learning() -> None:
+    observer = Observer()
+    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer), UpdatePolicy())
+    rng = np.random.default_rng(4)
+    replies = {i: _fit(_honest(rng)) for i in range(1, 8)}
+    replies.update({i: _fit([-a for a in _honest(rng)]) for i in (8, 9, 10)})  # Δ → −Δ at 3 of 10 sites
+    params, _ = _round(strategy, _manager(10), 1, replies)
+    assert sorted(n for n, _ in observer.failed[1]) == [8, 9, 10]
+    assert all("points away from the round's median update" in why for _, why in observer.failed[1])
+    assert all(abs(float(a.mean()) - 1.0) < 0.1 for a in params)
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_honest_updates_of_pure_noise_pass_the_direction_test(seed: int) -> None:
+    """Heavy DP noise: updates with no common direction, in a 15-parameter model, are not refused for it."""
+    observer = Observer()
+    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer), UpdatePolicy())
+    rng = np.random.default_rng(seed)
+    replies = {i: _fit(_honest(rng, shift=0.0)) for i in range(1, 11)}
+    _round(strategy, _manager(10), 1, replies)
+    assert observer.failed[1] == []
+
+
+def test_the_direction_threshold_parses_or_names_its_flag() -> None:
+    assert parse_min_cosine("0") == 0.0 and parse_min_cosine("-0.2") == -0.2 and parse_min_cosine("off") is None
+    for bad in ("1", "2", "-1.5", "nan", "south"):
+        with pytest.raises(ConfigError, match="--min-update-cosine"):
+            parse_min_cosine(bad)
+
+
+def test_when_every_update_fails_the_model_stays_as_it_was() -> None:
+    strategy = ValidatingStrategy(FedAvg(), UpdatePolicy())
+    params, _ = _round(strategy, _manager(2), 1, {1: _poisoned("nan"), 2: _poisoned("shape")})
+    assert params is None
+
+
+def test_under_secagg_only_the_sum_is_checked_and_an_outsized_one_is_discarded() -> None:
+    """SecAgg+ hands every site's result the one unmasked aggregate; a hostile site can only spoil it whole."""
+    strategy = ValidatingStrategy(FedAvg(), UpdatePolicy(aggregate_only=True))
+    manager = _manager(3)
+    normal = ndarrays_to_parameters([g + 1 for g in GLOBAL])
+    params, _ = _round(strategy, manager, 1, {i: _fit(normal) for i in (1, 2, 3)})
+    assert params is not None
+    huge = ndarrays_to_parameters([g + 1e4 for g in GLOBAL])
+    params, _ = _round(strategy, manager, 2, {i: _fit(huge) for i in (1, 2, 3)})
+    assert params is None  # discarded: the global model stays as it was
+    nan = ndarrays_to_parameters([np.full_like(g, np.nan) for g in GLOBAL])
+    params, _ = _round(strategy, manager, 3, {i: _fit(nan) for i in (1, 2, 3)})
+    assert params is None
+    params, _ = _round(strategy, manager, 4, {i: _fit(normal) for i in (1, 2, 3)})
+    assert params is not None
+
+
+def test_evaluation_replies_with_nan_or_inflated_counts_are_dropped() -> None:
+    observer = Observer()
+    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer),
+                                  UpdatePolicy(count_limits={1: (100, 20), 2: (100, 20), 3: (100, 20)}))
+    manager = _manager(3)
+    strategy.configure_evaluate(1, ndarrays_to_parameters(GLOBAL), manager)
+    proxies = {nid: manager.all()[str(nid)] for nid in (1, 2, 3)}
+    results = [(proxies[1], EvaluateRes(status=OK, loss=0.5, num_examples=20, metrics={"accuracy": 0.8})),
+               (proxies[2], EvaluateRes(status=OK, loss=math.nan, num_examples=20, metrics={})),
+               (proxies[3], EvaluateRes(status=OK, loss=9.0, num_examples=10**6, metrics={}))]
+    loss, _ = strategy.aggregate_evaluate(1, results, [])
+    assert loss == pytest.approx(0.5)
+    assert sorted(n for n, _ in observer.evaluation_failed) == [2, 3]
+
+
+@pytest.mark.parametrize("strategy", ["fedmedian", "fedtrimmedavg", "krum", "multikrum"])
+def test_a_robust_strategy_under_secagg_is_refused_not_silently_a_mean(strategy: str) -> None:
+    with pytest.raises(ConfigError, match=f"--strategy {strategy} needs every site's update, which --secagg hides"):
+        RunConfig(strategy=strategy, secagg=True, min_clients=5).validate()
+
+
+def test_krum_needs_two_f_plus_three_sites() -> None:
+    with pytest.raises(ConfigError, match="needs --min-clients of at least 7"):
+        RunConfig(strategy="krum", tolerate_attackers=2, min_clients=6).validate()
+    RunConfig(strategy="multikrum", tolerate_attackers=2, min_clients=7).validate()
+
+
+def test_rejections_name_their_site_among_flowers_unnamed_failures() -> None:
+    observer = Observer()
+    recording = RecordingStrategy(FedAvg(), observer)
+    recording.configure_fit(1, ndarrays_to_parameters(GLOBAL), _manager(4))
+    recording.aggregate_fit(1, [(Proxy(1), _fit(_honest(np.random.default_rng(3))))],
+                            [TimeoutError("no reply in time"), RejectedUpdate(3, "update rejected: x")])
+    assert sorted(observer.failed[1]) == [(2, "no reply in time"), (3, "update rejected: x"), (4, "no reply")]
+
+
+def test_fit_instructions_still_reach_every_allowed_site() -> None:
+    strategy = ValidatingStrategy(FedTrimmedAvg(), UpdatePolicy())
+    instructions = strategy.configure_fit(1, ndarrays_to_parameters(GLOBAL), _manager(5))
+    assert sorted(p.node_id for p, _ in instructions) == [1, 2, 3, 4, 5]
+    assert all(isinstance(ins, FitIns) for _, ins in instructions)
