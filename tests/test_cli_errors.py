@@ -85,6 +85,10 @@ def test_server_start_bad_input(tmp_path: Path) -> None:
                     "--epsilon is each site's own setting", "fl-client join --epsilon")
     _one_line_error(run_cli("fl-server", "start", "--insecure", "--momentum", "1", "--run-dir", str(tmp_path / "r7")),
                     "--momentum must be in [0, 1)")
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--max-message-mb", "-1", "--run-dir",
+                            str(tmp_path / "r9")), "--max-message-mb", "positive")
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--idle-timeout", "0", "--run-dir",
+                            str(tmp_path / "r10")), "--idle-timeout", "positive")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
