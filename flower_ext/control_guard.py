@@ -4,7 +4,7 @@ Flower 1.41 and 1.42's open-source SuperLink serves its Fleet API (sites), Contr
 ``supernode register``) and Runtime API (the ServerApp) on ONE HTTP port, and its Control API's account
 authentication is an Enterprise feature (the OSS build plugs in a no-op). Anyone who can reach the port a
 site connects to could therefore submit a run that executes on every SuperNode. FedShield starts
-Flower's own ``flower-superlink`` with one more ASGI middleware, :class:`CoordinatorOnly`, outermost:
+Flower's own ``flower-superlink`` with one more ASGI middleware, :class:`CoordinatorOnly`, in front of its layers:
 
 * ``/health``: passed through;
 * ``/v1/fleet/*``: passed through (sites; SuperNode authentication is Flower's) once the coordinator has
@@ -19,7 +19,7 @@ Flower's own ``flower-superlink`` with one more ASGI middleware, :class:`Coordin
 * anything else (API docs, other routers): 404.
 
 A refused request gets HTTP 403 and one line in the SuperLink log naming the peer and the path.
-:func:`fedshield.flower_ext.superlink.install` puts this middleware outermost in Flower's app and
+:func:`fedshield.flower_ext.superlink.install` puts this middleware in front of Flower's layers and
 checks, before the port opens, that the app Flower built refuses a stranger
 (:func:`refuses_strangers`); the launcher asks the running SuperLink once more over the network
 (:func:`probe_served`). Without the token variable (``--insecure`` development runs) no guard is

@@ -3,11 +3,13 @@
 Flower builds the SuperLink's app in ``flwr.superlink.main.create_app`` from the list ``_get_middleware()``
 returns. :func:`install_middleware` rebinds that function so the list becomes, outermost first:
 
-1. :class:`~fedshield.flower_ext.control_guard.CoordinatorOnly`, with a federation's coordinator token:
+1. :class:`~fedshield.flower_ext.body_limit.BodyLimit`: a request body over the cap is refused before it is
+   read, whoever sends it (:mod:`fedshield.flower_ext.network_limits`);
+2. :class:`~fedshield.flower_ext.control_guard.CoordinatorOnly`, with a federation's coordinator token:
    only the coordinator uses the Control API, the Runtime API only from loopback;
-2. :class:`~fedshield.flower_ext.held_pulls.HeldPulls`: empty pulls wait for the matching push, inside the
+3. :class:`~fedshield.flower_ext.held_pulls.HeldPulls`: empty pulls wait for the matching push, inside the
    guard, so a refused request is never held and every held answer passes Flower's own checks;
-3. Flower's own layers, each scoped to the requests it acts on (:mod:`fedshield.flower_ext.scoped_middleware`).
+4. Flower's own layers, each scoped to the requests it acts on (:mod:`fedshield.flower_ext.scoped_middleware`).
 
 The guard is security code and fails closed. Its hook gone (another Flower under the version override):
 :func:`install` raises before anything is served. And since a rebinding works only while Flower still
@@ -17,7 +19,9 @@ in process and before its port opens, to refuse a stranger
 and the SuperLink does not start. ``fl-server start`` asks the
 served SuperLink once more, over the network, before it registers sites or submits a run.
 
-:func:`install` also gives the ServerApp two minutes to start (:mod:`fedshield.flower_ext.task_start_window`).
+:func:`install` also bounds the SuperLink's connections (:mod:`fedshield.flower_ext.connection_limits`: idle
+connections and unfinished TLS handshakes are closed) and gives the ServerApp two minutes to start
+(:mod:`fedshield.flower_ext.task_start_window`).
 """
 
 from __future__ import annotations
@@ -31,9 +35,11 @@ from typing import Any
 from starlette.middleware import Middleware
 
 from fedshield.common.errors import FedShieldError
-from fedshield.flower_ext import task_start_window
+from fedshield.flower_ext import connection_limits, task_start_window
+from fedshield.flower_ext.body_limit import BodyLimit
 from fedshield.flower_ext.control_guard import CoordinatorOnly, refuses_strangers
 from fedshield.flower_ext.held_pulls import HOLD_S, HeldPulls
+from fedshield.flower_ext.network_limits import NetworkLimits
 from fedshield.flower_ext.scoped_middleware import scoped
 from fedshield.flower_ext.version_check import (
     FLOWER_VERSION,
@@ -53,17 +59,20 @@ def _flower_app_module() -> ModuleType:
     return superlink_main
 
 
-def install_middleware(token: str | None, ready_file: str | None = None, *, hold_s: float) -> None:
-    """Rebind Flower's ``_get_middleware``: with a ``token``, the guard outermost; with ``hold_s`` > 0, long
-    polls inside it; Flower's layers scoped, in Flower's order."""
+def install_middleware(token: str | None, ready_file: str | None = None, *, hold_s: float,
+                       limits: NetworkLimits | None = None) -> None:
+    """Rebind Flower's ``_get_middleware``: with ``limits``, the body limit outermost; with a ``token``, the guard
+    next; with ``hold_s`` > 0, long polls inside it; Flower's layers scoped, in Flower's order."""
     superlink_main = _flower_app_module()
     flower_middleware = rebinding_point(superlink_main, "_get_middleware",
                                         "adds the control guard and long polls to the SuperLink")
 
     def with_guard() -> list[Middleware]:
+        bounded = [] if limits is None else [Middleware(BodyLimit, max_bytes=limits.max_message_bytes,
+                                                        gap_s=limits.idle_timeout_s)]
         guard = [] if token is None else [Middleware(CoordinatorOnly, token=token, ready_file=ready_file)]
         held = [Middleware(HeldPulls, hold_s=hold_s)] if hold_s > 0 else []
-        return [*guard, *held, *scoped(flower_middleware())]
+        return [*bounded, *guard, *held, *scoped(flower_middleware())]
 
     superlink_main._get_middleware = with_guard  # type: ignore[attr-defined]  # the door rebinds Flower's private hook
 
@@ -93,12 +102,16 @@ def check_built_apps() -> None:
     superlink_main.create_app = create_guarded_app  # type: ignore[attr-defined]  # the door rebinds Flower's app factory
 
 
-def install(token: str | None, ready_file: str | None = None, *, hold_s: float = HOLD_S) -> None:
+def install(token: str | None, ready_file: str | None = None, *, limits: NetworkLimits | None = None,
+            hold_s: float = HOLD_S) -> None:
     """In the SuperLink's process, before Flower's ``flower-superlink`` builds its app: everything above.
     ``token``: the coordinator's (None: ``--insecure`` development runs, no guard); ``ready_file``: sites are
-    held off (HTTP 503) until it exists."""
+    held off (HTTP 503) until it exists; ``limits``: what the port accepts, in every mode (None: the
+    environment's, see :meth:`NetworkLimits.from_env`)."""
     check_flower_version("SuperLink")
-    install_middleware(token, ready_file, hold_s=hold_s)
+    limits = limits or NetworkLimits.from_env()
+    install_middleware(token, ready_file, hold_s=hold_s, limits=limits)
+    connection_limits.install(limits)
     if token is not None:
         check_built_apps()
     task_start_window.install()  # a ServerApp on a busy host gets 2 minutes to start, not 30 s

@@ -50,6 +50,13 @@ def start(
                                "learning rate); a proposal only: each site that joined with DP keeps it and says so."),
     join_timeout: float = typer.Option(
         0.0, "--join-timeout", help="Seconds to wait for --min-clients sites (0 = until Ctrl-C)."),
+    max_message_mb: float = typer.Option(
+        0.0, "--max-message-mb", help="Largest request (MB) the server reads; larger ones are refused unread "
+        "(0 = sized from the run: 8 MB, Flower sends models in 5 MB chunks; 64 MB with --secagg, whose "
+        "masked updates travel whole; a model too large for it fails before round 1, naming the size)."),
+    idle_timeout: float = typer.Option(
+        20.0, "--idle-timeout", help="Seconds a connection may stay silent (no TLS handshake, no request, a "
+        "stalled upload) before the server closes it."),
     json_out: opts.JsonOut = False,
     debug: opts.Debug = False,
 ) -> None:
@@ -67,7 +74,8 @@ def start(
 
     plan = plan_run(training, central, secure_aggregation, min_clients=min_clients, fraction_train=fraction_train,
                     dp=not no_dp, run_dir=run_dir, federation_dir=dir, host=host, port=port, insecure=insecure,
-                    join_timeout=join_timeout, on_warning=warn_loudly)
+                    join_timeout=join_timeout, on_warning=warn_loudly, max_message_mb=max_message_mb,
+                    idle_timeout=idle_timeout)
     if insecure:
         warn_loudly("--insecure: updates travel WITHOUT encryption and sites are not authenticated; loopback "
                     "development only")

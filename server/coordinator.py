@@ -23,6 +23,7 @@ from fedshield.common.errors import ConfigError, FedShieldError, RunFolderError
 from fedshield.common.net import port_in_use
 from fedshield.common.results_view import ResultsWatcher
 from fedshield.common.run_config import RunConfig
+from fedshield.flower_ext.network_limits import MAX_MESSAGE_KEY, MIB, NetworkLimits, default_max_message_bytes
 from fedshield.server.federation import Federation
 from fedshield.server.run_status_probe import RunStatusProbe
 from fedshield.server.run_submission import register_sites, submit, write_app, write_flwr_home
@@ -46,6 +47,7 @@ class CoordinatorPlan:
         host, port: where the SuperLink listens.
         federation: the federation (TLS, enrolled sites), or None for an ``--insecure`` run.
         join_timeout: seconds to wait for ``cfg.min_clients`` sites (0 = until interrupted).
+        limits: the largest request body the SuperLink reads, and how long a connection may idle.
     """
 
     cfg: RunConfig
@@ -54,6 +56,7 @@ class CoordinatorPlan:
     port: int
     federation: Federation | None
     join_timeout: float
+    limits: NetworkLimits
 
     @property
     def address(self) -> str:
@@ -116,15 +119,22 @@ def load_federation(folder: Path, on_warning: Callable[[str], None]) -> Federati
 
 def plan_run(training: TrainingOptions, central: CentralDpOptions, secagg: SecAggOptions, *, min_clients: int,
              fraction_train: float, dp: bool, run_dir: Path | None, federation_dir: Path | None, host: str,
-             port: int | None, insecure: bool, join_timeout: float,
-             on_warning: Callable[[str], None]) -> CoordinatorPlan:
+             port: int | None, insecure: bool, join_timeout: float, on_warning: Callable[[str], None],
+             max_message_mb: float = 0.0, idle_timeout: float | None = None) -> CoordinatorPlan:
     """Check the run's settings, the federation, the run folder and the port; start and write nothing.
 
     ``run_dir`` None: ``./runs/<time>``; ``port`` None: the federation's, or :data:`INSECURE_PORT`;
-    ``dp`` False: plan the run without DP (a proposal: sites decide). Federation warnings go to
-    ``on_warning``. Raises ``ConfigError``/``RunFolderError`` naming the flag and the fix.
+    ``dp`` False: plan the run without DP (a proposal: sites decide); ``max_message_mb`` 0: the cap
+    :func:`~fedshield.flower_ext.network_limits.default_max_message_bytes` chooses; ``idle_timeout`` None: the
+    default. Federation warnings go to ``on_warning``. Raises ``ConfigError``/``RunFolderError`` naming the
+    flag and the fix.
     """
     check_task_name(training.task)  # flags first; torch (resolve_settings below) takes seconds to import
+    if max_message_mb < 0:
+        raise ConfigError("--max-message-mb: must be positive, or 0 to size it from the run")
+    max_bytes = (round(max_message_mb * MIB) if max_message_mb > 0
+                 else default_max_message_bytes(secagg=secagg.secagg))
+    limits = (NetworkLimits(max_bytes) if idle_timeout is None else NetworkLimits(max_bytes, idle_timeout)).checked()
     if insecure and federation_dir is not None:
         raise ConfigError("--insecure and --dir exclude each other; pick one")
     if not insecure and federation_dir is None:
@@ -147,7 +157,7 @@ def plan_run(training: TrainingOptions, central: CentralDpOptions, secagg: SecAg
     cfg.validate()
     if port_in_use(host, port):
         raise ConfigError(f"--port {port}: already in use on {host}; stop what uses it or pick another --port")
-    return CoordinatorPlan(cfg, folder, host, port, fed, join_timeout)
+    return CoordinatorPlan(cfg, folder, host, port, fed, join_timeout, limits)
 
 
 def coordinate(plan: CoordinatorPlan, callbacks: CoordinatorCallbacks) -> dict[str, Any]:
@@ -161,12 +171,13 @@ def coordinate(plan: CoordinatorPlan, callbacks: CoordinatorCallbacks) -> dict[s
     tls = TlsFiles(fed.ca_cert, fed.server_cert, fed.server_key) if fed is not None else None
     superlink = SuperLink(host=plan.host, port=plan.port, state_db=None, log_path=folder / "server.log", tls=tls,
                           enable_node_auth=fed is not None, control_token=fed.control_token if fed else None,
-                          fleet_ready_file=folder / ".fleet-ready" if fed else None)
+                          fleet_ready_file=folder / ".fleet-ready" if fed else None, limits=plan.limits)
     (folder / ".fleet-ready").unlink(missing_ok=True)
     started = time.monotonic()
     superlink.start()
     try:
-        app_dir = write_app(folder / "app", plan.cfg, {"join-timeout": plan.join_timeout})
+        app_dir = write_app(folder / "app", plan.cfg, {"join-timeout": plan.join_timeout,
+                                                       MAX_MESSAGE_KEY: plan.limits.max_message_bytes})
         flwr_home = write_flwr_home(folder / ".flwr", plan.address, root_certificates=fed.ca_cert if fed else None,
                                     control_token=fed.control_token if fed else None)
         if fed is not None:

@@ -31,6 +31,7 @@ from fedshield.common.run_config import RunConfig
 from fedshield.common.torch_arrays import model_to_ndarrays
 from fedshield.common.update_bounds import NormBound, parse_min_cosine
 from fedshield.flower_ext import serverapp as flower_serverapp
+from fedshield.flower_ext.network_limits import MAX_MESSAGE_KEY, check_model_fits
 from fedshield.server.central_evaluation import central_test_fn
 from fedshield.server.initial_evaluation import with_initial_evaluation
 from fedshield.server.prompt_grid import PromptGrid
@@ -76,6 +77,10 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         model = build_model(task, schema, TaskOptions(model=cfg.model, seed=cfg.seed), seed=cfg.seed)
         if cfg.init_weights:
             start_from(task, model, cfg.init_weights)
+        exchanged = model_to_ndarrays(model)
+        if MAX_MESSAGE_KEY in context.run_config:  # deployment: the SuperLink refuses larger requests
+            check_model_fits(sum(a.size for a in exchanged), len(exchanged), secagg=cfg.secagg,
+                             max_message_bytes=int(context.run_config[MAX_MESSAGE_KEY]))
         recorder.set_sites(healthy, schema, model, total=len(node_ids),
                            refused={nid: str(r["site"]) for nid, r in replies.items() if "error" in r and "site" in r})
         recorder.set_status("running", connected=len(node_ids),
@@ -89,7 +94,7 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
             cfg.strategy,
             tolerate=cfg.tolerate_attackers,
             **sampling_options(cfg),
-            initial_parameters=ndarrays_to_parameters(model_to_ndarrays(model)),
+            initial_parameters=ndarrays_to_parameters(exchanged),
             on_fit_config_fn=round_config,
             on_evaluate_config_fn=round_config,
             evaluate_fn=central_test_fn(cfg, schema) if mode == "simulation" else None,

@@ -24,6 +24,7 @@ from fedshield.common.errors import FedShieldError
 from fedshield.common.flower_env import child_env, parent_env
 from fedshield.common.process_tree import last_line, stop_process_group
 from fedshield.flower_ext.control_guard import READY_ENV, TOKEN_ENV, probe_served
+from fedshield.flower_ext.network_limits import NetworkLimits
 
 
 @dataclass(frozen=True)
@@ -44,13 +45,14 @@ class SuperLink:
 
     def __init__(self, *, host: str, port: int, state_db: Path | None, log_path: Path,
                  tls: TlsFiles | None, enable_node_auth: bool = False, control_token: Path | None = None,
-                 fleet_ready_file: Path | None = None) -> None:
+                 fleet_ready_file: Path | None = None, limits: NetworkLimits | None = None) -> None:
         self.host, self.port = host, port
         self.state_db, self.log_path = state_db, log_path
         self.tls = tls
         self.enable_node_auth = enable_node_auth
         self.control_token = control_token
         self.fleet_ready_file = fleet_ready_file  # the guard holds sites off (503) until this file exists
+        self.limits = limits  # request size and idle limits on the port (None: the SuperLink's defaults)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -121,6 +123,8 @@ class SuperLink:
             extra[TOKEN_ENV] = str(self.control_token)
         if self.fleet_ready_file is not None:
             extra[READY_ENV] = str(self.fleet_ready_file)
+        if self.limits is not None:
+            extra.update(self.limits.to_env())
         return child_env(extra)
 
     def _base_url(self) -> str:

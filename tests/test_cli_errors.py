@@ -92,6 +92,10 @@ def test_server_start_bad_input(tmp_path: Path) -> None:
                             str(tmp_path / "r10")), "--max-update-norm '0.5x'")
     _one_line_error(run_cli("fl-server", "start", "--insecure", "--strategy", "krum", "--min-clients", "3",
                             "--run-dir", str(tmp_path / "r11")), "needs --min-clients of at least 5")
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--max-message-mb", "-1", "--run-dir",
+                            str(tmp_path / "r12")), "--max-message-mb", "positive")
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--idle-timeout", "0", "--run-dir",
+                            str(tmp_path / "r13")), "--idle-timeout", "positive")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -19,6 +19,7 @@ from fedshield.common.errors import FedShieldError
 from fedshield.common.net import free_port
 from fedshield.flower_ext import ALLOW_VERSION_ENV, FLOWER_VERSION, version_check
 from fedshield.flower_ext.control_guard import TOKEN_ENV
+from fedshield.flower_ext.network_limits import NetworkLimits
 from fedshield.flower_ext.version_check import FlowerHookMissing, FlowerVersionError, check_flower_version
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,6 +60,8 @@ def _restore_superlink_hooks(monkeypatch: pytest.MonkeyPatch) -> None:
 
     for name in ("_get_middleware", "create_app"):
         monkeypatch.setattr(superlink_main, name, getattr(superlink_main, name))
+    cli = importlib.import_module("flwr.superlink.cli.flower_superlink")
+    monkeypatch.setattr(cli, "uvicorn", cli.uvicorn)
     for module in map(importlib.import_module, STATE_MODULES):
         for name in ("HEARTBEAT_DEFAULT_INTERVAL", "HEARTBEAT_PATIENCE"):
             monkeypatch.setattr(module, name, getattr(module, name))
@@ -148,12 +151,49 @@ def test_an_app_flower_builds_without_the_guard_is_never_served(monkeypatch: pyt
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         guarded = superlink_main.create_app()  # the app Flower builds with the guard: checked and returned
-        assert guarded.user_middleware[0].cls.__name__ == "CoordinatorOnly"
+        assert [m.cls.__name__ for m in guarded.user_middleware[:2]] == ["BodyLimit", "CoordinatorOnly"]
         # a Flower that takes its list from elsewhere than the rebound name builds an unguarded app
         monkeypatch.setattr(superlink_main, "_get_middleware", flower_list)
         with pytest.raises(superlink.GuardNotActive) as refused:
             superlink_main.create_app()
     assert isinstance(refused.value, FedShieldError) and "does not start" in str(refused.value)
+
+
+def test_the_network_limits_refuse_a_flower_that_no_longer_serves_through_uvicorn_run(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Security code: a Flower that starts its server another way would serve with no size or idle limit.
+    from fedshield.flower_ext import connection_limits
+
+    _restore_superlink_hooks(monkeypatch)
+    cli = importlib.import_module("flwr.superlink.cli.flower_superlink")
+    monkeypatch.setattr(cli, "_run_superlink_http_api", lambda lifespan_config: None)  # serves elsewhere
+    with pytest.raises(FlowerHookMissing, match="no longer looks up uvicorn"):
+        connection_limits.install(NetworkLimits(8 * 2**20))
+
+
+def test_an_app_without_the_size_limit_or_a_flower_that_sets_the_limits_itself_is_never_served(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from fedshield.flower_ext import connection_limits, superlink
+
+    _restore_superlink_hooks(monkeypatch)
+    served: list[dict[str, object]] = []
+    cli = importlib.import_module("flwr.superlink.cli.flower_superlink")
+    monkeypatch.setattr(cli, "uvicorn", type("FakeUvicorn", (), {"run": staticmethod(
+        lambda app, **kwargs: served.append(kwargs))}))
+    flower_list = superlink_main._get_middleware  # pylint: disable=protected-access
+    superlink.install(TOKEN, limits=NetworkLimits(8 * 2**20, 3.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        bounded = superlink_main.create_app()
+        cli.uvicorn.run(bounded, host="127.0.0.1", port=1)
+        assert served[0]["http"] is connection_limits.IdleClosingProtocol and served[0]["timeout_keep_alive"] == 3.0
+        with pytest.raises(connection_limits.LimitsNotActive, match="sets uvicorn's loop itself"):
+            cli.uvicorn.run(bounded, loop="asyncio")
+        monkeypatch.setattr(superlink_main, "_get_middleware", flower_list)
+        superlink.install_middleware(TOKEN, hold_s=0.0)  # no limits: an app without the size limit
+        with pytest.raises(connection_limits.LimitsNotActive, match="lacks FedShield's request size limit"):
+            cli.uvicorn.run(superlink_main.create_app())
+    assert len(served) == 1
 
 
 @pytest.mark.slow
