@@ -53,7 +53,8 @@ def _flower_app_module() -> ModuleType:
     return superlink_main
 
 
-def install_middleware(token: str | None, ready_file: str | None = None, *, hold_s: float) -> None:
+def install_middleware(token: str | None, ready_file: str | None = None, *, hold_s: float,
+                       listen_host: str | None = None) -> None:
     """Rebind Flower's ``_get_middleware``: with a ``token``, the guard outermost; with ``hold_s`` > 0, long
     polls inside it; Flower's layers scoped, in Flower's order."""
     superlink_main = _flower_app_module()
@@ -61,7 +62,8 @@ def install_middleware(token: str | None, ready_file: str | None = None, *, hold
                                         "adds the control guard and long polls to the SuperLink")
 
     def with_guard() -> list[Middleware]:
-        guard = [] if token is None else [Middleware(CoordinatorOnly, token=token, ready_file=ready_file)]
+        guard = [] if token is None else [Middleware(CoordinatorOnly, token=token, ready_file=ready_file,
+                                                       listen_host=listen_host)]
         held = [Middleware(HeldPulls, hold_s=hold_s)] if hold_s > 0 else []
         return [*guard, *held, *scoped(flower_middleware())]
 
@@ -93,12 +95,14 @@ def check_built_apps() -> None:
     superlink_main.create_app = create_guarded_app  # type: ignore[attr-defined]  # the door rebinds Flower's app factory
 
 
-def install(token: str | None, ready_file: str | None = None, *, hold_s: float = HOLD_S) -> None:
+def install(token: str | None, ready_file: str | None = None, *, hold_s: float = HOLD_S,
+            listen_host: str | None = None) -> None:
     """In the SuperLink's process, before Flower's ``flower-superlink`` builds its app: everything above.
     ``token``: the coordinator's (None: ``--insecure`` development runs, no guard); ``ready_file``: sites are
-    held off (HTTP 503) until it exists."""
+    held off (HTTP 503) until it exists; ``listen_host``: the SuperLink's ``--host``, whose own processes may
+    use the Runtime API from it."""
     check_flower_version("SuperLink")
-    install_middleware(token, ready_file, hold_s=hold_s)
+    install_middleware(token, ready_file, hold_s=hold_s, listen_host=listen_host)
     if token is not None:
         check_built_apps()
     task_start_window.install()  # a ServerApp on a busy host gets 2 minutes to start, not 30 s

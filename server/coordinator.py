@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fedshield.common import net, pki
 from fedshield.common.atomic_io import atomic_write_json, atomic_write_text
 from fedshield.common.cli_options import CentralDpOptions, SecAggOptions, TrainingOptions
 from fedshield.common.errors import ConfigError, FedShieldError, RunFolderError
@@ -57,11 +58,9 @@ class CoordinatorPlan:
 
     @property
     def address(self) -> str:
-        """HOST:PORT of the coordinator's own Flower calls: loopback (in the certificate's SANs) under TLS or
-        when listening on every interface."""
-        if self.federation is not None or self.host in ("0.0.0.0", "::"):
-            return f"127.0.0.1:{self.port}"
-        return f"{self.host}:{self.port}"
+        """HOST:PORT of the coordinator's own Flower calls: the address the SuperLink listens on, loopback when
+        it listens on every interface (both are in the certificate's SANs, :func:`check_listen_address`)."""
+        return net.join_address(net.dial_host(self.host), self.port)
 
 
 def _ignore(*_args: Any) -> None:
@@ -114,6 +113,20 @@ def load_federation(folder: Path, on_warning: Callable[[str], None]) -> Federati
     return fed
 
 
+def check_listen_address(fed: Federation, host: str) -> None:
+    """Refuse a ``--host`` the server certificate does not name: neither the sites nor the coordinator's own
+    calls (which dial that address) could verify the server there. Every-interface hosts are dialled on
+    loopback, which the certificate always names."""
+    dialled = net.dial_host(host)
+    cert = pki.load_cert(fed.server_cert)
+    if not pki.names_host(cert, dialled):
+        dns, ips = pki.san_entries(cert)
+        flag = "--server-ip" if net.is_ip(dialled) else "--server-name"
+        raise ConfigError(f"--host {host}: the server certificate {fed.server_cert} is not valid for it (it names "
+                          f"{', '.join(dns + ips)}); add it with fl-server init --dir {fed.root} --renew-server-cert "
+                          f"{flag} {dialled}, or listen on 0.0.0.0")
+
+
 def plan_run(training: TrainingOptions, central: CentralDpOptions, secagg: SecAggOptions, *, min_clients: int,
              fraction_train: float, dp: bool, run_dir: Path | None, federation_dir: Path | None, host: str,
              port: int | None, insecure: bool, join_timeout: float,
@@ -131,6 +144,8 @@ def plan_run(training: TrainingOptions, central: CentralDpOptions, secagg: SecAg
         raise ConfigError("no federation: pass --dir FOLDER (create it with `fl-server init --dir FOLDER "
                           "--server-ip ... --sites ...`), or --insecure for a loopback development run")
     fed = load_federation(federation_dir, on_warning) if federation_dir is not None else None
+    if fed is not None:
+        check_listen_address(fed, host)
     port = port if port is not None else (fed.port if fed is not None else INSECURE_PORT)
     folder = (run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     check_run_folder(folder)
