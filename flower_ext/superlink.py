@@ -17,7 +17,8 @@ in process and before its port opens, to refuse a stranger
 and the SuperLink does not start. ``fl-server start`` asks the
 served SuperLink once more, over the network, before it registers sites or submits a run.
 
-:func:`install` also gives the ServerApp two minutes to start (:mod:`fedshield.flower_ext.task_start_window`).
+:func:`install` also gives the ServerApp two minutes to start (:mod:`fedshield.flower_ext.task_start_window`) and
+says why a SuperNode's activation was refused (:mod:`fedshield.flower_ext.node_activation`).
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from typing import Any
 from starlette.middleware import Middleware
 
 from fedshield.common.errors import FedShieldError
-from fedshield.flower_ext import task_start_window
+from fedshield.flower_ext import node_activation, task_start_window
 from fedshield.flower_ext.control_guard import CoordinatorOnly, refuses_strangers
 from fedshield.flower_ext.held_pulls import HOLD_S, HeldPulls
 from fedshield.flower_ext.scoped_middleware import scoped
@@ -106,6 +107,7 @@ def install(token: str | None, ready_file: str | None = None, *, hold_s: float =
     if token is not None:
         check_built_apps()
     task_start_window.install()  # a ServerApp on a busy host gets 2 minutes to start, not 30 s
+    node_activation.install()  # a refused SuperNode learns whether its key is unknown or connected already
 
 
 def superlink_app(scope_layers: bool = True):

@@ -27,6 +27,7 @@ from fedshield.common.run_config import RunConfig
 from fedshield.server.federation import Federation
 from fedshield.server.run_status_probe import RunStatusProbe
 from fedshield.server.run_submission import register_sites, submit, write_app, write_flwr_home
+from fedshield.server.site_identity import ENROLLED, IDENTITY_KEY
 from fedshield.server.superlink import SuperLink, TlsFiles
 from fedshield.tasks.registry import check_task_name
 
@@ -76,6 +77,7 @@ class CoordinatorCallbacks:
         run_submitted: (run id) once Flower accepted the run.
         sites_connected: (sites connected so far) while the run waits for ``min_clients``.
         all_connected: (site names, seconds since the SuperLink started) when round 1 starts.
+        site_refused: (site name, one-line reason) for each site the handshake refused, when round 1 starts.
         round_finished: (results.json document, the round's entry) once per evaluated round.
     """
 
@@ -83,6 +85,7 @@ class CoordinatorCallbacks:
     run_submitted: Callable[[int], None] = _ignore
     sites_connected: Callable[[int], None] = _ignore
     all_connected: Callable[[list[str], float], None] = _ignore
+    site_refused: Callable[[str, str], None] = _ignore
     round_finished: Callable[[dict[str, Any], dict[str, Any]], None] = _ignore
 
 
@@ -181,7 +184,8 @@ def coordinate(plan: CoordinatorPlan, callbacks: CoordinatorCallbacks) -> dict[s
     started = time.monotonic()
     superlink.start()
     try:
-        app_dir = write_app(folder / "app", plan.cfg, {"join-timeout": plan.join_timeout})
+        app_dir = write_app(folder / "app", plan.cfg, {"join-timeout": plan.join_timeout,
+                                                       **({IDENTITY_KEY: ENROLLED} if fed is not None else {})})
         flwr_home = write_flwr_home(folder / ".flwr", plan.address, root_certificates=fed.ca_cert if fed else None,
                                     control_token=fed.control_token if fed else None)
         if fed is not None:
@@ -198,6 +202,8 @@ def coordinate(plan: CoordinatorPlan, callbacks: CoordinatorCallbacks) -> dict[s
             if doc.get("status") == "waiting-for-sites":
                 callbacks.sites_connected(doc.get("connected", 0))
             elif doc.get("status") == "running":
+                for site, reason in sorted(doc.get("refused_sites", {}).items()):
+                    callbacks.site_refused(site, reason)
                 callbacks.all_connected(sorted(doc.get("sites", {})), time.monotonic() - started)
 
         watcher = ResultsWatcher(folder / "results.json", callbacks.round_finished, on_status=on_status)
