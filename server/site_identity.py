@@ -62,8 +62,8 @@ def refuse_false_claims(replies: dict[int, dict[str, Any]], names: EnrolledNames
         enrolled = names(node_id)
         claimed = reply.get("site")
         if enrolled is None:
-            reason = (f"node {node_id} (claims site {claimed!r}) authenticated with a key that has no enrolled name; "
-                      "refused")
+            reason = (f"node {node_id} (claims site {claimed!r}) has no enrolled name on the SuperLink (a key the "
+                      "coordinator did not register, or a node gone since); refused")
         elif claimed is not None and str(claimed) != enrolled:
             reason = (f"site {enrolled!r} claims to be site {claimed!r}: its key is enrolled as {enrolled!r}; refused "
                       f"(join with that kit's own name)")
