@@ -2,7 +2,8 @@
 
 The coordinator's own calls (registering the sites' keys, submitting the run, asking its status) dial the
 address the SuperLink listens on, not 127.0.0.1, and a --host the certificate does not name is refused
-before anything starts. 127.0.0.2 is a loopback address on Linux that is not 127.0.0.1.
+before anything starts; a site that dials the coordinator by a name the certificate does not list refuses
+it. 127.0.0.2 is a loopback address on Linux that is not 127.0.0.1.
 """
 
 from __future__ import annotations
@@ -48,6 +49,13 @@ def test_a_federation_runs_on_a_loopback_address_other_than_127_0_0_1(tmp_path: 
     server = start_cli("fl-server", "start", "--dir", str(fed), "--host", HOST, "--task", "digits-cnn", "--rounds", "1",
                        "--min-clients", "2", "--run-dir", str(run_dir), "--join-timeout", "300",
                        log=tmp_path / "server.out")
+    # "127.2" reaches 127.0.0.2 too, but the certificate does not name it: the site refuses the server
+    stranger = run_cli("fl-client", "join", "--kit", str(fed / "kits" / SITES[0]), "--data",
+                       str(digits_sites / SITES[0]), "--server", f"127.2:{port}", "--state-dir",
+                       str(tmp_path / "state-stranger"),
+                       "--connect-timeout", "60", timeout=120)
+    assert stranger.returncode == 2, stranger.stdout + stranger.stderr
+    assert "certificate is not valid for '127.2'" in stranger.stderr.strip().splitlines()[-1], stranger.stderr
     # the sites dial the address in their kits: 127.0.0.2
     sites = [start_cli("fl-client", "join", "--kit", str(fed / "kits" / name), "--data", str(digits_sites / name),
                        "--threads", "1", "--state-dir", str(tmp_path / f"state-{name}"), "--connect-timeout", "60",
