@@ -37,8 +37,8 @@ def join(
                                   "development only."),
     task: str | None = typer.Option(None, "--task", help="Task of this data (default: fedshield.toml or inferred)."),
     target: str | None = typer.Option(None, "--target", help="Tabular target column (overrides fedshield.toml)."),
-    name: str | None = typer.Option(None, "--name", help="Site name shown to the coordinator (default: the folder's "
-                                    "name)."),
+    name: str | None = typer.Option(None, "--name", help="Site name shown to the coordinator (default: the kit's site, "
+                                    "which is the only name a kit may use; the folder's name with --insecure)."),
     epsilon: float = typer.Option(SiteNodeConfig.epsilon, "--epsilon",
                                   help="This site's lifetime ε budget on this data."),
     delta: float = typer.Option(SiteNodeConfig.delta, "--delta", help="δ; 0 picks min(1e-5, 1/(10·N))."),

@@ -165,6 +165,10 @@ def fedshield_query_mod(msg: Message, context: Context, call_next) -> Message:
                           "`fl-client join --no-dp` turns it off)")
                 log.warning(notice)
                 emit(site.events_file, "notice", message=notice)
+        elif action == "refused":  # the coordinator left this site out of the run (server/site_identity.py)
+            reason = f"the coordinator refused this site: {str(request.get('reason', 'no reason given'))}"
+            log.warning(reason)
+            emit(site.events_file, "refused", run_id=str(context.run_id), message=reason)
         elif action == "run-complete":
             if privacy.enabled:
                 close_run(privacy, str(context.run_id))

@@ -24,6 +24,7 @@ from fedshield.common import net
 from fedshield.common.errors import ConfigError, FedShieldError, ServerUnreachableError
 from fedshield.common.process_tree import last_line
 from fedshield.common.site_kit import SiteKit, load_kit
+from fedshield.flower_ext.node_activation import ALREADY_CONNECTED
 
 #: the coordinator a development (``--insecure``) site joins when no ``--server`` is given
 INSECURE_SERVER = "127.0.0.1:9092"
@@ -84,6 +85,9 @@ def plan_join(*, data: Path, kit: Path | None, server: str | None, insecure: boo
         raise ConfigError("no kit: pass --kit KIT_FOLDER (the coordinator's `fl-server init`/`add-site` wrote it), "
                           "or --insecure for a loopback development run")
     site_kit = load_kit(kit) if kit is not None else None
+    if site_kit is not None and name is not None and name != site_kit.site:
+        raise ConfigError(f"--name {name}: the kit {site_kit.folder} is enrolled as site {site_kit.site!r}, and the "
+                          f"coordinator knows a site by its kit's key; drop --name (or pass --name {site_kit.site})")
     server = server or (site_kit.server if site_kit is not None else INSECURE_SERVER)
     if epsilon <= 0:
         raise ConfigError("--epsilon must be positive (use --no-dp to train without privacy)")
@@ -214,6 +218,11 @@ def take_part(plan: JoinPlan, callbacks: SiteCallbacks) -> None:
                 node.start()
                 continue
             if code is not None and outcome is None:
+                if plan.kit is not None and already_connected(node.log_path, log_start):
+                    raise FedShieldError(f"this site's kit ({plan.kit.site}) is already connected to the coordinator "
+                                         "from another process (another fl-client join with this kit, here or on "
+                                         "another host); stop that one first (a killed one holds the connection up "
+                                         "to a minute)")
                 if plan.kit is not None and auth_refused(node.log_path, log_start):
                     raise FedShieldError(f"the server refused this site's key: {plan.node_config.site_name} is not "
                                          "enrolled in its federation or was revoked; ask the coordinator "
@@ -256,6 +265,11 @@ def _log_since(log_path: Path, since: int) -> bytes | None:
 def port_taken(log_path: Path, since: int) -> bool:
     """Whether this start's part of the SuperNode log shows that its local API could not bind its port."""
     return PORT_TAKEN_MARK in (_log_since(log_path, since) or b"")
+
+
+def already_connected(log_path: Path, since: int) -> bool:
+    """Whether this join's part of the SuperNode log shows its key connected already from another SuperNode."""
+    return ALREADY_CONNECTED.encode() in (_log_since(log_path, since) or b"")
 
 
 def auth_refused(log_path: Path, since: int) -> bool:

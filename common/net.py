@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import socket
 import time
@@ -69,3 +70,27 @@ def wait_reachable(host: str, port: int, timeout: float) -> bool:
             if time.monotonic() >= deadline:
                 return False
             time.sleep(0.3)
+
+
+#: addresses that mean "every interface": a process on this host reaches such a listener on loopback
+EVERY_INTERFACE = ("0.0.0.0", "::", "")
+
+
+def dial_host(listen_host: str) -> str:
+    """The address this host's own processes dial to reach a listener on ``listen_host``: that address, or
+    127.0.0.1 for an every-interface listener."""
+    return "127.0.0.1" if listen_host in EVERY_INTERFACE else listen_host
+
+
+def is_ip(host: str) -> bool:
+    """Whether ``host`` is an IP address literal (not a DNS name)."""
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def join_address(host: str, port: int) -> str:
+    """``HOST:PORT``, an IPv6 literal in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

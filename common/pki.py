@@ -183,3 +183,17 @@ def signed_by(cert: x509.Certificate, ca_cert: x509.Certificate) -> bool:
         return True
     except (InvalidSignature, ValueError, TypeError):  # bad signature, other key type, not the issuer
         return False
+
+
+def names_host(cert: x509.Certificate, host: str) -> bool:
+    """Whether ``cert``'s SubjectAlternativeName lists ``host`` (an IP address, or a DNS name: exactly or under
+    a leftmost ``*`` label), as TLS clients check it (RFC 6125)."""
+    dns, ips = san_entries(cert)
+    try:
+        wanted = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        name = host.lower().rstrip(".")
+        return any(pattern.lower() == name or (pattern.startswith("*.") and "." in name
+                                                and name.split(".", 1)[1] == pattern[2:].lower())
+                   for pattern in dns)
+    return any(ipaddress.ip_address(ip) == wanted for ip in ips)

@@ -9,7 +9,8 @@ package adapts Flower's runtime, one module per process it adapts:
 module                      adapts                                              installed by
 ==========================  ==================================================  ===============================
 :mod:`.superlink`           the SuperLink: control guard, held pulls, scoped    :mod:`.superlink_main`
-                            middleware, the ServerApp's start window
+                            middleware, the ServerApp's start window, why a
+                            node activation failed (:mod:`.node_activation`)
 :mod:`.supernode`           the SuperNode: idle pulls, executor wake-up,        :mod:`.supernode_main`
                             scoped middleware
 :mod:`.app_executor`        the site's warm ClientApp executor                  :mod:`.app_executor_main`

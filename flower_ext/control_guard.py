@@ -14,8 +14,8 @@ Flower's own ``flower-superlink`` with one more ASGI middleware, :class:`Coordin
 * ``/v1/control/*``: only with ``Authorization: Bearer <token>``, the secret in the federation's
   ``server/control.token`` (0600) that only the coordinator's own Flower CLI presents
   (:mod:`fedshield.flower_ext.flower_cli`); compared in constant time;
-* ``/v1/runtime/*``: only from loopback (the ServerApp runs beside the SuperLink) and, Flower's own
-  check, with a task token;
+* ``/v1/runtime/*``: only from this host (loopback, or the address the SuperLink listens on, which the
+  ServerApp beside it dials) and, Flower's own check, with a task token;
 * anything else (API docs, other routers): 404.
 
 A refused request gets HTTP 403 and one line in the SuperLink log naming the peer and the path.
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import os
 import ssl
@@ -45,6 +46,7 @@ from fedshield.flower_ext.scoped_middleware import Scope
 
 TOKEN_ENV = "FEDSHIELD_CONTROL_TOKEN_FILE"
 READY_ENV = "FEDSHIELD_FLEET_READY_FILE"
+LISTEN_HOST_ENV = "FEDSHIELD_LISTEN_HOST"  # the SuperLink's --host: the ServerApp's requests come from it
 NOT_READY = "the coordinator is still registering its sites; retry shortly"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]
@@ -55,8 +57,22 @@ STRANGERS = (("/v1/control/list-runs", "127.0.0.1"),  # the Control API without 
              ("/v1/runtime/get-nodes", "192.0.2.1"))  # the Runtime API from another host (TEST-NET-1)
 
 
-def decide(path: str, peer: str | None, authorization: str | None, token: str, fleet_ready: bool = True) -> str | None:
-    """None when the request may pass, else the refusal reason."""
+def from_this_host(peer: str | None, listen_host: str | None = None) -> bool:
+    """Whether ``peer`` is this host: a loopback address (all of 127.0.0.0/8), or the specific address the
+    SuperLink listens on, which the ServerApp beside it dials and so connects from."""
+    if peer is None:
+        return False
+    if peer in LOOPBACK or (listen_host not in (None, "", "0.0.0.0", "::") and peer == listen_host):
+        return True
+    try:
+        return ipaddress.ip_address(peer).is_loopback
+    except ValueError:
+        return False
+
+
+def decide(path: str, peer: str | None, authorization: str | None, token: str, fleet_ready: bool = True,
+           listen_host: str | None = None) -> str | None:
+    """None when the request may pass, else the refusal reason (``listen_host``: the SuperLink's ``--host``)."""
     if path == "/health":
         return None
     if path.startswith("/v1/fleet/"):
@@ -67,7 +83,7 @@ def decide(path: str, peer: str | None, authorization: str | None, token: str, f
             return None
         return "Control API needs the coordinator's token; only the coordinator starts runs"
     if path.startswith("/v1/runtime/"):
-        if peer in LOOPBACK:
+        if from_this_host(peer, listen_host):
             return None
         return "Runtime API is served to the coordinator's own processes only"
     return "not served"
@@ -76,10 +92,11 @@ def decide(path: str, peer: str | None, authorization: str | None, token: str, f
 class CoordinatorOnly:
     """Pure ASGI middleware (keeps Flower's streaming responses intact)."""
 
-    def __init__(self, app: ASGIApp, token: str, ready_file: str | None = None) -> None:
+    def __init__(self, app: ASGIApp, token: str, ready_file: str | None = None, listen_host: str | None = None) -> None:
         self.app = app
         self.token = token
         self.ready_file = ready_file
+        self.listen_host = listen_host
         self._ready = ready_file is None
 
     def fleet_ready(self) -> bool:
@@ -93,7 +110,8 @@ class CoordinatorOnly:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
         peer = (scope.get("client") or (None, None))[0]
-        reason = decide(scope.get("path", ""), peer, headers.get("authorization"), self.token, self.fleet_ready())
+        reason = decide(scope.get("path", ""), peer, headers.get("authorization"), self.token, self.fleet_ready(),
+                        self.listen_host)
         if reason is None:
             await self.app(scope, receive, send)
             return

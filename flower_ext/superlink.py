@@ -20,8 +20,9 @@ and the SuperLink does not start. ``fl-server start`` asks the
 served SuperLink once more, over the network, before it registers sites or submits a run.
 
 :func:`install` also bounds the SuperLink's connections (:mod:`fedshield.flower_ext.connection_limits`: idle
-connections and unfinished TLS handshakes are closed) and gives the ServerApp two minutes to start
-(:mod:`fedshield.flower_ext.task_start_window`).
+connections and unfinished TLS handshakes are closed), gives the ServerApp two minutes to start
+(:mod:`fedshield.flower_ext.task_start_window`) and says why a SuperNode's activation was refused
+(:mod:`fedshield.flower_ext.node_activation`).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from typing import Any
 from starlette.middleware import Middleware
 
 from fedshield.common.errors import FedShieldError
-from fedshield.flower_ext import connection_limits, task_start_window
+from fedshield.flower_ext import connection_limits, node_activation, task_start_window
 from fedshield.flower_ext.body_limit import BodyLimit
 from fedshield.flower_ext.control_guard import CoordinatorOnly, refuses_strangers
 from fedshield.flower_ext.held_pulls import HOLD_S, HeldPulls
@@ -60,7 +61,7 @@ def _flower_app_module() -> ModuleType:
 
 
 def install_middleware(token: str | None, ready_file: str | None = None, *, hold_s: float,
-                       limits: NetworkLimits | None = None) -> None:
+                       limits: NetworkLimits | None = None, listen_host: str | None = None) -> None:
     """Rebind Flower's ``_get_middleware``: with ``limits``, the body limit outermost; with a ``token``, the guard
     next; with ``hold_s`` > 0, long polls inside it; Flower's layers scoped, in Flower's order."""
     superlink_main = _flower_app_module()
@@ -70,7 +71,8 @@ def install_middleware(token: str | None, ready_file: str | None = None, *, hold
     def with_guard() -> list[Middleware]:
         bounded = [] if limits is None else [Middleware(BodyLimit, max_bytes=limits.max_message_bytes,
                                                         gap_s=limits.idle_timeout_s)]
-        guard = [] if token is None else [Middleware(CoordinatorOnly, token=token, ready_file=ready_file)]
+        guard = [] if token is None else [Middleware(CoordinatorOnly, token=token, ready_file=ready_file,
+                                                       listen_host=listen_host)]
         held = [Middleware(HeldPulls, hold_s=hold_s)] if hold_s > 0 else []
         return [*bounded, *guard, *held, *scoped(flower_middleware())]
 
@@ -103,18 +105,20 @@ def check_built_apps() -> None:
 
 
 def install(token: str | None, ready_file: str | None = None, *, limits: NetworkLimits | None = None,
-            hold_s: float = HOLD_S) -> None:
+            hold_s: float = HOLD_S, listen_host: str | None = None) -> None:
     """In the SuperLink's process, before Flower's ``flower-superlink`` builds its app: everything above.
     ``token``: the coordinator's (None: ``--insecure`` development runs, no guard); ``ready_file``: sites are
     held off (HTTP 503) until it exists; ``limits``: what the port accepts, in every mode (None: the
-    environment's, see :meth:`NetworkLimits.from_env`)."""
+    environment's, see :meth:`NetworkLimits.from_env`); ``listen_host``: the SuperLink's ``--host``, whose own
+    processes may use the Runtime API from it."""
     check_flower_version("SuperLink")
     limits = limits or NetworkLimits.from_env()
-    install_middleware(token, ready_file, hold_s=hold_s, limits=limits)
+    install_middleware(token, ready_file, hold_s=hold_s, limits=limits, listen_host=listen_host)
     connection_limits.install(limits)
     if token is not None:
         check_built_apps()
     task_start_window.install()  # a ServerApp on a busy host gets 2 minutes to start, not 30 s
+    node_activation.install()  # a refused SuperNode learns whether its key is unknown or connected already
 
 
 def superlink_app(scope_layers: bool = True):

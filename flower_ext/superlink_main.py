@@ -17,12 +17,12 @@ from fedshield.flower_ext.process_entry import exit_with_parent_from_env, run_pr
 
 def _install() -> None:
     from fedshield.flower_ext import superlink
-    from fedshield.flower_ext.control_guard import READY_ENV, TOKEN_ENV, read_token
+    from fedshield.flower_ext.control_guard import LISTEN_HOST_ENV, READY_ENV, TOKEN_ENV, read_token
     from fedshield.flower_ext.network_limits import NetworkLimits
 
     token_file = os.environ.get(TOKEN_ENV)
     superlink.install(read_token(token_file) if token_file else None, os.environ.get(READY_ENV) or None,
-                      limits=NetworkLimits.from_env())
+                      limits=NetworkLimits.from_env(), listen_host=os.environ.get(LISTEN_HOST_ENV) or None)
     exit_with_parent_from_env()
 
 

@@ -69,6 +69,8 @@ def start(
         if value is not None:  # each site's own decision: a coordinator's value would be ignored, so it is refused
             raise ConfigError(f"{flag} is each site's own setting (`fl-client join {flag} ...`); the coordinator "
                               "cannot choose a site's privacy budget or clipping bound: drop it here")
+    from rich.markup import escape
+
     from fedshield.common.results_view import round_line, summary_table
     from fedshield.server.coordinator import CoordinatorCallbacks, coordinate, plan_run
 
@@ -100,6 +102,8 @@ def start(
             f"TLS on; {count} enrolled site key(s) registered; revoked sites are refused"),
         run_submitted=invite_sites,
         sites_connected=lambda connected: console.print(f"sites connected: {connected}/{min_clients}"),
+        site_refused=lambda site, reason: console.print(f"[yellow]site {escape(site)} refused: {escape(reason)}[/]",
+                                                        soft_wrap=True),
         all_connected=lambda sites, seconds: console.print(
             f"all sites connected after {seconds:.1f} s: {', '.join(sites)}; round 1 starting"),
         round_finished=lambda doc, entry: console.print(round_line(doc, entry)),

@@ -17,6 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from fedshield.common import net, pki
 from fedshield.common.atomic_io import atomic_write_json, atomic_write_text
 from fedshield.common.cli_options import CentralDpOptions, SecAggOptions, TrainingOptions
 from fedshield.common.errors import ConfigError, FedShieldError, RunFolderError
@@ -27,6 +28,7 @@ from fedshield.flower_ext.network_limits import MAX_MESSAGE_KEY, MIB, NetworkLim
 from fedshield.server.federation import Federation
 from fedshield.server.run_status_probe import RunStatusProbe
 from fedshield.server.run_submission import register_sites, submit, write_app, write_flwr_home
+from fedshield.server.site_identity import ENROLLED, IDENTITY_KEY
 from fedshield.server.superlink import SuperLink, TlsFiles
 from fedshield.tasks.registry import check_task_name
 
@@ -60,11 +62,9 @@ class CoordinatorPlan:
 
     @property
     def address(self) -> str:
-        """HOST:PORT of the coordinator's own Flower calls: loopback (in the certificate's SANs) under TLS or
-        when listening on every interface."""
-        if self.federation is not None or self.host in ("0.0.0.0", "::"):
-            return f"127.0.0.1:{self.port}"
-        return f"{self.host}:{self.port}"
+        """HOST:PORT of the coordinator's own Flower calls: the address the SuperLink listens on, loopback when
+        it listens on every interface (both are in the certificate's SANs, :func:`check_listen_address`)."""
+        return net.join_address(net.dial_host(self.host), self.port)
 
 
 def _ignore(*_args: Any) -> None:
@@ -80,6 +80,7 @@ class CoordinatorCallbacks:
         run_submitted: (run id) once Flower accepted the run.
         sites_connected: (sites connected so far) while the run waits for ``min_clients``.
         all_connected: (site names, seconds since the SuperLink started) when round 1 starts.
+        site_refused: (site name, one-line reason) for each site the handshake refused, when round 1 starts.
         round_finished: (results.json document, the round's entry) once per evaluated round.
     """
 
@@ -87,6 +88,7 @@ class CoordinatorCallbacks:
     run_submitted: Callable[[int], None] = _ignore
     sites_connected: Callable[[int], None] = _ignore
     all_connected: Callable[[list[str], float], None] = _ignore
+    site_refused: Callable[[str, str], None] = _ignore
     round_finished: Callable[[dict[str, Any], dict[str, Any]], None] = _ignore
 
 
@@ -117,6 +119,20 @@ def load_federation(folder: Path, on_warning: Callable[[str], None]) -> Federati
     return fed
 
 
+def check_listen_address(fed: Federation, host: str) -> None:
+    """Refuse a ``--host`` the server certificate does not name: neither the sites nor the coordinator's own
+    calls (which dial that address) could verify the server there. Every-interface hosts are dialled on
+    loopback, which the certificate always names."""
+    dialled = net.dial_host(host)
+    cert = pki.load_cert(fed.server_cert)
+    if not pki.names_host(cert, dialled):
+        dns, ips = pki.san_entries(cert)
+        flag = "--server-ip" if net.is_ip(dialled) else "--server-name"
+        raise ConfigError(f"--host {host}: the server certificate {fed.server_cert} is not valid for it (it names "
+                          f"{', '.join(dns + ips)}); add it with fl-server init --dir {fed.root} --renew-server-cert "
+                          f"{flag} {dialled}, or listen on 0.0.0.0")
+
+
 def plan_run(training: TrainingOptions, central: CentralDpOptions, secagg: SecAggOptions, *, min_clients: int,
              fraction_train: float, dp: bool, run_dir: Path | None, federation_dir: Path | None, host: str,
              port: int | None, insecure: bool, join_timeout: float, on_warning: Callable[[str], None],
@@ -141,6 +157,8 @@ def plan_run(training: TrainingOptions, central: CentralDpOptions, secagg: SecAg
         raise ConfigError("no federation: pass --dir FOLDER (create it with `fl-server init --dir FOLDER "
                           "--server-ip ... --sites ...`), or --insecure for a loopback development run")
     fed = load_federation(federation_dir, on_warning) if federation_dir is not None else None
+    if fed is not None:
+        check_listen_address(fed, host)
     port = port if port is not None else (fed.port if fed is not None else INSECURE_PORT)
     folder = (run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     check_run_folder(folder)
@@ -177,7 +195,8 @@ def coordinate(plan: CoordinatorPlan, callbacks: CoordinatorCallbacks) -> dict[s
     superlink.start()
     try:
         app_dir = write_app(folder / "app", plan.cfg, {"join-timeout": plan.join_timeout,
-                                                       MAX_MESSAGE_KEY: plan.limits.max_message_bytes})
+                                                       MAX_MESSAGE_KEY: plan.limits.max_message_bytes,
+                                                       **({IDENTITY_KEY: ENROLLED} if fed is not None else {})})
         flwr_home = write_flwr_home(folder / ".flwr", plan.address, root_certificates=fed.ca_cert if fed else None,
                                     control_token=fed.control_token if fed else None)
         if fed is not None:
@@ -194,6 +213,8 @@ def coordinate(plan: CoordinatorPlan, callbacks: CoordinatorCallbacks) -> dict[s
             if doc.get("status") == "waiting-for-sites":
                 callbacks.sites_connected(doc.get("connected", 0))
             elif doc.get("status") == "running":
+                for site, reason in sorted(doc.get("refused_sites", {}).items()):
+                    callbacks.site_refused(site, reason)
                 callbacks.all_connected(sorted(doc.get("sites", {})), time.monotonic() - started)
 
         watcher = ResultsWatcher(folder / "results.json", callbacks.round_finished, on_status=on_status)

@@ -205,24 +205,21 @@ class Federation:
         if not pki.signed_by(cert, ca):
             raise ConfigError(f"{self.server_cert}: not signed by {self.ca_cert}; re-create the federation folder")
 
-    def renew_server_cert(self) -> None:
+    def renew_server_cert(self, add_names: list[str] | None = None, add_ips: list[str] | None = None) -> None:
+        """Re-issue the server certificate under the same CA; ``add_names``/``add_ips`` join its SANs (and
+        ``federation.toml``), for a server that is reached, or listens, at a new address."""
+        check_server_addresses(add_names or [], add_ips or [])
+        self.server_names = list(dict.fromkeys([*self.server_names, *(add_names or [])]))
+        self.server_ips = list(dict.fromkeys([*self.server_ips, *(add_ips or [])]))
+        self.save()
         ca_key, ca_cert = pki.load_private_key(self.ca_key), pki.load_cert(self.ca_cert)
         key, cert = pki.issue_server_cert(ca_key, ca_cert, names=self.server_names, ips=self.server_ips)
         pki.write_private(self.server_key, pki.pem_key(key))
         atomic_write_bytes(self.server_cert, pki.pem_cert(cert))
 
 
-def init_federation(root: Path, *, name: str, server_names: list[str], server_ips: list[str], port: int,
-                    sites: list[str], ca_days: int = pki.CA_DAYS, server_days: int = pki.SERVER_DAYS) -> Federation:
-    """Create a new federation folder; refuses to touch an existing one."""
-    root = Path(root).resolve()
-    if (root / FEDERATION_FILE).exists() or (root / "server").exists():
-        raise ConfigError(f"--dir {root}: already holds a federation; it is never overwritten (pick a new --dir, or "
-                          "use add-site / revoke-site)")
-    if root.exists() and (not root.is_dir() or any(root.iterdir())):
-        raise ConfigError(f"--dir {root}: exists and is not an empty folder; pick a new --dir")
-    if not server_names and not server_ips:
-        raise ConfigError("give the server's address: --server-name NAME and/or --server-ip IP")
+def check_server_addresses(server_names: list[str], server_ips: list[str]) -> None:
+    """Refuse an ``--server-ip`` that is not an IP address and a ``--server-name`` that is not a DNS name."""
     for ip in server_ips:
         try:
             ipaddress.ip_address(ip)
@@ -236,6 +233,20 @@ def init_federation(root: Path, *, name: str, server_names: list[str], server_ip
             pass
         if not re.match(r"^[A-Za-z0-9*]([A-Za-z0-9.-]*[A-Za-z0-9])?$", n):
             raise ConfigError(f"--server-name {n!r}: not a valid DNS name")
+
+
+def init_federation(root: Path, *, name: str, server_names: list[str], server_ips: list[str], port: int,
+                    sites: list[str], ca_days: int = pki.CA_DAYS, server_days: int = pki.SERVER_DAYS) -> Federation:
+    """Create a new federation folder; refuses to touch an existing one."""
+    root = Path(root).resolve()
+    if (root / FEDERATION_FILE).exists() or (root / "server").exists():
+        raise ConfigError(f"--dir {root}: already holds a federation; it is never overwritten (pick a new --dir, or "
+                          "use add-site / revoke-site)")
+    if root.exists() and (not root.is_dir() or any(root.iterdir())):
+        raise ConfigError(f"--dir {root}: exists and is not an empty folder; pick a new --dir")
+    if not server_names and not server_ips:
+        raise ConfigError("give the server's address: --server-name NAME and/or --server-ip IP")
+    check_server_addresses(server_names, server_ips)
     if len(set(sites)) != len(sites):
         raise ConfigError("--sites: a site name appears twice")
     for s in sites:

@@ -29,7 +29,8 @@ def register(app: typer.Typer) -> None:
         port: int = typer.Option(9092, "--port", min=1, max=65535, help="Port the server will listen on."),
         name: str | None = typer.Option(None, "--name", help="Federation name (default: the folder name)."),
         renew_server_cert: bool = typer.Option(False, "--renew-server-cert", help="Only re-issue the server "
-                                               "certificate of an existing federation (same CA, same sites)."),
+                                               "certificate of an existing federation (same CA, same sites; "
+                                               "--server-name/--server-ip given here join its names)."),
         debug: Debug = False,
     ) -> None:
         """Create a federation: CA, server certificate, coordinator token, and one kit per site.
@@ -51,7 +52,7 @@ def register(app: typer.Typer) -> None:
 
         if renew_server_cert:
             fed = Federation.load(dir)
-            fed.renew_server_cert()
+            fed.renew_server_cert(add_names=server_name, add_ips=server_ip)
             console.print(f"re-issued {fed.server_cert} for {', '.join(fed.server_names + fed.server_ips)}")
             return
         fed = init_federation(dir, name=name or dir.resolve().name, server_names=server_name, server_ips=server_ip,

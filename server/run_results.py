@@ -15,6 +15,7 @@ from __future__ import annotations
 import io
 import math
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,7 @@ class RunRecorder:
         self.model_template: nn.Module | None = None
         self.schema: DataSchema | None = None
         self.node_sites: dict[int, str] = {}
+        self.enrolled_name: Callable[[int], str | None] | None = None
         self.total_sites = 0
         self._rounds: dict[int, dict[str, Any]] = {}
         self.doc: dict[str, Any] = {
@@ -84,6 +86,11 @@ class RunRecorder:
         }
 
     # ------------------------------------------------------------------ lifecycle
+    def name_sites_by(self, enrolled_name: Callable[[int], str | None]) -> None:
+        """Name every site by ``enrolled_name(node id)`` (its key's enrolled name, server/site_identity.py), never
+        by the ``site`` its replies claim."""
+        self.enrolled_name = enrolled_name
+
     def set_status(self, status: str, **extra: Any) -> None:
         self.doc["status"] = status
         self.doc.update(extra)
@@ -146,6 +153,8 @@ class RunRecorder:
         return self._rounds[rnd]
 
     def _site(self, node_id: int, metrics: dict[str, Any] | None = None) -> str:
+        if self.enrolled_name is not None:
+            return self.enrolled_name(node_id) or f"node-{node_id}"
         if metrics and "site" in metrics:
             self.node_sites[node_id] = str(metrics["site"])
         return self.node_sites.get(node_id, f"node-{node_id}")

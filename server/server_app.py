@@ -32,11 +32,13 @@ from fedshield.common.torch_arrays import model_to_ndarrays
 from fedshield.common.update_bounds import NormBound, parse_min_cosine
 from fedshield.flower_ext import serverapp as flower_serverapp
 from fedshield.flower_ext.network_limits import MAX_MESSAGE_KEY, check_model_fits
+from fedshield.server.admitted_grid import AdmittedGrid
 from fedshield.server.central_evaluation import central_test_fn
 from fedshield.server.initial_evaluation import with_initial_evaluation
 from fedshield.server.prompt_grid import PromptGrid
 from fedshield.server.run_results import RunRecorder
-from fedshield.server.site_handshake import agree_schema, query_sites, wait_for_sites
+from fedshield.server.site_handshake import agree_schema, query_sites, tell_refused, wait_for_sites
+from fedshield.server.site_identity import EnrolledNames, identity_required, refuse_false_claims
 from fedshield.strategies.central_dp import wrap_central_dp
 from fedshield.strategies.recording import RecordingStrategy
 from fedshield.strategies.registry import make_strategy
@@ -71,6 +73,14 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         node_ids = wait_for_sites(grid, cfg.min_clients, timeout=join_timeout,
                                   on_progress=lambda n: recorder.set_status("waiting-for-sites", connected=n))
         replies = query_sites(grid, handshake_nodes(node_ids, cfg, mode), cfg, "describe", timeout=QUERY_TIMEOUT_S)
+        if identity_required(context.run_config):  # sites are their keys' enrolled names (server/site_identity.py)
+            names = EnrolledNames(grid)
+            recorder.name_sites_by(names)
+            impostors = refuse_false_claims(replies, names)
+            for reason in impostors.values():
+                log.warning(reason)
+            tell_refused(grid, impostors, cfg)
+            grid = AdmittedGrid(grid, impostors)
         schema, healthy = agree_schema(replies)
         task = get_task(cfg.task)
         cfg.model = resolve_model(task, cfg.model, pretrained=bool(cfg.init_weights), dp=cfg.dp)

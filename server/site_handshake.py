@@ -59,6 +59,18 @@ def query_sites(grid: Grid, node_ids: list[int], cfg: RunConfig, action: str,
     return replies
 
 
+def tell_refused(grid: Grid, refused: dict[int, str], cfg: RunConfig) -> None:
+    """Tell each refused node why (a ``refused`` QUERY; ``fl-client join`` prints the reason and exits), without
+    waiting for an answer: a site that ignores it is left out of the run all the same."""
+    if not refused:
+        return
+    grid.push_messages([
+        Message(content=RecordDict({QUERY_RECORD: ConfigRecord({**cfg.to_flower(), "action": "refused",
+                                                                 "reason": reason})}),
+                dst_node_id=nid, message_type=MessageType.QUERY)
+        for nid, reason in refused.items()])
+
+
 def agree_schema(replies: dict[int, dict[str, Any]]) -> tuple[DataSchema, dict[int, dict[str, Any]]]:
     """The schema every healthy site shares; raise ``ConfigError`` naming the site that differs."""
     healthy = {nid: r for nid, r in replies.items() if "error" not in r}

@@ -22,8 +22,9 @@ from pathlib import Path
 
 from fedshield.common.errors import FedShieldError
 from fedshield.common.flower_env import child_env, parent_env
+from fedshield.common.net import dial_host, join_address
 from fedshield.common.process_tree import last_line, stop_process_group
-from fedshield.flower_ext.control_guard import READY_ENV, TOKEN_ENV, probe_served
+from fedshield.flower_ext.control_guard import LISTEN_HOST_ENV, READY_ENV, TOKEN_ENV, probe_served
 from fedshield.flower_ext.network_limits import NetworkLimits
 
 
@@ -121,6 +122,7 @@ class SuperLink:
         extra = parent_env()
         if self.control_token is not None:
             extra[TOKEN_ENV] = str(self.control_token)
+            extra[LISTEN_HOST_ENV] = self.host  # the ServerApp dials this address: its requests come from it
         if self.fleet_ready_file is not None:
             extra[READY_ENV] = str(self.fleet_ready_file)
         if self.limits is not None:
@@ -129,8 +131,7 @@ class SuperLink:
 
     def _base_url(self) -> str:
         scheme = "http" if self.tls is None else "https"
-        host = self.host if self.host not in ("0.0.0.0", "::") else "127.0.0.1"
-        return f"{scheme}://{host}:{self.port}"
+        return f"{scheme}://{join_address(dial_host(self.host), self.port)}"
 
     def _ssl_context(self) -> ssl.SSLContext | None:
         return None if self.tls is None else ssl.create_default_context(cafile=str(self.tls.ca_cert))

@@ -193,3 +193,14 @@ def test_control_guard_lets_only_the_coordinator_use_the_control_api(path, peer,
 def test_control_guard_holds_sites_off_until_their_keys_are_registered():
     assert "registering" in decide("/v1/fleet/activate-node", "10.1.2.3", None, "t" * 43, fleet_ready=False)
     assert decide("/health", "10.1.2.3", None, "t" * 43, fleet_ready=False) is None
+
+
+def test_the_runtime_api_is_served_to_this_hosts_own_addresses_only():
+    """Every loopback address, and the address the SuperLink listens on (the ServerApp beside it dials that
+    address and connects from it), never another host."""
+    runtime = "/v1/runtime/pull-messages"
+    assert decide(runtime, "127.0.0.2", None, "t" * 43) is None
+    assert decide(runtime, "::1", None, "t" * 43) is None
+    assert decide(runtime, "10.0.0.5", None, "t" * 43, listen_host="10.0.0.5") is None
+    assert decide(runtime, "10.0.0.6", None, "t" * 43, listen_host="10.0.0.5") is not None
+    assert decide(runtime, "10.0.0.5", None, "t" * 43, listen_host="0.0.0.0") is not None
