@@ -70,7 +70,7 @@ def test_a_federation_survives_two_hostile_sites_and_names_them(tmp_path: Path, 
             assert reasons == {}, reasons
     first = {f["site"]: f["reason"] for f in rounds[1]["failures"]}
     expected = {"nan": "NaN or infinite", "count": "claims 1000000000 train examples",
-                "scale": "above the bound", "shape": "where the model has"}
+                "scale": "above 100x the bound", "shape": "where the model has"}
     for site, attack in (("hospital_c", attacks[0]), ("hospital_d", attacks[1])):
         assert expected[attack] in first[site], first
     assert "excluded from the rest of the run" in {f["site"]: f["reason"] for f in rounds[2]["failures"]}["hospital_c"]

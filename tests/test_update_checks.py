@@ -116,11 +116,11 @@ def _poisoned(kind: str) -> FitRes:
     if kind == "inf":
         return _fit([np.full_like(g, np.inf) for g in GLOBAL])
     if kind == "scale":
-        return _fit([g + 1e6 for g in GLOBAL])
+        return _fit([g + 1e6 for g in GLOBAL])  # honest norms are ~1: a million times that is no update
     if kind == "shape":
         return _fit([GLOBAL[0], np.zeros((5,), dtype=np.float32)])
     if kind == "dtype":
-        return _fit([g.astype(np.float64) for g in GLOBAL])
+        return _fit([g.astype(np.int32) for g in GLOBAL])
     if kind == "arrays":
         return _fit(GLOBAL[:1])
     if kind == "bytes":
@@ -134,7 +134,7 @@ def _poisoned(kind: str) -> FitRes:
 
 @pytest.mark.parametrize("strategy_name", ["fedavg", "fedmedian", "fedtrimmedavg", "krum", "multikrum"])
 @pytest.mark.parametrize("kind,reason", [
-    ("nan", "NaN or infinite"), ("inf", "NaN or infinite"), ("scale", "above the bound"),
+    ("nan", "NaN or infinite"), ("inf", "NaN or infinite"), ("scale", "above 100x the bound"),
     ("shape", "where the model has"), ("dtype", "where the model has"), ("arrays", "arrays where the model has"),
     ("bytes", "do not decode"), ("count", "claims 1000000000 train examples"), ("zero-count", "not a positive"),
 ])
@@ -202,8 +202,45 @@ def test_sign_flipped_updates_are_refused_so_fedavg_keeps_learning() -> None:
     replies.update({i: _fit([-a for a in _honest(rng)]) for i in (8, 9, 10)})  # Δ → −Δ at 3 of 10 sites
     params, _ = _round(strategy, _manager(10), 1, replies)
     assert sorted(n for n, _ in observer.failed[1]) == [8, 9, 10]
-    assert all("points away from the round's median update" in why for _, why in observer.failed[1])
+    assert all("point away from the other sites' median update" in why for _, why in observer.failed[1])
     assert all(abs(float(a.mean()) - 1.0) < 0.1 for a in params)
+
+
+def test_weak_but_steady_sign_flips_are_caught_over_rounds_while_noisy_honest_sites_stay() -> None:
+    """Under DP noise an update barely agrees with the others (digits-cnn at ε = 8: cosines of ±0.05 in
+    1,290 dimensions); one round cannot tell a flip, a few rounds of the same sign can."""
+    observer = Observer()
+    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer), UpdatePolicy(max_rejections=2))
+    manager = _manager(10)
+    rng = np.random.default_rng(7)
+    d = 1290
+    big = [np.zeros(d, dtype=np.float32)]
+    signal = rng.standard_normal(d)
+    signal *= 0.25 / np.linalg.norm(signal)  # as measured: honest cosines with the others ~+0.05, flipped ~-0.08
+    excluded_at = None
+    for rnd in range(1, 8):
+        replies = {}
+        for nid in range(1, 11):
+            update = signal * math.sqrt(d) + rng.standard_normal(d)
+            replies[nid] = _fit([(-update if nid > 7 else update).astype(np.float32)])
+        instructions = strategy.configure_fit(rnd, ndarrays_to_parameters(big), manager)
+        results = [(p, replies[p.node_id]) for p, _ in instructions]
+        strategy.aggregate_fit(rnd, results, [])
+        if excluded_at is None and set(strategy.excluded) == {8, 9, 10}:
+            excluded_at = rnd
+        assert not set(strategy.excluded) - {8, 9, 10}, (rnd, strategy.excluded)  # no honest site, ever
+    assert excluded_at is not None and excluded_at <= 5, excluded_at
+
+
+def test_a_float64_global_model_takes_float32_updates() -> None:
+    """FedAdam and the other adaptive optimisers send a float64 model; sites answer in their float32."""
+    observer = Observer()
+    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer), UpdatePolicy())
+    wide = [g.astype(np.float64) for g in GLOBAL]
+    instructions = strategy.configure_fit(1, ndarrays_to_parameters(wide), _manager(3))
+    rng = np.random.default_rng(5)
+    params, _ = strategy.aggregate_fit(1, [(p, _fit(_honest(rng))) for p, _ in instructions], [])
+    assert params is not None and observer.failed[1] == []
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -224,6 +261,19 @@ def test_the_direction_threshold_parses_or_names_its_flag() -> None:
             parse_min_cosine(bad)
 
 
+def test_an_update_above_the_bound_is_clipped_to_it_and_an_absurd_one_refused() -> None:
+    """Honest sites' DP updates differ severalfold in norm with their sizes: a large one is scaled down to
+    the bound, not dropped; one of 100x the bound or more is a model-replacement attempt, refused."""
+    observer = Observer()
+    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer), UpdatePolicy(min_cosine=None))
+    replies = {1: _fit([g + 1 for g in GLOBAL]), 2: _fit([g + 1 for g in GLOBAL]), 3: _fit([g + 1 for g in GLOBAL]),
+               4: _fit([g + 12 for g in GLOBAL]), 5: _fit([g + 1000 for g in GLOBAL])}
+    params, _ = _round(strategy, _manager(5), 1, replies)
+    assert [n for n, _ in observer.failed[1]] == [5] and "above 100x the bound" in observer.failed[1][0][1]
+    # site 4 clipped to 5x the median norm: it counts with 5 per coordinate, not 12
+    assert params[0][0, 0] == pytest.approx((1 + 1 + 1 + 5) / 4, rel=1e-5)
+
+
 def test_when_every_update_fails_the_model_stays_as_it_was() -> None:
     strategy = ValidatingStrategy(FedAvg(), UpdatePolicy())
     params, _ = _round(strategy, _manager(2), 1, {1: _poisoned("nan"), 2: _poisoned("shape")})
@@ -237,13 +287,16 @@ def test_under_secagg_only_the_sum_is_checked_and_an_outsized_one_is_discarded()
     normal = ndarrays_to_parameters([g + 1 for g in GLOBAL])
     params, _ = _round(strategy, manager, 1, {i: _fit(normal) for i in (1, 2, 3)})
     assert params is not None
+    large = ndarrays_to_parameters([(g + 20).astype(np.float64) for g in GLOBAL])  # SecAgg+'s dequantised dtype
+    params, _ = _round(strategy, manager, 2, {i: _fit(large) for i in (1, 2, 3)})
+    assert params[0][0, 0] == pytest.approx(5.0)  # clipped to 5x the earlier sums' median norm
     huge = ndarrays_to_parameters([g + 1e4 for g in GLOBAL])
-    params, _ = _round(strategy, manager, 2, {i: _fit(huge) for i in (1, 2, 3)})
+    params, _ = _round(strategy, manager, 3, {i: _fit(huge) for i in (1, 2, 3)})
     assert params is None  # discarded: the global model stays as it was
     nan = ndarrays_to_parameters([np.full_like(g, np.nan) for g in GLOBAL])
-    params, _ = _round(strategy, manager, 3, {i: _fit(nan) for i in (1, 2, 3)})
+    params, _ = _round(strategy, manager, 4, {i: _fit(nan) for i in (1, 2, 3)})
     assert params is None
-    params, _ = _round(strategy, manager, 4, {i: _fit(normal) for i in (1, 2, 3)})
+    params, _ = _round(strategy, manager, 5, {i: _fit(normal) for i in (1, 2, 3)})
     assert params is not None
 
 
