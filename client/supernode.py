@@ -4,6 +4,11 @@ The SuperNode gets the site's data path and settings through ``--node-config`` (
 as ``context.node_config``), its own local port (several sites may share a host), telemetry off, no
 runtime dependency installation, and a bounded reconnect time so a vanished server ends it instead
 of retrying forever (Flower issue #6250).
+
+It runs in Flower's ``process`` isolation beside FedShield's warm executor
+(:mod:`fedshield.flower_ext.app_executor_main`); both get the path of one fresh secret
+(:class:`~fedshield.common.local_secret.LocalSecret`), so the SuperNode's local API hands the site's tasks
+(and their tokens) only to an ``AcquireTask`` signed with it, not to any local user.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import Any
 
 from fedshield.common.errors import ConfigError
 from fedshield.common.flower_env import child_env, parent_env
+from fedshield.common.local_secret import LocalSecret
 from fedshield.common.process_tree import stop_process_group
 from fedshield.flower_ext.executor_wake import WAKE_FD_ENV, wake_pair
 
@@ -49,7 +55,7 @@ class SuperNode:
 
     def __init__(self, *, superlink: str, local_port: int, node_config: dict[str, Any], log_path: Path,
                  root_certificates: Path | None, auth_private_key: Path | None = None,
-                 max_wait_time: float = 120.0, threads: int | None = None, warm: bool = True) -> None:
+                 max_wait_time: float = 120.0, threads: int | None = None) -> None:
         self.superlink = superlink
         self.local_port = local_port
         self.node_config = node_config
@@ -58,7 +64,7 @@ class SuperNode:
         self.auth_private_key = auth_private_key
         self.max_wait_time = max_wait_time
         self.threads = threads
-        self.warm = warm
+        self.secret: LocalSecret | None = None  # the SuperExec auth secret, while running
         self.process: subprocess.Popen[bytes] | None = None
         self.worker: subprocess.Popen[bytes] | None = None
 
@@ -69,9 +75,10 @@ class SuperNode:
             "--superlink", self.superlink,
             "--host", "127.0.0.1",
             "--port", str(self.local_port),
-            # warm: Flower's "process" isolation with FedShield's long-lived executor (flower_ext/app_executor.py);
-            # otherwise Flower's SuperExec with a fresh flwr-clientapp process per message.
-            "--isolation", "process" if self.warm else "subprocess",
+            # Flower's "process" isolation with FedShield's long-lived executor (flower_ext/app_executor.py); Flower's
+            # own SuperExec ("subprocess") would put each task's token on a flwr-clientapp command line, and
+            # Flower ignores the secret in that mode.
+            "--isolation", "process",
             "--max-wait-time", str(self.max_wait_time),
             "--node-config", node_config_arg(self.node_config),
         ]
@@ -81,31 +88,40 @@ class SuperNode:
             cmd += ["--root-certificates", str(self.root_certificates)]
         if self.auth_private_key is not None:
             cmd += ["--auth-supernode-private-key", str(self.auth_private_key)]
+        if self.secret is not None:
+            cmd += ["--superexec-auth-secret-file", str(self.secret.path)]
         return cmd
+
+    def executor_command(self, wake_fd: int) -> list[str]:
+        """The warm executor for this SuperNode: it signs its task requests with the secret."""
+        if self.process is None or self.secret is None:
+            raise ConfigError("the warm executor needs its SuperNode running; start the SuperNode first")
+        return [sys.executable, "-m", "fedshield.flower_ext.app_executor_main", "--runtime-api-address",
+                f"127.0.0.1:{self.local_port}", "--parent-pid", str(self.process.pid), "--wake-fd", str(wake_fd),
+                "--superexec-auth-secret-file", str(self.secret.path)]
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.secret = LocalSecret.create("supernode")
         log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the children
-        # warm: the SuperNode wakes its executor when a message is stored (flower_ext/executor_wake.py)
-        notify_end, wait_end = wake_pair() if self.warm else (None, None)
+        # the SuperNode wakes its executor when a message is stored (flower_ext/executor_wake.py)
+        notify_end, wait_end = wake_pair()
         try:
             env = child_env(parent_env(), threads=self.threads)
-            node_env = dict(env, **{WAKE_FD_ENV: str(notify_end.fileno())}) if notify_end else env
+            node_env = dict(env, **{WAKE_FD_ENV: str(notify_end.fileno())})
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=node_env, start_new_session=True,
-                                            pass_fds=(notify_end.fileno(),) if notify_end else ())
-            if wait_end is not None:
-                self.worker = subprocess.Popen(
-                    [sys.executable, "-m", "fedshield.flower_ext.app_executor_main", "--runtime-api-address",
-                     f"127.0.0.1:{self.local_port}", "--parent-pid", str(self.process.pid),
-                     "--wake-fd", str(wait_end.fileno())],
-                    stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
-                    pass_fds=(wait_end.fileno(),))
+                                            pass_fds=(notify_end.fileno(),))
+            self.worker = subprocess.Popen(self.executor_command(wait_end.fileno()), stdout=log,
+                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                           start_new_session=True, pass_fds=(wait_end.fileno(),))
+        except BaseException:
+            self.stop()
+            raise
         finally:
             log.close()
             for end in (notify_end, wait_end):  # the children hold their own copies
-                if end is not None:
-                    end.close()
+                end.close()
 
     def poll(self) -> int | None:
         """Exit code of the SuperNode, or of a dead warm executor, or None while both run."""
@@ -118,5 +134,9 @@ class SuperNode:
         return None
 
     def stop(self, grace: float = 10.0) -> None:
+        """End the SuperNode and its executor; delete the secret."""
         stop_process_group(self.process, grace)
         stop_process_group(self.worker, grace)
+        if self.secret is not None:
+            self.secret.remove()
+            self.secret = None

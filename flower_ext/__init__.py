@@ -14,6 +14,8 @@ module                      adapts                                              
 :mod:`.supernode`           the SuperNode: idle pulls, executor wake-up,        :mod:`.supernode_main`
                             scoped middleware
 :mod:`.app_executor`        the site's warm ClientApp executor                  :mod:`.app_executor_main`
+:mod:`.superexec`           the coordinator's SuperExec: ServerApps get their   :mod:`.superexec_main`
+                            task token on stdin (:mod:`.serverapp_main`)
 :mod:`.serverapp`           the ServerApp: object pulls, SecAgg+                the ServerApp's ``main``
 :mod:`.secagg`              SecAgg+ on both sides: ChaCha20 masks, compact      the ServerApp, the executor,
                             masked vectors                                      the ClientApp's SecAgg+ mod

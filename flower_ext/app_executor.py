@@ -14,6 +14,10 @@ It differs from ``flwr-clientapp`` in two deliberate ways:
 * no FAB is installed and no code from the server runs: the ClientApp is FedShield's installed one,
   and a run whose app names any other ClientApp is refused with an error reply.
 
+Like ``flower-superexec --superexec-auth-secret-file``, it signs every ``AcquireTask`` with the site's
+SuperExec auth secret (Flower's ``SuperExecAuthHttpInterceptor``), which the SuperNode is given too: the
+SuperNode's local API hands the site's tasks to no other local process. Task tokens stay in this process.
+
 :func:`install` adapts this process's Flower (prompt object pulls, SecAgg+); the process itself is
 :mod:`fedshield.flower_ext.app_executor_main`, which ``fl-client join`` starts.
 """
@@ -38,7 +42,11 @@ from flwr.common.constant import ErrorCode, SubStatus
 from flwr.proto.runtime_pb2 import AcquireTaskRequest  # pylint: disable=E0611
 from flwr.supercore.constant import TaskType
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
-from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+from flwr.supercore.interceptors import (
+    RuntimeTokenHttpInterceptor,
+    RuntimeVersionHttpInterceptor,
+    SuperExecAuthHttpInterceptor,
+)
 from flwr.supercore.retry import make_simple_http_retry_invoker
 from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
@@ -46,7 +54,13 @@ from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, 
 from fedshield.common.backoff import Backoff
 from fedshield.flower_ext import prompt_pulls, secagg
 from fedshield.flower_ext.executor_wake import WakeWaiter
-from fedshield.flower_ext.version_check import check_flower_version
+from fedshield.flower_ext.version_check import (
+    FLOWER_VERSION,
+    FlowerHookMissing,
+    check_flower_version,
+    hook,
+    installed_flower_version,
+)
 
 log = logging.getLogger("fedshield.flower_ext.app_executor")
 
@@ -72,6 +86,13 @@ def install() -> None:
     promptly (they may still be arriving at the SuperNode when the task starts), and SecAgg+ is the
     server's (:mod:`fedshield.flower_ext.secagg`)."""
     check_flower_version("app executor")
+    import flwr.supercore.superexec.run_superexec as flower_superexec
+
+    signed = hook(flower_superexec, "_SUPEREXEC_AUTH_METHODS",
+                  "signs the executor's AcquireTask as Flower's SuperExec does")
+    if set(signed) != {ACQUIRE_TASK}:
+        raise FlowerHookMissing(f"flwr {installed_flower_version()}'s SuperExec signs {sorted(signed)}, FedShield's "
+                                f"executor {ACQUIRE_TASK} only; install flwr=={FLOWER_VERSION}")
     prompt_pulls.install(flower_clientapp, "pull_and_inflate_object_from_tree")
     secagg.install()
 
@@ -129,10 +150,19 @@ def run_task(address: str, token: str) -> None:
         client.close()
 
 
-def serve(address: str, stop: threading.Event, wake: WakeWaiter | None = None) -> None:
+#: The Runtime API method a SuperNode given a SuperExec auth secret checks the signature of (Flower's SuperExec
+#: signs exactly this set: ``flwr.supercore.superexec.run_superexec._SUPEREXEC_AUTH_METHODS``).
+ACQUIRE_TASK = "/flwr.proto.Runtime/AcquireTask"
+
+
+def serve(address: str, stop: threading.Event, wake: WakeWaiter | None = None, secret: bytes | None = None) -> None:
     """Acquire ClientApp tasks from the SuperNode and run them, until ``stop`` is set. Between polls,
-    sleep until the SuperNode's wake-up (``wake``) or the idle interval, whichever is first."""
-    client = _client(address, [RuntimeVersionHttpInterceptor(component_name="SuperExec")])
+    sleep until the SuperNode's wake-up (``wake``) or the idle interval, whichever is first. ``secret``: the
+    SuperExec auth secret the SuperNode was given, signing every ``AcquireTask``."""
+    interceptors: list = [RuntimeVersionHttpInterceptor(component_name="SuperExec")]
+    if secret is not None:
+        interceptors.append(SuperExecAuthHttpInterceptor(master_secret=secret, protected_methods={ACQUIRE_TASK}))
+    client = _client(address, interceptors)
     clientapp()  # import the app (torch, Opacus, the task registry) once, before the first task arrives
 
     # Woken by its SuperNode for every stored message, the executor needs no prompt re-polls after a
@@ -182,11 +212,12 @@ def exit_with_parent(parent_pid: int, interval: float = 0.5) -> None:
     threading.Thread(target=watch, daemon=True, name="parent-watch").start()
 
 
-def serve_until_stopped(address: str, stop: threading.Event, wake: WakeWaiter | None = None) -> None:
+def serve_until_stopped(address: str, stop: threading.Event, wake: WakeWaiter | None = None,
+                        secret: bytes | None = None) -> None:
     """:func:`serve`, started again whenever the SuperNode's Runtime API is not (yet) reachable."""
     while not stop.is_set():
         try:
-            serve(address, stop, wake)
+            serve(address, stop, wake, secret)
         except Exception:  # the SuperNode's API not up yet, or restarting
             log.info("waiting for the SuperNode's Runtime API at %s", address)
             time.sleep(0.5)

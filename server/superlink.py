@@ -7,6 +7,12 @@ runs with telemetry and update checks off (see :mod:`fedshield.common.flower_env
 FedShield's SuperLink entry point (:mod:`fedshield.flower_ext.superlink_main`); with a federation's control
 token that adds the control guard, so that only the coordinator can use its Control API, and
 :meth:`SuperLink.start` checks from outside that the guard refuses a stranger before it returns.
+
+The SuperLink runs in Flower's ``process`` isolation beside a SuperExec FedShield starts itself
+(:mod:`fedshield.flower_ext.superexec_main`), both given the path of one fresh secret
+(:class:`~fedshield.common.local_secret.LocalSecret`): the Runtime API hands a run's task (and its token)
+only to an ``AcquireTask`` signed with that secret, and the SuperExec passes each ServerApp its token on
+stdin. A local user therefore neither reads a token from ``ps`` nor acquires one.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ from pathlib import Path
 from fedshield.common.errors import FedShieldError
 from fedshield.common.flower_env import child_env, parent_env
 from fedshield.common.net import dial_host, join_address
+from fedshield.common.local_secret import LocalSecret
 from fedshield.common.process_tree import last_line, stop_process_group
 from fedshield.flower_ext.control_guard import LISTEN_HOST_ENV, READY_ENV, TOKEN_ENV, probe_served
 from fedshield.flower_ext.network_limits import NetworkLimits
@@ -55,6 +62,8 @@ class SuperLink:
         self.fleet_ready_file = fleet_ready_file  # the guard holds sites off (503) until this file exists
         self.limits = limits  # request size and idle limits on the port (None: the SuperLink's defaults)
         self.process: subprocess.Popen[bytes] | None = None
+        self.superexec: subprocess.Popen[bytes] | None = None
+        self.secret: LocalSecret | None = None  # the SuperExec auth secret, while running
 
     @property
     def address(self) -> str:
@@ -73,9 +82,13 @@ class SuperLink:
             # (benchmarks/deploy_latency.py). Nothing FedShield needs is lost: results, checkpoints and
             # privacy ledgers are our own files, and a run does not survive a SuperLink restart anyway.
             "--database", ":flwr-in-memory:" if self.state_db is None else str(self.state_db),
-            "--isolation", "subprocess",
+            # process isolation: the SuperExec is ours (superexec_command), and only a caller holding the
+            # secret acquires tasks from the Runtime API (Flower ignores the secret in subprocess isolation)
+            "--isolation", "process",
             "--disable-runtime-dependency-installation",
         ]
+        if self.secret is not None:
+            cmd += ["--superexec-auth-secret-file", str(self.secret.path)]
         if self.tls is None:
             cmd.append("--insecure")
         else:
@@ -85,21 +98,44 @@ class SuperLink:
             cmd.append("--enable-supernode-auth")
         return cmd
 
+    def superexec_command(self, superlink_pid: int) -> list[str]:
+        """FedShield's SuperExec for this SuperLink: it takes the ServerApp tasks from the Runtime API (loopback,
+        signed with the secret) and starts each ServerApp with its token on stdin."""
+        if self.secret is None:
+            raise SuperLinkStartError("the SuperExec needs the SuperLink's secret; start the SuperLink first")
+        cmd = [sys.executable, "-m", "fedshield.flower_ext.superexec_main",
+               "--runtime-api-address", f"{self._loopback_host()}:{self.port}",
+               "--superexec-auth-secret-file", str(self.secret.path),
+               "--parent-pid", str(superlink_pid)]
+        return cmd + (["--insecure"] if self.tls is None else ["--root-certificates", str(self.tls.ca_cert)])
+
     def start(self, timeout: float = 60.0) -> None:
         """Launch and wait until ``/health`` answers; raise with the log's last line on failure. With a
         control token, a SuperLink that does not refuse an unauthenticated Control request is stopped and
         refused too: it must never serve without its guard."""
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the child
+        self.secret = LocalSecret.create("superlink")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - handed to the children
         try:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
                                             stdin=subprocess.DEVNULL, env=self._env(), start_new_session=True)
+            self.superexec = subprocess.Popen(self.superexec_command(self.process.pid), stdout=log,
+                                              stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              env=child_env(parent_env()), start_new_session=True)
+        except BaseException:
+            self.stop()
+            raise
         finally:
             log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
+                self.stop()
                 raise SuperLinkStartError(f"flower-superlink exited with code {self.process.returncode}: "
+                                          f"{last_line(self.log_path)} (full log: {self.log_path})")
+            if self.superexec is not None and self.superexec.poll() is not None:
+                self.stop()
+                raise SuperLinkStartError(f"the SuperExec exited with code {self.superexec.returncode}: "
                                           f"{last_line(self.log_path)} (full log: {self.log_path})")
             if self.healthy():
                 self._check_guard()
@@ -129,6 +165,9 @@ class SuperLink:
             extra.update(self.limits.to_env())
         return child_env(extra)
 
+    def _loopback_host(self) -> str:
+        return dial_host(self.host)
+
     def _base_url(self) -> str:
         scheme = "http" if self.tls is None else "https"
         return f"{scheme}://{join_address(dial_host(self.host), self.port)}"
@@ -145,5 +184,10 @@ class SuperLink:
             return False
 
     def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM the SuperLink's whole process group (SuperExec and ServerApp too), then SIGKILL."""
+        """SIGTERM the SuperExec's and the SuperLink's process groups (the ServerApp too), then SIGKILL; delete
+        the secret."""
+        stop_process_group(self.superexec, grace)
         stop_process_group(self.process, grace)
+        if self.secret is not None:
+            self.secret.remove()
+            self.secret = None

@@ -153,7 +153,7 @@ def test_ctrl_c_mid_run_leaves_nothing_behind(tmp_path: Path, digits_sites: Path
             time.sleep(0.2)
         assert _listening(port)
         started = psutil.Process(server.pid).children(recursive=True)
-        assert any("flwr-serverapp" in " ".join(p.cmdline()) for p in started), [p.cmdline() for p in started]
+        assert any("serverapp_main" in " ".join(p.cmdline()) for p in started), [p.cmdline() for p in started]
         server.send_signal(signal.SIGINT)
         assert _wait(server, 60) == 130
         assert "interrupted" in (tmp_path / "server.out").read_text()

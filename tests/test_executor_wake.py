@@ -101,11 +101,11 @@ def test_a_site_hands_its_supernode_and_executor_the_two_ends(monkeypatch: pytes
     assert "fedshield.flower_ext.app_executor_main" in exec_args
     assert exec_kw["pass_fds"] == (int(exec_args[exec_args.index("--wake-fd") + 1]),)
     assert WAKE_FD_ENV not in exec_kw["env"]
-    cold = supernode.SuperNode(superlink="127.0.0.1:1", local_port=2, node_config={}, log_path=tmp_path / "c.log",
-                               root_certificates=None, warm=False)
-    started.clear()
-    cold.start()
-    assert len(started) == 1 and started[0][1]["pass_fds"] == () and WAKE_FD_ENV not in started[0][1]["env"]
+    assert node.secret is not None  # both ends get the path of the same SuperExec auth secret, never its value
+    secret = str(node.secret.path)
+    flag = "--superexec-auth-secret-file"
+    assert node_args[node_args.index(flag) + 1] == secret == exec_args[exec_args.index(flag) + 1]
+    node.secret.remove()
 
 
 @contextlib.contextmanager

@@ -34,6 +34,7 @@ def _door_installs() -> dict[str, object]:
         secagg,
         serverapp,
         simulation_engine,
+        superexec,
         superlink,
         supernode,
     )
@@ -41,7 +42,7 @@ def _door_installs() -> dict[str, object]:
     return {"SuperLink": lambda: superlink.install(TOKEN), "SuperNode": supernode.install,
             "app executor": app_executor.install, "ServerApp": serverapp.install,
             "simulation engine": simulation_engine.install, "flwr CLI": flower_cli.install,
-            "SecAgg+": secagg.install}
+            "SecAgg+": secagg.install, "SuperExec": superexec.install}
 
 
 @pytest.fixture()
@@ -252,6 +253,8 @@ assert not hasattr(http_grid.pull_objects, "_fedshield_prompt")
 assert mod.pseudo_rand_gen.__module__.startswith("flwr.")
 assert not getattr(vce_api.add_messages_to_queue, "fedshield_patch", False)
 assert cli_utils.load_cli_auth_plugin_from_connection.__module__ == "flwr.cli.utils"
+from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
+assert SubprocessExecutor.launch.__module__.startswith("flwr.")
 """
     from conftest import cli_env
 

@@ -62,7 +62,7 @@ def test_federation_talks_only_to_loopback(tmp_path: Path, digits_sites: Path) -
     records = [json.loads(line) for line in log.read_text().splitlines()]
     programs = {Path(r["argv"][0]).name for r in records}
     # the audit saw the whole process tree, not just the CLIs (the SuperLink only listens)
-    for part in ("fl-server", "fl-client", "flower-superexec", "flwr-serverapp", "app_executor", "supernode", "flwr"):
+    for part in ("fl-server", "fl-client", "superexec_main", "serverapp_main", "app_executor", "supernode", "flwr"):
         assert any(part in p for p in programs), (part, programs)
     outside = [r for r in records if not _is_local(r["target"])]
     assert outside == [], outside[:5]
