@@ -194,7 +194,7 @@ def _deployment(*, secagg: bool, federation_dir: Path | None, port: int | None, 
 
 
 def _check_port(host: str, port: int) -> None:
-    if port_in_use(host, port):
+    if port_in_use(host, port, listeners_only=True):  # a killed coordinator's connections may linger
         raise ConfigError(f"--port {port}: already in use on {host}; stop what uses it or pick another --port")
 
 

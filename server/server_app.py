@@ -118,6 +118,7 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
                                       update_policy(cfg, replies))
         if resume is not None:
             restore_server_state(strategy, resume.point.state, healthy)
+            strategy.resume_from = ndarrays_to_parameters(exchanged)
         recorder.state_source = lambda: server_state(strategy, recorder.node_sites)
         legacy = LegacyContext(context, config=ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
         fit = secure_fit_workflow(cfg, replies, recorder.on_secagg_stages) if cfg.secagg else default_fit_workflow

@@ -160,6 +160,9 @@ class ValidatingStrategy(Strategy):
         self.excluded: dict[int, str] = {}
         self._global: dict[int, list[np.ndarray]] = {}  # round -> the global model the sites were sent
         self._aggregate_norms: list[float] = []
+        #: a resumed run's global model, which the workflow starts from instead of what the strategy holds
+        #: (FedAvgM keeps its own weights before central DP's noise: never sent to sites)
+        self.resume_from: Parameters | None = None
 
     def __repr__(self) -> str:
         return f"Validating({self.inner!r})"
@@ -187,7 +190,8 @@ class ValidatingStrategy(Strategy):
 
     # ------------------------------------------------------------------ delegation
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        return self.inner.initialize_parameters(client_manager)
+        initial = self.inner.initialize_parameters(client_manager)
+        return self.resume_from if self.resume_from is not None else initial
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
         return self.inner.evaluate(server_round, parameters)
