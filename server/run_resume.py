@@ -125,8 +125,9 @@ def resumed_config(doc: dict[str, Any], run_dir: Path, given: dict[str, tuple[st
         same = (str(Path(value).resolve()) == recorded if isinstance(value, Path)
                 else value == recorded)
         if not same:
-            raise ConfigError(f"{flag} {_shown(value)}: the run being resumed has {_shown(recorded)}; a resumed run "
-                              f"keeps its recorded settings ({run_dir / RESULTS_FILE}): drop {flag}")
+            given_as = flag if isinstance(value, bool) else f"{flag} {_shown(value)}"
+            raise ConfigError(f"{given_as}: the run being resumed has {name.replace('_', '-')} {_shown(recorded)}; "
+                              f"a resumed run keeps its recorded settings ({run_dir / RESULTS_FILE}): drop {flag}")
     cfg.run_dir = str(run_dir)
     return cfg.validate()
 
