@@ -10,6 +10,7 @@ import pytest
 import torch
 from flwr.common import Code, FitRes, Status, ndarrays_to_parameters, parameters_to_ndarrays
 from flwr.server.client_manager import SimpleClientManager
+from test_update_checks import Proxy
 
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
@@ -17,7 +18,6 @@ from fedshield.strategies.central_dp import wrap_central_dp
 from fedshield.strategies.registry import make_strategy
 from fedshield.strategies.strategy_state import restore_strategy_state, strategy_state
 from fedshield.strategies.update_checks import UpdatePolicy, ValidatingStrategy
-from test_update_checks import Proxy
 
 OK = Status(code=Code.OK, message="")
 START = [np.zeros(6, dtype=np.float32)]
