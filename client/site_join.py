@@ -238,12 +238,14 @@ def take_part(plan: JoinPlan, callbacks: SiteCallbacks) -> None:
                                          "enrolled in its federation or was revoked; ask the coordinator "
                                          "(fl-server add-site)")
                 now = time.monotonic()
-                if away_since is None or now - away_since >= plan.reconnect_timeout:
-                    if away_since is not None or plan.reconnect_timeout <= 0:
-                        raise FedShieldError(
-                            f"the coordinator at {plan.server} went away and did not come back within "
-                            f"{plan.reconnect_timeout:g} s (--reconnect-timeout): {last_line(node.log_path)}; "
-                            f"full log {node.log_path}")
+                if plan.reconnect_timeout <= 0 or (away_since is not None
+                                                   and now - away_since >= plan.reconnect_timeout):
+                    waited = (f" and the coordinator at {plan.server} did not take it back within "
+                              f"{plan.reconnect_timeout:g} s (--reconnect-timeout)" if plan.reconnect_timeout > 0
+                              else "")
+                    raise FedShieldError(f"the site's SuperNode stopped (exit {code}){waited}: "
+                                         f"{last_line(node.log_path)}; full log {node.log_path}")
+                if away_since is None:
                     away_since = now
                 left = plan.reconnect_timeout - (now - away_since)
                 callbacks.reconnecting(left)
