@@ -9,6 +9,7 @@ from typing import Any
 import typer
 
 from fedshield.client.node_config import SiteNodeConfig
+from fedshield.client.site_join import RECONNECT_TIMEOUT
 from fedshield.common.cli_support import console, guarded, set_debug, warn_loudly
 from fedshield.common.results_view import ROUND_METRICS
 
@@ -68,6 +69,10 @@ def join(
                                          "fedshield.toml)."),
     connect_timeout: float = typer.Option(30.0, "--connect-timeout",
                                           help="Seconds to wait for the server before giving up."),
+    reconnect_timeout: float = typer.Option(
+        RECONNECT_TIMEOUT, "--reconnect-timeout", help="Seconds to keep trying when the coordinator goes away "
+        "mid-run (a crash, a restart, `fl-server start --resume`); the site rejoins the run when it is back "
+        "(0: give up at once)."),
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks."),
 ) -> None:
     """Validate DATA, connect to the coordinator, train every round it asks for, exit when the run ends.
@@ -81,7 +86,7 @@ def join(
                      dp=not no_dp, epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant,
                      site_metrics=site_metrics, allow_repeats=allow_repeated_rounds, metrics_cost=metrics_cost,
                      state_dir=state_dir, device=device, threads=threads, allowed_tasks=allow_task,
-                     connect_timeout=connect_timeout)
+                     connect_timeout=connect_timeout, reconnect_timeout=reconnect_timeout)
     site = plan.node_config
     console.print(f"site [bold]{site.site_name}[/]: {plan.train_examples} training / {plan.val_examples} validation "
                   f"examples for task {site.task} ({site.data_path})")
@@ -113,6 +118,8 @@ def join(
             f"connected; waiting for the coordinator to start a round (SuperNode log: {log})"),
         port_restarted=lambda port: console.print(
             f"the SuperNode's local port was taken by another process; restarting it on port {port}"),
+        reconnecting=lambda left: console.print(
+            f"lost the coordinator at {plan.server}; reconnecting (for up to {left:.0f} s more) ..."),
         event=_show,
     ))
     console.print("run complete; this site's data never left this machine")

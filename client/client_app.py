@@ -59,6 +59,14 @@ def _apply_thread_limit() -> None:
         torch.set_num_threads(int(threads))
 
 
+def ledger_run_id(cfg: RunConfig, context: Context) -> str:
+    """The run this site's ledger records releases under: the FedShield run id the coordinator sends, so a
+    resumed run (a new Flower run) continues its original run's entries and plan; a coordinator that sends
+    none (an older FedShield) is known by its Flower run id. Whatever id a coordinator claims, a (run, round)
+    already released is refused (:meth:`fedshield.client.privacy_ledger.PrivacyLedger.begin`)."""
+    return cfg.fedshield_run_id or str(context.run_id)
+
+
 class SiteClient(NumPyClient):
     """Trains and evaluates the run's task on this site's data."""
 
@@ -91,7 +99,7 @@ class SiteClient(NumPyClient):
             emit(events, "train-start", round=rnd, examples=len(data.train), dp=privacy.enabled,
                  threads=torch.get_num_threads(), device=str(device))
             started = time.perf_counter()
-            outcome = train_round(task, data, model, cfg, run_id=str(self.context.run_id), rnd=rnd,
+            outcome = train_round(task, data, model, cfg, run_id=ledger_run_id(cfg, self.context), rnd=rnd,
                                   privacy=privacy, device=device)
             seconds = time.perf_counter() - started
         except Exception as exc:
@@ -127,7 +135,7 @@ class SiteClient(NumPyClient):
             events = site.events_file
             ndarrays_to_model(model, parameters)
             device = resolve_device(site.settings.device if site.settings is not None else cfg.device)
-            outcome = evaluate_round(task, data, model, cfg, run_id=str(self.context.run_id), rnd=rnd,
+            outcome = evaluate_round(task, data, model, cfg, run_id=ledger_run_id(cfg, self.context), rnd=rnd,
                                      privacy=privacy_settings(site, cfg), device=device)
         except Exception as exc:
             emit(events, "error", round=rnd, stage="evaluate", message=str(exc))
@@ -148,6 +156,7 @@ def fedshield_query_mod(msg: Message, context: Context, call_next) -> Message:
     reply = ConfigRecord()
     try:
         cfg = RunConfig.from_flower(dict(request))
+        run_id = ledger_run_id(cfg, context)
         site = identify_site(context.node_config, cfg)
         reply["site"] = site.name
         privacy = privacy_settings(site, cfg)
@@ -155,11 +164,11 @@ def fedshield_query_mod(msg: Message, context: Context, call_next) -> Message:
             _, _, data = load_site(site, cfg)
             reply.update(data.schema.to_config())
             if privacy.enabled and privacy.private_statistics:  # the counts as released once, never the exact ones
-                counts = released_counts(privacy, data, cfg, run_id=str(context.run_id))
+                counts = released_counts(privacy, data, cfg, run_id=run_id)
                 reply["examples-train"], reply["examples-val"] = counts.released_train, counts.released_val
             else:
                 reply["examples-train"], reply["examples-val"] = len(data.train), len(data.val)
-            emit(site.events_file, "joined-run", run_id=str(context.run_id), task=cfg.task)
+            emit(site.events_file, "joined-run", run_id=run_id, task=cfg.task)
             if not cfg.dp and privacy.enabled:  # the coordinator's --no-dp is a proposal only
                 notice = ("the coordinator proposes training WITHOUT DP; this site keeps DP-SGD (its own setting: only "
                           "`fl-client join --no-dp` turns it off)")
@@ -171,8 +180,8 @@ def fedshield_query_mod(msg: Message, context: Context, call_next) -> Message:
             emit(site.events_file, "refused", run_id=str(context.run_id), message=reason)
         elif action == "run-complete":
             if privacy.enabled:
-                close_run(privacy, str(context.run_id))
-            emit(site.events_file, "run-complete", run_id=str(context.run_id),
+                close_run(privacy, run_id)
+            emit(site.events_file, "run-complete", run_id=run_id,
                  status=str(request.get("status", "finished")))
         else:
             reply["error"] = f"unknown FedShield query {action!r}"

@@ -33,9 +33,15 @@ INSECURE_SERVER = "127.0.0.1:9092"
 AUTH_REFUSED_MARK = "Failed to activate SuperNode"
 # uvicorn's line when the SuperNode's local API cannot bind its port; Flower then exits before it connects
 PORT_TAKEN_MARK = b"address already in use"
+# Flower's SuperNode logs its node id once the SuperLink accepted it (start_client_internal.py)
+SUPERNODE_CONNECTED_MARK = b"SuperNode ID: "
 MAX_PORT_RESTARTS = 3
 #: seconds between two looks at the events file and the SuperNode
 POLL_INTERVAL = 0.2
+#: default seconds a site keeps trying to reach a coordinator that went away mid-run (``--reconnect-timeout``)
+RECONNECT_TIMEOUT = 600.0
+#: least pause (s) between two SuperNode starts while the coordinator is away
+RECONNECT_PAUSE = 2.0
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class JoinPlan:
         ledger_delta: the δ the ledger settled on, None while it has no entry (or without DP).
         connect_timeout: seconds to wait for the server.
         threads: torch intra-op threads per training process.
+        reconnect_timeout: seconds to keep trying when the coordinator goes away mid-run (0: give up at once).
     """
 
     node_config: SiteNodeConfig
@@ -62,6 +69,7 @@ class JoinPlan:
     ledger_delta: float | None
     connect_timeout: float
     threads: int
+    reconnect_timeout: float = RECONNECT_TIMEOUT
 
     @property
     def state(self) -> Path:
@@ -72,7 +80,8 @@ class JoinPlan:
 def plan_join(*, data: Path, kit: Path | None, server: str | None, insecure: bool, task: str | None,
               target: str | None, name: str | None, dp: bool, epsilon: float, delta: float, max_grad_norm: float,
               accountant: str, site_metrics: str, allow_repeats: bool, metrics_cost: float, state_dir: Path | None,
-              device: str, threads: int, allowed_tasks: list[str], connect_timeout: float) -> JoinPlan:
+              device: str, threads: int, allowed_tasks: list[str], connect_timeout: float,
+              reconnect_timeout: float = RECONNECT_TIMEOUT) -> JoinPlan:
     """Check the kit, the flags, the data folder and the privacy ledger; start and write nothing.
 
     ``server`` None: the kit's, or :data:`INSECURE_SERVER`; ``name`` None: the kit's site, or the data
@@ -99,6 +108,8 @@ def plan_join(*, data: Path, kit: Path | None, server: str | None, insecure: boo
         raise ConfigError(f"--site-metrics {site_metrics!r}: use dp (the default) or exact")
     if not 0 < metrics_cost <= 1:
         raise ConfigError("--metrics-cost must be a fraction in (0, 1], e.g. 0.05")
+    if reconnect_timeout < 0:
+        raise ConfigError("--reconnect-timeout must be 0 (give up when the coordinator goes away) or more seconds")
     net.split_address(server, flag="--server")
     data = data.resolve()
     check_folder(data)  # a mistyped --data fails before torch is imported (0.3 s instead of 3 s)
@@ -118,7 +129,7 @@ def plan_join(*, data: Path, kit: Path | None, server: str | None, insecure: boo
         allow_repeats=allow_repeats, metrics_cost=metrics_cost, device=device,
         allowed_tasks=",".join(sorted({*allowed_tasks, *site_allowed_tasks(data)})))
     return JoinPlan(node_config, site_kit, server, len(site.train), len(site.val), spent, ledger_delta,
-                    connect_timeout, threads)
+                    connect_timeout, threads, reconnect_timeout)
 
 
 def check_ledger(state: Path, *, epsilon: float, delta: float, accountant: str, train_examples: int,
@@ -169,19 +180,26 @@ class SiteCallbacks:
     Attributes:
         started: (SuperNode log) once the SuperNode runs and waits for the coordinator.
         port_restarted: (new local port) when the SuperNode's local port was taken and it starts again.
+        reconnecting: (seconds left) when the coordinator went away and the site starts its SuperNode again.
         event: (one site event the ClientApp wrote, :mod:`fedshield.client.events`) in order.
     """
 
     started: Callable[[Path], None] = _ignore
     port_restarted: Callable[[int], None] = _ignore
+    reconnecting: Callable[[float], None] = _ignore
     event: Callable[[dict[str, Any]], None] = _ignore
 
 
 def take_part(plan: JoinPlan, callbacks: SiteCallbacks) -> None:
     """Run the site's SuperNode until the coordinator ends the run; stop it and remove the events file.
 
+    When the coordinator goes away mid-run (its SuperLink stopped: Flower's SuperNode gives up and exits),
+    the SuperNode is started again, for up to ``plan.reconnect_timeout`` seconds, and joins whatever run the
+    coordinator's new SuperLink carries, such as the same run resumed (``fl-server start --resume``); the
+    site's privacy ledger refuses any round it already released.
+
     Returns when the run finished; raises ``FedShieldError`` when the site refused the run, the server
-    refused the site's key, the SuperNode stopped, or the run ended with another status.
+    refused the site's key, the coordinator stayed away, or the run ended with another status.
     """
     events_file = Path(plan.node_config.events_file)
     node = SuperNode(
@@ -199,6 +217,7 @@ def take_part(plan: JoinPlan, callbacks: SiteCallbacks) -> None:
     offset = 0
     outcome: str | None = None
     restarts = 0
+    away_since: float | None = None  # when the coordinator went away, while the site tries to reach it again
     try:
         callbacks.started(node.log_path)
         while outcome is None:
@@ -227,8 +246,26 @@ def take_part(plan: JoinPlan, callbacks: SiteCallbacks) -> None:
                     raise FedShieldError(f"the server refused this site's key: {plan.node_config.site_name} is not "
                                          "enrolled in its federation or was revoked; ask the coordinator "
                                          "(fl-server add-site)")
-                raise FedShieldError(f"the site's SuperNode stopped (exit {code}): {last_line(node.log_path)}; "
-                                     f"full log {node.log_path}")
+                now = time.monotonic()
+                if plan.reconnect_timeout <= 0 or (away_since is not None
+                                                   and now - away_since >= plan.reconnect_timeout):
+                    waited = (f" and the coordinator at {plan.server} did not take it back within "
+                              f"{plan.reconnect_timeout:g} s (--reconnect-timeout)" if plan.reconnect_timeout > 0
+                              else "")
+                    raise FedShieldError(f"the site's SuperNode stopped (exit {code}){waited}: "
+                                         f"{last_line(node.log_path)}; full log {node.log_path}")
+                if away_since is None:
+                    away_since = now
+                left = plan.reconnect_timeout - (now - away_since)
+                callbacks.reconnecting(left)
+                node.stop()
+                time.sleep(RECONNECT_PAUSE)
+                node.max_wait_time = max(left, 1.0)
+                log_start = node.log_path.stat().st_size
+                node.start()
+                continue
+            if away_since is not None and reconnected(node.log_path, log_start):
+                away_since = None  # back: a later loss gets the whole window again
             time.sleep(POLL_INTERVAL)
         if not outcome.startswith("refused"):
             wait_replies_sent(node.log_path, log_start)
@@ -260,6 +297,11 @@ def _log_since(log_path: Path, since: int) -> bytes | None:
             return fh.read()
     except OSError:
         return None
+
+
+def reconnected(log_path: Path, since: int) -> bool:
+    """Whether this start's part of the SuperNode log shows that it is connected to a SuperLink again."""
+    return SUPERNODE_CONNECTED_MARK in (_log_since(log_path, since) or b"")
 
 
 def port_taken(log_path: Path, since: int) -> bool:

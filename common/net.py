@@ -39,9 +39,15 @@ def _ephemeral_low() -> int | None:
         return None
 
 
-def port_in_use(host: str, port: int) -> bool:
-    """True when something already listens on ``host:port`` (or binding is refused)."""
+def port_in_use(host: str, port: int, *, listeners_only: bool = False) -> bool:
+    """True when something already listens on ``host:port`` (or binding is refused).
+
+    ``listeners_only``: connections a stopped server left in TIME_WAIT (up to a minute after a coordinator
+    was killed) do not count, as for a server that binds with ``SO_REUSEADDR`` (uvicorn and gRPC do).
+    """
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        if listeners_only:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
         except OSError:

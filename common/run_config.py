@@ -75,6 +75,10 @@ class RunConfig:
         site_metrics: simulation only: what virtual sites' replies say about their data: ``dp`` (losses,
             metrics and counts as Gaussian releases inside each site's ε) or ``exact`` (outside ε). A real
             site decides this itself (``fl-client join --site-metrics``); the server cannot.
+        fedshield_run_id: the run's identity at the sites: their privacy ledgers key every release by it
+            (with the round). Empty until the ServerApp sets it to its Flower run id; a resumed run
+            (``fl-server start --resume``) is a new Flower run that keeps the original run's id, so each
+            site's ledger and plan continue that run and refuse a round it already released.
     """
 
     task: str = "digits-cnn"
@@ -115,6 +119,7 @@ class RunConfig:
     sim_attack: str = ""
     device: str = "auto"
     site_metrics: str = "dp"
+    fedshield_run_id: str = ""
 
     @staticmethod
     def default_lr(dp: bool) -> float:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+import click
 import typer
+from click.core import ParameterSource
 
 from fedshield.common import cli_options as opts
 from fedshield.common.cli_groups import with_option_groups
@@ -57,6 +61,10 @@ def start(
     idle_timeout: float = typer.Option(
         20.0, "--idle-timeout", help="Seconds a connection may stay silent (no TLS handshake, no request, a "
         "stalled upload) before the server closes it."),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the run in this run folder from its last completed round (after a crash "
+        "or a kill): same settings, same run for the sites' privacy ledgers; pass the coordinator's own flags "
+        "(--dir or --insecure, --port, ...) again, not the run's."),
     json_out: opts.JsonOut = False,
     debug: opts.Debug = False,
 ) -> None:
@@ -72,25 +80,37 @@ def start(
     from rich.markup import escape
 
     from fedshield.common.results_view import round_line, summary_table
-    from fedshield.server.coordinator import CoordinatorCallbacks, coordinate, plan_run
+    from fedshield.server.coordinator import CoordinatorCallbacks, coordinate, plan_resume, plan_run
 
-    plan = plan_run(training, central, secure_aggregation, min_clients=min_clients, fraction_train=fraction_train,
-                    dp=not no_dp, run_dir=run_dir, federation_dir=dir, host=host, port=port, insecure=insecure,
-                    join_timeout=join_timeout, on_warning=warn_loudly, max_message_mb=max_message_mb,
-                    idle_timeout=idle_timeout)
+    if resume is not None:
+        settings = {**asdict(training), **asdict(central), **asdict(secure_aggregation), "min_clients": min_clients,
+                    "fraction_train": fraction_train, "dp": not no_dp, "run_dir": run_dir}
+        plan = plan_resume(resume, _given_run_settings(settings), federation_dir=dir, host=host, port=port,
+                           insecure=insecure, join_timeout=join_timeout, on_warning=warn_loudly,
+                           max_message_mb=max_message_mb, idle_timeout=idle_timeout)
+        last, total = plan.resume_after or 0, plan.cfg.rounds
+        console.print(f"resuming run {plan.folder} ({plan.cfg.task}) after round {last} of {total}: "
+                      + (f"rounds {last + 1}-{total} to go" if last < total else "no round left to train")
+                      + "; settings from its results.json")
+    else:
+        plan = plan_run(training, central, secure_aggregation, min_clients=min_clients,
+                        fraction_train=fraction_train, dp=not no_dp, run_dir=run_dir, federation_dir=dir, host=host,
+                        port=port, insecure=insecure, join_timeout=join_timeout, on_warning=warn_loudly,
+                        max_message_mb=max_message_mb, idle_timeout=idle_timeout)
+    cfg, asked_model = plan.cfg, training.model if resume is None else plan.cfg.model
     if insecure:
         warn_loudly("--insecure: updates travel WITHOUT encryption and sites are not authenticated; loopback "
                     "development only")
-    if no_dp:
+    if not cfg.dp:
         warn_loudly("--no-dp: the run proposes training WITHOUT differential privacy (recorded in results.json)")
-    if secure_aggregation.secagg:
+    if cfg.secagg:
         console.print("secure aggregation: SecAgg+ every training round; this server learns only the sum of the "
                       "sites' updates")
 
     def invite_sites(run_id: int) -> None:
-        console.print(f"server listening on {host}:{plan.port}; run {run_id}: {training.task}"
-                      f"{model_note(training.model, plan.cfg.model)}, {training.rounds} rounds, "
-                      f"waiting for {min_clients} site(s). Sites join with:")
+        console.print(f"server listening on {host}:{plan.port}; run {run_id}: {cfg.task}"
+                      f"{model_note(asked_model, cfg.model)}, {cfg.rounds} rounds, "
+                      f"waiting for {cfg.min_clients} site(s). Sites join with:")
         if plan.federation is not None:
             console.print(f"  fl-client join --kit KIT --data DIR      "
                           f"(enrolled: {', '.join(sorted(plan.federation.enrolled()))})")
@@ -101,17 +121,31 @@ def start(
         sites_registered=lambda count: console.print(
             f"TLS on; {count} enrolled site key(s) registered; revoked sites are refused"),
         run_submitted=invite_sites,
-        sites_connected=lambda connected: console.print(f"sites connected: {connected}/{min_clients}"),
+        sites_connected=lambda connected: console.print(f"sites connected: {connected}/{cfg.min_clients}"),
         site_refused=lambda site, reason: console.print(f"[yellow]site {escape(site)} refused: {escape(reason)}[/]",
                                                         soft_wrap=True),
         all_connected=lambda sites, seconds: console.print(
-            f"all sites connected after {seconds:.1f} s: {', '.join(sites)}; round 1 starting"),
+            f"all sites connected after {seconds:.1f} s: {', '.join(sites)}; round {(plan.resume_after or 0) + 1} "
+            "starting"),
         round_finished=lambda doc, entry: console.print(round_line(doc, entry)),
     ))
     console.print(summary_table(doc))
     if json_out:
         console.print_json(json.dumps(doc))
     console.print(f"results: {plan.folder / 'results.json'}  final model: {plan.folder / 'model-final.pt'}")
+
+
+def _given_run_settings(settings: dict[str, Any]) -> dict[str, tuple[str, Any]]:
+    """The run's settings given on this command line: RunConfig field -> (flag, value). ``--no-dp`` gives
+    ``dp``; ``--run-dir`` gives the run folder itself."""
+    ctx = click.get_current_context()
+    flags = {p.name: p.opts[0] for p in ctx.command.params if p.name}
+    given = {}
+    for name, value in settings.items():
+        param = "no_dp" if name == "dp" else name
+        if ctx.get_parameter_source(param) == ParameterSource.COMMANDLINE:
+            given[name] = (flags.get(param, param), value)
+    return given
 
 
 @app.command()

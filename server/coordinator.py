@@ -26,6 +26,7 @@ from fedshield.common.results_view import ResultsWatcher
 from fedshield.common.run_config import RunConfig
 from fedshield.flower_ext.network_limits import MAX_MESSAGE_KEY, MIB, NetworkLimits, default_max_message_bytes
 from fedshield.server.federation import Federation
+from fedshield.server.run_resume import RESUME_ROUND_KEY, mark_resuming
 from fedshield.server.run_status_probe import RunStatusProbe
 from fedshield.server.run_submission import register_sites, submit, write_app, write_flwr_home
 from fedshield.server.site_identity import ENROLLED, IDENTITY_KEY
@@ -50,6 +51,7 @@ class CoordinatorPlan:
         federation: the federation (TLS, enrolled sites), or None for an ``--insecure`` run.
         join_timeout: seconds to wait for ``cfg.min_clients`` sites (0 = until interrupted).
         limits: the largest request body the SuperLink reads, and how long a connection may idle.
+        resume_after: the last completed round of the run this one resumes (``--resume``), else None.
     """
 
     cfg: RunConfig
@@ -59,6 +61,7 @@ class CoordinatorPlan:
     federation: Federation | None
     join_timeout: float
     limits: NetworkLimits
+    resume_after: int | None = None
 
     @property
     def address(self) -> str:
@@ -146,20 +149,9 @@ def plan_run(training: TrainingOptions, central: CentralDpOptions, secagg: SecAg
     flag and the fix.
     """
     check_task_name(training.task)  # flags first; torch (resolve_settings below) takes seconds to import
-    if max_message_mb < 0:
-        raise ConfigError("--max-message-mb: must be positive, or 0 to size it from the run")
-    max_bytes = (round(max_message_mb * MIB) if max_message_mb > 0
-                 else default_max_message_bytes(secagg=secagg.secagg))
-    limits = (NetworkLimits(max_bytes) if idle_timeout is None else NetworkLimits(max_bytes, idle_timeout)).checked()
-    if insecure and federation_dir is not None:
-        raise ConfigError("--insecure and --dir exclude each other; pick one")
-    if not insecure and federation_dir is None:
-        raise ConfigError("no federation: pass --dir FOLDER (create it with `fl-server init --dir FOLDER "
-                          "--server-ip ... --sites ...`), or --insecure for a loopback development run")
-    fed = load_federation(federation_dir, on_warning) if federation_dir is not None else None
-    if fed is not None:
-        check_listen_address(fed, host)
-    port = port if port is not None else (fed.port if fed is not None else INSECURE_PORT)
+    limits, fed, port = _deployment(secagg=secagg.secagg, federation_dir=federation_dir, port=port,
+                                    insecure=insecure, on_warning=on_warning, max_message_mb=max_message_mb,
+                                    idle_timeout=idle_timeout, host=host)
     folder = (run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     check_run_folder(folder)
     cfg = RunConfig(**training.config_fields(dp), **asdict(central), **asdict(secagg),
@@ -173,9 +165,57 @@ def plan_run(training: TrainingOptions, central: CentralDpOptions, secagg: SecAg
                                 lr=training.lr, dp=dp)
     cfg.model, cfg.init_weights, cfg.lr = settings.model, settings.init_weights, settings.lr
     cfg.validate()
-    if port_in_use(host, port):
-        raise ConfigError(f"--port {port}: already in use on {host}; stop what uses it or pick another --port")
+    _check_port(host, port)
     return CoordinatorPlan(cfg, folder, host, port, fed, join_timeout, limits)
+
+
+def plan_resume(run_dir: Path, given: dict[str, tuple[str, Any]], *, federation_dir: Path | None, host: str,
+                port: int | None, insecure: bool, join_timeout: float, on_warning: Callable[[str], None],
+                max_message_mb: float = 0.0, idle_timeout: float | None = None) -> CoordinatorPlan:
+    """Check a run folder to resume (``--resume``), its last completed round and the coordinator's flags;
+    start and write nothing.
+
+    The run's settings are the ones its results.json recorded; ``given`` (RunConfig field -> (flag, value))
+    are the run's settings given again on the command line: any that differs is refused. The coordinator's
+    own flags (federation, address, port, limits, join timeout) may differ from the first start.
+    """
+    from fedshield.server.run_resume import read_run, resume_point, resumed_config
+
+    folder = run_dir.resolve()
+    cfg = resumed_config(read_run(folder), folder, given)
+    point = resume_point(folder)  # a damaged state file fails here, not in the ServerApp
+    limits, fed, port = _deployment(secagg=cfg.secagg, federation_dir=federation_dir, port=port, insecure=insecure,
+                                    on_warning=on_warning, max_message_mb=max_message_mb, idle_timeout=idle_timeout,
+                                    host=host)
+    _check_port(host, port)
+    return CoordinatorPlan(cfg, folder, host, port, fed, join_timeout, limits,
+                           resume_after=point.last_round)
+
+
+def _deployment(*, secagg: bool, federation_dir: Path | None, port: int | None, insecure: bool,
+                on_warning: Callable[[str], None], max_message_mb: float, idle_timeout: float | None,
+                host: str) -> tuple[NetworkLimits, Federation | None, int]:
+    """The coordinator's own settings checked: network limits, the federation (None: ``--insecure``) and that its
+    certificate names ``host``, the port."""
+    if max_message_mb < 0:
+        raise ConfigError("--max-message-mb: must be positive, or 0 to size it from the run")
+    max_bytes = (round(max_message_mb * MIB) if max_message_mb > 0
+                 else default_max_message_bytes(secagg=secagg))
+    limits = (NetworkLimits(max_bytes) if idle_timeout is None else NetworkLimits(max_bytes, idle_timeout)).checked()
+    if insecure and federation_dir is not None:
+        raise ConfigError("--insecure and --dir exclude each other; pick one")
+    if not insecure and federation_dir is None:
+        raise ConfigError("no federation: pass --dir FOLDER (create it with `fl-server init --dir FOLDER "
+                          "--server-ip ... --sites ...`), or --insecure for a loopback development run")
+    fed = load_federation(federation_dir, on_warning) if federation_dir is not None else None
+    if fed is not None:
+        check_listen_address(fed, host)
+    return limits, fed, port if port is not None else (fed.port if fed is not None else INSECURE_PORT)
+
+
+def _check_port(host: str, port: int) -> None:
+    if port_in_use(host, port, listeners_only=True):  # a killed coordinator's connections may linger
+        raise ConfigError(f"--port {port}: already in use on {host}; stop what uses it or pick another --port")
 
 
 def coordinate(plan: CoordinatorPlan, callbacks: CoordinatorCallbacks) -> dict[str, Any]:
@@ -194,9 +234,11 @@ def coordinate(plan: CoordinatorPlan, callbacks: CoordinatorCallbacks) -> dict[s
     started = time.monotonic()
     superlink.start()
     try:
-        app_dir = write_app(folder / "app", plan.cfg, {"join-timeout": plan.join_timeout,
-                                                       MAX_MESSAGE_KEY: plan.limits.max_message_bytes,
-                                                       **({IDENTITY_KEY: ENROLLED} if fed is not None else {})})
+        extra: dict[str, Any] = {"join-timeout": plan.join_timeout, MAX_MESSAGE_KEY: plan.limits.max_message_bytes,
+                                 **({IDENTITY_KEY: ENROLLED} if fed is not None else {})}
+        if plan.resume_after is not None:
+            extra[RESUME_ROUND_KEY] = plan.resume_after
+        app_dir = write_app(folder / "app", plan.cfg, extra)
         flwr_home = write_flwr_home(folder / ".flwr", plan.address, root_certificates=fed.ca_cert if fed else None,
                                     control_token=fed.control_token if fed else None)
         if fed is not None:
@@ -206,6 +248,8 @@ def coordinate(plan: CoordinatorPlan, callbacks: CoordinatorCallbacks) -> dict[s
             atomic_write_json(fed.coordinator_file, {"pid": os.getpid(), "flwr-home": str(flwr_home),
                                                      "nodes": node_ids}, mode=0o600)
             (folder / ".fleet-ready").touch()  # sites may now activate (the guard answered 503 so far)
+        if plan.resume_after is not None:
+            mark_resuming(folder)
         run_id = submit(app_dir, flwr_home)
         callbacks.run_submitted(run_id)
 

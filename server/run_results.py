@@ -4,6 +4,7 @@ Layout of ``<run-dir>``::
 
     results.json              status, config, sites, one entry per round (train / evaluate / centralized)
     checkpoints/round-NNN.pt  the global model after round NNN
+    server-state.pt           the last round's global model, strategy and update-check state (resume)
     samples/round-NNN.png     what a generative task's model draws after round NNN (dcgan)
     model-final.pt            the global model after the last round
 
@@ -27,7 +28,8 @@ from fedshield.common.atomic_io import atomic_write_bytes, atomic_write_json
 from fedshield.common.metrics import weighted_mean
 from fedshield.common.run_config import RunConfig
 from fedshield.common.run_files import RESULTS_FILE, RESULTS_FORMAT
-from fedshield.common.torch_arrays import state_dict_from_ndarrays
+from fedshield.common.torch_arrays import model_to_ndarrays, state_dict_from_ndarrays
+from fedshield.server.run_resume import write_server_state
 from fedshield.strategies.central_dp import client_level_epsilon
 from fedshield.tasks.base import DataSchema
 
@@ -51,9 +53,15 @@ def _clean_dict(d: dict[str, Any]) -> dict[str, Any]:
 
 
 class RunRecorder:
-    """Collects the run's results; implements :class:`fedshield.strategies.recording.RoundObserver`."""
+    """Collects the run's results; implements :class:`fedshield.strategies.recording.RoundObserver`.
 
-    def __init__(self, run_dir: Path | None, cfg: RunConfig, *, mode: str) -> None:
+    ``earlier``: the results.json of the run this one resumes, whose rounds up to ``resumed_after`` it keeps.
+    ``state_source`` (set once the strategy exists): the server's state, saved after every round so a
+    stopped run can resume (:mod:`fedshield.server.run_resume`).
+    """
+
+    def __init__(self, run_dir: Path | None, cfg: RunConfig, *, mode: str, earlier: dict[str, Any] | None = None,
+                 resumed_after: int = 0) -> None:
         self.run_dir = Path(run_dir) if run_dir else None
         self.cfg = cfg
         self.model_template: nn.Module | None = None
@@ -61,6 +69,8 @@ class RunRecorder:
         self.node_sites: dict[int, str] = {}
         self.enrolled_name: Callable[[int], str | None] | None = None
         self.total_sites = 0
+        self.state_source: Callable[[], dict[str, Any]] | None = None
+        self.global_parameters: list[np.ndarray] | None = None  # the global model after the last round
         self._rounds: dict[int, dict[str, Any]] = {}
         self.doc: dict[str, Any] = {
             "format": RESULTS_FORMAT,
@@ -84,6 +94,17 @@ class RunRecorder:
             "rounds": [],
             "final": {},
         }
+        if earlier is not None:
+            from fedshield.server.run_resume import earlier_rounds
+
+            kept = earlier_rounds(earlier, resumed_after)
+            self.doc.update(started_at=earlier.get("started_at", self.doc["started_at"]),
+                            sites=dict(earlier.get("sites", {})), rounds=kept,
+                            resumed=[*earlier.get("resumed", []), {"at": time.time(), "after_round": resumed_after}])
+            for key in ("privacy", "current_round"):
+                if key in earlier:
+                    self.doc[key] = earlier[key]
+            self._rounds = {int(r["round"]): r for r in kept}
 
     # ------------------------------------------------------------------ lifecycle
     def name_sites_by(self, enrolled_name: Callable[[int], str | None]) -> None:
@@ -109,6 +130,7 @@ class RunRecorder:
         self.doc["total_sites"] = self.total_sites
         self.schema = schema
         self.model_template = model
+        self.global_parameters = model_to_ndarrays(model)
         for node_id, info in sites.items():
             self.node_sites[node_id] = str(info["site"])
             self.doc["sites"][str(info["site"])] = _clean_dict({k: v for k, v in info.items() if k != "site"})
@@ -181,6 +203,12 @@ class RunRecorder:
         if self.cfg.central_dp != "off":
             train["client_level_epsilon"] = _clean(client_level_epsilon(self.cfg, max(1, self.total_sites), rnd))
         entry["train"] = train
+        if parameters is not None:
+            self.global_parameters = parameters
+        if self.run_dir is not None and self.state_source is not None and self.global_parameters is not None \
+                and self.model_template is not None:  # first: a resumed run starts from what it says
+            write_server_state(self.run_dir, rnd, state_dict_from_ndarrays(self.model_template, self.global_parameters),
+                               self.state_source())
         if parameters is not None:
             self._checkpoint(rnd, parameters)
         self.doc["current_round"] = rnd

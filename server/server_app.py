@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from flwr.common import ndarrays_to_parameters
 from flwr.server import ServerConfig
 from flwr.server.compat import LegacyContext
 from flwr.server.workflow import DefaultWorkflow
-from flwr.server.workflow.default_workflows import default_fit_workflow
+from flwr.server.workflow.default_workflows import default_evaluate_workflow, default_fit_workflow
 from flwr.serverapp import Grid, ServerApp
 
+from fedshield.common.errors import RunFolderError
 from fedshield.common.metrics import weighted_mean
 from fedshield.common.run_config import RunConfig
 from fedshield.common.torch_arrays import model_to_ndarrays
@@ -37,14 +39,16 @@ from fedshield.server.central_evaluation import central_test_fn
 from fedshield.server.initial_evaluation import with_initial_evaluation
 from fedshield.server.prompt_grid import PromptGrid
 from fedshield.server.run_results import RunRecorder
+from fedshield.server.run_resume import RESUME_ROUND_KEY, ResumePoint, after_round, read_run, resume_point
 from fedshield.server.site_handshake import agree_schema, query_sites, tell_refused, wait_for_sites
 from fedshield.server.site_identity import EnrolledNames, identity_required, refuse_false_claims
 from fedshield.strategies.central_dp import wrap_central_dp
 from fedshield.strategies.recording import RecordingStrategy
 from fedshield.strategies.registry import make_strategy
+from fedshield.strategies.strategy_state import restore_strategy_state, strategy_state
 from fedshield.strategies.update_checks import UpdatePolicy, ValidatingStrategy
 from fedshield.tasks.base import TaskOptions
-from fedshield.tasks.init_weights import resolve_model, start_from
+from fedshield.tasks.init_weights import load_weights, resolve_model, start_from
 from fedshield.tasks.model_factory import build_model
 from fedshield.tasks.registry import get_task
 
@@ -65,7 +69,12 @@ def _numeric_mean(results: list[tuple[int, dict[str, Any]]]) -> dict[str, Any]:
 def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -> None:
     """Run ``cfg.rounds`` rounds over the sites connected to ``grid``; record everything."""
     cfg.validate()
-    recorder = RunRecorder(Path(cfg.run_dir) if cfg.run_dir else None, cfg, mode=mode)
+    resume = resuming(context, cfg)
+    if not cfg.fedshield_run_id:  # the sites' ledgers know the run by it; a resumed run keeps the original's
+        cfg.fedshield_run_id = str(context.run_id)
+    recorder = RunRecorder(Path(cfg.run_dir) if cfg.run_dir else None, cfg, mode=mode,
+                           earlier=resume.results if resume else None,
+                           resumed_after=resume.point.last_round if resume else 0)
     join_timeout = float(context.run_config.get("join-timeout", DEFAULT_JOIN_TIMEOUT_S))
     node_ids: list[int] = []
     try:
@@ -87,6 +96,8 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         model = build_model(task, schema, TaskOptions(model=cfg.model, seed=cfg.seed), seed=cfg.seed)
         if cfg.init_weights:
             start_from(task, model, cfg.init_weights)
+        if resume is not None and resume.point.state_dict is not None:  # the global model after the last round
+            load_weights(model, resume.point.state_dict, source=resume.point.source)
         exchanged = model_to_ndarrays(model)
         if MAX_MESSAGE_KEY in context.run_config:  # deployment: the SuperLink refuses larger requests
             check_model_fits(sum(a.size for a in exchanged), len(exchanged), secagg=cfg.secagg,
@@ -115,9 +126,17 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         # recorder sees it as a failure that names the site and the reason
         strategy = ValidatingStrategy(RecordingStrategy(wrap_central_dp(inner, cfg, len(node_ids)), recorder),
                                       update_policy(cfg, replies))
+        if resume is not None:
+            restore_server_state(strategy, resume.point.state, healthy)
+            strategy.resume_from = ndarrays_to_parameters(exchanged)
+        recorder.state_source = lambda: server_state(strategy, recorder.node_sites)
         legacy = LegacyContext(context, config=ServerConfig(num_rounds=cfg.rounds), strategy=strategy)
         fit = secure_fit_workflow(cfg, replies, recorder.on_secagg_stages) if cfg.secagg else default_fit_workflow
-        DefaultWorkflow(fit_workflow=with_initial_evaluation(fit))(grid, legacy)
+        done = resume.point.last_round if resume else 0
+        if resume is None or not resume.initial_evaluated:
+            fit = with_initial_evaluation(fit)
+        DefaultWorkflow(fit_workflow=after_round(fit, done),
+                        evaluate_workflow=after_round(default_evaluate_workflow, done))(grid, legacy)
     except Exception as exc:
         _notify(grid, cfg, "failed", mode)
         recorder.finish("failed", error=str(exc))
@@ -125,6 +144,44 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
     # Sites first, results last: `fl-server start` stops the SuperLink once results say "finished".
     _notify(grid, cfg, "finished", mode)
     recorder.finish("finished")
+
+
+@dataclass(frozen=True)
+class Resumption:
+    """The run this ServerApp resumes: where it stopped, and its results.json so far."""
+
+    point: ResumePoint
+    results: dict[str, Any]
+
+    @property
+    def initial_evaluated(self) -> bool:
+        """Whether the earlier run evaluated the initial model (round 0) on the sites."""
+        return any(r.get("round") == 0 and "evaluate" in r for r in self.results.get("rounds", []))
+
+
+def resuming(context: Context, cfg: RunConfig) -> Resumption | None:
+    """The resume point ``fl-server start --resume`` named in the run config, or None for a new run."""
+    if RESUME_ROUND_KEY not in context.run_config or not cfg.run_dir:
+        return None
+    run_dir = Path(cfg.run_dir)
+    point = resume_point(run_dir)
+    if point.last_round != int(context.run_config[RESUME_ROUND_KEY]):
+        raise RunFolderError(f"{point.source}: says round {point.last_round}, the coordinator resumed after round "
+                             f"{context.run_config[RESUME_ROUND_KEY]}; was the run folder changed meanwhile?")
+    return Resumption(point, read_run(run_dir))
+
+
+def server_state(strategy: ValidatingStrategy, node_sites: dict[int, str]) -> dict[str, Any]:
+    """What a resumed run needs besides the model: the strategy's state and the update checks'."""
+    return {"strategy": strategy_state(strategy),
+            "checks": strategy.checks_state(lambda node_id: node_sites.get(node_id, f"node-{node_id}"))}
+
+
+def restore_server_state(strategy: ValidatingStrategy, state: dict[str, Any],
+                         sites: dict[int, dict[str, Any]]) -> None:
+    """Put back :func:`server_state` for the sites that answered this run's handshake."""
+    restore_strategy_state(strategy, state.get("strategy", {}))
+    strategy.restore_checks(state.get("checks", {}), {str(r["site"]): nid for nid, r in sites.items()})
 
 
 def update_policy(cfg: RunConfig, replies: dict[int, dict[str, Any]]) -> UpdatePolicy:

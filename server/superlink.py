@@ -28,8 +28,8 @@ from pathlib import Path
 
 from fedshield.common.errors import FedShieldError
 from fedshield.common.flower_env import child_env, parent_env
-from fedshield.common.net import dial_host, join_address
 from fedshield.common.local_secret import LocalSecret
+from fedshield.common.net import dial_host, join_address
 from fedshield.common.process_tree import last_line, stop_process_group
 from fedshield.flower_ext.control_guard import LISTEN_HOST_ENV, READY_ENV, TOKEN_ENV, probe_served
 from fedshield.flower_ext.network_limits import NetworkLimits

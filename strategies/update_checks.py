@@ -42,7 +42,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 import numpy as np
 from flwr.common import (
@@ -178,13 +180,38 @@ class ValidatingStrategy(Strategy):
         self._aggregate_norms: list[float] = []
         self._agreement_sum: defaultdict[int, float] = defaultdict(float)  # node -> summed cosines
         self._agreement_rounds: Counter[int] = Counter()
+        #: a resumed run's global model, which the workflow starts from instead of what the strategy holds
+        #: (FedAvgM keeps its own weights before central DP's noise: never sent to sites)
+        self.resume_from: Parameters | None = None
 
     def __repr__(self) -> str:
         return f"Validating({self.inner!r})"
 
+    # ------------------------------------------------------------------ resumption
+    def checks_state(self, site_of: Callable[[int], str]) -> dict[str, Any]:
+        """What the checks remember, by site name (a site that reconnects gets another node id): rejections,
+        exclusions, and under SecAgg+ the earlier rounds' aggregate norms."""
+        rejections: Counter[str] = Counter()
+        for node_id, count in self.rejections.items():
+            rejections[site_of(node_id)] += count
+        return {"rejections": dict(rejections), "excluded": {site_of(n): r for n, r in self.excluded.items()},
+                "aggregate_norms": [float(n) for n in self._aggregate_norms]}
+
+    def restore_checks(self, state: dict[str, Any], node_ids: dict[str, int]) -> None:
+        """Put back :meth:`checks_state` for the sites connected now (site name -> node id); a site not
+        connected now starts again from zero, should it join later."""
+        for site, count in dict(state.get("rejections", {})).items():
+            if site in node_ids:
+                self.rejections[node_ids[site]] = int(count)
+        for site, reason in dict(state.get("excluded", {})).items():
+            if site in node_ids:
+                self.excluded[node_ids[site]] = str(reason)
+        self._aggregate_norms = [float(n) for n in state.get("aggregate_norms", [])]
+
     # ------------------------------------------------------------------ delegation
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        return self.inner.initialize_parameters(client_manager)
+        initial = self.inner.initialize_parameters(client_manager)
+        return self.resume_from if self.resume_from is not None else initial
 
     def evaluate(self, server_round: int, parameters: Parameters) -> tuple[float, dict[str, Scalar]] | None:
         return self.inner.evaluate(server_round, parameters)

@@ -88,16 +88,18 @@ class _FakeNode:
 
 
 def _take_part(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: list[Any], *,
-               kit: SiteKit | None = None) -> tuple[list[Any], list[int]]:
+               kit: SiteKit | None = None, reconnect_timeout: float = 0.0,
+               reconnect_pause: float = 0.0) -> tuple[list[Any], list[int]]:
     """Run take_part against the scripted SuperNode; (events seen, ports restarted on)."""
     monkeypatch.setattr(site_join, "SuperNode", _FakeNode)
     monkeypatch.setattr(site_join, "POLL_INTERVAL", 0.0)
+    monkeypatch.setattr(site_join, "RECONNECT_PAUSE", reconnect_pause)
     ports = iter(range(20001, 20100))
     monkeypatch.setattr(site_join.net, "free_port", lambda: next(ports))
     _FakeNode.script, _FakeNode.started = list(script), []
     config = SiteNodeConfig(data_path=str(tmp_path), site_name="hospital_a", task="digits-cnn",
                             state_dir=str(tmp_path), events_file=str(tmp_path / "events.jsonl"))
-    plan = JoinPlan(config, kit, "127.0.0.1:9092", 10, 2, 0.0, None, 1.0, 1)
+    plan = JoinPlan(config, kit, "127.0.0.1:9092", 10, 2, 0.0, None, 1.0, 1, reconnect_timeout)
     seen: list[Any] = []
     restarts: list[int] = []
     try:
@@ -119,6 +121,27 @@ def test_a_supernode_whose_port_was_taken_is_restarted_on_another(tmp_path: Path
               (REPLIED, None, [{"event": "run-complete", "status": "finished"}])]
     _, restarts = _take_part(tmp_path, monkeypatch, script)
     assert restarts == [20002] and _FakeNode.started == [20001, 20002]
+
+
+def test_a_site_whose_coordinator_went_away_starts_its_supernode_again_and_rejoins(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The SuperLink was killed: Flower's SuperNode gives up and exits; the site starts it again, which connects
+    to the coordinator's new SuperLink (a resumed run) and takes part until the run finishes."""
+    script = [("SuperNode ID: 1\n", 1, [{"event": "joined-run", "run_id": "41"}]),
+              ("Giving up reconnection\n", 1, []),  # the coordinator is still away: tried again
+              ("SuperNode ID: 2\n", None, [{"event": "joined-run", "run_id": "41"},
+                                            {"event": "run-complete", "status": "finished"}])]
+    seen, _ = _take_part(tmp_path, monkeypatch, script, reconnect_timeout=60.0)
+    assert [e["event"] for e in seen] == ["joined-run", "joined-run", "run-complete"]
+    assert len(_FakeNode.started) == 3
+
+
+def test_a_coordinator_that_stays_away_ends_the_site_after_its_reconnect_timeout(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    script = [("SuperNode ID: 1\n", 1, [])] + [("Giving up reconnection\n", 1, [])] * 5
+    with pytest.raises(FedShieldError, match=r"did not take it back within 0.2 s \(--reconnect-timeout\)"):
+        _take_part(tmp_path, monkeypatch, script, reconnect_timeout=0.2, reconnect_pause=0.1)
+    assert len(_FakeNode.started) < 6
 
 
 @pytest.mark.parametrize(("script", "kit", "message"), [
