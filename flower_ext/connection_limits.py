@@ -7,7 +7,10 @@ request, or sends half its headers, was held for good, and an unfinished TLS han
 :class:`~fedshield.flower_ext.network_limits.NetworkLimits`:
 
 * ``http=``:class:`IdleClosingProtocol`: uvicorn's own HTTP protocol, which also closes a connection that
-  has not begun a new request (complete headers) within ``idle_timeout_s`` of opening or of its last answer;
+  has not begun a new request (complete headers) within ``idle_timeout_s`` of opening or of its last answer,
+  and one from a peer address that already holds ``max_connections_per_peer`` open connections (counted
+  once a connection is established, after its TLS handshake: an unfinished handshake holds no request
+  body and is closed by the loop below);
 * ``loop=``:func:`handshake_limited_loop`: uvicorn's event loop (uvloop where installed), whose servers end a
   TLS handshake not finished within ``idle_timeout_s``;
 * ``timeout_keep_alive``: ``min(5 s, idle_timeout_s)``.
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 import sys
+import time
+from collections import Counter
 from importlib import import_module
 from types import ModuleType
 from typing import Any
@@ -54,15 +59,40 @@ def _uvicorn_protocol() -> type[asyncio.Protocol]:
     return AutoHTTPProtocol
 
 
+#: open connections per peer address; one event loop serves them all, so no lock is needed
+_open_per_peer: Counter[str] = Counter()
+_last_refusal_log: dict[str, float] = {}
+REFUSAL_LOG_EVERY_S = 60.0
+
+
+def _peer_address(transport: Any) -> str:
+    peer = transport.get_extra_info("peername")
+    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+
+
 class IdleClosingProtocol(_uvicorn_protocol()):  # type: ignore[misc]  # a class uvicorn chooses at import
-    """Uvicorn's HTTP protocol, closing a connection that begins no request within ``idle_timeout_s``."""
+    """Uvicorn's HTTP protocol, closing a connection that begins no request within ``idle_timeout_s``, and one
+    that would take its peer address past ``max_connections_per_peer`` open connections."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._idle_s = _current().idle_timeout_s
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._counted_peer: str | None = None
 
     def connection_made(self, transport: Any) -> None:
+        peer = _peer_address(transport)
+        cap = _current().max_connections_per_peer
+        if _open_per_peer[peer] >= cap:
+            now = time.monotonic()
+            if now - _last_refusal_log.get(peer, -REFUSAL_LOG_EVERY_S) >= REFUSAL_LOG_EVERY_S:
+                _last_refusal_log[peer] = now
+                print(f"FedShield limits: {peer} holds {cap} open connections (--max-connections-per-peer); "
+                      "further ones are closed", file=sys.stderr, flush=True)
+            transport.close()  # before uvicorn sees it: no request is read from it
+            return
+        _open_per_peer[peer] += 1
+        self._counted_peer = peer
         super().connection_made(transport)
         self._arm_idle_timer()
 
@@ -71,6 +101,12 @@ class IdleClosingProtocol(_uvicorn_protocol()):  # type: ignore[misc]  # a class
         self._arm_idle_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted_peer is None:  # refused in connection_made: uvicorn never set it up
+            return
+        _open_per_peer[self._counted_peer] -= 1
+        if _open_per_peer[self._counted_peer] <= 0:
+            del _open_per_peer[self._counted_peer]
+        self._counted_peer = None
         if self._idle_timer is not None:
             self._idle_timer.cancel()
         super().connection_lost(exc)
@@ -132,7 +168,9 @@ class _UvicornWithLimits:
             raise LimitsNotActive("the SuperLink app lacks FedShield's request size limit, so it is not served; "
                                   f"install flwr=={FLOWER_VERSION}")
         print(f"FedShield limits: request bodies up to {self._limits.max_message_bytes:,} bytes; idle connections "
-              f"and TLS handshakes closed after {self._limits.idle_timeout_s:g} s", file=sys.stderr, flush=True)
+              f"and TLS handshakes closed after {self._limits.idle_timeout_s:g} s; at most "
+              f"{self._limits.max_connections_per_peer} open connections per peer address", file=sys.stderr,
+              flush=True)
         self._uvicorn.run(app, **kwargs, http=IdleClosingProtocol,
                           loop=f"{__name__}:{handshake_limited_loop.__name__}",
                           timeout_keep_alive=self._limits.keep_alive_s)

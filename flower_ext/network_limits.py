@@ -1,4 +1,5 @@
-"""What the SuperLink's port accepts from the network: the largest request body and how long a peer may idle.
+"""What the SuperLink's port accepts from the network: the largest request body, how long a peer may idle, and
+how many connections one peer address may hold open at once.
 
 Anyone who reaches the coordinator's port can send to it before any credential is checked: Flower's
 SuperLink reads a Fleet request's whole body before node authentication. Without bounds, four 100 MB
@@ -25,6 +26,10 @@ from fedshield.common.errors import ConfigError
 
 MAX_MESSAGE_ENV = "FEDSHIELD_MAX_MESSAGE_BYTES"
 IDLE_TIMEOUT_ENV = "FEDSHIELD_IDLE_TIMEOUT_S"
+PER_PEER_ENV = "FEDSHIELD_MAX_CONNECTIONS_PER_PEER"
+#: open connections one peer address may hold: a SuperNode keeps one or two (a held poll, a push), so this
+#: leaves room for a few dozen sites behind one NAT address while 300 idle connections from one peer are not
+DEFAULT_MAX_CONNECTIONS_PER_PEER = 64
 #: the run-config key that tells the ServerApp the SuperLink's cap (:func:`check_model_fits`)
 MAX_MESSAGE_KEY = "max-message-bytes"
 MIB = 2**20
@@ -45,10 +50,12 @@ NPY_HEADER_BYTES = 128
 @dataclass(frozen=True)
 class NetworkLimits:
     """``max_message_bytes``: a larger request body is refused (HTTP 413) before it is read;
-    ``idle_timeout_s``: see :data:`DEFAULT_IDLE_TIMEOUT_S`."""
+    ``idle_timeout_s``: see :data:`DEFAULT_IDLE_TIMEOUT_S`; ``max_connections_per_peer``: a peer address's
+    further connections are closed as they open (see :data:`DEFAULT_MAX_CONNECTIONS_PER_PEER`)."""
 
     max_message_bytes: int
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    max_connections_per_peer: int = DEFAULT_MAX_CONNECTIONS_PER_PEER
 
     @property
     def keep_alive_s(self) -> float:
@@ -57,17 +64,19 @@ class NetworkLimits:
 
     def to_env(self) -> dict[str, str]:
         """The variables the SuperLink process reads back with :meth:`from_env`."""
-        return {MAX_MESSAGE_ENV: str(self.max_message_bytes), IDLE_TIMEOUT_ENV: repr(self.idle_timeout_s)}
+        return {MAX_MESSAGE_ENV: str(self.max_message_bytes), IDLE_TIMEOUT_ENV: repr(self.idle_timeout_s),
+                PER_PEER_ENV: str(self.max_connections_per_peer)}
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> NetworkLimits:
         """The limits ``fl-server start`` set, or the defaults (no SuperLink FedShield starts is unbounded)."""
         try:
             limits = cls(int(env.get(MAX_MESSAGE_ENV) or default_max_message_bytes(secagg=False)),
-                         float(env.get(IDLE_TIMEOUT_ENV) or DEFAULT_IDLE_TIMEOUT_S))
+                         float(env.get(IDLE_TIMEOUT_ENV) or DEFAULT_IDLE_TIMEOUT_S),
+                         int(env.get(PER_PEER_ENV) or DEFAULT_MAX_CONNECTIONS_PER_PEER))
         except ValueError:
-            raise ConfigError(f"${MAX_MESSAGE_ENV}/${IDLE_TIMEOUT_ENV}: not a number; unset them or start "
-                              "the SuperLink through fl-server start") from None
+            raise ConfigError(f"${MAX_MESSAGE_ENV}/${IDLE_TIMEOUT_ENV}/${PER_PEER_ENV}: not a number; unset them or "
+                              "start the SuperLink through fl-server start") from None
         return limits.checked()
 
     def checked(self) -> NetworkLimits:
@@ -76,6 +85,8 @@ class NetworkLimits:
             raise ConfigError("--max-message-mb: must be positive (0 chooses it from the run); pass a size in MB")
         if not math.isfinite(self.idle_timeout_s) or self.idle_timeout_s <= 0:
             raise ConfigError("--idle-timeout: must be a positive number of seconds")
+        if self.max_connections_per_peer < 1:
+            raise ConfigError("--max-connections-per-peer: must be at least 1 (a site holds one or two)")
         return self
 
 

@@ -61,6 +61,9 @@ def start(
     idle_timeout: float = typer.Option(
         20.0, "--idle-timeout", help="Seconds a connection may stay silent (no TLS handshake, no request, a "
         "stalled upload) before the server closes it."),
+    max_connections_per_peer: int = typer.Option(
+        64, "--max-connections-per-peer", help="Open connections one address may hold; further ones are closed as "
+        "they open (a site holds one or two; raise it for many sites behind one NAT address)."),
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue the run in this run folder from its last completed round (after a crash "
         "or a kill): same settings, same run for the sites' privacy ledgers; pass the coordinator's own flags "
@@ -87,7 +90,8 @@ def start(
                     "fraction_train": fraction_train, "dp": not no_dp, "run_dir": run_dir}
         plan = plan_resume(resume, _given_run_settings(settings), federation_dir=dir, host=host, port=port,
                            insecure=insecure, join_timeout=join_timeout, on_warning=warn_loudly,
-                           max_message_mb=max_message_mb, idle_timeout=idle_timeout)
+                           max_message_mb=max_message_mb, idle_timeout=idle_timeout,
+                           max_connections_per_peer=max_connections_per_peer)
         last, total = plan.resume_after or 0, plan.cfg.rounds
         console.print(f"resuming run {plan.folder} ({plan.cfg.task}) after round {last} of {total}: "
                       + (f"rounds {last + 1}-{total} to go" if last < total else "no round left to train")
@@ -96,7 +100,8 @@ def start(
         plan = plan_run(training, central, secure_aggregation, min_clients=min_clients,
                         fraction_train=fraction_train, dp=not no_dp, run_dir=run_dir, federation_dir=dir, host=host,
                         port=port, insecure=insecure, join_timeout=join_timeout, on_warning=warn_loudly,
-                        max_message_mb=max_message_mb, idle_timeout=idle_timeout)
+                        max_message_mb=max_message_mb, idle_timeout=idle_timeout,
+                           max_connections_per_peer=max_connections_per_peer)
     cfg, asked_model = plan.cfg, training.model if resume is None else plan.cfg.model
     if insecure:
         warn_loudly("--insecure: updates travel WITHOUT encryption and sites are not authenticated; loopback "

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -139,7 +139,8 @@ def check_listen_address(fed: Federation, host: str) -> None:
 def plan_run(training: TrainingOptions, central: CentralDpOptions, secagg: SecAggOptions, *, min_clients: int,
              fraction_train: float, dp: bool, run_dir: Path | None, federation_dir: Path | None, host: str,
              port: int | None, insecure: bool, join_timeout: float, on_warning: Callable[[str], None],
-             max_message_mb: float = 0.0, idle_timeout: float | None = None) -> CoordinatorPlan:
+             max_message_mb: float = 0.0, idle_timeout: float | None = None,
+             max_connections_per_peer: int | None = None) -> CoordinatorPlan:
     """Check the run's settings, the federation, the run folder and the port; start and write nothing.
 
     ``run_dir`` None: ``./runs/<time>``; ``port`` None: the federation's, or :data:`INSECURE_PORT`;
@@ -151,7 +152,8 @@ def plan_run(training: TrainingOptions, central: CentralDpOptions, secagg: SecAg
     check_task_name(training.task)  # flags first; torch (resolve_settings below) takes seconds to import
     limits, fed, port = _deployment(secagg=secagg.secagg, federation_dir=federation_dir, port=port,
                                     insecure=insecure, on_warning=on_warning, max_message_mb=max_message_mb,
-                                    idle_timeout=idle_timeout, host=host)
+                                    idle_timeout=idle_timeout, host=host,
+                                    max_connections_per_peer=max_connections_per_peer)
     folder = (run_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     check_run_folder(folder)
     cfg = RunConfig(**training.config_fields(dp), **asdict(central), **asdict(secagg),
@@ -171,7 +173,8 @@ def plan_run(training: TrainingOptions, central: CentralDpOptions, secagg: SecAg
 
 def plan_resume(run_dir: Path, given: dict[str, tuple[str, Any]], *, federation_dir: Path | None, host: str,
                 port: int | None, insecure: bool, join_timeout: float, on_warning: Callable[[str], None],
-                max_message_mb: float = 0.0, idle_timeout: float | None = None) -> CoordinatorPlan:
+                max_message_mb: float = 0.0, idle_timeout: float | None = None,
+             max_connections_per_peer: int | None = None) -> CoordinatorPlan:
     """Check a run folder to resume (``--resume``), its last completed round and the coordinator's flags;
     start and write nothing.
 
@@ -186,7 +189,7 @@ def plan_resume(run_dir: Path, given: dict[str, tuple[str, Any]], *, federation_
     point = resume_point(folder)  # a damaged state file fails here, not in the ServerApp
     limits, fed, port = _deployment(secagg=cfg.secagg, federation_dir=federation_dir, port=port, insecure=insecure,
                                     on_warning=on_warning, max_message_mb=max_message_mb, idle_timeout=idle_timeout,
-                                    host=host)
+                                    host=host, max_connections_per_peer=max_connections_per_peer)
     _check_port(host, port)
     return CoordinatorPlan(cfg, folder, host, port, fed, join_timeout, limits,
                            resume_after=point.last_round)
@@ -194,14 +197,20 @@ def plan_resume(run_dir: Path, given: dict[str, tuple[str, Any]], *, federation_
 
 def _deployment(*, secagg: bool, federation_dir: Path | None, port: int | None, insecure: bool,
                 on_warning: Callable[[str], None], max_message_mb: float, idle_timeout: float | None,
-                host: str) -> tuple[NetworkLimits, Federation | None, int]:
+                host: str, max_connections_per_peer: int | None = None
+                ) -> tuple[NetworkLimits, Federation | None, int]:
     """The coordinator's own settings checked: network limits, the federation (None: ``--insecure``) and that its
     certificate names ``host``, the port."""
     if max_message_mb < 0:
         raise ConfigError("--max-message-mb: must be positive, or 0 to size it from the run")
     max_bytes = (round(max_message_mb * MIB) if max_message_mb > 0
                  else default_max_message_bytes(secagg=secagg))
-    limits = (NetworkLimits(max_bytes) if idle_timeout is None else NetworkLimits(max_bytes, idle_timeout)).checked()
+    limits = NetworkLimits(max_bytes)
+    if idle_timeout is not None:
+        limits = replace(limits, idle_timeout_s=idle_timeout)
+    if max_connections_per_peer is not None:
+        limits = replace(limits, max_connections_per_peer=max_connections_per_peer)
+    limits = limits.checked()
     if insecure and federation_dir is not None:
         raise ConfigError("--insecure and --dir exclude each other; pick one")
     if not insecure and federation_dir is None:

@@ -96,6 +96,8 @@ def test_server_start_bad_input(tmp_path: Path) -> None:
                             str(tmp_path / "r12")), "--max-message-mb", "positive")
     _one_line_error(run_cli("fl-server", "start", "--insecure", "--idle-timeout", "0", "--run-dir",
                             str(tmp_path / "r13")), "--idle-timeout", "positive")
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--max-connections-per-peer", "0", "--run-dir",
+                            str(tmp_path / "r14")), "--max-connections-per-peer", "at least 1")
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()

@@ -4,8 +4,8 @@ A real `fl-server start --dir` (TLS, site authentication) on loopback. A client 
 token sends request bodies far over the cap: each is refused (HTTP 413) before it is read, and the
 SuperLink's memory stays near its baseline (on the old code, four 100 MB POSTs took it from 149 to
 954 MiB, never given back). Connections that send nothing, half a TLS ClientHello, half their headers or
-half their body are closed after the configured idle limit. The federation then trains as usual, its
-long polls unharmed by a 3 s idle limit.
+half their body are closed after the configured idle limit, and one peer's connections past its share as
+they open. The federation then trains as usual, its long polls unharmed by a 3 s idle limit.
 """
 
 from __future__ import annotations
@@ -173,6 +173,43 @@ def test_idle_half_open_and_stalled_connections_are_closed_after_the_idle_limit(
         for conn in [*silent, *half_hello, half_headers, half_body]:
             conn.close()
     assert not any(kept.values()), f"connections still open after {GIVE_UP_S:g} s: {kept}"
+
+
+def test_one_peer_cannot_hold_more_than_its_share_of_connections(tmp_path: Path) -> None:
+    """300 idle connections from one peer were all held (each can carry a capped body while it is read); now
+    a peer address's connections past --max-connections-per-peer are closed as they open. The attacker
+    connects from 127.0.0.9, so the coordinator's own processes (on 127.0.0.1) keep their share."""
+    port = free_port()
+    server = start_cli("fl-server", "start", "--insecure", "--port", str(port), "--task", "digits-cnn", "--rounds",
+                       "1", "--min-clients", "2", "--run-dir", str(tmp_path / "run"), "--join-timeout", "600",
+                       "--idle-timeout", "15", "--max-connections-per-peer", "4", log=tmp_path / "server.out")
+
+    def connect() -> socket.socket:
+        conn = socket.socket()
+        conn.bind(("127.0.0.9", 0))
+        conn.connect(("127.0.0.1", port))
+        return conn
+
+    try:
+        _wait_for(tmp_path / "server.out", "waiting for 2 site(s)")
+        flood = [connect() for _ in range(12)]
+        time.sleep(2.0)  # refused ones are closed as they open; held ones idle for 15 s
+        held = [conn for conn in flood if not _closed_by_server(conn, time.monotonic() + 0.2)]
+        assert len(held) == 4, f"{len(held)} of 12 connections from one peer held open"
+        for conn in flood:
+            conn.close()
+        time.sleep(1.0)  # the server sees the four close: their share is free again
+        again = connect()
+        try:
+            again.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            again.settimeout(10)
+            assert again.recv(4096).startswith(b"HTTP/1.1 ")  # served
+        finally:
+            again.close()
+        log = (tmp_path / "run" / "server.log").read_text(errors="replace")
+        assert "127.0.0.9 holds 4 open connections (--max-connections-per-peer)" in log, log[-2000:]
+    finally:
+        _stop([server])
 
 
 def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
