@@ -36,9 +36,9 @@ MaxUpdateNorm = Annotated[str, typer.Option(
     "median (default), a number = absolute, off = no bound. Non-finite, misshapen updates and inflated example "
     "counts are always refused.")]
 MinUpdateCosine = Annotated[str, typer.Option(
-    "--min-update-cosine", help="Least cosine similarity of a site's update with the round's median update (3 or "
-    "more sites): 0 (default) refuses updates that point against what the other sites learn, e.g. sign-flipped "
-    "ones; off = no check.")]
+    "--min-update-cosine", help="Refuse a site whose updates, summed over rounds, point against the other sites' "
+    "median update (sign-flipping attackers): 0 turns it on for federations of similar (IID) sites, 3 or more a "
+    "round; off (default): sites with differing data disagree honestly, and would be refused.")]
 MaxRejections = Annotated[int, typer.Option(
     "--max-rejections", min=1, help="Rejected updates after which a site is excluded for the rest of the run.")]
 TolerateAttackers = Annotated[int, typer.Option(

@@ -105,7 +105,7 @@ class RunConfig:
     central_clip: float = 0.5
     central_delta: float = 1e-5
     max_update_norm: str = "5x"
-    min_update_cosine: str = "0"
+    min_update_cosine: str = "off"
     max_rejections: int = 3
     tolerate_attackers: int = 1
     secagg: bool = False

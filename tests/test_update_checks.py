@@ -196,7 +196,7 @@ def test_the_norm_bound_is_relative_to_the_round_median_absolute_or_off() -> Non
 
 def test_sign_flipped_updates_are_refused_so_fedavg_keeps_learning() -> None:
     observer = Observer()
-    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer), UpdatePolicy())
+    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer), UpdatePolicy(min_cosine=0.0))
     rng = np.random.default_rng(4)
     replies = {i: _fit(_honest(rng)) for i in range(1, 8)}
     replies.update({i: _fit([-a for a in _honest(rng)]) for i in (8, 9, 10)})  # Δ → −Δ at 3 of 10 sites
@@ -210,7 +210,7 @@ def test_weak_but_steady_sign_flips_are_caught_over_rounds_while_noisy_honest_si
     """Under DP noise an update barely agrees with the others (digits-cnn at ε = 8: cosines of ±0.05 in
     1,290 dimensions); one round cannot tell a flip, a few rounds of the same sign can."""
     observer = Observer()
-    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer), UpdatePolicy(max_rejections=2))
+    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer), UpdatePolicy(max_rejections=2, min_cosine=0.0))
     manager = _manager(10)
     rng = np.random.default_rng(7)
     d = 1290
@@ -247,7 +247,7 @@ def test_a_float64_global_model_takes_float32_updates() -> None:
 def test_honest_updates_of_pure_noise_pass_the_direction_test(seed: int) -> None:
     """Heavy DP noise: updates with no common direction, in a 15-parameter model, are not refused for it."""
     observer = Observer()
-    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer), UpdatePolicy())
+    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer), UpdatePolicy(min_cosine=0.0))
     rng = np.random.default_rng(seed)
     replies = {i: _fit(_honest(rng, shift=0.0)) for i in range(1, 11)}
     _round(strategy, _manager(10), 1, replies)
@@ -256,6 +256,7 @@ def test_honest_updates_of_pure_noise_pass_the_direction_test(seed: int) -> None
 
 def test_the_direction_threshold_parses_or_names_its_flag() -> None:
     assert parse_min_cosine("0") == 0.0 and parse_min_cosine("-0.2") == -0.2 and parse_min_cosine("off") is None
+    assert UpdatePolicy().min_cosine is None and RunConfig().min_update_cosine == "off"  # off unless asked for
     for bad in ("1", "2", "-1.5", "nan", "south"):
         with pytest.raises(ConfigError, match="--min-update-cosine"):
             parse_min_cosine(bad)
