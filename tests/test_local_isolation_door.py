@@ -5,6 +5,7 @@ token from stdin only."""
 from __future__ import annotations
 
 import io
+import os
 import stat
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from conftest import cli_env
 from fedshield.common.errors import ConfigError
-from fedshield.common.local_secret import LocalSecret
+from fedshield.common.local_secret import LocalSecret, remove_orphans
 from fedshield.flower_ext import superexec
 from fedshield.flower_ext.serverapp_main import read_token
 from fedshield.flower_ext.version_check import FlowerHookMissing
@@ -108,3 +109,23 @@ def test_a_local_secret_is_0600_alone_in_a_0700_folder_and_removed_whole() -> No
         secret.remove()
         other.remove()
     assert not Path(secret.path.parent).exists()
+
+
+def test_a_secret_folder_left_by_a_killed_process_is_removed_by_the_next_one(tmp_path: Path) -> None:
+    """SIGKILL leaves the folder behind; the next secret of its kind removes it, never a live process's."""
+    import subprocess
+    import sys
+
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True)
+    dead_pid = int(gone.stdout)
+    orphan = tmp_path / f"fedshield-supernode-{dead_pid}-abc"
+    live = tmp_path / f"fedshield-supernode-{os.getpid()}-def"
+    other_kind = tmp_path / f"fedshield-superlink-{dead_pid}-ghi"
+    unexpected = tmp_path / f"fedshield-supernode-{dead_pid}-jkl"
+    for folder in (orphan, live, other_kind, unexpected):
+        folder.mkdir(mode=0o700)
+        (folder / "superexec-auth.secret").write_bytes(b"x" * 32)
+    (unexpected / "notes.txt").write_text("not ours to delete")
+    assert remove_orphans("supernode", tmp_path) == [orphan]
+    assert not orphan.exists() and live.exists() and other_kind.exists() and unexpected.exists()
