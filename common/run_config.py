@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from fedshield.common.errors import ConfigError
-from fedshield.common.update_bounds import NormBound, parse_min_cosine
+from fedshield.common.update_bounds import DEFAULT_MIN_COSINE, DEFAULT_NORM_BOUND, NormBound, parse_min_cosine
 
 # Strategies that need every site's own update (the median, trimming, Krum's distances): never under SecAgg+.
 ROBUST_STRATEGIES = ("fedmedian", "fedtrimmedavg", "krum", "multikrum")
@@ -104,8 +104,8 @@ class RunConfig:
     central_noise: float = 1.0
     central_clip: float = 0.5
     central_delta: float = 1e-5
-    max_update_norm: str = "5x"
-    min_update_cosine: str = "off"
+    max_update_norm: str = DEFAULT_NORM_BOUND
+    min_update_cosine: str = DEFAULT_MIN_COSINE
     max_rejections: int = 3
     tolerate_attackers: int = 1
     secagg: bool = False

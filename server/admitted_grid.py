@@ -14,27 +14,19 @@ from typing import Any
 from flwr.app import Message
 from flwr.serverapp import Grid
 
+from fedshield.server.delegating_grid import DelegatingGrid
+
 
 class RefusedNodeError(RuntimeError):
     """A message was addressed to a node the run refused."""
 
 
-class AdmittedGrid(Grid):
+class AdmittedGrid(DelegatingGrid):
     """``inner`` without the node ids in ``refused``."""
 
     def __init__(self, inner: Grid, refused: Iterable[int]) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.refused = frozenset(int(n) for n in refused)
-
-    def set_run(self, run):
-        return self.inner.set_run(run)
-
-    @property
-    def run(self):
-        return self.inner.run
-
-    def create_message(self, *args, **kwargs):
-        return self.inner.create_message(*args, **kwargs)
 
     def get_node_ids(self) -> Iterable[int]:
         return [n for n in self.inner.get_node_ids() if n not in self.refused]
@@ -51,9 +43,6 @@ class AdmittedGrid(Grid):
 
     def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
         return self.inner.push_messages(self._admitted(messages))
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.inner.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         return self.inner.send_and_receive(self._admitted(messages), timeout=timeout)

@@ -12,45 +12,23 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
 
 from flwr.app import Message
 from flwr.serverapp import Grid
 
 from fedshield.common.backoff import Backoff
+from fedshield.server.delegating_grid import DelegatingGrid
 
 REPLY_POLL_S = 0.02  # first re-poll; grows 1.5x per empty poll up to REPLY_POLL_CAP_S
 REPLY_POLL_CAP_S = 0.25
 
 
-class PromptGrid(Grid):
+class PromptGrid(DelegatingGrid):
     """Delegates to ``inner``; polls replies after ``interval`` s, backing off to 0.25 s, instead of 3 s."""
 
     def __init__(self, inner: Grid, interval: float = REPLY_POLL_S) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.interval = interval
-
-    def set_run(self, run):
-        return self.inner.set_run(run)
-
-    @property
-    def run(self):
-        return self.inner.run
-
-    def create_message(self, *args, **kwargs):
-        return self.inner.create_message(*args, **kwargs)
-
-    def get_node_ids(self) -> Iterable[int]:
-        return self.inner.get_node_ids()
-
-    def get_nodes(self) -> Iterable[Any]:  # Flower's base class would drop every field but the node id
-        return self.inner.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self.inner.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self.inner.pull_messages(message_ids)
 
     def send_and_receive(self, messages: Iterable[Message], *, timeout: float | None = None) -> Iterable[Message]:
         """Push ``messages``; pull replies until all arrived or ``timeout`` seconds passed."""

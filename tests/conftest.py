@@ -41,6 +41,27 @@ def start_cli(*args: str, log: Path, cwd: Path | None = None) -> subprocess.Pope
         fh.close()
 
 
+def stop_processes(*procs: subprocess.Popen[bytes]) -> None:
+    """SIGTERM each CLI still running (they stop their SuperLink/SuperNode on it), SIGKILL after 30 s."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def wait_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> int:
+    """``proc``'s exit code within ``timeout`` s; killed (and the timeout raised) otherwise."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        raise
+
+
 @pytest.fixture(scope="session")
 def digits_split(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Three digits site folders (Dirichlet 0.5) written once by `fl-sim split`; tests take copies."""

@@ -12,18 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BIN, cli_env, digits_checkpoint_quality, run_cli, start_cli
+from conftest import BIN, cli_env, digits_checkpoint_quality, run_cli, start_cli, wait_or_kill
 from fedshield.common.net import free_port
 
 pytestmark = pytest.mark.slow
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
 
 
 def test_two_sites_learn_digits_with_dp(tmp_path: Path, digits_sites: Path) -> None:
@@ -39,9 +33,9 @@ def test_two_sites_learn_digits_with_dp(tmp_path: Path, digits_sites: Path) -> N
                                "--state-dir", str(tmp_path / f"state-{name}"), "--connect-timeout", "120",
                                log=tmp_path / f"{name}.out"))
     try:
-        assert _wait(server, 600) == 0, (tmp_path / "server.out").read_text()[-3000:]
+        assert wait_or_kill(server, 600) == 0, (tmp_path / "server.out").read_text()[-3000:]
         for name, proc in zip(("hospital_a", "hospital_b"), sites, strict=True):
-            assert _wait(proc, 60) == 0, (tmp_path / f"{name}.out").read_text()[-3000:]
+            assert wait_or_kill(proc, 60) == 0, (tmp_path / f"{name}.out").read_text()[-3000:]
     finally:
         for proc in [server, *sites]:
             if proc.poll() is None:
@@ -155,7 +149,7 @@ def test_ctrl_c_mid_run_leaves_nothing_behind(tmp_path: Path, digits_sites: Path
         started = psutil.Process(server.pid).children(recursive=True)
         assert any("serverapp_main" in " ".join(p.cmdline()) for p in started), [p.cmdline() for p in started]
         server.send_signal(signal.SIGINT)
-        assert _wait(server, 60) == 130
+        assert wait_or_kill(server, 60) == 130
         assert "interrupted" in (tmp_path / "server.out").read_text()
         _, left = psutil.wait_procs(started, timeout=1)
         assert not left, f"still running after fl-server start ended: {[p.cmdline() for p in left]}"
@@ -177,8 +171,8 @@ def test_deployment_matches_simulation_on_the_same_seed(tmp_path: Path, digits_s
                        "--connect-timeout", "120", log=tmp_path / f"{name}.out")
              for name in ("hospital_a", "hospital_b", "hospital_c")]
     try:
-        assert _wait(server, 600) == 0, (tmp_path / "server.out").read_text()[-3000:]
-        assert all(_wait(p, 60) == 0 for p in sites)
+        assert wait_or_kill(server, 600) == 0, (tmp_path / "server.out").read_text()[-3000:]
+        assert all(wait_or_kill(p, 60) == 0 for p in sites)
     finally:
         for proc in [server, *sites]:
             if proc.poll() is None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import run_cli, start_cli
+from conftest import run_cli, start_cli, stop_processes
 from fedshield.common.net import free_port
 
 pytestmark = pytest.mark.slow
@@ -144,17 +144,8 @@ def test_a_local_user_reads_no_credential_and_gets_no_task(tmp_path: Path, digit
         for name, proc in zip(SITES, sites, strict=True):
             assert proc.wait(timeout=60) == 0, (tmp_path / f"{name}.out").read_text()[-3000:]
     finally:
-        _stop([server, *sites])
+        stop_processes(server, *sites)
     assert json.loads((run_dir / "results.json").read_text())["status"] == "finished"
     assert all(not path.parent.exists() for path in secret_files)  # removed with the processes
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()  # our CLIs stop their SuperLink/SuperNode on SIGTERM
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()

@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import run_cli, start_cli
+from conftest import run_cli, start_cli, stop_processes
 from fedshield.common.net import free_port
 
 pytestmark = pytest.mark.slow
@@ -117,7 +117,7 @@ def test_oversized_requests_without_credentials_are_refused_unread_and_memory_st
         for name, proc in zip(SITES, sites, strict=True):
             assert proc.wait(timeout=60) == 0, (tmp_path / f"{name}.out").read_text()[-3000:]
     finally:
-        _stop([server, *sites])
+        stop_processes(server, *sites)
     doc = json.loads((run_dir / "results.json").read_text())
     assert doc["status"] == "finished" and set(doc["sites"]) == set(SITES)
 
@@ -150,7 +150,7 @@ def waiting_coordinator(tmp_path: Path) -> Iterator[tuple[int, Path]]:
         _wait_for(tmp_path / "server.out", "waiting for 2 site(s)")
         yield port, fed / "kits" / SITES[0] / "ca.crt"
     finally:
-        _stop([server])
+        stop_processes(server)
 
 
 def test_idle_half_open_and_stalled_connections_are_closed_after_the_idle_limit(
@@ -209,15 +209,6 @@ def test_one_peer_cannot_hold_more_than_its_share_of_connections(tmp_path: Path)
         log = (tmp_path / "run" / "server.log").read_text(errors="replace")
         assert "127.0.0.9 holds 4 open connections (--max-connections-per-peer)" in log, log[-2000:]
     finally:
-        _stop([server])
+        stop_processes(server)
 
 
-def _stop(procs: list[subprocess.Popen[bytes]]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()  # our CLIs stop their SuperLink/SuperNode on SIGTERM
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()

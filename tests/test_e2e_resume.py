@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import digits_checkpoint_quality, run_cli, start_cli
+from conftest import digits_checkpoint_quality, run_cli, start_cli, wait_or_kill
 from fedshield.common.net import free_port
 
 pytestmark = pytest.mark.slow
@@ -25,12 +25,6 @@ SITES = ("hospital_a", "hospital_b", "hospital_c")
 ROUNDS = 6
 
 
-def _wait(proc: subprocess.Popen[bytes], timeout: float) -> int:
-    try:
-        return proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        raise
 
 
 def _kill_tree(pid: int) -> None:
@@ -79,9 +73,9 @@ def test_killed_coordinator_resumes_and_sites_rejoin(tmp_path: Path, digits_site
         assert "--rounds 10" in refused.stderr and "drop --rounds" in refused.stderr
 
         resumed = _server(port, tmp_path / "resumed.out", "--resume", str(run_dir))
-        assert _wait(resumed, 600) == 0, (tmp_path / "resumed.out").read_text()[-3000:]
+        assert wait_or_kill(resumed, 600) == 0, (tmp_path / "resumed.out").read_text()[-3000:]
         for name, proc in zip(SITES, sites, strict=True):
-            assert _wait(proc, 60) == 0, (tmp_path / f"{name}.out").read_text()[-3000:]
+            assert wait_or_kill(proc, 60) == 0, (tmp_path / f"{name}.out").read_text()[-3000:]
     finally:
         for proc in [server, *sites, *([resumed] if resumed else [])]:
             if proc.poll() is None:

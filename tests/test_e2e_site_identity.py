@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, run_cli, start_cli
+from conftest import cli_env, run_cli, start_cli, stop_processes
 from fedshield.common.net import free_port
 
 IMPOSTOR = Path(__file__).parent / "impostor_site.py"
@@ -39,15 +39,6 @@ def _wait_for(path: Path, text: str, timeout: float = 120.0) -> None:
     raise AssertionError(f"{text!r} not in {path} after {timeout} s")
 
 
-def _stop(*procs: subprocess.Popen[bytes]) -> None:
-    for proc in procs:
-        if proc.poll() is None:
-            proc.terminate()  # our CLIs stop their SuperLink/SuperNode on SIGTERM
-    for proc in procs:
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
 
 
 def test_a_kit_joins_only_under_its_enrolled_name(tmp_path: Path, digits_sites: Path) -> None:
@@ -92,7 +83,7 @@ def test_a_site_claiming_another_sites_name_is_refused_and_named_by_its_key(tmp_
             assert proc.wait(timeout=60) == 0, (tmp_path / f"{name}.out").read_text()[-3000:]
         assert impostor.wait(timeout=60) == 1, (tmp_path / "impostor.out").read_text()[-3000:]
     finally:
-        _stop(server, *honest, impostor)
+        stop_processes(server, *honest, impostor)
 
     told = (tmp_path / "impostor.out").read_text()
     assert "the coordinator refused this site" in told and "claims to be site 'hospital_b'" in told, told
@@ -135,4 +126,4 @@ def test_a_second_join_with_one_kit_is_told_the_kit_is_connected(tmp_path: Path,
         assert "not enrolled" not in second.stderr
         assert first.poll() is None  # the first connection is untouched
     finally:
-        _stop(server, first)
+        stop_processes(server, first)
