@@ -120,6 +120,9 @@ def join(
             f"the SuperNode's local port was taken by another process; restarting it on port {port}"),
         reconnecting=lambda left: console.print(
             f"lost the coordinator at {plan.server}; reconnecting (for up to {left:.0f} s more) ..."),
+        stale_connection=lambda left: console.print(
+            "the coordinator still holds this kit's previous connection (an fl-client join that was killed; it "
+            f"is dropped within about a minute); trying again (for up to {left:.0f} s more) ..."),
         event=_show,
     ))
     console.print("run complete; this site's data never left this machine")

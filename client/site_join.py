@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from fedshield.client.events import read_new
+from fedshield.client.kit_lock import already_connected_error, kit_lock
 from fedshield.client.node_config import SiteNodeConfig
 from fedshield.client.site_folder import check_folder
 from fedshield.client.supernode import SuperNode
@@ -42,6 +43,11 @@ POLL_INTERVAL = 0.2
 RECONNECT_TIMEOUT = 600.0
 #: least pause (s) between two SuperNode starts while the coordinator is away
 RECONNECT_PAUSE = 2.0
+#: seconds a site waits for the SuperLink to drop its kit's previous connection (a killed process's): Flower
+#: 1.42 drops a node after missing 2 heartbeats of 30 s (``flwr.common.constant``), plus a margin
+STALE_CONNECTION_WAIT = 90.0
+#: pause (s) between two activations while the SuperLink still holds the kit's previous connection
+STALE_CONNECTION_PAUSE = 5.0
 
 
 @dataclass(frozen=True)
@@ -181,12 +187,15 @@ class SiteCallbacks:
         started: (SuperNode log) once the SuperNode runs and waits for the coordinator.
         port_restarted: (new local port) when the SuperNode's local port was taken and it starts again.
         reconnecting: (seconds left) when the coordinator went away and the site starts its SuperNode again.
+        stale_connection: (seconds left) when the SuperLink still holds this kit's previous connection (a killed
+            ``fl-client join``'s) and the site tries again.
         event: (one site event the ClientApp wrote, :mod:`fedshield.client.events`) in order.
     """
 
     started: Callable[[Path], None] = _ignore
     port_restarted: Callable[[int], None] = _ignore
     reconnecting: Callable[[float], None] = _ignore
+    stale_connection: Callable[[float], None] = _ignore
     event: Callable[[dict[str, Any]], None] = _ignore
 
 
@@ -198,9 +207,21 @@ def take_part(plan: JoinPlan, callbacks: SiteCallbacks) -> None:
     coordinator's new SuperLink carries, such as the same run resumed (``fl-server start --resume``); the
     site's privacy ledger refuses any round it already released.
 
+    A site holds its kit's lock (:mod:`fedshield.client.kit_lock`) throughout: a second join with the kit on
+    this host is refused at once, and a refusal by the SuperLink while this process holds the lock is a killed
+    process's connection, waited out for up to :data:`STALE_CONNECTION_WAIT` seconds.
+
     Returns when the run finished; raises ``FedShieldError`` when the site refused the run, the server
     refused the site's key, the coordinator stayed away, or the run ended with another status.
     """
+    if plan.kit is None:
+        _take_part(plan, callbacks)
+        return
+    with kit_lock(plan.kit.node_key, plan.kit.site):
+        _take_part(plan, callbacks)
+
+
+def _take_part(plan: JoinPlan, callbacks: SiteCallbacks) -> None:
     events_file = Path(plan.node_config.events_file)
     node = SuperNode(
         superlink=plan.server,
@@ -218,6 +239,7 @@ def take_part(plan: JoinPlan, callbacks: SiteCallbacks) -> None:
     outcome: str | None = None
     restarts = 0
     away_since: float | None = None  # when the coordinator went away, while the site tries to reach it again
+    stale_since: float | None = None  # when the SuperLink first refused the kit as connected already
     try:
         callbacks.started(node.log_path)
         while outcome is None:
@@ -238,10 +260,16 @@ def take_part(plan: JoinPlan, callbacks: SiteCallbacks) -> None:
                 continue
             if code is not None and outcome is None:
                 if plan.kit is not None and already_connected(node.log_path, log_start):
-                    raise FedShieldError(f"this site's kit ({plan.kit.site}) is already connected to the coordinator "
-                                         "from another process (another fl-client join with this kit, here or on "
-                                         "another host); stop that one first (a killed one holds the connection up "
-                                         "to a minute)")
+                    now = time.monotonic()
+                    stale_since = now if stale_since is None else stale_since
+                    if now - stale_since >= STALE_CONNECTION_WAIT:
+                        raise already_connected_error(plan.kit.site)
+                    callbacks.stale_connection(STALE_CONNECTION_WAIT - (now - stale_since))
+                    node.stop()
+                    time.sleep(STALE_CONNECTION_PAUSE)
+                    log_start = node.log_path.stat().st_size
+                    node.start()
+                    continue
                 if plan.kit is not None and auth_refused(node.log_path, log_start):
                     raise FedShieldError(f"the server refused this site's key: {plan.node_config.site_name} is not "
                                          "enrolled in its federation or was revoked; ask the coordinator "

@@ -1,6 +1,8 @@
-"""End to end: the coordinator is killed mid-run (every process of it, SIGKILL) and `fl-server start --resume`
-finishes the run; the same `fl-client join` processes reconnect on their own, and each site's privacy ledger
-holds every round it ran exactly once.
+"""End to end, on a provisioned federation (TLS, enrolled keys): a site's host loses power mid-run (every
+process of its `fl-client join`, SIGKILL) and the site joins again with the same command; later the
+coordinator is killed the same way and `fl-server start --resume` finishes the run. The other sites'
+`fl-client join` processes reconnect on their own, and each site's privacy ledger holds every round it ran
+exactly once.
 
 Real SuperLink, SuperNodes and ClientApps, DP-SGD on real handwritten digits, 3 sites, 6 rounds.
 """
@@ -23,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 SITES = ("hospital_a", "hospital_b", "hospital_c")
 ROUNDS = 6
+LOGS = ("hospital_a.out", "hospital_b-restarted.out", "hospital_c.out")
 
 
 
@@ -40,42 +43,55 @@ def _kill_tree(pid: int) -> None:
     psutil.wait_procs(tree, timeout=10)
 
 
-def _server(port: int, log: Path, *extra: str) -> subprocess.Popen[bytes]:
-    return start_cli("fl-server", "start", "--insecure", "--port", str(port), "--join-timeout", "300", *extra,
-                     log=log)
+def _server(fed: Path, log: Path, *extra: str) -> subprocess.Popen[bytes]:
+    return start_cli("fl-server", "start", "--dir", str(fed), "--join-timeout", "300", *extra, log=log)
 
 
-def test_killed_coordinator_resumes_and_sites_rejoin(tmp_path: Path, digits_sites: Path) -> None:
+def _site(fed: Path, tmp_path: Path, digits_sites: Path, name: str, log: str) -> subprocess.Popen[bytes]:
+    return start_cli("fl-client", "join", "--kit", str(fed / "kits" / name), "--data", str(digits_sites / name),
+                     "--epsilon", "8", "--threads", "1", "--state-dir", str(tmp_path / f"st-{name}"),
+                     "--connect-timeout", "180", "--reconnect-timeout", "300", log=tmp_path / log)
+
+
+def _wait_for_round(run_dir: Path, rnd: int, server: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 400
+    while not (run_dir / "checkpoints" / f"round-{rnd:03d}.pt").exists():
+        assert server.poll() is None, log.read_text()[-3000:]
+        assert time.monotonic() < deadline, f"round {rnd} never finished"
+        time.sleep(0.1)
+
+
+def test_killed_site_and_killed_coordinator_resume_under_tls(tmp_path: Path, digits_sites: Path) -> None:
     port = free_port()
+    fed = tmp_path / "federation"
+    init = run_cli("fl-server", "init", "--dir", str(fed), "--server-ip", "127.0.0.1", "--port", str(port),
+                   "--sites", *SITES)
+    assert init.returncode == 0, init.stderr
     run_dir = tmp_path / "run"
-    server = _server(port, tmp_path / "server.out", "--task", "digits-cnn", "--rounds", str(ROUNDS),
+    server = _server(fed, tmp_path / "server.out", "--task", "digits-cnn", "--rounds", str(ROUNDS),
                      "--min-clients", "3", "--run-dir", str(run_dir))
-    sites = [start_cli("fl-client", "join", "--data", str(digits_sites / name), "--server", f"127.0.0.1:{port}",
-                       "--insecure", "--epsilon", "8", "--threads", "1", "--state-dir", str(tmp_path / f"st-{name}"),
-                       "--connect-timeout", "120", "--reconnect-timeout", "300", log=tmp_path / f"{name}.out")
-             for name in SITES]
+    sites = [_site(fed, tmp_path, digits_sites, name, f"{name}.out") for name in SITES]
     resumed = None
     try:
-        deadline = time.monotonic() + 400
-        while not (run_dir / "checkpoints" / "round-003.pt").exists():
-            assert server.poll() is None, (tmp_path / "server.out").read_text()[-3000:]
-            assert time.monotonic() < deadline, "round 3 never finished"
-            time.sleep(0.1)
+        # hospital_b's host loses power during round 2 and its operator (or systemd) starts it again at once
+        _wait_for_round(run_dir, 1, server, tmp_path / "server.out")
+        _kill_tree(sites[1].pid)
+        sites[1] = _site(fed, tmp_path, digits_sites, SITES[1], "hospital_b-restarted.out")
+        _wait_for_round(run_dir, 3, server, tmp_path / "server.out")
         _kill_tree(server.pid)
         killed = json.loads((run_dir / "results.json").read_text())
         assert killed["status"] == "running"
         assert all(proc.poll() is None for proc in sites)  # the sites wait for the coordinator to come back
 
         # a flag that would change the run is refused in one line, before anything starts
-        refused = run_cli("fl-server", "start", "--insecure", "--port", str(port), "--resume", str(run_dir),
-                          "--rounds", "10")
+        refused = run_cli("fl-server", "start", "--dir", str(fed), "--resume", str(run_dir), "--rounds", "10")
         assert refused.returncode == 2
         assert "--rounds 10" in refused.stderr and "drop --rounds" in refused.stderr
 
-        resumed = _server(port, tmp_path / "resumed.out", "--resume", str(run_dir))
+        resumed = _server(fed, tmp_path / "resumed.out", "--resume", str(run_dir))
         assert wait_or_kill(resumed, 600) == 0, (tmp_path / "resumed.out").read_text()[-3000:]
-        for name, proc in zip(SITES, sites, strict=True):
-            assert wait_or_kill(proc, 60) == 0, (tmp_path / f"{name}.out").read_text()[-3000:]
+        for log, proc in zip(LOGS, sites, strict=True):
+            assert wait_or_kill(proc, 60) == 0, (tmp_path / log).read_text()[-3000:]
     finally:
         for proc in [server, *sites, *([resumed] if resumed else [])]:
             if proc.poll() is None:
@@ -92,8 +108,11 @@ def test_killed_coordinator_resumes_and_sites_rejoin(tmp_path: Path, digits_site
     assert after >= 2
     assert doc["final"]["round"] == ROUNDS
     run_id = doc["config"]["fedshield-run-id"]
-    for name in SITES:
-        assert "reconnecting" in (tmp_path / f"{name}.out").read_text()
+    # the restarted site waited out its killed process's connection, which the SuperLink still held, and joined
+    restarted = " ".join((tmp_path / LOGS[1]).read_text().split())
+    assert "still holds this kit's previous connection" in restarted, restarted[-3000:]
+    for name, log in zip(SITES, LOGS, strict=True):
+        assert "reconnecting" in (tmp_path / log).read_text()
         ledger = run_cli("fl-client", "privacy", "--data", str(digits_sites / name), "--state-dir",
                          str(tmp_path / f"st-{name}"), "--json")
         assert ledger.returncode == 0, ledger.stderr

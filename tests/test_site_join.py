@@ -154,5 +154,33 @@ def test_a_coordinator_that_stays_away_ends_the_site_after_its_reconnect_timeout
 def test_taking_part_fails_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: list[Any],
                                            kit: bool, message: str) -> None:
     site_kit = SiteKit(tmp_path, "fed-id", "fed", "hospital_a", "127.0.0.1:9092") if kit else None
+    if site_kit is not None:
+        site_kit.node_key.write_bytes(b"key")  # the join holds the kit's lock on it
     with pytest.raises(FedShieldError, match=message):
         _take_part(tmp_path, monkeypatch, script, kit=site_kit)
+
+
+def test_a_kit_is_used_by_one_live_process_and_freed_when_its_holder_is_killed(tmp_path: Path) -> None:
+    """A second join with a kit on this host is refused at once; a killed holder frees the kit (kill -9 too)."""
+    import signal
+    import subprocess
+    import sys
+
+    from fedshield.client.kit_lock import kit_lock
+
+    key = tmp_path / "node.key"
+    key.write_bytes(b"key")
+    key.chmod(0o400)  # read-only kits (a read-only volume) lock the same way
+    holder = subprocess.Popen([sys.executable, "-c", "import fcntl, os, sys, time; fd = os.open(sys.argv[1], "
+                               "os.O_RDONLY); fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); "
+                               "time.sleep(60)", str(key)], stdout=subprocess.PIPE)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        with pytest.raises(FedShieldError, match=r"kit \(hospital_a\) is already connected .* another process"), \
+                kit_lock(key, "hospital_a"):
+            pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    with kit_lock(key, "hospital_a"):
+        pass
