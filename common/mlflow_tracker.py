@@ -3,7 +3,8 @@
 Metrics are logged per round (step = round, timestamp = when results.json recorded it), the configuration
 as parameters, and the final model, results.json, summary.md, plots and samples as artifacts
 (``model/model-final.pt``, ``plots/*.png``, ...). MLflow 3 refuses its old file store (``./mlruns``), so a
-local store is SQLite (:mod:`fedshield.common.track_spec`).
+local store is SQLite (:mod:`fedshield.common.track_spec`). MLflow's own usage telemetry is turned off
+(``MLFLOW_DISABLE_TELEMETRY``, with FedShield's other no-phone-home settings).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import warnings
 from pathlib import Path
 
 from fedshield.common.errors import ConfigError
+from fedshield.common.flower_env import silence_flower
 from fedshield.common.track_spec import TrackSpec
 
 MAX_PARAM_LENGTH = 6000  # MLflow's limit on a parameter's value
@@ -25,6 +27,7 @@ class MlflowTracker:
     """One run named ``run_name`` in ``experiment`` (created when missing) of the store ``spec`` names."""
 
     def __init__(self, spec: TrackSpec, experiment: str, run_name: str, tags: dict[str, str]) -> None:
+        silence_flower()  # MLflow's usage telemetry too, before MLflow is imported: nothing phones home
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # SQLAlchemy deprecation warnings from MLflow's own store
             from mlflow.exceptions import MlflowException

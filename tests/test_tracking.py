@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -12,7 +14,7 @@ from typing import Any
 import pytest
 from tracking_readers import assert_same_series, mlflow_history, mlflow_runs, tensorboard_run
 
-from conftest import run_cli
+from conftest import cli_env, run_cli
 from fedshield.common.errors import ConfigError
 from fedshield.common.net import free_port
 from fedshield.common.run_tracking import RunTracking, open_run_tracking
@@ -168,3 +170,25 @@ def test_a_failing_back_end_is_reported_and_dropped_not_fatal(tmp_path: Path) ->
     scalars, hparams, _ = tensorboard_run(tmp_path / "tb")
     assert scalars == {"global/evaluate/accuracy": {0: 0.5, 1: 0.75}, "sites/evaluate_failures": {0: 0.0, 1: 0.0}}
     assert hparams["rounds"] == "1"
+
+
+def test_mlflow_sends_no_usage_telemetry(tmp_path: Path) -> None:
+    # MLflow turns its telemetry off by itself under pytest and CI, so the check runs in a clean environment,
+    # as a user's `fl-sim run --track mlflow:...` would: the tracker opens (here: a server that is not there)
+    script = f"""
+from fedshield.common.errors import ConfigError
+from fedshield.common.mlflow_tracker import MlflowTracker
+from fedshield.common.track_spec import TrackSpec
+try:
+    MlflowTracker(TrackSpec("mlflow", "http://127.0.0.1:{free_port()}"), "fedshield", "run", {{}})
+except ConfigError:
+    pass
+from mlflow.telemetry.client import get_telemetry_client
+from mlflow.telemetry.utils import is_telemetry_disabled
+print(get_telemetry_client() is None and is_telemetry_disabled())
+"""
+    quiet = {"PYTEST_CURRENT_TEST", "CI", "GITHUB_ACTIONS", "MLFLOW_DISABLE_TELEMETRY", "DO_NOT_TRACK"}
+    env = {k: v for k, v in cli_env().items() if k not in quiet} | {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120,
+                          cwd=tmp_path, check=False)
+    assert proc.stdout.strip() == "True", proc.stdout + proc.stderr
