@@ -52,6 +52,10 @@ InitWeights = Annotated[Path | None, typer.Option(
     "--init-weights", help="Start the global model from these weights (a run's model-final.pt or a torch state_dict "
     "file) instead of a fresh one; read by the server only.")]
 MaxGradNorm = Annotated[float, typer.Option("--max-grad-norm", help="Per-sample clipping bound C of DP-SGD.")]
+Track = Annotated[list[str] | None, typer.Option(
+    "--track", help="Also log the run's metrics per round, configuration, final model and plots: tensorboard:DIR "
+    "(event files in DIR/<run>) or mlflow:URI (a folder = a local SQLite store there, no server; "
+    "sqlite:///PATH.db; http://HOST:PORT); repeat for both. Needs pip install 'fedshield[tracking]'.")]
 JsonOut = Annotated[bool, typer.Option("--json", help="Print results.json at the end.")]
 Debug = Annotated[bool, typer.Option("--debug", help="Show tracebacks (and Flower/Ray logs).")]
 

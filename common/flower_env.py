@@ -19,6 +19,8 @@ NO_PHONE_HOME: dict[str, str] = {
     # Ray (simulation) must not report usage either.
     "RAY_USAGE_STATS_ENABLED": "0",
     "RAY_DISABLE_DOCKER_CPU_WARNING": "1",
+    # MLflow (--track mlflow:...) sends usage telemetry unless this is set (common/mlflow_tracker.py).
+    "MLFLOW_DISABLE_TELEMETRY": "true",
 }
 
 

@@ -11,12 +11,12 @@ fi
 . "$ROOT/.venv/bin/activate"
 stamp="$ROOT/.venv/.fedshield-installed"
 if [ ! -f "$stamp" ] || [ "$ROOT/pyproject.toml" -nt "$stamp" ]; then
-  echo "==> installing torch (CPU) and FedShield with its test tools (first run only)"
+  echo "==> installing torch (CPU) and FedShield with its test and tracking tools (first run only)"
   log="$ROOT/.venv/install.log"
   {
     python -m pip install --upgrade pip &&
     python -m pip install "torch==2.13.0" &&
-    python -m pip install -e "$ROOT[test]"
+    python -m pip install -e "$ROOT[test,tracking]"
   } > "$log" 2>&1 || { tail -n 30 "$log" >&2; echo "installation failed; full log: $log" >&2; exit 1; }
   python -c "import fedshield.server.cli, torch, flwr, opacus" || { echo "installation failed; see $log" >&2; exit 1; }
   touch "$stamp"

@@ -68,6 +68,7 @@ def start(
         None, "--resume", help="Continue the run in this run folder from its last completed round (after a crash "
         "or a kill): same settings, same run for the sites' privacy ledgers; pass the coordinator's own flags "
         "(--dir or --insecure, --port, ...) again, not the run's."),
+    track: opts.Track = None,
     json_out: opts.JsonOut = False,
     debug: opts.Debug = False,
 ) -> None:
@@ -80,6 +81,9 @@ def start(
         if value is not None:  # each site's own decision: a coordinator's value would be ignored, so it is refused
             raise ConfigError(f"{flag} is each site's own setting (`fl-client join {flag} ...`); the coordinator "
                               "cannot choose a site's privacy budget or clipping bound: drop it here")
+    from fedshield.common.track_spec import parse_track_specs
+
+    track_specs = parse_track_specs(track)
     from rich.markup import escape
 
     from fedshield.common.results_view import round_line, summary_table
@@ -122,7 +126,10 @@ def start(
         else:
             console.print(f"  fl-client join --data DIR --server {plan.address} --insecure")
 
-    doc = coordinate(plan, CoordinatorCallbacks(
+    from fedshield.common.run_tracking import open_run_tracking
+
+    tracking = open_run_tracking(track_specs, plan.folder, on_warning=warn_loudly)
+    doc = tracking.follow(coordinate, plan, CoordinatorCallbacks(
         sites_registered=lambda count: console.print(
             f"TLS on; {count} enrolled site key(s) registered; revoked sites are refused"),
         run_submitted=invite_sites,
@@ -132,7 +139,7 @@ def start(
         all_connected=lambda sites, seconds: console.print(
             f"all sites connected after {seconds:.1f} s: {', '.join(sites)}; round {(plan.resume_after or 0) + 1} "
             "starting"),
-        round_finished=lambda doc, entry: console.print(round_line(doc, entry)),
+        round_finished=tracking.after(lambda doc, entry: console.print(round_line(doc, entry))),
     ))
     console.print(summary_table(doc))
     if json_out:

@@ -128,6 +128,7 @@ def run(
     device: str = typer.Option(RunConfig.device, "--device", help="auto, cpu or cuda."),
     no_plots: bool = typer.Option(
         False, "--no-plots", help="Skip the PNG plots and summary.md (`fl-sim report` draws them later)."),
+    track: opts.Track = None,
     json_out: opts.JsonOut = False,
     debug: opts.Debug = False,
 ) -> None:
@@ -138,9 +139,12 @@ def run(
       fl-sim run --task digits-cnn --clients 1000 --per-round 50 --rounds 20 --dirichlet 0.3 --epsilon 3
     """
     set_debug(debug)
+    from fedshield.common.run_tracking import open_run_tracking
+    from fedshield.common.track_spec import parse_track_specs
     from fedshield.simulations.experiment import plan_simulation, prepare_sites, simulate
 
     # every flag is checked before torch, Flower or Ray is imported: a typo costs well under a second
+    track_specs = parse_track_specs(track)
     spec = partitioning.spec()
     plan = plan_simulation(training, central, secure_aggregation, spec, clients=clients, per_round=per_round,
                            dataset=dataset, test_fraction=test_fraction, augment=augment, dp=not no_dp,
@@ -154,14 +158,17 @@ def run(
         warn_loudly("--no-dp: sites train WITHOUT differential privacy; recorded in results.json")
     elif site_metrics == "exact":
         warn_loudly("--site-metrics exact: the virtual sites report EXACT losses, metrics and counts, outside their ε")
-    prepared = prepare_sites(plan)
-    console.print(partition_table(prepared, spec.describe()))
-    sampled = f"{per_round} per round" if per_round else "all every round"
-    privacy = f"DP-SGD ε≤{epsilon:g} per site" if not no_dp else "NO DP"
-    console.print(f"simulating {clients} sites ({sampled}) of {plan.dataset} for {training.task}"
-                  f"{model_note(training.model, plan.cfg.model)}, {training.rounds} rounds, {privacy} → {plan.folder}")
-    doc = simulate(plan, SimulationResources(cpus_per_client, gpus_per_client, ray_address, debug),
-                   on_round=lambda doc, entry: console.print(round_line(doc, entry)), report=not no_plots)
+    with open_run_tracking(track_specs, plan.folder, on_warning=warn_loudly) as tracking:
+        prepared = prepare_sites(plan)
+        console.print(partition_table(prepared, spec.describe()))
+        sampled = f"{per_round} per round" if per_round else "all every round"
+        privacy = f"DP-SGD ε≤{epsilon:g} per site" if not no_dp else "NO DP"
+        console.print(f"simulating {clients} sites ({sampled}) of {plan.dataset} for {training.task}"
+                      f"{model_note(training.model, plan.cfg.model)}, {training.rounds} rounds, {privacy} → "
+                      f"{plan.folder}")
+        doc = simulate(plan, SimulationResources(cpus_per_client, gpus_per_client, ray_address, debug),
+                       on_round=tracking.after(lambda doc, entry: console.print(round_line(doc, entry))),
+                       report=not no_plots)
     if json_out:
         import json
 
@@ -190,6 +197,7 @@ def sweep(
     batch_size: opts.BatchSize = RunConfig.batch_size,
     lr: opts.LearningRate = None,
     momentum: opts.Momentum = RunConfig.momentum,
+    track: opts.Track = None,
     debug: opts.Debug = False,
 ) -> None:
     """Run every combination of the listed values as one simulated federation; resumable; one CSV and a plot.
@@ -199,9 +207,11 @@ def sweep(
     set_debug(debug)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from fedshield.common.track_spec import parse_track_specs
     from fedshield.simulations import sweep as sw
     from fedshield.tasks.registry import check_task_name
 
+    track_specs = parse_track_specs(track)
     check_task_name(task)
     fixed = {"--local-epochs": str(local_epochs), "--batch-size": str(batch_size)}
     if dataset:
@@ -232,6 +242,7 @@ def sweep(
         for cell in todo:
             progress.update(bar, description=cell.key)
             ok, error = sw.run_cell(spec, folder, cell)
+            sw.track_cell(track_specs, folder, cell, on_warning=warn_loudly)
             row = sw.cell_row(folder, cell, "" if ok else error)
             if not ok:
                 errors[cell.key] = error

@@ -5,7 +5,8 @@ clean) in ``<sweep>/cells/<key>``, without its own plots (``fl-sim report <sweep
 them). A cell whose ``results.json`` says ``finished`` is never run again,
 so an interrupted sweep resumes where it stopped. After every cell the table of all finished cells is
 rewritten (``sweep.csv`` and ``sweep-results.json``, atomically); ``report_sweep`` draws the
-privacy–utility curve (mean ± std over seeds) and writes ``summary.md``.
+privacy–utility curve (mean ± std over seeds) and writes ``summary.md``. With ``--track``, each cell run here
+is logged as one tracked run named by its key (:func:`track_cell`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,7 +28,9 @@ from typing import Any
 from fedshield.common.atomic_io import atomic_write_json, atomic_write_text, read_json
 from fedshield.common.errors import ConfigError, FedShieldError, RunFolderError
 from fedshield.common.results_view import headline_metric_name
-from fedshield.simulations.report import final_central
+from fedshield.common.run_tracking import track_finished_run
+from fedshield.common.track_spec import TrackSpec
+from fedshield.simulations.report import final_central, report_run
 
 SWEEP_FILE = "sweep.json"
 SWEEP_FORMAT = "fedshield-sweep"
@@ -198,6 +202,18 @@ def run_cell(spec: SweepSpec, out: Path, cell: Cell) -> tuple[bool, str]:
     lines = [ln.strip() for ln in log.read_text(errors="replace").splitlines() if ln.strip()]
     errors = [ln for ln in lines if ln.startswith("error:")]
     return False, (errors[-1] if errors else (lines[-1] if lines else f"exit code {proc.returncode}"))[:300]
+
+
+def track_cell(specs: list[TrackSpec], out: Path, cell: Cell, on_warning: Callable[[str], None]) -> None:
+    """Log one cell that ran as a tracked run named by its key, grouped by the sweep folder's name (an MLflow
+    experiment, a TensorBoard subfolder); a finished cell's plots are drawn first, as ``fl-sim report`` would."""
+    if not specs:
+        return
+    folder = cell_dir(out, cell)
+    if cell_finished(out, cell):
+        report_run(folder)
+    track_finished_run(specs, folder, name=cell.key, group=Path(out).resolve().name,
+                       tags={"fedshield.sweep": str(Path(out).resolve())}, on_warning=on_warning)
 
 
 def cell_row(out: Path, cell: Cell, error: str = "") -> dict[str, Any]:
