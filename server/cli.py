@@ -16,6 +16,7 @@ from fedshield.common.cli_groups import with_option_groups
 from fedshield.common.cli_support import console, guarded, model_note, print_tasks, set_debug, warn_loudly
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
+from fedshield.server.audit_commands import register as register_audit_commands
 from fedshield.server.federation_commands import register as register_federation_commands
 
 app = typer.Typer(
@@ -221,6 +222,7 @@ def _federation_status(folder: Path) -> None:
 
 
 register_federation_commands(app)  # after start, tasks and status: the order `fl-server --help` lists them in
+register_audit_commands(app)
 
 
 def main() -> None:
