@@ -23,6 +23,7 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,17 @@ def entry_message(digest: str) -> bytes:
 def head_message(seq: int, digest: str) -> bytes:
     """What the head's signature signs."""
     return b"fedshield-audit-head\0" + str(seq).encode("ascii") + b"\0" + digest.encode("ascii")
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every float that is not finite (JSON has none) replaced by None, tuples as lists."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
 
 
 def _now() -> str:
@@ -115,7 +127,7 @@ class AuditLog:
             fcntl.flock(fd, fcntl.LOCK_EX)
             last, ends_cleanly = _last_entry(fd)
             entry: dict[str, Any] = {"seq": (last["seq"] + 1) if last else 1, "time": _now(), "event": event,
-                                     **fields, "prev": last["hash"] if last else GENESIS}
+                                     **json_safe(fields), "prev": last["hash"] if last else GENESIS}
             entry["hash"] = entry_hash(entry)
             entry["sig"] = self._key.sign(entry_message(entry["hash"])).hex()
             line = json.dumps(entry, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"

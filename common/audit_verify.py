@@ -26,7 +26,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from fedshield.common.audit_key import PUBLIC_FILE, fingerprint, load_public, public_hex
-from fedshield.common.audit_log import GENESIS, HEAD_FILE, HEAD_FORMAT, LOG_FILE, entry_hash, entry_message, head_message
+from fedshield.common.audit_log import (
+    GENESIS,
+    HEAD_FILE,
+    HEAD_FORMAT,
+    LOG_FILE,
+    entry_hash,
+    entry_message,
+    head_message,
+)
 from fedshield.common.errors import ConfigError
 
 
