@@ -23,13 +23,13 @@ import datetime as dt
 import fcntl
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 from fedshield.common.atomic_io import atomic_write_json
 from fedshield.common.audit_key import load_key, public_hex, write_public
+from fedshield.common.json_values import json_safe
 
 LOG_FILE = "audit.jsonl"
 HEAD_FILE = "audit.head.json"
@@ -58,17 +58,6 @@ def entry_message(digest: str) -> bytes:
 def head_message(seq: int, digest: str) -> bytes:
     """What the head's signature signs."""
     return b"fedshield-audit-head\0" + str(seq).encode("ascii") + b"\0" + digest.encode("ascii")
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with every float that is not finite (JSON has none) replaced by None, tuples as lists."""
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return value
 
 
 def _now() -> str:
