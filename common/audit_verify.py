@@ -96,10 +96,12 @@ def verify_log(folder: Path, public_key: Path | None = None) -> AuditReport:
     if lines and lines[-1] == b"":
         lines.pop()
     checked = [_valid(line, key) for line in lines]
-    base = {"path": path, "key_fingerprint": fingerprint(pub)}
+    def report(problem: str | None = None, bad_entry: int | None = None, **found: Any) -> AuditReport:
+        return AuditReport(path=path, entries=len(lines), key_fingerprint=fingerprint(pub), problem=problem,
+                           bad_entry=bad_entry, **found)
 
     def bad(n: int, what: str) -> AuditReport:
-        return AuditReport(**base, entries=len(lines), problem=f"entry {n}: {what}", bad_entry=n)
+        return report(f"entry {n}: {what}", n)
 
     prev = GENESIS
     for n, (entry, why) in enumerate(checked, start=1):
@@ -121,23 +123,23 @@ def verify_log(folder: Path, public_key: Path | None = None) -> AuditReport:
         if head.get("format") != HEAD_FORMAT:
             raise ValueError("not an audit head")
     except FileNotFoundError:
-        return AuditReport(**base, entries=len(lines), problem=f"{HEAD_FILE} is missing: the log's end cannot be "
+        return report(f"{HEAD_FILE} is missing: the log's end cannot be "
                            "checked (entries may have been removed from the end)")
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        return AuditReport(**base, entries=len(lines), problem=f"{HEAD_FILE} is unreadable ({exc})")
+        return report(f"{HEAD_FILE} is unreadable ({exc})")
     if head.get("public_key") != pub:
         theirs = str(head.get("public_key"))
         named = fingerprint(theirs) if len(theirs) == 64 else "an unknown key"
-        return AuditReport(**base, entries=len(lines), problem=f"{HEAD_FILE} names {named}, not the key checked "
+        return report(f"{HEAD_FILE} names {named}, not the key checked "
                            f"against ({fingerprint(pub)})")
     try:
         key.verify(bytes.fromhex(str(head["sig"])), head_message(seq, digest))
     except (InvalidSignature, ValueError, KeyError):
-        return AuditReport(**base, entries=len(lines), problem=f"{HEAD_FILE}: altered (its signature does not "
+        return report(f"{HEAD_FILE}: altered (its signature does not "
                            "verify)")
     if seq > len(lines):
         return bad(len(lines) + 1, f"removed (the signed head names entry {seq}; the log ends at entry {len(lines)})")
     if seq >= 1 and checked[seq - 1][0]["hash"] != digest:  # type: ignore[index]  # every line checked valid above
         return bad(seq, "altered (it differs from the entry the signed head names)")
     events = tuple(str(e["event"]) for e, _ in checked if e is not None)
-    return AuditReport(**base, entries=len(lines), beyond_head=len(lines) - seq, events=events)
+    return report(beyond_head=len(lines) - seq, events=events)

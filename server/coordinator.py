@@ -266,7 +266,7 @@ def coordinate(plan: CoordinatorPlan, callbacks: CoordinatorCallbacks) -> dict[s
         if plan.resume_after is not None:
             mark_resuming(folder)
         run_id = submit(app_dir, flwr_home)
-        resumed = {} if plan.resume_after is None else {"after_round": plan.resume_after}
+        resumed: dict[str, Any] = {} if plan.resume_after is None else {"after_round": plan.resume_after}
         audit.record("run resumed" if resumed else "run submitted", flower_run=run_id, task=plan.cfg.task,
                      rounds=plan.cfg.rounds, strategy=plan.cfg.strategy, dp=plan.cfg.dp, secagg=plan.cfg.secagg,
                      by=operator(), **resumed)

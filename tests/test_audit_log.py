@@ -165,3 +165,25 @@ def test_audit_verify_exit_codes_and_lines(tmp_path: Path) -> None:
     assert "entry 2: reordered" in bad.stdout + bad.stderr
     missing = run_cli("fl-server", "audit", "verify", str(tmp_path / "nowhere"))
     assert missing.returncode == 2 and "no audit.jsonl" in missing.stderr
+
+
+def test_a_sites_ledger_keeps_its_own_signed_log_of_what_it_released(tmp_path: Path) -> None:
+    import numpy as np
+
+    from fedshield.client.privacy_ledger import PrivacyLedger, ReplayRefusedError
+
+    ledger = PrivacyLedger.open(tmp_path, epsilon_budget=8.0, delta=None)
+    ledger.fix_delta(1e-5)
+    ledger.record_counts(ledger.draw_counts(400, 100, noise_multiplier=20.0, rng=np.random.default_rng(1)))
+    plan = ledger.plan_run("r1", sample_rate=0.1, steps_per_round=10, rounds=2, evaluations=0,
+                           private_statistics=False, metrics_cost=0.05)
+    ledger.release(ledger.begin("r1", 1, "train", plan=plan, steps=10, allow_repeat=False))
+    with pytest.raises(ReplayRefusedError):  # a coordinator asking for round 1 again
+        ledger.begin("r1", 1, "train", plan=plan, steps=10, allow_repeat=False)
+    entries = [json.loads(line) for line in (tmp_path / LOG_FILE).read_text().splitlines()]
+    assert [e["event"] for e in entries] == ["counts released", "released", "release refused"]
+    assert entries[1]["epsilon_spent"] == pytest.approx(ledger.epsilon_spent())
+    assert entries[1]["run"] == "r1" and entries[1]["round"] == 1 and entries[1]["steps"] == 10
+    assert "replay" in entries[2]["reason"]
+    assert stat.S_IMODE(os.stat(tmp_path / "audit.key").st_mode) == 0o600
+    assert verify_log(tmp_path).intact

@@ -6,8 +6,10 @@ import json
 import re
 from pathlib import Path
 
+import numpy as np
+
 from conftest import run_cli
-from test_ledger_integrity import _site_ledger
+from fedshield.client.privacy_ledger import PrivacyLedger
 
 
 def _both(*args: str) -> tuple[object, str]:
@@ -62,11 +64,17 @@ def test_privacy_json_carries_the_spent_and_left_the_text_prints(tmp_path: Path)
     data.mkdir()
     empty = run_cli("fl-client", "privacy", "--data", str(data), "--json")
     assert empty.returncode == 0 and json.loads(empty.stdout)["ledger"] is None, empty.stdout
-    spent = _site_ledger(state, data)
+    ledger = PrivacyLedger.open(state, epsilon_budget=8.0, delta=None, data_dir=data)
+    ledger.fix_delta(1e-5)
+    ledger.record_counts(ledger.draw_counts(400, 100, noise_multiplier=20.0, rng=np.random.default_rng(1)))
+    plan = ledger.plan_run("r1", sample_rate=0.1, steps_per_round=10, rounds=1, evaluations=0,
+                           private_statistics=False, metrics_cost=0.05)
+    ledger.release(ledger.begin("r1", 1, "train", plan=plan, steps=10, allow_repeat=False))
+    spent = ledger.epsilon_spent()
     doc, text = _both("fl-client", "privacy", "--data", str(data))
     assert isinstance(doc, dict)
     assert doc["epsilon_spent"] == spent and doc["epsilon_budget"] == 8.0
     assert f"ε spent {doc['epsilon_spent']:.4f} of budget {doc['epsilon_budget']:g}" in text
     assert f"ε left {doc['epsilon_left']:.4f}" in text
-    assert [e["kind"] for e in doc["entries"]] == ["count", "train", "train"]
+    assert [e["kind"] for e in doc["entries"]] == ["count", "train"]
     assert doc["exact_releases"] == 0
