@@ -243,6 +243,8 @@ class Federation:
         key, cert = pki.issue_server_cert(ca_key, ca_cert, names=self.server_names, ips=self.server_ips)
         pki.write_private(self.server_key, pki.pem_key(key))
         atomic_write_bytes(self.server_cert, pki.pem_cert(cert))
+        self.audit_log().append("server certificate renewed", names=self.server_names, ips=self.server_ips,
+                                by=operator())
 
 
 def check_server_addresses(server_names: list[str], server_ips: list[str]) -> None:
