@@ -187,3 +187,15 @@ def test_a_sites_ledger_keeps_its_own_signed_log_of_what_it_released(tmp_path: P
     assert "replay" in entries[2]["reason"]
     assert stat.S_IMODE(os.stat(tmp_path / "audit.key").st_mode) == 0o600
     assert verify_log(tmp_path).intact
+
+
+def test_a_flood_of_refusals_writes_a_bounded_number_of_entries_that_count_the_rest(tmp_path: Path) -> None:
+    from fedshield.flower_ext.audit_refusals import RefusalLog
+
+    key = tmp_path / "audit.key"
+    ensure_key(key)
+    refusals = RefusalLog(AuditLog(tmp_path, key), window_s=60.0, budget=3)
+    admitted = [refusals.admit("run refused", f"10.0.0.{i % 5}", now=100.0 + i * 0.01) for i in range(1000)]
+    assert [a for a in admitted if a is not None] == [0, 0, 0]  # 3 a window, whoever knocks
+    assert refusals.admit("run refused", "10.0.0.0", now=161.0) == 199  # a window later: what was not written
+    assert refusals.admit("run refused", "10.0.0.0", now=162.0) is None  # once a minute per peer
