@@ -157,6 +157,7 @@ class PrivacyLedger:
     plans: dict[str, RunPlan] = field(default_factory=dict)
     counts: list[ReleasedCounts] = field(default_factory=list)
     anchors: list[Path] = field(default_factory=list)
+    audited: bool = True  # releases go to the site's audit log (a simulation's virtual sites keep none)
 
     # ----------------------------------------------------------------- persistence
     @classmethod
@@ -243,6 +244,8 @@ class PrivacyLedger:
 
     def _audit(self, event: str, **fields: object) -> None:
         """Append to the site's own signed audit log beside the ledger (:mod:`fedshield.client.site_audit`)."""
+        if not self.audited:
+            return
         record_site_event(self.path.parent, event, **fields, epsilon_budget=self.epsilon_budget, delta=self.delta)
 
     # ----------------------------------------------------------------- accounting

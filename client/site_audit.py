@@ -6,7 +6,7 @@ key ``audit.key`` there (Ed25519, 0600, made on first use), in the format of
 (a training or evaluation reply: run, round, kind, what ran: steps, σ, q, statistics noise, and ε spent
 after it, of the budget), ``release refused`` (a replayed round, a round past the budget). It is the
 site's record of what left it, to compare with what the coordinator's run log says the site reported
-(``fl-server audit verify STATE_DIR`` checks it).
+(``fl-server audit verify STATE_DIR`` checks it). A simulation's virtual sites keep no such log.
 """
 
 from __future__ import annotations
