@@ -10,7 +10,7 @@ import typer
 
 from fedshield.client.node_config import SiteNodeConfig
 from fedshield.client.site_join import RECONNECT_TIMEOUT
-from fedshield.common.cli_support import console, guarded, set_debug, warn_loudly
+from fedshield.common.cli_support import console, guarded, print_json, set_debug, warn_loudly
 from fedshield.common.results_view import ROUND_METRICS
 
 app = typer.Typer(
@@ -159,7 +159,8 @@ def _show(event: dict[str, Any]) -> None:
 def privacy(
     data: Path = typer.Option(..., "--data", help="The site's data folder."),
     state_dir: Path | None = typer.Option(None, "--state-dir", help="State folder (default DATA/.fedshield)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the ledger as JSON."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable: the ledger with ε spent, left and "
+                                  "reserved, as JSON, nothing else on stdout."),
 ) -> None:
     """Print the site's privacy ledger: every round trained, ε spent and ε left."""
     from fedshield.client.privacy_ledger import LEDGER_FILE, PrivacyLedger
@@ -169,6 +170,9 @@ def privacy(
     # opened first: a ledger that an anchor says existed is refused, not shown as "none yet"
     ledger = PrivacyLedger.open(state, epsilon_budget=None, delta=None, accountant=None, data_dir=data)
     if not path.exists():
+        if json_out:
+            print_json({"ledger": None, "path": str(path), "entries": [], "epsilon_spent": 0.0})
+            return
         console.print(f"{path}: no privacy ledger yet; this site has not trained with DP on this data")
         return
     import json as _json
@@ -176,8 +180,12 @@ def privacy(
     raw = _json.loads(path.read_text())
     spent = ledger.epsilon_spent()
     if json_out:
-        console.print_json(_json.dumps({**raw, "epsilon_spent": spent,
-                                         "epsilon_left": max(0.0, ledger.epsilon_budget - spent)}))
+        reserved = ledger.reserved(exclude_run=None)
+        print_json({**raw, "ledger": str(path), "epsilon_spent": spent,
+                    "epsilon_left": max(0.0, ledger.epsilon_budget - spent),
+                    "epsilon_with_reservations": ledger.epsilon_spent(reserved) if reserved else None,
+                    "open_runs": [k for k, v in ledger.plans.items() if not v.closed] if reserved else [],
+                    "exact_releases": ledger.exact_releases()})
         return
     from rich.table import Table
 

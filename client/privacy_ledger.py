@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 
 from fedshield.client.ledger_anchor import anchor_paths, check_anchors, write_anchors
+from fedshield.client.site_audit import record_site_event
 from fedshield.common.atomic_io import atomic_write_json
 from fedshield.common.errors import ConfigError
 from fedshield.common.privacy_accounting import ACCOUNTANTS, SEARCH_ORDERS, Mechanism, epsilon_of
@@ -156,6 +157,7 @@ class PrivacyLedger:
     plans: dict[str, RunPlan] = field(default_factory=dict)
     counts: list[ReleasedCounts] = field(default_factory=list)
     anchors: list[Path] = field(default_factory=list)
+    audited: bool = True  # releases go to the site's audit log (a simulation's virtual sites keep none)
 
     # ----------------------------------------------------------------- persistence
     @classmethod
@@ -219,8 +221,8 @@ class PrivacyLedger:
         if not self.entries:
             self.delta = delta
 
-    def save(self) -> None:
-        """Write the ledger atomically (owner-only: it reveals how the site trained), then its anchors."""
+    def save(self) -> float:
+        """Write the ledger atomically (owner-only: it reveals how the site trained), then its anchors; ε spent."""
         spent = self.epsilon_spent()
         atomic_write_json(
             self.path,
@@ -238,6 +240,13 @@ class PrivacyLedger:
             mode=0o600,
         )
         write_anchors(self.path, len(self.entries), spent, self.anchors or anchor_paths(self.path.parent, None))
+        return spent
+
+    def _audit(self, event: str, **fields: object) -> None:
+        """Append to the site's own signed audit log beside the ledger (:mod:`fedshield.client.site_audit`)."""
+        if not self.audited:
+            return
+        record_site_event(self.path.parent, event, **fields, epsilon_budget=self.epsilon_budget, delta=self.delta)
 
     # ----------------------------------------------------------------- accounting
     def history(self, *, exclude_run: str | None = None) -> list[Mechanism]:
@@ -309,7 +318,9 @@ class PrivacyLedger:
         self._check_budget("releasing the site's example counts", entry.mechanisms(), run_id="")
         self.entries.append(entry)
         self.counts.append(counts)
-        self.save()
+        spent = self.save()
+        self._audit("counts released", train=counts.released_train, validation=counts.released_val,
+                    noise_multiplier=counts.noise_multiplier, epsilon_spent=spent)
 
     # ----------------------------------------------------------------- plans
     def plan_run(self, run_id: str, *, sample_rate: float, steps_per_round: int, rounds: int, evaluations: int,
@@ -380,6 +391,7 @@ class PrivacyLedger:
         same = [e for e in self.entries if e.run_id == run_id and e.round == rnd and e.kind == kind]
         released = [e for e in same if e.status == "released"]
         if released and not allow_repeat:
+            self._audit("release refused", run=run_id, round=rnd, kind=kind, reason="already released (a replay)")
             raise ReplayRefusedError(
                 f"{self.path}: run {run_id} round {rnd} ({kind}) was already released by this site; a repeat would "
                 "spend privacy again on the same data, so it is refused (a site that accepts repeats joins with "
@@ -395,6 +407,7 @@ class PrivacyLedger:
         after = epsilon_of([m for e in kept for m in e.mechanisms()] + entry.mechanisms()
                            + self.reserved(exclude_run=run_id), self.delta, self.accountant)
         if after > self.epsilon_budget * (1 + 1e-6):
+            self._audit("release refused", run=run_id, round=rnd, kind=kind, reason=f"past the budget (ε {after:.4g})")
             raise BudgetExhaustedError(
                 f"{self.path}: round {rnd} ({kind}) would spend ε up to {after:.3g}, above the site's budget "
                 f"{self.epsilon_budget:g}; the site refuses this round"
@@ -427,7 +440,11 @@ class PrivacyLedger:
     def release(self, entry: LedgerEntry) -> None:
         """Mark a recorded release as released (its result is about to leave the site)."""
         entry.status = "released"
-        self.save()
+        spent = self.save()
+        self._audit("released", run=entry.run_id, round=entry.round, kind=entry.kind, release=entry.release,
+                    steps=entry.steps, noise_multiplier=entry.noise_multiplier, sample_rate=entry.sample_rate,
+                    statistics_noise=entry.statistics_noise, exact_statistics=entry.exact_statistics,
+                    epsilon_spent=spent)
 
 
 def _finite(*values: object) -> bool:

@@ -177,6 +177,7 @@ def privacy_session(settings: PrivacySettings, data: SiteData, cfg: RunConfig, *
     with ledger_lock(settings.state_dir):
         ledger = PrivacyLedger.open(settings.state_dir, epsilon_budget=settings.epsilon, delta=None,
                                     accountant=settings.accountant, data_dir=settings.data_dir)
+        ledger.audited = settings.virtual_site is None  # a simulation's virtual sites keep no audit log
         n_train, n_val = len(data.train), len(data.val)
         counts = ledger.counts_for(n_train, n_val)
         if counts is None:

@@ -84,3 +84,14 @@ def model_note(given: str, resolved: str) -> str:
     if resolved == "auto":
         return ""
     return f", model {resolved}" + (" (auto)" if given == "auto" else "")
+
+
+def print_json(doc: Any) -> None:
+    """``--json``: ``doc`` as strict JSON (non-finite numbers as null) on stdout, and nothing else there."""
+    import json
+    import sys
+
+    from fedshield.common.json_values import json_safe
+
+    sys.stdout.write(json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n")
+    sys.stdout.flush()

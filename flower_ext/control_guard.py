@@ -18,7 +18,8 @@ Flower's own ``flower-superlink`` with one more ASGI middleware, :class:`Coordin
   ServerApp beside it dials) and, Flower's own check, with a task token;
 * anything else (API docs, other routers): 404.
 
-A refused request gets HTTP 403 and one line in the SuperLink log naming the peer and the path.
+A refused request gets HTTP 403, one line in the SuperLink log naming the peer and the path, and an entry
+in the federation's audit log (:mod:`fedshield.flower_ext.audit_refusals`; rate-limited).
 :func:`fedshield.flower_ext.superlink.install` puts this middleware in front of Flower's layers and
 checks, before the port opens, that the app Flower built refuses a stranger
 (:func:`refuses_strangers`); the launcher asks the running SuperLink once more over the network
@@ -42,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from fedshield.common.errors import ConfigError
+from fedshield.flower_ext import audit_refusals
 from fedshield.flower_ext.scoped_middleware import Scope
 
 TOKEN_ENV = "FEDSHIELD_CONTROL_TOKEN_FILE"
@@ -49,6 +51,7 @@ READY_ENV = "FEDSHIELD_FLEET_READY_FILE"
 LISTEN_HOST_ENV = "FEDSHIELD_LISTEN_HOST"  # the SuperLink's --host: the ServerApp's requests come from it
 NOT_READY = "the coordinator is still registering its sites; retry shortly"
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
+START_RUN = "/v1/control/start-run"  # `flwr run`: a refusal of it is a run refused in the audit log
 ASGIApp = Callable[[Scope, Callable[..., Awaitable[Any]], Callable[..., Awaitable[Any]]], Awaitable[None]]
 SELF_CHECK = "fedshield.self_check"  # scope key of the start-up self-check's requests (no log line)
 REFUSAL_PREFIX = b'{"detail": "FedShield: '
@@ -119,6 +122,9 @@ class CoordinatorOnly:
         if status != 503 and not scope.get(SELF_CHECK):
             print(f"FedShield guard: refused {scope.get('method')} {scope.get('path')} from {peer}: {reason}",
                   file=sys.stderr, flush=True)
+            path = str(scope.get("path", ""))[:200]
+            audit_refusals.record("run refused" if path == START_RUN else "request refused", str(peer),
+                                  peer=str(peer), method=str(scope.get("method")), path=path, reason=reason)
         body = json.dumps({"detail": f"FedShield: {reason}"}).encode()
         await send({"type": "http.response.start", "status": status,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})

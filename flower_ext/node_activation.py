@@ -10,12 +10,16 @@ site could only be told "not enrolled or revoked", wrongly in the second case.
 details, which Flower's SuperNode logs after the error (``flwr/supernode/fleet_http_connection.py``) and
 ``fl-client join`` turns into its message (``client/site_join.py``). The detail goes only to the holder
 of the key, who proved it by signing the request, and says only what that key's own node is doing.
+Each refusal is also a ``site refused`` entry, naming the key's digest, in the federation's audit log
+(:mod:`fedshield.flower_ext.audit_refusals`).
 """
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
+from fedshield.flower_ext import audit_refusals
 from fedshield.flower_ext.version_check import hook
 
 #: the public detail of an activation refused because the key's node is online already
@@ -41,7 +45,10 @@ def install() -> None:
             return activate(request=request, state=state)
         except FlowerError as error:
             if error.code == ApiErrorCode.FLEET_NODE_ACTIVATION_FAILED and error.public_details is None:
-                explain(error, state.get_node_id_by_public_key(request.public_key) is not None)
+                registered = state.get_node_id_by_public_key(request.public_key) is not None
+                explain(error, registered)
+                key = "SHA256:" + hashlib.sha256(bytes(request.public_key)).hexdigest()[:16]
+                audit_refusals.record("site refused", key, key=key, reason=error.public_details)
             raise
 
     fleet_handlers.activate_node = activate_node

@@ -13,9 +13,10 @@ from click.core import ParameterSource
 
 from fedshield.common import cli_options as opts
 from fedshield.common.cli_groups import with_option_groups
-from fedshield.common.cli_support import console, guarded, model_note, print_tasks, set_debug, warn_loudly
+from fedshield.common.cli_support import console, guarded, model_note, print_json, print_tasks, set_debug, warn_loudly
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
+from fedshield.server.audit_commands import register as register_audit_commands
 from fedshield.server.federation_commands import register as register_federation_commands
 
 app = typer.Typer(
@@ -178,13 +179,14 @@ def tasks() -> None:
 def status(
     run_dir: Path | None = typer.Option(None, "--run-dir", help="A run folder given to `fl-server start`."),
     dir: Path | None = typer.Option(None, "--dir", help="A federation folder: sites and certificate lifetimes."),
-    json_out: bool = typer.Option(False, "--json", help="Print results.json."),
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable: results.json (--run-dir), or the "
+                                  "federation's sites and certificates (--dir) as JSON, nothing else on stdout."),
 ) -> None:
     """Print a run's state (--run-dir), or a federation's sites and certificates (--dir)."""
     from fedshield.common.results_view import round_line, summary_table
 
     if dir is not None and run_dir is None:
-        _federation_status(dir)
+        _federation_status(dir, json_out)
         return
     if run_dir is None or dir is not None:
         raise ConfigError("pass exactly one of --run-dir RUN_FOLDER or --dir FEDERATION_FOLDER")
@@ -196,7 +198,7 @@ def status(
     except ValueError as exc:
         raise ConfigError(f"{results}: not valid JSON ({exc})") from None
     if json_out:
-        console.print_json(json.dumps(doc))
+        print_json(doc)
         return
     console.print(f"run {run_dir}: {doc.get('status')} ({doc.get('mode')}, task {doc.get('task')})")
     for entry in doc.get("rounds", []):
@@ -207,27 +209,29 @@ def status(
         console.print(f"error: {doc['error']}")
 
 
-def _federation_status(folder: Path) -> None:
-    from fedshield.common import pki
+def _federation_status(folder: Path, json_out: bool = False) -> None:
     from fedshield.server.federation import Federation
+    from fedshield.server.federation_status import federation_status
 
-    fed = Federation.load(folder)
-    console.print(f"federation {fed.name} ({fed.id}), server {fed.address}")
-    for label, path in (("CA", fed.ca_cert), ("server certificate", fed.server_cert)):
-        try:
-            v = pki.validity(pki.load_cert(path))
-            console.print(f"  {label}: valid {v.not_before:%Y-%m-%d} .. {v.not_after:%Y-%m-%d} "
-                          f"({v.days_left():.0f} days left)")
-        except (OSError, ValueError) as exc:
-            console.print(f"  {label}: unreadable ({exc})")
-    for name, entry in sorted(fed.sites.items()):
-        when = entry.get("revoked") if entry.get("status") == "revoked" else entry.get("added")
-        console.print(f"  site {name}: {entry.get('status')} ({when})")
-    for line in fed.certificate_warnings():
+    doc = federation_status(Federation.load(folder))
+    if json_out:
+        print_json(doc)
+        return
+    console.print(f"federation {doc['federation']} ({doc['id']}), server {doc['server']}")
+    for label, cert in doc["certificates"].items():
+        if "error" in cert:
+            console.print(f"  {label}: unreadable ({cert['error']})")
+        else:
+            console.print(f"  {label}: valid {cert['not_before']} .. {cert['not_after']} ({cert['days_left']} days "
+                          "left)")
+    for name, site in doc["sites"].items():
+        console.print(f"  site {name}: {site['status']} ({site['since']})")
+    for line in doc["warnings"]:
         warn_loudly(line)
 
 
 register_federation_commands(app)  # after start, tasks and status: the order `fl-server --help` lists them in
+register_audit_commands(app)
 
 
 def main() -> None:

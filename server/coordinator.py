@@ -25,6 +25,7 @@ from fedshield.common.net import port_in_use
 from fedshield.common.results_view import ResultsWatcher
 from fedshield.common.run_config import RunConfig
 from fedshield.flower_ext.network_limits import MAX_MESSAGE_KEY, MIB, NetworkLimits, default_max_message_bytes
+from fedshield.server.audit_trail import RunAudit, operator
 from fedshield.server.federation import Federation
 from fedshield.server.run_resume import RESUME_ROUND_KEY, mark_resuming
 from fedshield.server.run_status_probe import RunStatusProbe
@@ -119,6 +120,9 @@ def load_federation(folder: Path, on_warning: Callable[[str], None]) -> Federati
         on_warning(line)
     if not fed.enrolled():
         raise ConfigError(f"--dir {folder}: no site is enrolled; add one with fl-server add-site NAME --dir {folder}")
+    if not fed.audit_key.exists():
+        on_warning(f"{fed.audit_key}: this federation predates audit logs; its audit key is made now and its audit "
+                   f"log ({fed.root / 'audit.jsonl'}) starts with this run")
     return fed
 
 
@@ -236,9 +240,11 @@ def coordinate(plan: CoordinatorPlan, callbacks: CoordinatorCallbacks) -> dict[s
     folder, fed = plan.folder, plan.federation
     folder.mkdir(parents=True, exist_ok=True)
     tls = TlsFiles(fed.ca_cert, fed.server_cert, fed.server_key) if fed is not None else None
+    audit = RunAudit.for_coordinator(folder, fed.audit_log() if fed is not None else None)
     superlink = SuperLink(host=plan.host, port=plan.port, state_db=None, log_path=folder / "server.log", tls=tls,
                           enable_node_auth=fed is not None, control_token=fed.control_token if fed else None,
-                          fleet_ready_file=folder / ".fleet-ready" if fed else None, limits=plan.limits)
+                          fleet_ready_file=folder / ".fleet-ready" if fed else None, limits=plan.limits,
+                          audit=audit.federation)
     (folder / ".fleet-ready").unlink(missing_ok=True)
     started = time.monotonic()
     superlink.start()
@@ -260,6 +266,10 @@ def coordinate(plan: CoordinatorPlan, callbacks: CoordinatorCallbacks) -> dict[s
         if plan.resume_after is not None:
             mark_resuming(folder)
         run_id = submit(app_dir, flwr_home)
+        resumed: dict[str, Any] = {} if plan.resume_after is None else {"after_round": plan.resume_after}
+        audit.record("run resumed" if resumed else "run submitted", flower_run=run_id, task=plan.cfg.task,
+                     rounds=plan.cfg.rounds, strategy=plan.cfg.strategy, dp=plan.cfg.dp, secagg=plan.cfg.secagg,
+                     by=operator(), **resumed)
         callbacks.run_submitted(run_id)
 
         def on_status(doc: dict[str, Any]) -> None:
@@ -272,13 +282,20 @@ def coordinate(plan: CoordinatorPlan, callbacks: CoordinatorCallbacks) -> dict[s
 
         watcher = ResultsWatcher(folder / "results.json", callbacks.round_finished, on_status=on_status)
         doc, status = follow_run(watcher, RunStatusProbe(flwr_home), run_id)
+    except BaseException as exc:
+        audit.record("run stopped", reason="interrupted (Ctrl-C)" if isinstance(exc, KeyboardInterrupt)
+                     else f"{type(exc).__name__}: {exc}"[:500], by=operator())
+        raise
     finally:
         superlink.stop()
         if fed is not None:
             fed.coordinator_file.unlink(missing_ok=True)
     if doc is None or doc.get("status") != "finished":
         reason = (doc or {}).get("error") or status or "unknown"
+        audit.record("run failed", reason=str(reason)[:500])
         raise FedShieldError(f"run failed: {reason}; server log {folder / 'server.log'}")
+    final = doc.get("final", {})
+    audit.record("run finished", rounds=final.get("round"), epsilon_max=final.get("epsilon_max"))
     return doc
 
 

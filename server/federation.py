@@ -6,6 +6,9 @@ Layout (``fl-server init --dir DIR``)::
     DIR/server/ca.crt  ca.key    the federation CA (key 0600; needed to re-issue the server certificate)
     DIR/server/server.crt .key   the SuperLink's TLS certificate (SANs: the given names + IPs + loopback)
     DIR/server/control.token     secret the coordinator's own Flower CLI presents to the Control API (0600)
+    DIR/server/audit.key         Ed25519 key signing the audit logs (0600; made on first use in older folders)
+    DIR/audit.jsonl              the federation's audit log (+ audit.head.json, audit.pub): enrollments,
+                                 revocations, connections, refusals, runs (fedshield.common.audit_log)
     DIR/kits/<site>/             what that site needs, nothing more:
         kit.toml                 federation id and name, site name, server address
         ca.crt                   to verify the server
@@ -19,6 +22,7 @@ registering it, so its next connection is refused.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import re
 import secrets
@@ -32,8 +36,11 @@ import tomli_w
 
 from fedshield.common import pki
 from fedshield.common.atomic_io import atomic_write_bytes, atomic_write_text
+from fedshield.common.audit_key import KEY_FILE, ensure_key
+from fedshield.common.audit_log import AuditLog
 from fedshield.common.errors import ConfigError
 from fedshield.common.site_kit import KIT_FILE
+from fedshield.server.audit_trail import operator
 
 FEDERATION_FILE = "federation.toml"
 SITE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -42,6 +49,11 @@ EXPIRY_WARNING_DAYS = 30
 
 def _utc_now() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def key_fingerprint(public_key_line: str) -> str:
+    """A site key's short name in the audit log: ``SHA256:`` and 16 hex digits of its OpenSSH line's digest."""
+    return "SHA256:" + hashlib.sha256(public_key_line.strip().encode()).hexdigest()[:16]
 
 
 def check_site_name(name: str) -> str:
@@ -93,6 +105,19 @@ class Federation:
     def coordinator_file(self) -> Path:
         """Written by a running ``fl-server start --dir``: its pid, Flower CLI home and site node ids."""
         return self.server_dir / "coordinator.json"
+
+    @property
+    def audit_key(self) -> Path:
+        return self.server_dir / KEY_FILE
+
+    def audit_log(self) -> AuditLog:
+        """The federation's audit log. A federation made before audit logs gets its key now, and the log's
+        first entry says so."""
+        log = AuditLog(self.root, self.audit_key)
+        if ensure_key(self.audit_key):
+            log.append("audit key created", federation=self.name, id=self.id, by=operator(),
+                       note="the federation existed before it had an audit log; events before this are not in it")
+        return log
 
     def kit_dir(self, site: str) -> Path:
         return self.root / "kits" / site
@@ -151,6 +176,7 @@ class Federation:
             "created": _utc_now()}}))
         self.sites[site] = {"status": "enrolled", "added": _utc_now(), "public-key": public.decode().strip()}
         self.save()
+        self.audit_log().append("site enrolled", site=site, key=key_fingerprint(public.decode()), by=operator())
         return kit
 
     def revoke_site(self, site: str) -> None:
@@ -163,6 +189,7 @@ class Federation:
         self.sites[site]["revoked"] = _utc_now()
         self.save()
         shutil.rmtree(self.kit_dir(site), ignore_errors=True)
+        self.audit_log().append("site revoked", site=site, by=operator())
 
     def read_control_token(self) -> str:
         try:
@@ -216,6 +243,8 @@ class Federation:
         key, cert = pki.issue_server_cert(ca_key, ca_cert, names=self.server_names, ips=self.server_ips)
         pki.write_private(self.server_key, pki.pem_key(key))
         atomic_write_bytes(self.server_cert, pki.pem_cert(cert))
+        self.audit_log().append("server certificate renewed", names=self.server_names, ips=self.server_ips,
+                                by=operator())
 
 
 def check_server_addresses(server_names: list[str], server_ips: list[str]) -> None:
@@ -263,7 +292,9 @@ def init_federation(root: Path, *, name: str, server_names: list[str], server_ip
         pki.write_private(fed.server_key, pki.pem_key(key))
         atomic_write_bytes(fed.server_cert, pki.pem_cert(cert))
         atomic_write_text(fed.control_token, secrets.token_urlsafe(32) + "\n", mode=0o600)
+        ensure_key(fed.audit_key)
         fed.save()
+        fed.audit_log().append("federation created", federation=name, id=fed.id, by=operator())
         for s in sites:
             fed.add_site(s)
         root.parent.mkdir(parents=True, exist_ok=True)

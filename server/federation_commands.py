@@ -52,6 +52,7 @@ def register(app: typer.Typer) -> None:
 
         if renew_server_cert:
             fed = Federation.load(dir)
+            _note_new_audit_key(fed)
             fed.renew_server_cert(add_names=server_name, add_ips=server_ip)
             console.print(f"re-issued {fed.server_cert} for {', '.join(fed.server_names + fed.server_ips)}")
             return
@@ -80,6 +81,7 @@ def register(app: typer.Typer) -> None:
         from fedshield.server.federation import Federation
 
         fed = Federation.load(dir)
+        _note_new_audit_key(fed)
         kit = fed.add_site(site)
         console.print(f"enrolled {site}; send it {kit}/ over a secure channel (it holds the site's private key)")
 
@@ -95,9 +97,17 @@ def register(app: typer.Typer) -> None:
         from fedshield.server.federation import Federation
 
         fed = Federation.load(dir)
+        _note_new_audit_key(fed)
         fed.revoke_site(site)
         console.print(f"revoked {site}: its key is never registered again")
         _unregister_from_running_server(fed, site)
+
+
+def _note_new_audit_key(fed) -> None:
+    """Say so when a federation made before audit logs is about to get its audit key and log."""
+    if not fed.audit_key.exists():
+        warn_loudly(f"{fed.audit_key}: this federation predates audit logs; its audit key is made now and its audit "
+                    f"log ({fed.root / 'audit.jsonl'}) starts here")
 
 
 def _unregister_from_running_server(fed, site: str) -> None:

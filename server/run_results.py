@@ -29,6 +29,7 @@ from fedshield.common.metrics import weighted_mean
 from fedshield.common.run_config import RunConfig
 from fedshield.common.run_files import RESULTS_FILE, RESULTS_FORMAT
 from fedshield.common.torch_arrays import model_to_ndarrays, state_dict_from_ndarrays
+from fedshield.server.audit_trail import RunAudit
 from fedshield.server.run_resume import write_server_state
 from fedshield.strategies.central_dp import client_level_epsilon
 from fedshield.tasks.base import DataSchema
@@ -70,6 +71,7 @@ class RunRecorder:
         self.enrolled_name: Callable[[int], str | None] | None = None
         self.total_sites = 0
         self.state_source: Callable[[], dict[str, Any]] | None = None
+        self.audit: RunAudit | None = None  # the run's audit logs (deployment runs of `fl-server start`)
         self.global_parameters: list[np.ndarray] | None = None  # the global model after the last round
         self._rounds: dict[int, dict[str, Any]] = {}
         self.doc: dict[str, Any] = {
@@ -203,6 +205,8 @@ class RunRecorder:
         if self.cfg.central_dp != "off":
             train["client_level_epsilon"] = _clean(client_level_epsilon(self.cfg, max(1, self.total_sites), rnd))
         entry["train"] = train
+        if self.audit is not None:
+            self.audit.round_trained(rnd, len(sampled), sites, train["failures"])
         if parameters is not None:
             self.global_parameters = parameters
         if self.run_dir is not None and self.state_source is not None and self.global_parameters is not None \

@@ -35,6 +35,7 @@ from fedshield.common.update_bounds import NormBound, parse_min_cosine
 from fedshield.flower_ext import serverapp as flower_serverapp
 from fedshield.flower_ext.network_limits import MAX_MESSAGE_KEY, check_model_fits
 from fedshield.server.admitted_grid import AdmittedGrid
+from fedshield.server.audit_trail import RunAudit
 from fedshield.server.central_evaluation import central_test_fn
 from fedshield.server.initial_evaluation import with_initial_evaluation
 from fedshield.server.prompt_grid import PromptGrid
@@ -75,6 +76,7 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
     recorder = RunRecorder(Path(cfg.run_dir) if cfg.run_dir else None, cfg, mode=mode,
                            earlier=resume.results if resume else None,
                            resumed_after=resume.point.last_round if resume else 0)
+    recorder.audit = RunAudit.for_server_app(Path(cfg.run_dir) if cfg.run_dir else None)
     join_timeout = float(context.run_config.get("join-timeout", DEFAULT_JOIN_TIMEOUT_S))
     node_ids: list[int] = []
     try:
@@ -104,9 +106,10 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
                              max_message_bytes=int(context.run_config[MAX_MESSAGE_KEY]))
         recorder.set_sites(healthy, schema, model, total=len(node_ids),
                            refused={nid: str(r["site"]) for nid, r in replies.items() if "error" in r and "site" in r})
-        recorder.set_status("running", connected=len(node_ids),
-                            refused_sites={str(r.get("site", nid)): r["error"] for nid, r in replies.items()
-                                           if "error" in r})
+        refused_sites = {str(r.get("site", nid)): str(r["error"]) for nid, r in replies.items() if "error" in r}
+        recorder.set_status("running", connected=len(node_ids), refused_sites=refused_sites)
+        if recorder.audit is not None:
+            recorder.audit.sites_joined(sorted(str(info["site"]) for info in healthy.values()), refused_sites)
 
         def round_config(rnd: int) -> dict[str, Any]:
             return {**cfg.to_flower(), **schema.to_config(), "round": rnd}

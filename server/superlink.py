@@ -26,11 +26,13 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedshield.common.audit_log import AuditLog
 from fedshield.common.errors import FedShieldError
 from fedshield.common.flower_env import child_env, parent_env
 from fedshield.common.local_secret import LocalSecret
 from fedshield.common.net import dial_host, join_address
 from fedshield.common.process_tree import last_line, stop_process_group
+from fedshield.flower_ext.audit_refusals import AUDIT_DIR_ENV, AUDIT_KEY_ENV
 from fedshield.flower_ext.control_guard import LISTEN_HOST_ENV, READY_ENV, TOKEN_ENV, probe_served
 from fedshield.flower_ext.network_limits import NetworkLimits
 
@@ -53,7 +55,8 @@ class SuperLink:
 
     def __init__(self, *, host: str, port: int, state_db: Path | None, log_path: Path,
                  tls: TlsFiles | None, enable_node_auth: bool = False, control_token: Path | None = None,
-                 fleet_ready_file: Path | None = None, limits: NetworkLimits | None = None) -> None:
+                 fleet_ready_file: Path | None = None, limits: NetworkLimits | None = None,
+                 audit: AuditLog | None = None) -> None:
         self.host, self.port = host, port
         self.state_db, self.log_path = state_db, log_path
         self.tls = tls
@@ -61,6 +64,7 @@ class SuperLink:
         self.control_token = control_token
         self.fleet_ready_file = fleet_ready_file  # the guard holds sites off (503) until this file exists
         self.limits = limits  # request size and idle limits on the port (None: the SuperLink's defaults)
+        self.audit = audit  # the federation's audit log, where the SuperLink records what it refuses
         self.process: subprocess.Popen[bytes] | None = None
         self.superexec: subprocess.Popen[bytes] | None = None
         self.secret: LocalSecret | None = None  # the SuperExec auth secret, while running
@@ -163,6 +167,8 @@ class SuperLink:
             extra[READY_ENV] = str(self.fleet_ready_file)
         if self.limits is not None:
             extra.update(self.limits.to_env())
+        if self.audit is not None:
+            extra.update({AUDIT_DIR_ENV: str(self.audit.folder), AUDIT_KEY_ENV: str(self.audit.key_file)})
         return child_env(extra)
 
     def _loopback_host(self) -> str:

@@ -11,7 +11,7 @@ import typer
 
 from fedshield.common import cli_options as opts
 from fedshield.common.cli_groups import with_option_groups
-from fedshield.common.cli_support import console, guarded, model_note, print_tasks, set_debug, warn_loudly
+from fedshield.common.cli_support import console, guarded, model_note, print_json, print_tasks, set_debug, warn_loudly
 from fedshield.common.errors import ConfigError
 from fedshield.common.results_view import round_line, summary_table
 from fedshield.common.run_config import RunConfig
@@ -277,10 +277,17 @@ def report(
 
 @app.command()
 @guarded
-def tasks() -> None:
+def tasks(
+    json_out: bool = typer.Option(False, "--json", help="Machine-readable: the tasks as a JSON list, nothing else on "
+                                  "stdout."),
+) -> None:
     """List installed tasks (built-in and third-party plugins): name, data format, metrics."""
     from fedshield.tasks.registry import task_catalogue
 
+    if json_out:
+        print_json([{"name": name, "builtin": builtin, "summary": summary, "data": data_format,
+                     "metrics": list(metrics)} for name, builtin, summary, data_format, metrics in task_catalogue()])
+        return
     print_tasks(task_catalogue())
 
 

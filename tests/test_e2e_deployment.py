@@ -158,6 +158,13 @@ def test_ctrl_c_mid_run_leaves_nothing_behind(tmp_path: Path, digits_sites: Path
         for proc in (server, site):
             if proc.poll() is None:
                 proc.kill()
+    # the run's audit log (an --insecure run signs with a key of its own) says who started it and that it was stopped
+    audit = [json.loads(line) for line in (tmp_path / "run" / "audit.jsonl").read_text().splitlines()]
+    assert audit[0]["event"] == "run submitted" and audit[0]["by"], audit
+    assert audit[-1]["event"] == "run stopped" and "interrupted" in audit[-1]["reason"], audit
+    assert any(e["event"] == "round" and e["round"] == 1 for e in audit), audit
+    verified = run_cli("fl-server", "audit", "verify", str(tmp_path / "run"))
+    assert verified.returncode == 0 and "intact" in verified.stdout, verified.stdout + verified.stderr
 
 
 def test_deployment_matches_simulation_on_the_same_seed(tmp_path: Path, digits_sites: Path) -> None:
