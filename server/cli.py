@@ -16,6 +16,7 @@ from fedshield.common.cli_groups import with_option_groups
 from fedshield.common.cli_support import console, guarded, model_note, print_tasks, set_debug, warn_loudly
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
+from fedshield.server.dashboard.commands import register as register_dashboard_command
 from fedshield.server.federation_commands import register as register_federation_commands
 
 app = typer.Typer(
@@ -68,6 +69,9 @@ def start(
         None, "--resume", help="Continue the run in this run folder from its last completed round (after a crash "
         "or a kill): same settings, same run for the sites' privacy ledgers; pass the coordinator's own flags "
         "(--dir or --insecure, --port, ...) again, not the run's."),
+    dashboard: str | None = typer.Option(
+        None, "--dashboard", help="[HOST:]PORT: serve a live dashboard of the run there (loopback unless a host is "
+        "given; any other address asks for the federation's dashboard token and is served over TLS)."),
     json_out: opts.JsonOut = False,
     debug: opts.Debug = False,
 ) -> None:
@@ -122,6 +126,12 @@ def start(
         else:
             console.print(f"  fl-client join --data DIR --server {plan.address} --insecure")
 
+    if dashboard is not None:  # served from a daemon thread until this command ends
+        from fedshield.server.dashboard.launch import open_dashboard
+
+        page = open_dashboard(dashboard, flag="--dashboard", run_dir=plan.folder, federation_dir=dir,
+                              on_note=console.print)
+        console.print(f"dashboard: {page.url}")
     doc = coordinate(plan, CoordinatorCallbacks(
         sites_registered=lambda count: console.print(
             f"TLS on; {count} enrolled site key(s) registered; revoked sites are refused"),
@@ -221,6 +231,7 @@ def _federation_status(folder: Path) -> None:
 
 
 register_federation_commands(app)  # after start, tasks and status: the order `fl-server --help` lists them in
+register_dashboard_command(app)
 
 
 def main() -> None:

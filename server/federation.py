@@ -6,6 +6,7 @@ Layout (``fl-server init --dir DIR``)::
     DIR/server/ca.crt  ca.key    the federation CA (key 0600; needed to re-issue the server certificate)
     DIR/server/server.crt .key   the SuperLink's TLS certificate (SANs: the given names + IPs + loopback)
     DIR/server/control.token     secret the coordinator's own Flower CLI presents to the Control API (0600)
+    DIR/server/dashboard.token   read-only secret of a dashboard served beyond loopback (0600)
     DIR/kits/<site>/             what that site needs, nothing more:
         kit.toml                 federation id and name, site name, server address
         ca.crt                   to verify the server
@@ -88,6 +89,11 @@ class Federation:
     @property
     def control_token(self) -> Path:
         return self.server_dir / "control.token"
+
+    @property
+    def dashboard_token(self) -> Path:
+        """Read-only token a dashboard bound beyond loopback asks for (0600; ``fl-server start --dashboard``)."""
+        return self.server_dir / "dashboard.token"
 
     @property
     def coordinator_file(self) -> Path:
@@ -263,6 +269,7 @@ def init_federation(root: Path, *, name: str, server_names: list[str], server_ip
         pki.write_private(fed.server_key, pki.pem_key(key))
         atomic_write_bytes(fed.server_cert, pki.pem_cert(cert))
         atomic_write_text(fed.control_token, secrets.token_urlsafe(32) + "\n", mode=0o600)
+        atomic_write_text(fed.dashboard_token, secrets.token_urlsafe(32) + "\n", mode=0o600)
         fed.save()
         for s in sites:
             fed.add_site(s)
