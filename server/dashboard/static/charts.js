@@ -3,7 +3,7 @@
 "use strict";
 (function () {
   const NS = "http://www.w3.org/2000/svg";
-  const W = 560, H = 260, M = { left: 46, right: 130, top: 12, bottom: 30 };
+  const W = 560, H = 260, M = { left: 46, right: 150, top: 12, bottom: 30 };
   const PALETTE = ["#2563eb", "#dc2626", "#16a34a", "#9333ea", "#ea580c", "#0891b2", "#ca8a04", "#db2777",
     "#4b5563", "#65a30d"];
 
@@ -26,15 +26,16 @@
     if (hi === lo) { hi = lo + 1; }
     const step0 = (hi - lo) / count, mag = Math.pow(10, Math.floor(Math.log10(step0)));
     const step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= step0);
-    const ticks = [];
-    for (let t = Math.floor(lo / step) * step; t <= hi + step * 1e-9; t += step) ticks.push(+t.toFixed(10));
-    return ticks;
+    const ticks = [], first = Math.floor(lo / step + 1e-9), last = Math.ceil(hi / step - 1e-9);
+    for (let i = first; i <= last; i++) ticks.push(+(i * step).toFixed(10));
+    return ticks.length > 1 ? ticks : [ticks[0], +(ticks[0] + step).toFixed(10)];
   }
 
   function fmt(v) { return Math.abs(v) >= 100 ? v.toFixed(0) : Math.abs(v) >= 10 ? v.toFixed(1) : v.toFixed(2); }
 
-  function frame(svg, xs, yLo, yHi) {
-    const xLo = Math.min(...xs), xHi = Math.max(...xs, xLo + 1);
+  // pad: half a round on each side (bar charts), so the first and last bars clear the axes
+  function frame(svg, xs, yLo, yHi, pad) {
+    const xMin = Math.min(...xs), xMax = Math.max(...xs, xMin + 1), xLo = xMin - (pad || 0), xHi = xMax + (pad || 0);
     const yt = niceTicks(yLo, yHi, 5), y0 = yt[0], y1 = yt[yt.length - 1];
     const sx = (x) => M.left + (x - xLo) / (xHi - xLo) * (W - M.left - M.right);
     const sy = (y) => H - M.bottom - (y - y0) / ((y1 - y0) || 1) * (H - M.top - M.bottom);
@@ -44,7 +45,8 @@
     }
     el("line", { x1: M.left, x2: W - M.right, y1: H - M.bottom, y2: H - M.bottom, class: "axis" }, svg);
     el("line", { x1: M.left, x2: M.left, y1: M.top, y2: H - M.bottom, class: "axis" }, svg);
-    const xt = xHi - xLo <= 12 ? Array.from({ length: xHi - xLo + 1 }, (_, i) => xLo + i) : niceTicks(xLo, xHi, 8);
+    const xt = xMax - xMin <= 12 ? Array.from({ length: xMax - xMin + 1 }, (_, i) => xMin + i)
+      : niceTicks(xMin, xMax, 8).filter((t) => t >= xMin && t <= xMax);
     for (const t of xt) text(svg, sx(t), H - M.bottom + 15, String(t), "middle");
     text(svg, (M.left + W - M.right) / 2, H - 2, "round", "middle");
     return { sx: sx, sy: sy };
@@ -55,7 +57,7 @@
     names.slice(0, 12).forEach((name, i) => {
       const y = M.top + 6 + i * 16;
       el("rect", { x: W - M.right + 12, y: y - 8, width: 10, height: 10, fill: PALETTE[i % PALETTE.length] }, g);
-      text(g, W - M.right + 27, y + 1, name.length > 16 ? name.slice(0, 15) + "…" : name);
+      text(g, W - M.right + 27, y + 1, name.length > 19 ? name.slice(0, 18) + "…" : name);
     });
   }
 
@@ -93,7 +95,7 @@
     const tops = bars.map((b) => b.parts.reduce((a, p) => a + p.value, 0));
     if (!bars.length) return empty(svg);
     clear(svg);
-    const f = frame(svg, bars.map((b) => b.x), 0, Math.max(...tops, 1e-9));
+    const f = frame(svg, bars.map((b) => b.x), 0, Math.max(...tops, 1e-9), 0.6);
     const width = Math.max(4, Math.min(36, (W - M.left - M.right) / (bars.length + 1) * 0.7));
     for (const b of bars) {
       let base = 0;
