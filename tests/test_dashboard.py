@@ -158,7 +158,8 @@ def test_the_page_ships_everything_it_loads() -> None:
         assert "http://" not in path.read_text().replace("http://www.w3.org/2000/svg", ""), path
         assert "https://" not in path.read_text(), path
     pyproject = (Path(__file__).parents[1] / "pyproject.toml").read_text()
-    assert '"fedshield.server.dashboard" = ["static/*"]' in pyproject
+    assert '"fedshield.server.dashboard.static" = ["*.html", "*.js", "*.css"]' in pyproject
+    assert {p.suffix for p in STATIC.iterdir()} == {".html", ".js", ".css"}
 
 
 def test_init_writes_a_private_dashboard_token(tmp_path: Path) -> None:

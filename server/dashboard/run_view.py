@@ -104,7 +104,8 @@ def _sites(doc: dict[str, Any], rounds: list[dict[str, Any]], in_flight: dict[st
             for failure in part.get("failures", []):
                 last.setdefault(str(failure.get("site")), {}).update(round=entry["round"], failed=failure.get("reason"))
     flight = set(in_flight.get("sites", [])) if in_flight else set()
-    names = sorted(set(described) | set(last) | set(refused) | set(federation_sites) | flight)
+    # a site only in flight is not listed: a simulation's sampled virtual site is named once it answers
+    names = sorted(set(described) | set(last) | set(refused) | set(federation_sites))
     rows = []
     for name in names[:MAX_SITES]:
         info = described.get(name, {})
