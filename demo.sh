@@ -9,6 +9,7 @@ cd "$(dirname "$0")"
 
 DEMO=demo
 PORT="${FEDSHIELD_DEMO_PORT:-$(python -c 'from fedshield.common.net import free_port; print(free_port())')}"
+DASHBOARD_PORT="${FEDSHIELD_DEMO_DASHBOARD_PORT:-$(python -c 'from fedshield.common.net import free_port; print(free_port())')}"
 rm -rf "$DEMO"
 mkdir -p "$DEMO"
 echo "==> writing three hospital folders from scikit-learn's digits (Dirichlet 0.5 label skew)"
@@ -27,7 +28,9 @@ for site in hospital_a hospital_b hospital_c; do
   pids+=($!)
 done
 echo "==> starting the coordinator on 127.0.0.1:$PORT (TLS, enrolled sites only, SecAgg+); sites log to $DEMO/hospital_*.log"
-fl-server start --dir "$DEMO/federation" --secagg --task digits-cnn --rounds 5 --min-clients 3 --run-dir "$DEMO/run"
+echo "==> live dashboard: http://127.0.0.1:$DASHBOARD_PORT/ (open it in a browser while the run goes on)"
+fl-server start --dir "$DEMO/federation" --secagg --task digits-cnn --rounds 5 --min-clients 3 --run-dir "$DEMO/run" \
+  --dashboard "127.0.0.1:$DASHBOARD_PORT"
 status=0
 for p in "${pids[@]}"; do wait "$p" || status=$?; done
 pids=()

@@ -168,6 +168,8 @@ def fedshield_query_mod(msg: Message, context: Context, call_next) -> Message:
                 reply["examples-train"], reply["examples-val"] = counts.released_train, counts.released_val
             else:
                 reply["examples-train"], reply["examples-val"] = len(data.train), len(data.val)
+            if privacy.enabled:  # the site's own setting (outside ε, as its others): the dashboard shows ε against it
+                reply["epsilon-budget"] = privacy.epsilon
             emit(site.events_file, "joined-run", run_id=run_id, task=cfg.task)
             if not cfg.dp and privacy.enabled:  # the coordinator's --no-dp is a proposal only
                 notice = ("the coordinator proposes training WITHOUT DP; this site keeps DP-SGD (its own setting: only "

@@ -17,6 +17,7 @@ from fedshield.common.cli_support import console, guarded, model_note, print_jso
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
 from fedshield.server.audit_commands import register as register_audit_commands
+from fedshield.server.dashboard.commands import register as register_dashboard_command
 from fedshield.server.federation_commands import register as register_federation_commands
 
 app = typer.Typer(
@@ -70,6 +71,9 @@ def start(
         "or a kill): same settings, same run for the sites' privacy ledgers; pass the coordinator's own flags "
         "(--dir or --insecure, --port, ...) again, not the run's."),
     track: opts.Track = None,
+    dashboard: str | None = typer.Option(
+        None, "--dashboard", help="[HOST:]PORT: serve a live dashboard of the run there (loopback unless a host is "
+        "given; any other address asks for the federation's dashboard token and is served over TLS)."),
     json_out: opts.JsonOut = False,
     debug: opts.Debug = False,
 ) -> None:
@@ -127,6 +131,12 @@ def start(
         else:
             console.print(f"  fl-client join --data DIR --server {plan.address} --insecure")
 
+    if dashboard is not None:  # served from a daemon thread until this command ends
+        from fedshield.server.dashboard.launch import open_dashboard
+
+        page = open_dashboard(dashboard, flag="--dashboard", run_dir=plan.folder, federation_dir=dir,
+                              on_note=console.print)
+        console.print(f"dashboard: {page.url}")
     from fedshield.common.run_tracking import open_run_tracking
 
     tracking = open_run_tracking(track_specs, plan.folder, on_warning=warn_loudly)
@@ -232,6 +242,7 @@ def _federation_status(folder: Path, json_out: bool = False) -> None:
 
 register_federation_commands(app)  # after start, tasks and status: the order `fl-server --help` lists them in
 register_audit_commands(app)
+register_dashboard_command(app)
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ Layout (``fl-server init --dir DIR``)::
     DIR/server/audit.key         Ed25519 key signing the audit logs (0600; made on first use in older folders)
     DIR/audit.jsonl              the federation's audit log (+ audit.head.json, audit.pub): enrollments,
                                  revocations, connections, refusals, runs (fedshield.common.audit_log)
+    DIR/server/dashboard.token   read-only secret of a dashboard served beyond loopback (0600)
     DIR/kits/<site>/             what that site needs, nothing more:
         kit.toml                 federation id and name, site name, server address
         ca.crt                   to verify the server
@@ -100,6 +101,11 @@ class Federation:
     @property
     def control_token(self) -> Path:
         return self.server_dir / "control.token"
+
+    @property
+    def dashboard_token(self) -> Path:
+        """Read-only token a dashboard bound beyond loopback asks for (0600; ``fl-server start --dashboard``)."""
+        return self.server_dir / "dashboard.token"
 
     @property
     def coordinator_file(self) -> Path:
@@ -293,6 +299,7 @@ def init_federation(root: Path, *, name: str, server_names: list[str], server_ip
         atomic_write_bytes(fed.server_cert, pki.pem_cert(cert))
         atomic_write_text(fed.control_token, secrets.token_urlsafe(32) + "\n", mode=0o600)
         ensure_key(fed.audit_key)
+        atomic_write_text(fed.dashboard_token, secrets.token_urlsafe(32) + "\n", mode=0o600)
         fed.save()
         fed.audit_log().append("federation created", federation=name, id=fed.id, by=operator())
         for s in sites:

@@ -141,6 +141,7 @@ class RunRecorder:
         self.write()
 
     def finish(self, status: str = "finished", error: str | None = None) -> None:
+        self.doc.pop("in_flight", None)
         rounds = self.doc["rounds"]
         last = next((r for r in reversed(rounds) if "evaluate" in r), None)
         first = next((r for r in rounds if r["round"] == 0 and "evaluate" in r), None)
@@ -183,7 +184,15 @@ class RunRecorder:
             self.node_sites[node_id] = str(metrics["site"])
         return self.node_sites.get(node_id, f"node-{node_id}")
 
+    def on_sampled(self, rnd: int, stage: str, sampled: list[int]) -> None:
+        """Record the stage in flight (``in_flight``: round, ``train``/``evaluate``, the sites asked, since when) for
+        the dashboard; the stage's results replace it."""
+        self.doc["in_flight"] = {"round": rnd, "stage": stage, "sites": sorted({self._site(nid) for nid in sampled}),
+                                 "since": time.time()}
+        self.write()
+
     def on_train(self, rnd, sampled, results, failed, aggregate, parameters) -> None:
+        self.doc.pop("in_flight", None)
         entry = self._round(rnd)
         sites = {}
         for node_id, n, metrics in results:
@@ -224,6 +233,7 @@ class RunRecorder:
         self.write()
 
     def on_evaluate(self, rnd, results, failed, loss, aggregate) -> None:
+        self.doc.pop("in_flight", None)
         entry = self._round(rnd)
         sites = {}
         weighted = []

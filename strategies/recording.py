@@ -41,6 +41,9 @@ class RoundObserver(Protocol):
 
     def on_centralized(self, rnd: int, loss: float, metrics: dict[str, Scalar]) -> None: ...
 
+    def on_sampled(self, rnd: int, stage: str, sampled: list[int]) -> None:
+        """The sites (node ids) asked to ``train`` or ``evaluate`` in round ``rnd``, before they answer."""
+
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
@@ -88,6 +91,7 @@ class RecordingStrategy(Strategy):
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:
         instructions = self.inner.configure_fit(server_round, parameters, client_manager)
         self._sampled_fit[server_round] = [proxy.node_id for proxy, _ in instructions]
+        self.observer.on_sampled(server_round, "train", self._sampled_fit[server_round])
         return instructions
 
     def aggregate_fit(self, server_round: int, results: list[tuple[ClientProxy, FitRes]],
@@ -109,6 +113,7 @@ class RecordingStrategy(Strategy):
                            client_manager: ClientManager) -> list[tuple[ClientProxy, EvaluateIns]]:
         instructions = self.inner.configure_evaluate(server_round, parameters, client_manager)
         self._sampled_eval[server_round] = [proxy.node_id for proxy, _ in instructions]
+        self.observer.on_sampled(server_round, "evaluate", self._sampled_eval[server_round])
         return instructions
 
     def aggregate_evaluate(self, server_round: int, results: list[tuple[ClientProxy, EvaluateRes]],

@@ -91,6 +91,9 @@ class Observer:
     def on_centralized(self, rnd, loss, metrics) -> None:  # pragma: no cover
         pass
 
+    def on_sampled(self, rnd, stage, sampled) -> None:
+        pass
+
 
 def _round(strategy: ValidatingStrategy, manager: SimpleClientManager, rnd: int,
            replies: dict[int, FitRes]) -> tuple[list[np.ndarray] | None, list[int]]:
