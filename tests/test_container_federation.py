@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -96,7 +97,62 @@ def file_digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
+# run in the image: files named like a secret, folders the build mounts, and files holding any marker in argv
+SCAN = """
+import os, sys
+names = ('node.key', 'ca.key', 'server.key', 'control.token', 'pip.conf', 'pip-ca.crt', 'kit.toml')
+markers = [m.encode() for m in sys.argv[1:]]
+for folder, dirs, files in os.walk('/'):
+    dirs[:] = [d for d in dirs if os.path.join(folder, d) not in ('/proc', '/sys', '/dev')]
+    for name in files:
+        path = os.path.join(folder, name)
+        if name in names or name.endswith('.key'):
+            print(path)
+        elif markers and os.path.isfile(path) and not os.path.islink(path) and os.path.getsize(path) < 8_000_000:
+            data = open(path, 'rb').read()
+            if any(m in data for m in markers):
+                print(path)
+for path in ('/src', '/wheels', '/run/secrets'):
+    if os.path.exists(path) and os.listdir(path):
+        print(path)
+"""
+
+
+def pem_certificates(text: str) -> set[str]:
+    return set(re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", text, re.S))
+
+
+def host_pip_ca() -> str:
+    """The CA bundle this host's pip is configured with (what build-image.sh passes as a build secret), or ''."""
+    listed = subprocess.run(["python3", "-m", "pip", "config", "list"], capture_output=True, text=True,
+                            check=False).stdout
+    paths = re.findall(r"^[^.]*\.cert='(.*)'$", listed, re.M)
+    return Path(paths[0]).read_text() if paths else ""
+
+
+def assert_unprivileged_without_secrets(image: str) -> None:
+    """The image runs as uid 10001 with a health check, and no key, token, pip configuration, build secret or copy
+    of the source is in its history or on its filesystem."""
+    config = json.loads(sh("docker", "image", "inspect", image).stdout)[0]["Config"]
+    assert config["User"] == f"{UID}:{UID}" and config["Healthcheck"]["Test"][0] == "CMD"
+    history = sh("docker", "history", "--no-trunc", image).stdout
+    for secret in ("node.key", "ca.key", "server.key", "control.token", "pip-ca.crt BEGIN", "PRIVATE KEY"):
+        assert secret not in history
+    # the image's own filesystem: no key, token or pip configuration, no copy of the source, and none of the CA
+    # certificates that only the host's pip bundle has (the build secret pip reached the index with)
+    host_only = sorted(pem_certificates(host_pip_ca()) - pem_certificates(
+        sh("docker", "run", "--rm", LOCAL_BASE, "cat", "/etc/ssl/certs/ca-certificates.crt").stdout))
+    markers = [cert.splitlines()[1] for cert in host_only]  # each certificate's first base64 line
+    found = sh("docker", "run", "--rm", "--user", "0", "--entrypoint", "/opt/fedshield/bin/python", image, "-c", SCAN,
+               *markers).stdout
+    assert found == "", found
+    whoami = sh("docker", "run", "--rm", image, "python", "-c", "import os; print(os.getuid(), os.getgid())").stdout
+    assert whoami.split() == [str(UID), str(UID)]
+
+
 def test_compose_federation_runs_and_keeps_ledgers(image: str, digits_split: Path, tmp_path: Path) -> None:
+    # one test, not two: under xdist two tests of this module could each build the image and start a dockerd
+    assert_unprivileged_without_secrets(image)
     home = tmp_path / "fedshield"
     # deploy/README.md, "Compose": the folders, owned by the image's user
     for folder in ("federation", "runs", *(f"sites/{s}/{d}" for s in SITES for d in ("data", "state"))):
@@ -164,25 +220,3 @@ def test_compose_federation_runs_and_keeps_ledgers(image: str, digits_split: Pat
         book = json.loads(shown.stdout)
         assert 0 < book["epsilon_spent"] <= 8.0 + 1e-6, book
     sh(*compose, "down", env=env)
-
-
-def test_image_holds_no_secret_and_runs_unprivileged(image: str) -> None:
-    config = json.loads(sh("docker", "image", "inspect", image).stdout)[0]["Config"]
-    assert config["User"] == f"{UID}:{UID}" and config["Healthcheck"]["Test"][0] == "CMD"
-    history = sh("docker", "history", "--no-trunc", image).stdout
-    for secret in ("node.key", "ca.key", "server.key", "control.token", "pip-ca.crt BEGIN", "PRIVATE KEY"):
-        assert secret not in history
-    # the image's own filesystem: no key, token or pip configuration, no build secret, no copy of the source
-    found = sh("docker", "run", "--rm", "--entrypoint", "/opt/fedshield/bin/python", image, "-c",
-               "import os, sys\n"
-               "bad = ('node.key', 'ca.key', 'server.key', 'control.token', 'pip.conf', 'pip-ca.crt', 'kit.toml')\n"
-               "for top in ('/', ):\n"
-               "    for d, dirs, files in os.walk(top):\n"
-               "        dirs[:] = [x for x in dirs if os.path.join(d, x) not in ('/proc', '/sys', '/dev')]\n"
-               "        for f in files:\n"
-               "            if f in bad or f.endswith('.key'): print(os.path.join(d, f))\n"
-               "for p in ('/src', '/wheels', '/run/secrets'):\n"
-               "    if os.path.exists(p) and os.listdir(p): print(p)\n").stdout
-    assert found == "", found
-    whoami = sh("docker", "run", "--rm", image, "python", "-c", "import os; print(os.getuid(), os.getgid())").stdout
-    assert whoami.split() == [str(UID), str(UID)]
