@@ -290,7 +290,10 @@ def init_federation(root: Path, *, name: str, server_names: list[str], server_ip
                      server_ips=list(server_ips), port=port, created=_utc_now())
     ca_key, ca_cert = pki.new_ca(f"{name} ({fed.id})", days=ca_days)
     key, cert = pki.issue_server_cert(ca_key, ca_cert, names=fed.server_names, ips=fed.server_ips, days=server_days)
-    staging = root.parent / f".{root.name}.init-{secrets.token_hex(4)}"
+    # staged where the rename into place stays on one file system: beside a new folder, inside an existing empty
+    # one (it may be a mount point: a Docker volume, a separate disk)
+    staging = (root / f".init-{secrets.token_hex(4)}" if root.exists()
+               else root.parent / f".{root.name}.init-{secrets.token_hex(4)}")
     fed.root = staging
     try:
         pki.write_private(fed.ca_key, pki.pem_key(ca_key))
