@@ -48,9 +48,10 @@ def _pids_in(netns: str) -> list[int]:
     return [int(p) for p in proc.stdout.split()]
 
 
-def _delete_netns(netns: str) -> None:
-    """End the processes inside ``netns`` (TERM, KILL after 10 s), then delete it and its /etc/netns folder."""
-    pids = _pids_in(netns)
+def _delete_netns(*names: str) -> None:
+    """End the processes inside the namespaces ``names`` (TERM, KILL after 10 s), then delete them and their
+    /etc/netns folders."""
+    pids = [pid for netns in names for pid in _pids_in(netns)]
     for pid in pids:
         try:
             os.kill(pid, signal.SIGTERM)
@@ -59,14 +60,15 @@ def _delete_netns(netns: str) -> None:
     deadline = time.monotonic() + 10
     while pids and time.monotonic() < deadline:
         time.sleep(0.2)
-        pids = _pids_in(netns)
+        pids = [pid for netns in names for pid in _pids_in(netns)]
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
-    shutil.rmtree(ETC_NETNS / netns, ignore_errors=True)
+    for netns in names:
+        subprocess.run(["ip", "netns", "del", netns], capture_output=True, check=False)
+        shutil.rmtree(ETC_NETNS / netns, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
@@ -117,6 +119,7 @@ class NetnsLab:
         sweep_stale()
         self.base = f"{PREFIX}{os.getpid()}{self.tag}"
         self.router = f"{self.base}r"
+        self.made = [self.router]  # every namespace made so far, deleted by close() even after a failed step
         _sh("ip", "netns", "add", self.router)
         self._in_router("ip", "link", "set", "lo", "up")
         self._in_router("sysctl", "-qw", "net.ipv4.ip_forward=1")
@@ -129,6 +132,7 @@ class NetnsLab:
         index = len(self.hosts)
         netns, link = f"{self.base}h{index}", f"h{index}"
         _sh("ip", "netns", "add", netns)
+        self.made.append(netns)
         _sh("ip", "-n", self.router, "link", "add", link, "type", "veth", "peer", "name", "eth0", "netns", netns)
         _sh("ip", "-n", self.router, "addr", "add", f"10.231.{index}.1/24", "dev", link)
         _sh("ip", "-n", self.router, "link", "set", link, "up")
@@ -166,7 +170,6 @@ class NetnsLab:
 
     def close(self) -> None:
         """End every process inside the lab's namespaces and delete them."""
-        for host in self.hosts.values():
-            _delete_netns(host.netns)
-        _delete_netns(self.router)
+        _delete_netns(*self.made)
+        self.made.clear()
         self.hosts.clear()
