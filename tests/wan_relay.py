@@ -18,7 +18,8 @@ coordinator's port to it; see ``NetnsLab.divert``). The model, per direction of 
 
 It writes ``--stats`` (JSON, atomically, every 0.5 s and at exit): per client address, bytes up (towards
 the coordinator) and down, connections, exchanges (a chunk up after a chunk down on the same connection),
-and a series of ``[time, up, down, exchanges]`` samples (every 50 ms at most) to read per-round figures from.
+and a series of ``[time, up, down, exchanges, connections]`` samples (every 50 ms at most) to read
+per-round figures from.
 
     python tests/wan_relay.py --port 19092 --upstream 10.231.0.2:9092 --delay-ms 50 --loss 0.01 --stats s.json
 """
@@ -72,9 +73,9 @@ class SiteTraffic:
     def sample(self) -> None:
         now = time.time()
         if not self.series or now - self.series[-1][0] >= 0.05:
-            self.series.append([round(now, 3), self.up, self.down, self.exchanges])
+            self.series.append([round(now, 3), self.up, self.down, self.exchanges, self.connections])
         else:
-            self.series[-1][1:] = [self.up, self.down, self.exchanges]
+            self.series[-1][1:] = [self.up, self.down, self.exchanges, self.connections]
 
 
 class Relay:
@@ -90,6 +91,7 @@ class Relay:
         client = writer.get_extra_info("peername")[0]
         site = self.sites.setdefault(client, SiteTraffic())
         site.connections += 1
+        site.sample()
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.upstream)
         except OSError:  # nobody listens upstream: reset the client's connection, as a refused connect would
