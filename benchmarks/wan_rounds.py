@@ -9,7 +9,7 @@ Per setting: the steady round time (median of rounds 2..R, evaluate to evaluate)
 the bytes up and down and the request/reply exchanges the relay carried (median of rounds 2..R, mean of
 the sites). Needs root, ``ip`` and ``iptables`` (as the multi-host test).
 
-    sudo .venv/bin/python benchmarks/wan_rounds.py          # ~10 minutes on 2 cores; on an idle machine
+    sudo .venv/bin/python benchmarks/wan_rounds.py          # ~15 minutes on 2 cores; on an idle machine
 """
 
 from __future__ import annotations
