@@ -18,6 +18,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +95,11 @@ def sweep_stale() -> list[str]:
     return stale
 
 
+_LISTEN = ("import socket, sys; s = socket.create_server((sys.argv[1], int(sys.argv[2]))); "
+           "print('listening', flush=True)\nwhile True: s.accept()[0].close()")
+_DIAL = "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3]))"
+
+
 @dataclass(frozen=True)
 class Host:
     """One namespace with one address; ``link`` is its veth's name in the router namespace."""
@@ -106,6 +112,18 @@ class Host:
     def argv(self, *command: str) -> list[str]:
         """``command`` run inside this host's namespace."""
         return ["ip", "netns", "exec", self.netns, *command]
+
+    def listen(self, port: int) -> subprocess.Popen[bytes]:
+        """A TCP listener on this host's address and ``port`` (accepts until ended); returns once it listens."""
+        proc = subprocess.Popen(self.argv(sys.executable, "-c", _LISTEN, self.address, str(port)),
+                                stdout=subprocess.PIPE)
+        assert proc.stdout is not None and proc.stdout.readline().strip() == b"listening"
+        return proc
+
+    def can_dial(self, address: str, port: int, timeout: float = 3.0) -> bool:
+        """Whether a TCP connection from this host to ``address:port`` opens within ``timeout`` s."""
+        return subprocess.run(self.argv(sys.executable, "-c", _DIAL, address, str(port), str(timeout)),
+                              capture_output=True, check=False, timeout=timeout + 30).returncode == 0
 
 
 @dataclass

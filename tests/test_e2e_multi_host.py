@@ -42,6 +42,14 @@ def test_three_sites_train_across_a_wan_behind_firewalls(tmp_path: Path, digits_
     fed.start_relay(delay_ms=50, loss=0.01)
     init = fed.provision()
     assert init.returncode == 0, init.stderr
+    coordinator, sites = fed.coordinator, fed.hosts
+    # the firewalls: a site reaches no other port of the coordinator, the coordinator no port of a site
+    other_service, site_service = coordinator.listen(PORT + 1), sites[SITES[1]].listen(PORT)
+    assert coordinator.can_dial(coordinator.address, PORT + 1) and not sites[SITES[1]].can_dial(coordinator.address,
+                                                                                                  PORT + 1)
+    assert sites[SITES[1]].can_dial(sites[SITES[1]].address, PORT) and not coordinator.can_dial(sites[SITES[1]].address,
+                                                                                                  PORT)
+    stop_processes(other_service, site_service)
     run_dir = tmp_path / "run"
     server = fed.start_server(run_dir, "--task", "digits-cnn", "--rounds", str(ROUNDS), "--min-clients", "3",
                               "--join-timeout", "300")
@@ -62,7 +70,6 @@ def test_three_sites_train_across_a_wan_behind_firewalls(tmp_path: Path, digits_
             assert wait_or_kill(proc, 120) == 0, (tmp_path / f"{name}.out").read_text()[-3000:]
     finally:
         stop_processes(server, stranger, *joined, *([fed.relay] if fed.relay else []))
-    coordinator, sites = fed.coordinator, fed.hosts
 
     doc = json.loads((run_dir / "results.json").read_text())
     assert doc["status"] == "finished" and set(doc["sites"]) == set(SITES)

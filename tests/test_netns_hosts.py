@@ -3,17 +3,11 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 
 import pytest
 from netns_hosts import PREFIX, NetnsLab, missing_requirement, sweep_stale
 
 pytestmark = pytest.mark.skipif(missing_requirement() is not None, reason=str(missing_requirement()))
-
-
-LISTEN = ("import socket, sys; s = socket.create_server((sys.argv[1], 8000)); print('listening', flush=True); "
-          "s.accept(); s.accept()")
-DIAL = "import socket, sys; socket.create_connection((sys.argv[1], 8000), timeout=10).close()"
 
 
 def _namespaces() -> set[str]:
@@ -26,11 +20,8 @@ def test_a_lab_routes_between_its_hosts_and_leaves_nothing_behind() -> None:
     try:
         a, b = lab.add_host("a"), lab.add_host("b")
         # a listener in a, reached from b through the router (it also stays running until close() ends it)
-        listener = subprocess.Popen(a.argv(sys.executable, "-c", LISTEN, a.address), stdout=subprocess.PIPE)
-        assert listener.stdout is not None and listener.stdout.readline().strip() == b"listening"
-        dial = subprocess.run(b.argv(sys.executable, "-c", DIAL, a.address), capture_output=True, text=True,
-                              check=False, timeout=30)
-        assert dial.returncode == 0, dial.stderr
+        listener = a.listen(8000)
+        assert b.can_dial(a.address, 8000)
         assert {lab.router, a.netns, b.netns} <= _namespaces()
     finally:
         lab.close()
