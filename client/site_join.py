@@ -166,13 +166,14 @@ def connect(plan: JoinPlan) -> None:
     and with a kit verify the server's certificate against the federation's CA."""
     plan.state.mkdir(parents=True, exist_ok=True, mode=0o700)
     host, port = net.split_address(plan.server, flag="--server")
+    deadline = time.monotonic() + plan.connect_timeout
     if not net.wait_reachable(host, port, plan.connect_timeout):
         raise ServerUnreachableError(f"--server {plan.server}: nothing answered within {plan.connect_timeout:g} s; "
                                      "check the address and that `fl-server start` is running there")
     if plan.kit is not None:
         from fedshield.client.tls_preflight import check_server_certificate
 
-        check_server_certificate(host, port, plan.kit.ca_cert)
+        check_server_certificate(host, port, plan.kit.ca_cert, wait_s=max(0.0, deadline - time.monotonic()))
 
 
 def _ignore(*_args: Any) -> None:

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import socket
 import ssl
+import time
 from pathlib import Path
 
-from fedshield.common.errors import FedShieldError
+from fedshield.common.errors import FedShieldError, ServerUnreachableError
 
 
 class ServerNotTrustedError(FedShieldError):
@@ -36,15 +37,30 @@ def _reason(err: ssl.SSLCertVerificationError, host: str) -> str:
     return f"TLS verification failed: {err.verify_message or err}"
 
 
-def check_server_certificate(host: str, port: int, ca_file: Path, timeout: float = 10.0) -> None:
-    """Raise :class:`ServerNotTrustedError` unless ``host:port`` presents a certificate ``ca_file`` vouches for."""
+def check_server_certificate(host: str, port: int, ca_file: Path, timeout: float = 10.0, *,
+                             wait_s: float = 0.0) -> None:
+    """Raise :class:`ServerNotTrustedError` unless ``host:port`` presents a certificate ``ca_file`` vouches for.
+
+    A connection that is accepted and then reset or closed before the handshake completes is what a TCP
+    proxy, load balancer or port forwarder in front of a coordinator that is not up yet does; such
+    handshakes are retried for ``wait_s`` seconds (then :class:`ServerUnreachableError`). A certificate
+    the site does not trust, or a server that speaks no TLS, is refused at once.
+    """
     context = ssl.create_default_context(cafile=str(ca_file))
-    try:
-        with socket.create_connection((host, port), timeout=timeout) as sock, \
-                context.wrap_socket(sock, server_hostname=host):
-            return
-    except ssl.SSLCertVerificationError as err:
-        raise ServerNotTrustedError(f"refusing {host}:{port}: {_reason(err, host)}") from None
-    except ssl.SSLError as err:
-        raise ServerNotTrustedError(f"refusing {host}:{port}: TLS handshake failed ({err.reason or err}); is the "
-                                    "server running with TLS (not --insecure)?") from None
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=timeout) as sock, \
+                    context.wrap_socket(sock, server_hostname=host):
+                return
+        except ssl.SSLCertVerificationError as err:
+            raise ServerNotTrustedError(f"refusing {host}:{port}: {_reason(err, host)}") from None
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionError, TimeoutError) as err:
+            if time.monotonic() >= deadline:
+                raise ServerUnreachableError(f"{host}:{port}: connections are accepted but closed before TLS "
+                                             f"starts ({err.__class__.__name__}); check that `fl-server start` "
+                                             "runs behind that address") from None
+            time.sleep(0.5)
+        except ssl.SSLError as err:
+            raise ServerNotTrustedError(f"refusing {host}:{port}: TLS handshake failed ({err.reason or err}); is the "
+                                        "server running with TLS (not --insecure)?") from None

@@ -52,6 +52,7 @@ def run(cfg: RunConfig, clients: int, resources: SimulationResources) -> dict[st
         from fedshield.client.client_app import build_client_app
         from fedshield.server.server_app import build_server_app
         from fedshield.simulations.attacks import Attack, AttackingSites
+        from fedshield.simulations.ray_node import RayNodeTag
         from fedshield.simulations.virtual_sites import VirtualSiteFolders
 
     init_args: dict[str, Any] = {
@@ -77,8 +78,10 @@ def run(cfg: RunConfig, clients: int, resources: SimulationResources) -> dict[st
     simulation_engine.install()  # Flower polls every virtual node every 0.1 s otherwise (see simulation_engine)
     server_app = build_server_app(cfg.to_flower(), mode="simulation")
     attack = Attack.parse(cfg.sim_attack)
-    client_app = build_client_app(first=(VirtualSiteFolders(cfg.sim_data_dir),),
-                                  innermost=(AttackingSites(attack, cfg.seed),) if attack.sites else ())
+    innermost = (AttackingSites(attack, cfg.seed),) if attack.sites else ()
+    if resources.ray_address:  # on a cluster, each training reply says which node trained it
+        innermost = (RayNodeTag(), *innermost)
+    client_app = build_client_app(first=(VirtualSiteFolders(cfg.sim_data_dir),), innermost=innermost)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         run_simulation(server_app=server_app, client_app=client_app, num_supernodes=clients,

@@ -5,6 +5,7 @@ import os
 import socket
 import ssl
 import stat
+import struct
 import threading
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from cryptography import x509
 
 from fedshield.client.tls_preflight import ServerNotTrustedError, check_server_certificate
 from fedshield.common import pki
-from fedshield.common.errors import ConfigError
+from fedshield.common.errors import ConfigError, ServerUnreachableError
 from fedshield.common.site_kit import load_kit
 from fedshield.flower_ext.control_guard import decide
 from fedshield.server.federation import Federation, init_federation
@@ -120,9 +121,11 @@ def test_server_refuses_to_start_with_expired_certificate_and_warns_before_expir
 
 
 class _TlsServer:
-    """A bare TLS listener with a given certificate, for checking what a site accepts."""
+    """A bare TLS listener with a given certificate, for checking what a site accepts; the first ``resets``
+    connections are reset before TLS starts, as a proxy in front of a coordinator that is not up yet does."""
 
-    def __init__(self, cert: Path, key: Path, host: str = "127.0.0.1") -> None:
+    def __init__(self, cert: Path, key: Path, host: str = "127.0.0.1", resets: int = 0) -> None:
+        self.resets = resets
         self.ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         self.ctx.load_cert_chain(str(cert), str(key))
         self.sock = socket.socket()
@@ -137,6 +140,11 @@ class _TlsServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            if self.resets > 0:
+                self.resets -= 1
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+                continue
             try:
                 with self.ctx.wrap_socket(conn, server_side=True) as tls:
                     tls.recv(1)
@@ -174,6 +182,26 @@ def test_site_refuses_wrong_ca_wrong_name_expired_and_future_certificates(fed: F
                 check_server_certificate("127.0.0.1", server.port, fed.ca_cert)
         finally:
             server.close()
+
+
+def test_a_site_waits_through_connections_reset_before_tls_and_then_checks_the_certificate(fed: Federation) -> None:
+    """A TCP proxy in front of a coordinator that is not up yet accepts and resets: the site keeps trying for its
+    --connect-timeout (it used to end at once with a ConnectionResetError traceback) and then checks the
+    certificate as usual; with no time left it says in one line that connections are closed before TLS."""
+    server = _TlsServer(fed.server_cert, fed.server_key, resets=3)
+    try:
+        with pytest.raises(ServerUnreachableError, match="closed before TLS starts"):
+            check_server_certificate("127.0.0.1", server.port, fed.ca_cert)
+        check_server_certificate("127.0.0.1", server.port, fed.ca_cert, wait_s=30)
+        assert server.resets == 0
+    finally:
+        server.close()
+    server = _TlsServer(fed.server_cert, fed.server_key, host="127.0.0.2", resets=2)
+    try:
+        with pytest.raises(ServerNotTrustedError, match="not valid for '127.0.0.2'"):
+            check_server_certificate("127.0.0.2", server.port, fed.ca_cert, wait_s=30)
+    finally:
+        server.close()
 
 
 @pytest.mark.parametrize("path, peer, auth, allowed", [
