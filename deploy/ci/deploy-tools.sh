@@ -2,7 +2,8 @@
 # Debian packages the deployment tests need, installed once (CI, .ci/run): Docker's engine and Compose
 # (tests/test_container_federation.py, which starts dockerd itself when none answers), debootstrap (the
 # image's base where no registry is reachable: deploy/docker/build-local-base.sh) and systemd-analyze
-# (tests/test_systemd_units.py), ip and iptables (the network-namespace hosts of tests/netns_hosts.py). Prints nothing when all of them are there.
+# (tests/test_systemd_units.py), ip and iptables (the network-namespace hosts of tests/netns_hosts.py).
+# Prints nothing when all of them are there.
 set -euo pipefail
 need=()
 command -v dockerd >/dev/null || need+=(docker.io)
