@@ -238,7 +238,9 @@ def coordinate(plan: CoordinatorPlan, callbacks: CoordinatorCallbacks) -> dict[s
     SuperLink ends it without results.
     """
     folder, fed = plan.folder, plan.federation
-    folder.mkdir(parents=True, exist_ok=True)
+    # the run's models, results and logs are the coordinator's alone: other local users get no way in (a folder
+    # the user made beforehand keeps the mode they gave it)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     tls = TlsFiles(fed.ca_cert, fed.server_cert, fed.server_key) if fed is not None else None
     audit = RunAudit.for_coordinator(folder, fed.audit_log() if fed is not None else None)
     superlink = SuperLink(host=plan.host, port=plan.port, state_db=None, log_path=folder / "server.log", tls=tls,

@@ -93,7 +93,9 @@ def test_a_local_user_reads_no_credential_and_gets_no_task(tmp_path: Path, digit
     fed = tmp_path / "federation"
     assert run_cli("fl-server", "init", "--dir", str(fed), "--server-ip", "127.0.0.1", "--port", str(port),
                    "--sites", *SITES).returncode == 0
-    run_dir = tmp_path / "run"
+    shared = Path(tempfile.mkdtemp(prefix="fedshield-runs-"))  # a folder every local user may enter, like /srv
+    shared.chmod(0o755)
+    run_dir = shared / "run"
     server = start_cli("fl-server", "start", "--dir", str(fed), "--task", "digits-cnn", "--rounds", "1",
                        "--min-clients", "2", "--run-dir", str(run_dir), "--join-timeout", "600",
                        log=tmp_path / "server.out")
@@ -145,7 +147,15 @@ def test_a_local_user_reads_no_credential_and_gets_no_task(tmp_path: Path, digit
             assert proc.wait(timeout=60) == 0, (tmp_path / f"{name}.out").read_text()[-3000:]
     finally:
         stop_processes(server, *sites)
-    assert json.loads((run_dir / "results.json").read_text())["status"] == "finished"
+    try:
+        assert json.loads((run_dir / "results.json").read_text())["status"] == "finished"
+        # (c) nor does it read the run's results or its model, though it may enter the folder above the run
+        for name in ("results.json", "model-final.pt", "server.log"):
+            read = subprocess.run(["runuser", "-u", "nobody", "--", "cat", str(run_dir / name)], capture_output=True,
+                                  check=False)
+            assert read.returncode != 0 and b"Permission denied" in read.stderr, (name, read.stderr)
+    finally:
+        shutil.rmtree(shared)
     assert all(not path.parent.exists() for path in secret_files)  # removed with the processes
 
 
