@@ -7,7 +7,9 @@ and pass the tests there?
 2. **Install and test**, on each admitted interpreter this machine has other than the one ``./test.sh``
    uses (that one runs the whole suite): a fresh virtual environment with exactly the resolved versions,
    except torch (see below), FedShield itself, an import of every FedShield module that does not need
-   torch, and the fast tests (``-m "not slow"``) of every test file that imports without torch.
+   torch, and the fast tests (``-m "not slow"``) of every test file that imports without torch; a test that
+   fails only because torch is missing (it, or a CLI it starts, imports torch) is reported as skipped
+   (``scripts/torch_free_pytest.py``), every other failure fails the check.
 
 Not covered on those interpreters: anything that needs torch (training, DP-SGD, the tasks' models,
 Opacus). PyPI's torch for Linux is the CUDA build, whose libraries must be present for it to import
@@ -138,8 +140,12 @@ def install_and_test(version: str, python: Path, picked: dict[str, str], work: P
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}"  # the CLIs the tests start: this venv's
     env.update(FLWR_TELEMETRY_ENABLED="0", FLWR_DISABLE_UPDATE_CHECK="1", RAY_USAGE_STATS_ENABLED="0")
     # from the source tree, which has no fedshield/ folder: `import fedshield` is the package installed above
-    if not _run([vpy, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "not slow", "-n", "2",
-                 *(f"tests/{t}" for t in tests)], log=log, env=env, cwd=ROOT):
+    if not with_torch:  # failures that only torch's absence explains are reported as skipped (needs torch)
+        env["PYTHONPATH"] = str(Path(__file__).parent)
+    # one process: tests/conftest.py sets torch's threads in xdist workers
+    if not _run([vpy, "-m", "pytest", "-q", "-rs", "-p", "no:cacheprovider", "-m", "not slow", "-n", "0",
+                 *([] if with_torch else ["-p", "torch_free_pytest"]), *(f"tests/{t}" for t in tests)],
+                log=log, env=env, cwd=ROOT):
         raise RuntimeError(f"Python {version}: the fast tests failed; see {log}")
     scope = "every fast test file" if with_torch else "the fast tests of the test files that import without torch"
     return f"Python {version} ({python}): installed, imported, and {scope} passed ({len(tests)} files)"
