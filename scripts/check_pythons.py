@@ -22,7 +22,7 @@ Measured 2026-12-06 on the shared 2-core machine (load average 15-25): resolving
 side 11 min, the two torch-free venvs 10 min, their fast tests 2:46 (3.12) and 4:05 (3.13): 262 passed,
 14 skipped as needing torch, 29 slow deselected. Once by hand, Python 3.12 with PyPI's torch 2.13.0+cu130
 on the CPU, SciPy 1.18.1 and NumPy 2.5.5 (30 min to install): every fast test but tests/test_style.py
-passed (521, 4:14).
+passed (521, 4:14). The whole script again, pip's cache warm, load average 2-7: 8:16, every check passed.
 
     python scripts/check_pythons.py                  # resolve 3.11-3.13; install and test on 3.12, 3.13
     python scripts/check_pythons.py --resolve-only
