@@ -14,11 +14,9 @@ fixed seed (about a second), so the server and every site measure in the same sp
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 import torch
-from scipy import linalg
 from torch import nn
 
 FEATURES = 64
@@ -81,12 +79,20 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to feature rows ``a`` (N, D) and ``b`` (M, D)."""
     mu_a, mu_b = a.mean(axis=0), b.mean(axis=0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    with warnings.catch_warnings():
-        # ReLU features of few images give singular covariances; sqrtm warns and still answers
-        warnings.simplefilter("ignore")
-        root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
-        if not np.isfinite(root).all():  # regularise, as FID implementations do
-            eps = np.eye(len(cov_a)) * 1e-6
-            root, _ = linalg.sqrtm((cov_a + eps) @ (cov_b + eps), disp=False)
-    value = float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a + cov_b - 2 * np.real(root)))
+    value = float(np.sum((mu_a - mu_b) ** 2) + np.trace(cov_a) + np.trace(cov_b) - 2 * trace_sqrt_product(cov_a, cov_b))
     return max(value, 0.0)
+
+
+def trace_sqrt_product(cov_a: np.ndarray, cov_b: np.ndarray) -> float:
+    """``Tr((Σa Σb)^½)`` for symmetric positive semi-definite ``Σa``, ``Σb`` (D, D).
+
+    ``Σa Σb`` is similar to the symmetric ``Σa^½ Σb Σa^½`` (positive semi-definite), so the trace is the sum
+    of the square roots of that matrix's eigenvalues: two symmetric eigendecompositions, exact also for the
+    singular covariances that ReLU features of few images give (eigenvalues below zero by rounding count as
+    zero). No ``scipy.linalg.sqrtm``: its ``disp`` argument, which this module once passed, is gone in SciPy
+    1.18, and its general (Schur) square root needed regularising on singular products.
+    """
+    values, vectors = np.linalg.eigh(cov_a)
+    root_a = (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
+    product = root_a @ cov_b @ root_a
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2), 0.0, None)).sum())

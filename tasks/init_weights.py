@@ -66,9 +66,13 @@ def load_weights(model: nn.Module, weights: Mapping[str, torch.Tensor], *, sourc
 
     Every tensor of the model must be found with its shape, except those under ``fresh_prefixes``
     (e.g. a classifier pretrained on other classes), which keep their fresh values; their names are
-    returned. Raises ``ConfigError`` naming the first tensor that cannot be filled; ``model`` is left
-    untouched then.
+    returned. Raises ``ConfigError`` naming the first tensor that cannot be filled, or the reason the model's
+    ``retired_weights(weights)`` gives for weights of an earlier version of it; ``model`` is left untouched then.
     """
+    retired = getattr(model, "retired_weights", None)  # a model that can name weights of an earlier version
+    reason = retired(weights) if callable(retired) else None
+    if reason:
+        raise ConfigError(f"{source}: {reason}")
     own = model.state_dict()
     fresh: list[str] = []
     updates: dict[str, torch.Tensor] = {}

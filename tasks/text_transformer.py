@@ -3,23 +3,25 @@
 The design documents' BERT-style classifier, scaled to what a site can train privately on a CPU:
 hashed word ids (:mod:`fedshield.tasks.hashing_tokenizer`, no vocabulary download) → token +
 position embeddings (d = 64) → 2 encoder layers (4-head self-attention, feed-forward 128, post-norm,
-as in Vaswani et al. 2017) → mean over the non-padding positions → linear layer to K classes. Attention is Opacus'
-``DPMultiheadAttention`` (stock ``nn.MultiheadAttention`` has no per-sample gradients); no BatchNorm.
+as in Vaswani et al. 2017) → mean over the non-padding positions → linear layer to K classes. Attention is
+:class:`~fedshield.tasks.self_attention.MultiheadSelfAttention`, equal to ``nn.MultiheadAttention`` on the same
+weights (which has no per-sample gradients) out of ``nn.Linear`` layers; no BatchNorm.
 About 202,000 parameters with the defaults (131,000 of them the hashed-word embeddings).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
-from opacus.layers import DPMultiheadAttention
 from torch import nn
 from torch.utils.data import TensorDataset
 
 from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
 from fedshield.tasks.hashing_tokenizer import PAD, encode
 from fedshield.tasks.holdout import holdout_indices
+from fedshield.tasks.self_attention import MultiheadSelfAttention
 from fedshield.tasks.supervised import CLASSIFICATION_METRICS, SupervisedTask
 from fedshield.tasks.text_csv import find_csv, read_text_csv, text_label_set
 
@@ -33,14 +35,13 @@ class EncoderLayer(nn.Module):
 
     def __init__(self, width: int, heads: int, feed_forward: int) -> None:
         super().__init__()
-        self.attention = DPMultiheadAttention(width, heads, batch_first=True)
+        self.attention = MultiheadSelfAttention(width, heads)
         self.norm1 = nn.LayerNorm(width)
         self.feed_forward = nn.Sequential(nn.Linear(width, feed_forward), nn.ReLU(), nn.Linear(feed_forward, width))
         self.norm2 = nn.LayerNorm(width)
 
     def forward(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
-        attended, _ = self.attention(x, x, x, key_padding_mask=padding, need_weights=False)
-        x = self.norm1(x + attended)
+        x = self.norm1(x + self.attention(x, padding))
         return self.norm2(x + self.feed_forward(x))
 
 
@@ -67,6 +68,19 @@ class TextTransformer(nn.Module):
         keep = (~padding).unsqueeze(-1).to(x.dtype)
         return self.head((x * keep).sum(dim=1) / keep.sum(dim=1))
 
+    @staticmethod
+    def retired_weights(weights: Mapping[str, torch.Tensor]) -> str | None:
+        """Why ``weights`` (a state_dict) cannot start this model, when they come from the model as it was with
+        Opacus' ``DPMultiheadAttention``: it saved ``attention.in_proj_weight`` (this model:
+        ``attention.in_proj.weight``) and did not compute multi-head attention, so the same tensors would
+        compute something else here; ``None`` otherwise."""
+        old = next((name for name in weights if name.endswith(".attention.in_proj_weight")), None)
+        if old is None:
+            return None
+        return (f"a text-transformer saved before its attention was corrected (tensor {old!r}: Opacus' "
+                "DPMultiheadAttention, whose batch-first output was not multi-head attention), so its weights do "
+                "not fit the corrected model; start a new run without --init-weights or --resume")
+
 
 class TextTransformerTask(SupervisedTask):
     """Encoder-only transformer on a CSV of ``text,label`` rows."""
@@ -78,7 +92,7 @@ class TextTransformerTask(SupervisedTask):
                    "2) or the names of fedshield.toml labels = [...]; at most max_length tokens (default 64) per "
                    "text; 20% held out for validation")
     metrics = CLASSIFICATION_METRICS
-    # ghost clipping has no rule for DPMultiheadAttention's parameters; hooks computes them exactly
+    # Opacus' ghost clipping fails on the position embedding's expanded (non-contiguous) ids; hooks is exact
     dp_mode = "hooks"
 
     def load_site(self, path: Path, options: TaskOptions) -> SiteData:

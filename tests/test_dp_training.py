@@ -86,7 +86,7 @@ def test_every_per_sample_gradient_is_clipped_to_c(task_name: str) -> None:
 
 
 def test_opacus_per_sample_gradients_of_the_transformer_are_exact() -> None:
-    """DPMultiheadAttention with batch-first input: Opacus' per-sample gradients equal per-example autograd."""
+    """The attention's nn.Linear projections and the rest: Opacus' per-sample gradients equal per-example autograd."""
     torch.manual_seed(0)
     task = get_task("text-transformer")
     site = _text_site(8)

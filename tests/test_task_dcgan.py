@@ -18,7 +18,7 @@ from fedshield.common.errors import DataError
 from fedshield.common.run_config import RunConfig
 from fedshield.tasks.base import SiteData, TaskOptions
 from fedshield.tasks.dcgan import SCHEMA
-from fedshield.tasks.frechet_digits import _bundled_digits, features, frechet_distance
+from fedshield.tasks.frechet_digits import _bundled_digits, features, frechet_distance, trace_sqrt_product
 from fedshield.tasks.model_factory import build_model
 from fedshield.tasks.registry import get_task
 
@@ -64,6 +64,21 @@ def test_frechet_distance_ranks_real_above_noise() -> None:
     noise = features(torch.rand(300, 1, 28, 28))
     assert frechet_distance(a, a) == pytest.approx(0.0, abs=1e-3)
     assert frechet_distance(a, b) < 0.2 * frechet_distance(a, noise)
+
+
+def test_trace_of_the_square_root_is_exact_also_for_singular_covariances() -> None:
+    """Commuting Σa = Q diag(a) Qᵀ, Σb = Q diag(b) Qᵀ: Tr((Σa Σb)^½) = Σ √(a_i b_i), here with zero variances on
+    both sides (the singular covariances of few ReLU features). SciPy's sqrtm, called with the ``disp`` argument
+    SciPy 1.18 removed, failed on every site; this needs no SciPy at all."""
+    rng = np.random.default_rng(0)
+    q, _ = np.linalg.qr(rng.standard_normal((64, 64)))
+    a, b = rng.uniform(0.0, 3.0, 64), rng.uniform(0.0, 3.0, 64)
+    a[:20], b[10:30] = 0.0, 0.0
+    cov_a, cov_b = (q * a) @ q.T, (q * b) @ q.T
+    assert trace_sqrt_product(cov_a, cov_b) == pytest.approx(np.sqrt(a * b).sum(), rel=1e-6)
+    few = rng.random((10, 64)) * (rng.random(64) > 0.5)  # 10 examples, 64 features, some always 0: rank ≤ 9
+    other = few + 0.1
+    assert frechet_distance(few, other) == pytest.approx(64 * 0.01, abs=1e-5)  # only the means differ
 
 
 def test_unlabelled_npz_is_a_site_and_wrong_shapes_are_one_line(tmp_path: Path) -> None:
