@@ -36,6 +36,7 @@ import zipfile
 from typing import Any
 
 import flwr.supernode.runtime.run_clientapp as flower_clientapp
+import httpx
 from flwr.app import Message
 from flwr.app.error import Error
 from flwr.common.constant import ErrorCode, SubStatus
@@ -105,17 +106,39 @@ def clientapp() -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def _client(address: str, interceptors: list) -> RuntimeHttpClient:
+def _client(address: str, interceptors: list, retry_invoker: Any = None) -> RuntimeHttpClient:
     return RuntimeHttpClient.from_server_address(server_address=address, insecure=True, root_certificates=None,
                                                  interceptors=interceptors,
-                                                 retry_invoker=make_simple_http_retry_invoker())
+                                                 retry_invoker=retry_invoker or make_simple_http_retry_invoker())
+
+
+def task_retry_invoker() -> Any:
+    """Flower's HTTP retry invoker for one task's Runtime API calls, except that a refused task token (HTTP 401)
+    fails the call instead of sending SIGINT to this process.
+
+    Flower's invoker is written for ``flwr-clientapp``, one process per task, where a retired token means the
+    process is done, so it interrupts its own process. This executor serves every task of the site: a late
+    heartbeat of a task whose reply was already pushed (its token retired by the SuperNode) stopped the whole
+    executor, ``fl-client join`` restarted the site, and the site missed the rest of that round (seen in the
+    container federation under load).
+    """
+    invoker = make_simple_http_retry_invoker()
+    flowers_rule: Any = invoker.should_giveup
+
+    def should_giveup(exc: Exception) -> bool:
+        if isinstance(exc, httpx.HTTPStatusError) and exc.response.status_code == httpx.codes.UNAUTHORIZED:
+            return True
+        return bool(flowers_rule(exc))
+
+    invoker.should_giveup = should_giveup
+    return invoker
 
 
 def run_task(address: str, token: str) -> None:
     """Execute one ClientApp task in this process (Flower's run_clientapp, minus process and FAB)."""
     client_app = clientapp()
     client = _client(address, [RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"),
-                               RuntimeTokenHttpInterceptor(token)])
+                               RuntimeTokenHttpInterceptor(token)], task_retry_invoker())
     heartbeat = HeartbeatSender(make_task_heartbeat_fn_http(client))
     context = None
     status, details = SubStatus.FAILED, "ClientApp task failed"
@@ -140,6 +163,8 @@ def run_task(address: str, token: str) -> None:
                 reason = f"{type(exc)}:<'{exc}'>"
                 reply = Message(Error(code=ErrorCode.CLIENT_APP_RAISED_EXCEPTION, reason=reason), reply_to=message)
                 details = reason
+        if heartbeat.is_running:  # the task's work is done: no heartbeat may outlive its token
+            heartbeat.stop()
         t0 = time.perf_counter()
         push_message(client, reply, context)
         log.info("pushed reply in %.2f s", time.perf_counter() - t0)
