@@ -2,7 +2,7 @@
 and pass the tests there?
 
 1. **Resolve**, for each minor version in the range: ``pip install --dry-run --python-version X
-   --only-binary=:all: --report`` of the declared dependencies (and the test extra) against PyPI, as a user's
+   --only-binary=:all: --report`` of the declared dependencies (and every extra) against PyPI, as a user's
    pip would resolve them today; prints the versions picked for the libraries the code calls.
 2. **Install and test**, on each admitted interpreter this machine has other than the one ``./test.sh``
    uses (that one runs the whole suite): a fresh virtual environment with exactly the resolved versions,
@@ -68,8 +68,9 @@ def admitted_versions(spec: str) -> list[str]:
 
 
 def requirements(project: dict) -> list[str]:
-    """The declared dependencies and the test extra, as pip requirement strings."""
-    return [*project["dependencies"], *project.get("optional-dependencies", {}).get("test", [])]
+    """The declared dependencies and every extra (``./test.sh``'s venv has them all), as pip requirement strings."""
+    extras = project.get("optional-dependencies", {})
+    return [*project["dependencies"], *(req for name in sorted(extras) for req in extras[name])]
 
 
 def _pip_env() -> dict[str, str]:

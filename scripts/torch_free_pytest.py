@@ -2,7 +2,8 @@
 installed is reported as skipped ("needs torch"), so that every other failure stands out.
 
 A failure counts as torch's when its report (traceback, captured output and logs) says ``No module named
-'torch'`` (an import in the test, or in a CLI it started), or it is one of :data:`NEEDS_TORCH_IN_A_THREAD`.
+'torch'`` (or ``'opacus'``, which needs torch) (an import in the test, or in a CLI it started), or it is one
+of :data:`NEEDS_TORCH_IN_A_THREAD`.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Gener
     if not report.failed:
         return
     text = report.longreprtext + "".join(content for _, content in report.sections)
-    if "No module named 'torch'" in text or item.nodeid in NEEDS_TORCH_IN_A_THREAD:
+    # Opacus is torch's: check_pythons.py installs neither
+    missing = any(f"No module named '{name}'" in text for name in ("torch", "opacus"))
+    if missing or item.nodeid in NEEDS_TORCH_IN_A_THREAD:
         report.outcome = "skipped"
         report.longrepr = (str(item.path), item.location[1] or 0, "needs torch (not installed)")
