@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,17 @@ def stop_processes(*procs: subprocess.Popen[bytes]) -> None:
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def wait_for_text(path: Path, text: str, timeout: float = 120.0) -> None:
+    """Wait until ``text`` appears in the file ``path`` (a log); fail with its tail after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        time.sleep(0.3)
+    tail = path.read_text(errors="replace")[-3000:] if path.exists() else "(no such file)"
+    raise AssertionError(f"{text!r} not in {path} after {timeout} s:\n{tail}")
 
 
 def wait_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> int:

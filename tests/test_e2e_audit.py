@@ -11,12 +11,11 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, cli_env, run_cli, start_cli, stop_processes
+from conftest import BIN, cli_env, run_cli, start_cli, stop_processes, wait_for_text
 from fedshield.common import pki
 from fedshield.common.audit_log import LOG_FILE, entry_hash
 from fedshield.common.net import free_port
@@ -24,13 +23,6 @@ from fedshield.common.net import free_port
 SITES = ("hospital_a", "hospital_b")
 
 
-def _wait_for(path: Path, text: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{text!r} not in {path} after {timeout} s")
 
 
 def _entries(folder: Path) -> list[dict]:
@@ -62,7 +54,7 @@ def test_a_run_is_audited_with_its_intruders_and_tampering_is_named(tmp_path: Pa
                        log=tmp_path / "server.out")
     sites: list[subprocess.Popen[bytes]] = []
     try:
-        _wait_for(tmp_path / "server.out", "waiting for 2 site(s)")
+        wait_for_text(tmp_path / "server.out", "waiting for 2 site(s)")
         # a foreign `flwr run`: it has the CA certificate, not the coordinator token
         home = tmp_path / "intruder-flwr"
         home.mkdir()

@@ -10,12 +10,11 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import cli_env, run_cli, start_cli, stop_processes
+from conftest import cli_env, run_cli, start_cli, stop_processes, wait_for_text
 from fedshield.common.net import free_port
 
 IMPOSTOR = Path(__file__).parent / "impostor_site.py"
@@ -30,13 +29,6 @@ def _init(tmp_path: Path, *sites: str) -> tuple[Path, int]:
     return fed, port
 
 
-def _wait_for(path: Path, text: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{text!r} not in {path} after {timeout} s")
 
 
 
@@ -116,7 +108,7 @@ def test_a_second_join_with_one_kit_is_told_the_kit_is_connected(tmp_path: Path,
                       "--threads", "1", "--state-dir", str(tmp_path / "state-1"), "--connect-timeout", "60",
                       log=tmp_path / "first.out")
     try:
-        _wait_for(run_dir / "server.log", "Activated node_id")
+        wait_for_text(run_dir / "server.log", "Activated node_id")
         second = run_cli("fl-client", "join", "--kit", str(kit), "--data", str(digits_sites / "hospital_a"),
                          "--threads", "1", "--state-dir", str(tmp_path / "state-2"), "--connect-timeout", "60",
                          timeout=120)
