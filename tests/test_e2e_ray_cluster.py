@@ -50,8 +50,8 @@ def ray_start(host: Host, *args: str, temp: Path) -> None:
     proc = subprocess.run(host.argv(str(BIN / "ray"), "start", "--node-ip-address", host.address, "--num-cpus", "1",
                                     "--num-gpus", "0", "--object-store-memory", str(100 * 2**20),
                                     "--disable-usage-stats", "--temp-dir", str(temp), *args),
-                          env={**cli_env(), "RAY_USAGE_STATS_ENABLED": "0"}, capture_output=True, text=True,
-                          timeout=180, stdin=subprocess.DEVNULL, check=False)
+                          env={**cli_env(), "RAY_USAGE_STATS_ENABLED": "0", "RAY_worker_niceness": "0"},
+                          capture_output=True, text=True, timeout=180, stdin=subprocess.DEVNULL, check=False)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
 

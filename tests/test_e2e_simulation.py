@@ -40,3 +40,37 @@ def test_tabular_breast_cancer_four_virtual_sites(tmp_path: Path) -> None:
         assert (run_dir / "plots" / f"{name}.png").read_bytes()[:4] == b"\x89PNG", name
     summary = (run_dir / "summary.md").read_text()
     assert "| 3 |" in summary and "central test" in summary and "![roc](plots/roc.png)" in summary
+
+
+def test_virtual_sites_run_at_the_priority_of_the_simulation(tmp_path: Path) -> None:
+    """Ray starts its workers at niceness 15; a virtual site is a Ray worker, so on a busy host any other
+    process took the CPU from it (10 sites beside 8 busy loops on 2 cores: no reply to the first query in
+    300 s). fl-sim's workers run at its own niceness."""
+    import os
+    import time
+
+    import psutil
+
+    from conftest import start_cli, stop_processes
+
+    sim = start_cli("fl-sim", "run", "--task", "tabular", "--clients", "2", "--rounds", "1", "--no-plots",
+                    "--run-dir", str(tmp_path / "sim"), log=tmp_path / "sim.out")
+    seen: dict[int, int] = {}  # pid of a Ray worker process -> its niceness
+    try:
+        parent = psutil.Process(sim.pid)
+        while sim.poll() is None:
+            try:
+                for child in parent.children(recursive=True):
+                    try:
+                        if child.cmdline()[:1] and child.cmdline()[0].startswith("ray::"):
+                            seen[child.pid] = child.nice()
+                    except psutil.Error:
+                        pass  # ended between listing and reading
+            except psutil.Error:
+                break
+            time.sleep(0.2)
+        assert sim.wait(timeout=600) == 0, (tmp_path / "sim.out").read_text()[-3000:]
+    finally:
+        stop_processes(sim)
+    assert seen, "no Ray worker process was seen"
+    assert set(seen.values()) == {os.nice(0)}, seen
