@@ -130,12 +130,13 @@ def _finished_run_shows_epsilon_per_site(tmp_path: Path, digits_sites: Path, art
         assert wait_reachable("127.0.0.1", page_port, 60), (tmp_path / "page.out").read_text()
         driver = chromium(tmp_path / "profile-finished")
         driver.get(f"http://127.0.0.1:{page_port}/")
-        _wait_for(lambda: driver.find_element("id", "status").text == "finished", 30, "the finished run")
+        _wait_for(lambda: driver.execute_script("return document.getElementById('status').textContent") == "finished",
+                  30, "the finished run")
         for name in SITES:
             ledger = run_cli("fl-client", "privacy", "--data", str(digits_sites / name), "--state-dir",
                              str(tmp_path / f"state-{name}"), "--json")
             spent = json.loads(ledger.stdout)["epsilon_spent"]
-            shown = driver.find_element("id", f"eps-{name}").text
+            shown = driver.execute_script(f"return document.getElementById('eps-{name}').textContent")
             assert shown == f"ε {spent:.2f} / {BUDGETS[name]}", (shown, spent)
         driver.save_screenshot(str(artifacts / "4-finished-run.png"))
     finally:

@@ -2,7 +2,7 @@
 "use strict";
 (function () {
   const $ = (id) => document.getElementById(id);
-  let pollMs = 1000, lastOk = 0;
+  let pollMs = 1000, lastOk = 0, lastText = "";
 
   function cell(row, value, cls) {
     const td = document.createElement("td");
@@ -129,12 +129,16 @@
       const response = await fetch("/api/state", { cache: "no-store", credentials: "same-origin" });
       if (response.status === 401) { window.location.assign("/login"); return; }
       if (!response.ok) throw new Error("HTTP " + response.status);
-      const state = await response.json();
-      pollMs = (state.poll_seconds || 1) * 1000;
-      renderRun(state);
-      renderSites(state);
-      renderCharts(state);
-      renderFailures(state);
+      const text = await response.text();
+      if (text !== lastText) {  // the state is a pure function of the run: same text, same page (and no redraw
+        const state = JSON.parse(text);  // that would undo a reader's text selection every second)
+        pollMs = (state.poll_seconds || 1) * 1000;
+        renderRun(state);
+        renderSites(state);
+        renderCharts(state);
+        renderFailures(state);
+        lastText = text;
+      }
       lastOk = Date.now();
       $("connection").textContent = "live · updated " + new Date(lastOk).toLocaleTimeString();
     } catch (err) {
