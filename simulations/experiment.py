@@ -89,6 +89,8 @@ def plan_simulation(training: TrainingOptions, central: CentralDpOptions, secagg
                     device=device, site_metrics=site_metrics, sim_attack=attack).validate()
     from fedshield.simulations import runner
 
+    if ray_address:  # a socket, before the task's torch import: a wrong address costs a fraction of a second
+        runner.check_ray_address(ray_address)
     # loads the task: a plugin that fails to load fails here, before anything is written
     from fedshield.tasks.run_settings import resolve_settings
 
@@ -96,8 +98,6 @@ def plan_simulation(training: TrainingOptions, central: CentralDpOptions, secagg
                                 lr=training.lr, dp=dp)
     cfg.model, cfg.init_weights, cfg.lr = settings.model, settings.init_weights, settings.lr
     cfg.validate()
-    if ray_address:
-        runner.check_ray_address(ray_address)
     return SimulationPlan(cfg, folder, data_name, clients, spec, test_fraction, augment)
 
 
