@@ -28,8 +28,9 @@ from fedshield.tasks.registry import get_task
 from fedshield.tasks.text_transformer import TextTransformer
 
 
-def _clipped_sum_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> dict[str, torch.Tensor]:
-    """Σ_i min(1, C/‖g_i‖)·g_i from per-example gradients of vmap'd autograd (no Opacus, no book-keeping)."""
+def _per_example(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Each example's gradient norm ``(B,)`` over all trainable parameters, and its gradients ``(B, *shape)`` by
+    name, from vmap'd per-example autograd in ``model``'s dtype (no Opacus, no book-keeping)."""
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     frozen = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
 
@@ -37,9 +38,18 @@ def _clipped_sum_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, c
         return nn.functional.cross_entropy(functional_call(model, {**p, **frozen}, (xi[None],)), yi[None])
 
     per_example = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
-    norms = torch.stack([g.reshape(len(x), -1).norm(dim=1) for g in per_example.values()], 1).norm(dim=1)
+    return torch.stack([g.reshape(len(x), -1).norm(dim=1) for g in per_example.values()], 1).norm(dim=1), per_example
+
+
+def _clipped_sums(norms: torch.Tensor, per_example: dict[str, torch.Tensor], clip: float) -> dict[str, torch.Tensor]:
+    """Σ_i min(1, C/‖g_i‖)·g_i for each parameter."""
     factors = (clip / norms).clamp(max=1.0)
     return {k: torch.einsum("b,b...->...", factors, g) for k, g in per_example.items()}
+
+
+def _clipped_sum_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> dict[str, torch.Tensor]:
+    """Σ_i min(1, C/‖g_i‖)·g_i from per-example gradients of vmap'd autograd (no Opacus, no book-keeping)."""
+    return _clipped_sums(*_per_example(model, x, y), clip)
 
 
 def _bias_frozen(layer: nn.Module) -> nn.Module:
@@ -79,22 +89,6 @@ MODELS = {
                                            _bias_frozen(nn.Linear(16, 8)), nn.ReLU(), nn.Linear(8, 3, bias=False)),
                      (10,)),
 }
-
-
-def _per_example_float64(model: nn.Module, x: torch.Tensor, y: torch.Tensor
-                         ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Each example's gradient norm ``(B,)`` over all trainable parameters, and its gradients ``(B, *shape)``
-    by name, from vmap'd autograd on a float64 copy of ``model`` (integer ids stay ids)."""
-    twin = copy.deepcopy(model).double()
-    x = x.double() if x.is_floating_point() else x
-    params = {k: v.detach() for k, v in twin.named_parameters() if v.requires_grad}
-    frozen = {k: v.detach() for k, v in twin.named_parameters() if not v.requires_grad}
-
-    def loss(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
-        return nn.functional.cross_entropy(functional_call(twin, {**p, **frozen}, (xi[None],)), yi[None])
-
-    per_example = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
-    return torch.stack([g.reshape(len(x), -1).norm(dim=1) for g in per_example.values()], 1).norm(dim=1), per_example
 
 
 def _ids(n: int, length: int, vocab: int) -> torch.Tensor:
@@ -143,10 +137,10 @@ def test_embedding_and_layer_norm_norms_and_clipped_sums_equal_float64_per_examp
     build, _, _ = LAYER_MODELS[name]
     model = build()
     x, y = _layer_model_inputs(name, 12), torch.randint(0, 3, (12,))
-    norms, per_example = _per_example_float64(model, x, y)
+    # float64 autograd on a copy (integer ids stay ids)
+    norms, per_example = _per_example(copy.deepcopy(model).double(), x.double() if x.is_floating_point() else x, y)
     clip = float(norms.median())  # half the examples clipped, half not
-    factors = (clip / norms).clamp(max=1.0)
-    reference = {k: torch.einsum("b,b...->...", factors, g) for k, g in per_example.items()}
+    reference = _clipped_sums(norms, per_example, clip)
     squared: list[torch.Tensor] = []  # what the clip factors are computed from: each example's squared norm
     clip_factors = book_keeping._clip_factors
 
