@@ -8,8 +8,8 @@ and head-only: ``transfer-mobilenet-full``, ``transfer-mobilenet-head``, full wi
 discriminator step, private or not, and its two generator steps; seq2seq-attention on generated dates)
 at batch 64 on CPU:
 median time per optimizer step (forward, backward, step) without DP, with DP in the mode FedShield
-picks for the task (one-pass book-keeping clipping, client/book_keeping.py, for the CNNs and tabular;
-hooks for the transformer, MobileNetV2, dcgan and seq2seq), and, for reference where FedShield picks
+picks for the task (one-pass book-keeping clipping, client/book_keeping.py, for the CNNs, tabular and
+the transformer; hooks for MobileNetV2, dcgan and seq2seq), and, for reference where FedShield picks
 another, Opacus' fastest mode (ghost clipping) and its default (hooks). Every process keeps freed
 memory mapped as FedShield's training processes do (common/allocator.py). Each
 configuration runs in a fresh process (clean peak memory), repeated --repeats times (median of the
@@ -50,6 +50,9 @@ VARIANT = {"tabular": ("tabular", "mlp"), "tabular-logistic": ("tabular", "logis
 
 #: reference runs: Opacus' fastest mode (ghost clipping) and its default (hooks)
 REFERENCES = ("ghost", "hooks")
+#: tasks Opacus 1.6's ghost clipping fails on at the first step (its embedding norm rule views the position
+#: embedding's expanded ids): no ghost reference run
+NO_GHOST = ("text-transformer",)
 
 
 def platform_mode(task_name: str) -> str:
@@ -60,11 +63,12 @@ def platform_mode(task_name: str) -> str:
 
 
 def configs(tasks: list[str]) -> list[tuple[str, str]]:
-    """(task, none|platform|ghost|hooks); ghost only beside book-keeping, no reference run of the platform's
-    own mode."""
+    """(task, none|platform|ghost|hooks); ghost only beside book-keeping where Opacus runs it, no reference run
+    of the platform's own mode."""
     modes = {t: platform_mode(t) for t in tasks}
+    ghost = {t for t in tasks if modes[t] == "bk" and t not in NO_GHOST}
     return [(t, m) for t in tasks for m in ("none", "platform", *REFERENCES)
-            if m in ("none", "platform") or (m != modes[t] and (m == "hooks" or modes[t] == "bk"))]
+            if m in ("none", "platform") or (m != modes[t] and (m == "hooks" or t in ghost))]
 
 
 def _inputs(task_name: str, n: int):

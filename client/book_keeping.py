@@ -20,9 +20,12 @@ Opacus' (its ``DPOptimizerFastGradientClipping``, which takes ``p.grad`` as the 
 ghost clipping's second pass, here with the noise drawn in one call: client/flat_noise_optimizer.py);
 only the clipped sum is computed here, because Opacus has no one-pass mode.
 
-Supported: models whose trainable parameters all belong to ``nn.Linear`` or ``nn.Conv2d`` (``groups=1``)
-layers, each called once per forward pass, and whose examples do not interact (no BatchNorm). Anything
-else raises :class:`BookKeepingUnsupported` when wrapped, and the platform falls back to ghost clipping.
+Supported: models whose trainable parameters all belong to ``nn.Linear`` (any number of positions:
+``(B, ..., K)`` inputs, a transformer's ``(B, T, K)``), ``nn.Conv2d`` (``groups=1``), ``nn.Embedding`` (not
+sparse, no ``max_norm``, no ``scale_grad_by_freq``) or ``nn.LayerNorm`` layers (the last two's rules:
+client/book_keeping_layers.py), each called once per forward pass, and whose examples do not interact (no
+BatchNorm). Anything else raises :class:`BookKeepingUnsupported` when wrapped, and the platform falls back
+to ghost clipping.
 """
 
 from __future__ import annotations
@@ -37,12 +40,13 @@ from opacus.data_loader import DPDataLoader
 from torch import nn
 from torch.utils.data import DataLoader
 
+from fedshield.client.book_keeping_layers import EmbeddingTerms, LayerNormTerms, embedding_unsupported
 from fedshield.client.flat_noise_optimizer import FlatNoiseDPOptimizer
 
 # torch.autograd.grad's own entry into autograd's engine (output_grads); None where a torch release lacks it
 _ENGINE = getattr(getattr(torch.autograd, "graph", None), "_engine_run_backward", None)
 
-SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d)
+SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d, nn.Embedding, nn.LayerNorm)
 
 
 class BookKeepingUnsupported(ValueError):
@@ -50,7 +54,8 @@ class BookKeepingUnsupported(ValueError):
 
 
 class _Call(NamedTuple):
-    """One call of a supported layer in the forward pass: its input ``A`` and its output ``Z``."""
+    """One call of a supported layer in the forward pass: its input ``A`` (an Embedding's integer ids) and its
+    output ``Z``."""
 
     layer: nn.Module
     inputs: torch.Tensor
@@ -143,18 +148,22 @@ def _dense_plan(sequence: tuple[tuple[nn.Module, bool], ...] | None
     return tuple((cast(torch.Tensor, child.weight), cast(torch.Tensor, child.bias)) for child in recorded)
 
 
-def _trainable_layers(module: nn.Module) -> list[nn.Linear | nn.Conv2d]:
+def _trainable_layers(module: nn.Module) -> list[nn.Module]:
     """Supported layers that hold trainable parameters; raises when a trainable parameter lives elsewhere."""
-    layers = []
+    layers: list[nn.Module] = []
     for name, sub in module.named_modules():
         own = [p for p in sub.parameters(recurse=False) if p.requires_grad]
         if not own:
             continue
         if not isinstance(sub, SUPPORTED_LAYERS):
             raise BookKeepingUnsupported(f"layer {name or type(sub).__name__} ({type(sub).__name__}) has trainable "
-                                         "parameters; book-keeping clips Linear and Conv2d layers only")
+                                         "parameters; book-keeping clips Linear, Conv2d, Embedding and LayerNorm "
+                                         "layers only")
         if isinstance(sub, nn.Conv2d) and sub.groups != 1:
             raise BookKeepingUnsupported(f"layer {name} is a grouped convolution (groups={sub.groups})")
+        why = embedding_unsupported(sub) if isinstance(sub, nn.Embedding) else None
+        if why is not None:
+            raise BookKeepingUnsupported(f"layer {name} is {why}")
         layers.append(sub)
     return layers
 
@@ -228,7 +237,8 @@ def _linear_sequences(call: _Call, grad: torch.Tensor) -> tuple[torch.Tensor, to
 
 
 class _LayerTerms:
-    """One layer's per-sample squared norms (weight + bias) and how to form its clipped gradient sum."""
+    """A Linear or Conv2d layer's per-sample squared norms (weight + bias) and how to form its clipped gradient
+    sum (Embedding and LayerNorm: client/book_keeping_layers.py)."""
 
     def __init__(self, call: _Call, grad: torch.Tensor) -> None:
         self.layer = layer = call.layer
@@ -261,7 +271,9 @@ class _LayerTerms:
             a, g = _linear_sequences(call, grad)  # (B, T, K), (B, T, O)
             t, k, o = a.shape[1], a.shape[2], g.shape[2]
             if w_trained:
-                if o * k <= t * (o + k):  # materialise G_iᵀA_i: (B, O, K)
+                # materialise G_iᵀA_i (B, O, K) where that costs fewer operations (norms B·O·K·T, clipped sum
+                # B·O·K; the ghost form's B·T²·(O+K), then B·T·O·K) in at most twice the memory of A and G
+                if o * k <= min(t * t, 2 * t) * (o + k):
                     self.per_sample = torch.bmm(g.transpose(1, 2), a).reshape(1, b, o * k)
                     sq = torch.linalg.vector_norm(self.per_sample[0], dim=1).square()
                 else:  # ghost norm: ⟨A Aᵀ, G Gᵀ⟩ over (T, T)
@@ -428,10 +440,11 @@ def _clip_layers(calls: list[_Call], grads: tuple[torch.Tensor | None, ...], max
                  scale: float, *, dense_linear: bool = False) -> None:
     """``dense_linear``: every recorded layer is a fully trained ``nn.Linear`` (:class:`BookKeepingModule`
     decides once); :func:`_clip_dense_rows` then applies when each sees one ``(B, K)`` row per example."""
-    params = [(cast(torch.Tensor, c.layer.weight), cast(torch.Tensor, c.layer.bias)) for c in calls]
-    if dense_linear and _clip_dense_rows(calls, grads, params, max_grad_norm, scale):
+    if dense_linear and _clip_dense_rows(calls, grads, [(cast(torch.Tensor, c.layer.weight),
+                                                         cast(torch.Tensor, c.layer.bias)) for c in calls],
+                                         max_grad_norm, scale):
         return
-    terms = [_LayerTerms(c, g) for c, g in zip(calls, grads, strict=True) if g is not None]
+    terms = [_terms(c, g) for c, g in zip(calls, grads, strict=True) if g is not None]
     if not terms:  # the loss reached no recorded layer: nothing to clip
         return
     squared = terms[0].squared_norms  # fresh: updated in place
@@ -439,7 +452,20 @@ def _clip_layers(calls: list[_Call], grads: tuple[torch.Tensor | None, ...], max
         squared.add_(term.squared_norms)
     factors = _clip_factors(squared, max_grad_norm, scale)
     for term in terms:
-        term.clipped_sums(factors)
+        if isinstance(term, _LayerTerms):
+            term.clipped_sums(factors)
+        else:
+            for param, summed in term.clipped_grads(factors):
+                _accumulate(param, summed)
+
+
+def _terms(call: _Call, grad: torch.Tensor) -> _LayerTerms | EmbeddingTerms | LayerNormTerms:
+    """The per-sample terms of one recorded call: each layer type's rule."""
+    if isinstance(call.layer, nn.Embedding):
+        return EmbeddingTerms(call.layer, call.inputs, grad)
+    if isinstance(call.layer, nn.LayerNorm):
+        return LayerNormTerms(call.layer, call.inputs, grad)
+    return _LayerTerms(call, grad)
 
 
 class BookKeepingLoss:

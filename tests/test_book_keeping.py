@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -24,10 +25,12 @@ from fedshield.client.book_keeping import (
 from fedshield.client.local_training import make_private
 from fedshield.tasks.base import DataSchema, SiteData
 from fedshield.tasks.registry import get_task
+from fedshield.tasks.text_transformer import TextTransformer
 
 
-def _clipped_sum_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> dict[str, torch.Tensor]:
-    """Σ_i min(1, C/‖g_i‖)·g_i from per-example gradients of vmap'd autograd (no Opacus, no book-keeping)."""
+def _per_example(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Each example's gradient norm ``(B,)`` over all trainable parameters, and its gradients ``(B, *shape)`` by
+    name, from vmap'd per-example autograd in ``model``'s dtype (no Opacus, no book-keeping)."""
     params = {k: v.detach() for k, v in model.named_parameters() if v.requires_grad}
     frozen = {k: v.detach() for k, v in model.named_parameters() if not v.requires_grad}
 
@@ -35,9 +38,18 @@ def _clipped_sum_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, c
         return nn.functional.cross_entropy(functional_call(model, {**p, **frozen}, (xi[None],)), yi[None])
 
     per_example = vmap(grad(loss), in_dims=(None, 0, 0))(params, x, y)
-    norms = torch.stack([g.reshape(len(x), -1).norm(dim=1) for g in per_example.values()], 1).norm(dim=1)
+    return torch.stack([g.reshape(len(x), -1).norm(dim=1) for g in per_example.values()], 1).norm(dim=1), per_example
+
+
+def _clipped_sums(norms: torch.Tensor, per_example: dict[str, torch.Tensor], clip: float) -> dict[str, torch.Tensor]:
+    """Σ_i min(1, C/‖g_i‖)·g_i for each parameter."""
     factors = (clip / norms).clamp(max=1.0)
     return {k: torch.einsum("b,b...->...", factors, g) for k, g in per_example.items()}
+
+
+def _clipped_sum_reference(model: nn.Module, x: torch.Tensor, y: torch.Tensor, clip: float) -> dict[str, torch.Tensor]:
+    """Σ_i min(1, C/‖g_i‖)·g_i from per-example gradients of vmap'd autograd (no Opacus, no book-keeping)."""
+    return _clipped_sums(*_per_example(model, x, y), clip)
 
 
 def _bias_frozen(layer: nn.Module) -> nn.Module:
@@ -77,6 +89,96 @@ MODELS = {
                                            _bias_frozen(nn.Linear(16, 8)), nn.ReLU(), nn.Linear(8, 3, bias=False)),
                      (10,)),
 }
+
+
+def _ids(n: int, length: int, vocab: int) -> torch.Tensor:
+    """Token ids ``(n, length)`` with repeats inside each example (a repeated id sums its rows' gradients),
+    0 (padding) in about a third of the positions after the first, 1 (``[CLS]``) first."""
+    ids = torch.randint(2, vocab, (n, length))
+    ids[:, 1:3] = ids[:, 3:5]
+    ids[torch.rand(n, length) < 0.3] = 0
+    ids[:, 0] = 1
+    return ids
+
+
+def _no_bias(layer: nn.LayerNorm) -> nn.LayerNorm:
+    layer.bias = None  # type: ignore[assignment]  # as nn.LayerNorm(..., bias=False) leaves it
+    return layer
+
+
+#: models of Embedding and LayerNorm layers: name -> (build, input shape, vocabulary (0: float input))
+LAYER_MODELS = {
+    "embedding-repeated-ids": (lambda: nn.Sequential(nn.Embedding(20, 6), nn.Flatten(), nn.Linear(6 * 7, 3)), (7,), 20),
+    "embedding-padding-idx-layernorm": (lambda: nn.Sequential(nn.Embedding(12, 8, padding_idx=0), nn.LayerNorm(8),
+                                                              nn.Tanh(), nn.Flatten(), nn.Linear(8 * 6, 3)), (6,), 12),
+    "layernorm-2d-frozen-bias": (lambda: nn.Sequential(nn.Linear(6, 6), _bias_frozen(nn.LayerNorm((5, 6))),
+                                                       nn.Flatten(), nn.Linear(30, 3)), (5, 6), 0),
+    "layernorm-no-bias-over-positions": (lambda: nn.Sequential(nn.Linear(4, 8), _no_bias(nn.LayerNorm(8)), nn.ReLU(),
+                                                               nn.Flatten(), nn.Linear(8 * 3, 3)), (3, 4), 0),
+    # text-transformer's model, small: embeddings, attention's Linear layers over (B, T, K) with padding
+    # masked, LayerNorm; recorded by hooks
+    "text-transformer": (lambda: TextTransformer(3, max_length=10, buckets=30, width=16, heads=2, layers=2,
+                                                 feed_forward=24), (10,), 30),
+}
+
+
+def _layer_model_inputs(name: str, n: int) -> torch.Tensor:
+    _, shape, vocab = LAYER_MODELS[name]
+    return _ids(n, shape[0], vocab) if vocab else torch.randn(n, *shape) * 3
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_MODELS))
+def test_embedding_and_layer_norm_norms_and_clipped_sums_equal_float64_per_example_autograd(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every example's gradient norm over the whole private vector and the clipped sums of an Embedding
+    (repeated ids, padding_idx), a LayerNorm (2-d normalised shape, frozen or no bias) and the Linear layers
+    of a transformer over (B, T, K) match float64 autograd; the clip bound is the examples' median norm."""
+    torch.manual_seed(0)
+    build, _, _ = LAYER_MODELS[name]
+    model = build()
+    x, y = _layer_model_inputs(name, 12), torch.randint(0, 3, (12,))
+    # float64 autograd on a copy (integer ids stay ids)
+    norms, per_example = _per_example(copy.deepcopy(model).double(), x.double() if x.is_floating_point() else x, y)
+    clip = float(norms.median())  # half the examples clipped, half not
+    reference = _clipped_sums(norms, per_example, clip)
+    squared: list[torch.Tensor] = []  # what the clip factors are computed from: each example's squared norm
+    clip_factors = book_keeping._clip_factors
+
+    def recorded(sq: torch.Tensor, max_grad_norm: float, scale: float) -> torch.Tensor:
+        squared.append(sq.clone())
+        return clip_factors(sq, max_grad_norm, scale)
+
+    monkeypatch.setattr(book_keeping, "_clip_factors", recorded)
+    wrapped = BookKeepingModule(model)
+    clip_and_sum(wrapped, nn.functional.cross_entropy(wrapped(x), y, reduction="sum"), clip)
+    assert len(squared) == 1 and torch.allclose(squared[0].double().sqrt(), norms, rtol=1e-5)
+    for key, expected in reference.items():
+        got = model.get_parameter(key).grad
+        assert got is not None and torch.allclose(got.double(), expected, rtol=1e-4, atol=1e-6), key
+    assert len(reference) == sum(p.requires_grad for p in model.parameters())
+    assert all(p.grad is None for p in model.parameters() if not p.requires_grad)
+    for embedding in (m for m in model.modules() if isinstance(m, nn.Embedding) and m.padding_idx is not None):
+        assert not embedding.weight.grad[embedding.padding_idx].any()  # type: ignore[index]
+    assert wrapped.to_standard_module() is model
+
+
+@pytest.mark.parametrize("name", sorted(LAYER_MODELS))
+def test_embedding_and_layer_norm_models_give_zero_clipped_sums_for_an_empty_batch(name: str) -> None:
+    model = LAYER_MODELS[name][0]()
+    wrapped = BookKeepingModule(model)
+    loss = BookKeepingLoss(wrapped, nn.CrossEntropyLoss(), max_grad_norm=1.0, scale=0.5)(
+        wrapped(_layer_model_inputs(name, 0)), torch.zeros(0, dtype=torch.long))
+    loss.backward()
+    assert all(p.grad is not None and p.grad.shape == p.shape and not p.grad.any()
+               for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(("option", "value"), [("sparse", True), ("max_norm", 1.0), ("scale_grad_by_freq", True)])
+def test_embeddings_book_keeping_cannot_clip_are_refused(option: str, value: object) -> None:
+    """A sparse gradient, rows renormalised in the forward pass, or a gradient scaled by the batch's id counts
+    (examples interact): refused when wrapped, so the platform falls back to Opacus."""
+    with pytest.raises(BookKeepingUnsupported, match=option):
+        BookKeepingModule(nn.Sequential(nn.Embedding(10, 4, **{option: value}), nn.Flatten(), nn.Linear(8, 2)))
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
@@ -180,8 +282,8 @@ def test_a_loss_not_computed_through_the_wrapper_is_refused_not_taken_as_zero_gr
 
 
 def test_unsupported_layers_fall_back_to_ghost_clipping_and_say_so(caplog: pytest.LogCaptureFixture) -> None:
-    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.Linear(8, 2))
-    with pytest.raises(BookKeepingUnsupported, match="LayerNorm"):
+    model = nn.Sequential(nn.Linear(4, 8), nn.GroupNorm(2, 8), nn.Linear(8, 2))
+    with pytest.raises(BookKeepingUnsupported, match="GroupNorm"):
         BookKeepingModule(model)
     task = get_task("tabular")  # dp_mode "bk"
     x = torch.randn(32, 4)
@@ -191,7 +293,7 @@ def test_unsupported_layers_fall_back_to_ghost_clipping_and_say_so(caplog: pytes
         private = make_private(task, site, model, torch.optim.SGD(model.parameters(), lr=0.1),
                                DataLoader(site.train, batch_size=8), noise_multiplier=1.0, max_grad_norm=1.0)
     assert private.mode == "ghost"
-    assert "Opacus mode bk unavailable" in caplog.text and "LayerNorm" in caplog.text
+    assert "Opacus mode bk unavailable" in caplog.text and "GroupNorm" in caplog.text
 
 
 def test_every_step_is_noised_and_accounted_like_opacus() -> None:

@@ -85,10 +85,12 @@ def test_every_per_sample_gradient_is_clipped_to_c(task_name: str) -> None:
         assert summed <= C * len(x) * (1 + 1e-4)
 
 
-def test_opacus_per_sample_gradients_of_the_transformer_are_exact() -> None:
-    """The attention's nn.Linear projections and the rest: Opacus' per-sample gradients equal per-example autograd."""
+def test_opacus_per_sample_gradients_of_the_transformer_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The attention's nn.Linear projections and the rest: Opacus' per-sample gradients equal per-example autograd
+    (hooks, where the transformer's book-keeping falls back to; book-keeping's own: tests/test_book_keeping.py)."""
     torch.manual_seed(0)
     task = get_task("text-transformer")
+    monkeypatch.setattr(task, "dp_mode", "hooks")
     site = _text_site(8)
     model = task.build_model(site.schema, TaskOptions())
     twin = copy.deepcopy(model)  # plain autograd, no Opacus hooks
