@@ -57,8 +57,9 @@ class TextTransformer(nn.Module):
         self.head = nn.Linear(width, classes)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
-        # positions get a batch dimension so that Opacus computes per-sample gradients for them too
-        positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1)
+        # positions get a batch dimension so that Opacus computes per-sample gradients for them too; contiguous,
+        # because Opacus 1.6's ghost clipping views the ids (an expanded view made it fail at the first step)
+        positions = torch.arange(ids.shape[1], device=ids.device).expand(ids.shape[0], -1).contiguous()
         x = self.tokens(ids) + self.positions(positions)
         padding = ids == PAD
         for layer in self.layers:
@@ -92,9 +93,8 @@ class TextTransformerTask(SupervisedTask):
                    "2) or the names of fedshield.toml labels = [...]; at most max_length tokens (default 64) per "
                    "text; 20% held out for validation")
     metrics = CLASSIFICATION_METRICS
-    # one-pass book-keeping (client/book_keeping.py: its Embedding, LayerNorm and sequence Linear rules). Of
-    # Opacus' modes only hooks trains this model: ghost clipping fails at its first step on the position
-    # embedding's expanded ids (tests/test_dp_training.py runs hooks)
+    # one-pass book-keeping (client/book_keeping.py: its Embedding, LayerNorm and sequence Linear rules); Opacus'
+    # ghost and hooks modes, the fallbacks, train it too (tests/test_dp_training.py)
     dp_mode = "bk"
 
     def load_site(self, path: Path, options: TaskOptions) -> SiteData:

@@ -85,6 +85,27 @@ def test_every_per_sample_gradient_is_clipped_to_c(task_name: str) -> None:
         assert summed <= C * len(x) * (1 + 1e-4)
 
 
+@pytest.mark.parametrize("mode", ["ghost", "hooks"])
+def test_the_transformer_clips_under_each_fallback_mode(monkeypatch: pytest.MonkeyPatch, mode: str) -> None:
+    """Where book-keeping refuses a model the platform falls back to Opacus' ghost clipping, then hooks: both
+    train the transformer (ghost failed at its first step on the position ids' non-contiguous view)."""
+    torch.manual_seed(0)
+    task = get_task("text-transformer")
+    monkeypatch.setattr(task, "dp_mode", mode)
+    site = _text_site(16)
+    model = task.build_model(site.schema, TaskOptions())
+    C = 0.01
+    private = make_private(task, site, model, torch.optim.SGD(model.parameters(), lr=0.1),
+                           DataLoader(site.train, batch_size=16), noise_multiplier=0.0, max_grad_norm=C)
+    assert private.mode == mode
+    x, y = site.train.tensors
+    private.optimizer.zero_grad()
+    (private.criterion or task.loss)(private.model(x), y).backward()
+    private.optimizer.pre_step()
+    summed = torch.sqrt(sum((p.summed_grad.float() ** 2).sum() for p in model.parameters() if p.requires_grad))
+    assert 0 < summed <= C * len(x) * (1 + 1e-4)
+
+
 def test_opacus_per_sample_gradients_of_the_transformer_are_exact(monkeypatch: pytest.MonkeyPatch) -> None:
     """The attention's nn.Linear projections and the rest: Opacus' per-sample gradients equal per-example autograd
     (hooks, where the transformer's book-keeping falls back to; book-keeping's own: tests/test_book_keeping.py)."""
