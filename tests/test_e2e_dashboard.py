@@ -132,6 +132,10 @@ def _finished_run_shows_epsilon_per_site(tmp_path: Path, digits_sites: Path, art
         driver.get(f"http://127.0.0.1:{page_port}/")
         _wait_for(lambda: driver.execute_script("return document.getElementById('status').textContent") == "finished",
                   30, "the finished run")
+        # a finished run does not change: the page keeps its rows (a redraw every second undid a reader's selection)
+        driver.execute_script("document.querySelector('#sites tbody tr').dataset.mark = 'kept'")
+        time.sleep(2.5)  # more than two polls
+        assert driver.execute_script("return document.querySelector('#sites tbody tr').dataset.mark") == "kept"
         for name in SITES:
             ledger = run_cli("fl-client", "privacy", "--data", str(digits_sites / name), "--state-dir",
                              str(tmp_path / f"state-{name}"), "--json")
