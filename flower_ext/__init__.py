@@ -1,4 +1,4 @@
-"""The one door to Flower's internals: everything FedShield changes in Flower's behaviour, and nothing else.
+"""The one door to Flower's internals: everything FedShield changes in Flower's behaviour, and Flower state it reaches.
 
 FedShield is built on Flower's public API (``flwr.app``, ``flwr.serverapp``, ``flwr.clientapp``,
 ``flwr.client``, ``flwr.server`` strategies and workflows, ``flwr.common`` records). Where that is not
@@ -21,6 +21,8 @@ module                      adapts                                              
                             masked vectors                                      the ClientApp's SecAgg+ mod
 :mod:`.simulation_engine`   the simulation engine: message scan                 ``fl-sim``'s runner
 :mod:`.flower_cli`          Flower's ``flwr`` CLI: the coordinator's token      :mod:`.flower_cli_main`
+:mod:`.workflow_round`      reads and sets the legacy workflows' round          FedShield's workflow steps
+                            counter (no change to Flower)
 ==========================  ==================================================  ===============================
 
 Each ``install()`` runs from its process's ``main()``, never on import, and first checks that the

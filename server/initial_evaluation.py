@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flwr.app import Context
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
 from flwr.server.workflow.default_workflows import default_evaluate_workflow
 from flwr.serverapp import Grid
+
+from fedshield.flower_ext.workflow_round import current_round, set_current_round
 
 Workflow = Callable[[Grid, Context], None]
 
@@ -22,13 +23,12 @@ def with_initial_evaluation(fit_workflow: Workflow) -> Workflow:
     """Return a fit workflow that first evaluates the initial model on every site (round 0)."""
 
     def workflow(grid: Grid, context: Context) -> None:
-        cfg = context.state.config_records[MAIN_CONFIGS_RECORD]
-        if cfg[Key.CURRENT_ROUND] == 1:
-            cfg[Key.CURRENT_ROUND] = 0
+        if current_round(context) == 1:
+            set_current_round(context, 0)
             try:
                 default_evaluate_workflow(grid, context)
             finally:
-                cfg[Key.CURRENT_ROUND] = 1
+                set_current_round(context, 1)
         fit_workflow(grid, context)
 
     return workflow

@@ -148,10 +148,10 @@ Workflow = Callable[[Any, Any], None]
 
 def after_round(workflow: Workflow, last_round: int) -> Workflow:
     """A Flower workflow step that runs only in rounds after ``last_round`` (those up to it are done)."""
-    from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
+    from fedshield.flower_ext.workflow_round import current_round
 
     def step(grid: Any, context: Any) -> None:
-        if int(context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]) > last_round:
+        if current_round(context) > last_round:
             workflow(grid, context)
 
     return step

@@ -27,24 +27,23 @@ value fits, half the bytes of the largest upload of a SecAgg+ round.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
-from logging import INFO
 from typing import Any
 
 from flwr.app import Context, Message
-from flwr.common.logger import log
 from flwr.server.compat import LegacyContext
 from flwr.server.workflow import SecAggPlusWorkflow
-from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD
-from flwr.server.workflow.constant import Key as WorkflowKey
 
 from fedshield.flower_ext import secagg
+from fedshield.flower_ext.workflow_round import current_round
 
 QUANTIZATION_RANGE = 2**22
 CLIPPING_RANGE = 8.0
 MIN_MODULUS = 2**32
+FLOWER_LOG = logging.getLogger("flwr")  # Flower's own logger: the stage times appear among its lines
 INT64_LIMIT = 2**63  # Flower adds sites' masked int64 vectors before reducing them modulo the modulus
 
 
@@ -107,10 +106,9 @@ class FedShieldSecAggPlus(SecAggPlusWorkflow):
 
     def unmask_stage(self, grid, context, state):
         ok = self._timed("unmasking", super().unmask_stage, grid, context, state)
-        log(INFO, "SecAgg+ stages (s): %s", ", ".join(f"{k} {v:.2f}" for k, v in self._stage_s.items()))
+        FLOWER_LOG.info("SecAgg+ stages (s): %s", ", ".join(f"{k} {v:.2f}" for k, v in self._stage_s.items()))
         if self.on_stages is not None:
-            rnd = int(context.state.config_records[MAIN_CONFIGS_RECORD][WorkflowKey.CURRENT_ROUND])
-            self.on_stages(rnd, dict(self._stage_s))
+            self.on_stages(current_round(context), dict(self._stage_s))
         return ok
 
     def _timed(self, name: str, stage: Callable[..., bool], *args: Any) -> bool:
