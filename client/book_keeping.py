@@ -21,11 +21,11 @@ ghost clipping's second pass, here with the noise drawn in one call: client/flat
 only the clipped sum is computed here, because Opacus has no one-pass mode.
 
 Supported: models whose trainable parameters all belong to ``nn.Linear`` (any number of positions:
-``(B, ..., K)`` inputs, a transformer's ``(B, T, K)``), ``nn.Conv2d`` (``groups=1``), ``nn.Embedding`` (not
-sparse, no ``max_norm``, no ``scale_grad_by_freq``) or ``nn.LayerNorm`` layers (the last two's rules:
-client/book_keeping_layers.py), each called once per forward pass, and whose examples do not interact (no
-BatchNorm). Anything else raises :class:`BookKeepingUnsupported` when wrapped, and the platform falls back
-to ghost clipping.
+``(B, ..., K)`` inputs, a transformer's ``(B, T, K)``), ``nn.Conv2d`` (grouped and depthwise too),
+``nn.Embedding`` (not sparse, no ``max_norm``, no ``scale_grad_by_freq``), ``nn.LayerNorm`` or ``nn.GroupNorm``
+layers (the last three's rules: client/book_keeping_layers.py), each called once per forward pass, and whose
+examples do not interact (no BatchNorm). Anything else raises :class:`BookKeepingUnsupported` when wrapped,
+and the platform falls back to ghost clipping.
 """
 
 from __future__ import annotations
@@ -40,13 +40,18 @@ from opacus.data_loader import DPDataLoader
 from torch import nn
 from torch.utils.data import DataLoader
 
-from fedshield.client.book_keeping_layers import EmbeddingTerms, LayerNormTerms, embedding_unsupported
+from fedshield.client.book_keeping_layers import (
+    EmbeddingTerms,
+    GroupNormTerms,
+    LayerNormTerms,
+    embedding_unsupported,
+)
 from fedshield.client.flat_noise_optimizer import FlatNoiseDPOptimizer
 
 # torch.autograd.grad's own entry into autograd's engine (output_grads); None where a torch release lacks it
 _ENGINE = getattr(getattr(torch.autograd, "graph", None), "_engine_run_backward", None)
 
-SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d, nn.Embedding, nn.LayerNorm)
+SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d, nn.Embedding, nn.LayerNorm, nn.GroupNorm)
 
 
 class BookKeepingUnsupported(ValueError):
@@ -157,10 +162,8 @@ def _trainable_layers(module: nn.Module) -> list[nn.Module]:
             continue
         if not isinstance(sub, SUPPORTED_LAYERS):
             raise BookKeepingUnsupported(f"layer {name or type(sub).__name__} ({type(sub).__name__}) has trainable "
-                                         "parameters; book-keeping clips Linear, Conv2d, Embedding and LayerNorm "
-                                         "layers only")
-        if isinstance(sub, nn.Conv2d) and sub.groups != 1:
-            raise BookKeepingUnsupported(f"layer {name} is a grouped convolution (groups={sub.groups})")
+                                         "parameters; book-keeping clips Linear, Conv2d, Embedding, LayerNorm and "
+                                         "GroupNorm layers only")
         why = embedding_unsupported(sub) if isinstance(sub, nn.Embedding) else None
         if why is not None:
             raise BookKeepingUnsupported(f"layer {name} is {why}")
@@ -204,6 +207,8 @@ def conv_per_sample_grads(layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) ->
     fast as a full im2col, whose copy costs more than the products. Otherwise one product
     ``(C·kh·kw × H'W')·(H'W' × O)`` per example over the full im2col.
     """
+    if layer.groups > 1:
+        return grouped_conv_per_sample_grads(layer, a, g), ""
     b, o = g.shape[:2]
     kh, kw = layer.kernel_size
     c = a.shape[1]
@@ -223,6 +228,35 @@ def conv_per_sample_grads(layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) ->
     return out.reshape(kh, b, kw * c * o), "hkco"
 
 
+def grouped_conv_per_sample_grads(layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-sample weight gradients ``(1, B, numel)``, in the weight's own ``(O, C/G, kh, kw)`` order, of a
+    convolution with ``G = groups > 1``: group ``k``'s block is the ordinary rule on its own input channels
+    ``k·C/G…`` and output channels ``k·O/G…`` (Bu et al. 2023's ``G_iᵀA_i`` per group).
+
+    Depthwise (``C/G = 1``, MobileNetV2's 3×3 layers): ``∂ℓ_i/∂W[o, 0, r, s] = Σ_p G_iop·A_i,o//m,p+(r,s)``
+    (``m = O/G``), one product of ``G`` with a shifted view of the input per kernel tap, ``kh·kw`` products of
+    ``G``'s size instead of an im2col ``kh·kw`` times the input's. Otherwise one batched product
+    ``(C/G·kh·kw × H'W')·(H'W' × O/G)`` per example and group over the im2col.
+    """
+    b, o, ho, wo = g.shape
+    groups, (kh, kw) = layer.groups, layer.kernel_size
+    cg, og = a.shape[1] // groups, o // groups
+    ap = _padded(layer, a)
+    if cg == 1:
+        src = ap if og == 1 else ap.repeat_interleave(og, 1)  # output channel o reads input channel o // m
+        (dh, dw), (s_h, s_w) = layer.dilation, layer.stride
+        out = torch.empty(b, o, kh, kw, dtype=g.dtype, device=g.device)
+        for r in range(kh):
+            for s in range(kw):
+                tap = src[:, :, r * dh:r * dh + s_h * (ho - 1) + 1:s_h, s * dw:s * dw + s_w * (wo - 1) + 1:s_w]
+                out[:, :, r, s] = (g * tap).sum((2, 3))
+        return out.reshape(1, b, o * kh * kw)
+    patches = _patches(layer, ap, (ho, wo)).reshape(b * groups, cg * kh * kw, ho * wo)
+    gt = g.reshape(b * groups, og, ho * wo).transpose(1, 2)  # (B·G, H'W', O/G)
+    per_group = torch.bmm(patches, gt).reshape(b, groups, cg, kh, kw, og)
+    return per_group.permute(0, 1, 5, 2, 3, 4).reshape(1, b, o * cg * kh * kw)
+
+
 def weight_order(summed: torch.Tensor, layout: str, weight_shape: torch.Size) -> torch.Tensor:
     """A convolution's per-sample layout ``layout`` summed over examples, as ``(O, C, kh, kw)``."""
     o, c, kh, kw = weight_shape
@@ -238,7 +272,7 @@ def _linear_sequences(call: _Call, grad: torch.Tensor) -> tuple[torch.Tensor, to
 
 class _LayerTerms:
     """A Linear or Conv2d layer's per-sample squared norms (weight + bias) and how to form its clipped gradient
-    sum (Embedding and LayerNorm: client/book_keeping_layers.py)."""
+    sum (Embedding, LayerNorm and GroupNorm: client/book_keeping_layers.py)."""
 
     def __init__(self, call: _Call, grad: torch.Tensor) -> None:
         self.layer = layer = call.layer
@@ -459,12 +493,14 @@ def _clip_layers(calls: list[_Call], grads: tuple[torch.Tensor | None, ...], max
                 _accumulate(param, summed)
 
 
-def _terms(call: _Call, grad: torch.Tensor) -> _LayerTerms | EmbeddingTerms | LayerNormTerms:
+def _terms(call: _Call, grad: torch.Tensor) -> _LayerTerms | EmbeddingTerms | LayerNormTerms | GroupNormTerms:
     """The per-sample terms of one recorded call: each layer type's rule."""
     if isinstance(call.layer, nn.Embedding):
         return EmbeddingTerms(call.layer, call.inputs, grad)
     if isinstance(call.layer, nn.LayerNorm):
         return LayerNormTerms(call.layer, call.inputs, grad)
+    if isinstance(call.layer, nn.GroupNorm):
+        return GroupNormTerms(call.layer, call.inputs, grad)
     return _LayerTerms(call, grad)
 
 
