@@ -133,7 +133,8 @@ LAYER_MODELS = {
                                                            nn.Flatten(), nn.Linear(6 * 5 * 5, 3)), (3, 5, 5), 0),
     "grouped-conv": (lambda: nn.Sequential(nn.Conv2d(6, 4, 3, stride=(1, 2), padding=1, groups=2), nn.ReLU(),
                                            nn.Flatten(), nn.Linear(4 * 6 * 3, 3)), (6, 6, 6), 0),
-    # transfer-mobilenet's network, narrow (dropout off: vmap's reference draws no dropout mask); hooks
+    # transfer-mobilenet's network, narrow (dropout off: vmap's reference draws no dropout mask);
+    # recorded by hooks
     "mobilenet-v2": (lambda: MobileNetV2(3, width=0.35).eval(), (3, 32, 32), 0),
     "mobilenet-v2-head": (lambda: _head_only(MobileNetV2(3, width=0.35).eval()), (3, 32, 32), 0),
 }
