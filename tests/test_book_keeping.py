@@ -133,6 +133,11 @@ LAYER_MODELS = {
                                                            nn.Flatten(), nn.Linear(6 * 5 * 5, 3)), (3, 5, 5), 0),
     "grouped-conv": (lambda: nn.Sequential(nn.Conv2d(6, 4, 3, stride=(1, 2), padding=1, groups=2), nn.ReLU(),
                                            nn.Flatten(), nn.Linear(4 * 6 * 3, 3)), (6, 6, 6), 0),
+    # per-sample gradients over 16× the size of A and G: dropped after their norms, the clipped sum recomputed
+    "wide-conv-low-resolution": (lambda: nn.Sequential(nn.Conv2d(16, 32, 3, stride=2, padding=1,
+                                                                 padding_mode="reflect"), nn.ReLU(),
+                                                       nn.Conv2d(32, 64, 3, padding=1, groups=2), nn.Flatten(),
+                                                       nn.Linear(64 * 2 * 2, 3)), (16, 3, 3), 0),
     # transfer-mobilenet's network, narrow (dropout off: vmap's reference draws no dropout mask);
     # recorded by hooks
     "mobilenet-v2": (lambda: MobileNetV2(3, width=0.35).eval(), (3, 32, 32), 0),
