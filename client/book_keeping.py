@@ -276,6 +276,17 @@ def _linear_sequences(call: _Call, grad: torch.Tensor) -> tuple[torch.Tensor, to
     return call.inputs.flatten(1, -2), grad.flatten(1, -2)  # (flatten, not reshape(-1): a batch can be empty)
 
 
+def _pointwise(layer: nn.Conv2d) -> bool:
+    """A 1×1 convolution, stride 1, no padding, not grouped: a Linear layer over the input's positions."""
+    return (layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.padding in ((0, 0), "valid")
+            and layer.groups == 1)
+
+
+def _positions(call: _Call, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, G)`` of a 1×1 convolution as ``(B, H·W, C)`` and ``(B, H·W, O)``."""
+    return call.inputs.flatten(2).transpose(1, 2), grad.flatten(2).transpose(1, 2)
+
+
 class _LayerTerms:
     """A Linear or Conv2d layer's per-sample squared norms (weight + bias) and how to form its clipped gradient
     sum (Embedding, LayerNorm and GroupNorm: client/book_keeping_layers.py)."""
@@ -302,7 +313,7 @@ class _LayerTerms:
                 self.squared_norms = g_sq
             return
         sq: torch.Tensor | None = None
-        if isinstance(layer, nn.Conv2d):
+        if isinstance(layer, nn.Conv2d) and not _pointwise(layer):
             if w_trained:
                 per_sample, layout = conv_per_sample_grads(layer, call.inputs, grad)
                 sq = torch.linalg.vector_norm(per_sample, dim=2).square().sum(0)
@@ -311,8 +322,8 @@ class _LayerTerms:
                 else:  # far larger than A and G (a wide 1×1 convolution at low resolution): dropped now, the
                     self.a, self.g = call.inputs, grad  # clipped sum is one weight-gradient convolution of c∘G
             bias_grads = grad.flatten(2).sum(2)
-        else:
-            a, g = _linear_sequences(call, grad)  # (B, T, K), (B, T, O)
+        else:  # a Linear layer, or a 1×1 convolution: a Linear layer over its H·W positions
+            a, g = _linear_sequences(call, grad) if isinstance(layer, nn.Linear) else _positions(call, grad)
             t, k, o = a.shape[1], a.shape[2], g.shape[2]
             if w_trained:
                 # materialise G_iᵀA_i (B, O, K) where that costs fewer operations (norms B·O·K·T, clipped sum
@@ -347,8 +358,8 @@ class _LayerTerms:
                 w = torch.stack([torch.mv(part.t(), factors) for part in self.per_sample])  # (parts, numel/parts)
                 if self.layout:
                     w = weight_order(w, self.layout, cast(torch.Size, weight.shape))
-            elif isinstance(layer, nn.Conv2d):
-                assert self.a is not None and self.g is not None
+            elif isinstance(layer, nn.Conv2d) and self.a is not None and self.a.dim() == 4:
+                assert self.g is not None
                 w = conv2d_weight(_padded(layer, self.a), weight.shape, self.g * factors[:, None, None, None],
                                   layer.stride, 0, layer.dilation, layer.groups)
             else:
