@@ -21,11 +21,11 @@ ghost clipping's second pass, here with the noise drawn in one call: client/flat
 only the clipped sum is computed here, because Opacus has no one-pass mode.
 
 Supported: models whose trainable parameters all belong to ``nn.Linear`` (any number of positions:
-``(B, ..., K)`` inputs, a transformer's ``(B, T, K)``), ``nn.Conv2d`` (``groups=1``), ``nn.Embedding`` (not
-sparse, no ``max_norm``, no ``scale_grad_by_freq``) or ``nn.LayerNorm`` layers (the last two's rules:
-client/book_keeping_layers.py), each called once per forward pass, and whose examples do not interact (no
-BatchNorm). Anything else raises :class:`BookKeepingUnsupported` when wrapped, and the platform falls back
-to ghost clipping.
+``(B, ..., K)`` inputs, a transformer's ``(B, T, K)``), ``nn.Conv2d`` (grouped and depthwise too),
+``nn.Embedding`` (not sparse, no ``max_norm``, no ``scale_grad_by_freq``), ``nn.LayerNorm`` or ``nn.GroupNorm``
+layers (the last three's rules: client/book_keeping_layers.py), each called once per forward pass, and whose
+examples do not interact (no BatchNorm). Anything else raises :class:`BookKeepingUnsupported` when wrapped,
+and the platform falls back to ghost clipping.
 """
 
 from __future__ import annotations
@@ -38,15 +38,26 @@ import torch.nn.functional as F
 from opacus import PrivacyEngine
 from opacus.data_loader import DPDataLoader
 from torch import nn
+from torch.nn.grad import conv2d_weight
 from torch.utils.data import DataLoader
 
-from fedshield.client.book_keeping_layers import EmbeddingTerms, LayerNormTerms, embedding_unsupported
+from fedshield.client.book_keeping_layers import (
+    EmbeddingTerms,
+    GroupNormTerms,
+    LayerNormTerms,
+    embedding_unsupported,
+)
 from fedshield.client.flat_noise_optimizer import FlatNoiseDPOptimizer
 
 # torch.autograd.grad's own entry into autograd's engine (output_grads); None where a torch release lacks it
 _ENGINE = getattr(getattr(torch.autograd, "graph", None), "_engine_run_backward", None)
 
-SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d, nn.Embedding, nn.LayerNorm)
+#: a convolution keeps its per-sample gradients (B·numel) for the clipped sum while they take at most this many
+#: times its input's and output gradient's elements; larger ones are dropped once their norms are taken (on
+#: MobileNetV2 at 32×32 its late 1×1 layers: 320→1280 at 1×1 holds 105 MB at batch 64)
+KEEP_PER_SAMPLE = 16
+
+SUPPORTED_LAYERS = (nn.Linear, nn.Conv2d, nn.Embedding, nn.LayerNorm, nn.GroupNorm)
 
 
 class BookKeepingUnsupported(ValueError):
@@ -157,10 +168,8 @@ def _trainable_layers(module: nn.Module) -> list[nn.Module]:
             continue
         if not isinstance(sub, SUPPORTED_LAYERS):
             raise BookKeepingUnsupported(f"layer {name or type(sub).__name__} ({type(sub).__name__}) has trainable "
-                                         "parameters; book-keeping clips Linear, Conv2d, Embedding and LayerNorm "
-                                         "layers only")
-        if isinstance(sub, nn.Conv2d) and sub.groups != 1:
-            raise BookKeepingUnsupported(f"layer {name} is a grouped convolution (groups={sub.groups})")
+                                         "parameters; book-keeping clips Linear, Conv2d, Embedding, LayerNorm and "
+                                         "GroupNorm layers only")
         why = embedding_unsupported(sub) if isinstance(sub, nn.Embedding) else None
         if why is not None:
             raise BookKeepingUnsupported(f"layer {name} is {why}")
@@ -204,6 +213,8 @@ def conv_per_sample_grads(layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) ->
     fast as a full im2col, whose copy costs more than the products. Otherwise one product
     ``(C·kh·kw × H'W')·(H'W' × O)`` per example over the full im2col.
     """
+    if layer.groups > 1:
+        return grouped_conv_per_sample_grads(layer, a, g), ""
     b, o = g.shape[:2]
     kh, kw = layer.kernel_size
     c = a.shape[1]
@@ -223,6 +234,35 @@ def conv_per_sample_grads(layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) ->
     return out.reshape(kh, b, kw * c * o), "hkco"
 
 
+def grouped_conv_per_sample_grads(layer: nn.Conv2d, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Per-sample weight gradients ``(1, B, numel)``, in the weight's own ``(O, C/G, kh, kw)`` order, of a
+    convolution with ``G = groups > 1``: group ``k``'s block is the ordinary rule on its own input channels
+    ``k·C/G…`` and output channels ``k·O/G…`` (Bu et al. 2023's ``G_iᵀA_i`` per group).
+
+    Depthwise (``C/G = 1``, MobileNetV2's 3×3 layers): ``∂ℓ_i/∂W[o, 0, r, s] = Σ_p G_iop·A_i,o//m,p+(r,s)``
+    (``m = O/G``), one product of ``G`` with a shifted view of the input per kernel tap, ``kh·kw`` products of
+    ``G``'s size instead of an im2col ``kh·kw`` times the input's. Otherwise one batched product
+    ``(C/G·kh·kw × H'W')·(H'W' × O/G)`` per example and group over the im2col.
+    """
+    b, o, ho, wo = g.shape
+    groups, (kh, kw) = layer.groups, layer.kernel_size
+    cg, og = a.shape[1] // groups, o // groups
+    ap = _padded(layer, a)
+    if cg == 1:
+        src = ap if og == 1 else ap.repeat_interleave(og, 1)  # output channel o reads input channel o // m
+        (dh, dw), (s_h, s_w) = layer.dilation, layer.stride
+        out = torch.empty(b, o, kh, kw, dtype=g.dtype, device=g.device)
+        for r in range(kh):
+            for s in range(kw):
+                tap = src[:, :, r * dh:r * dh + s_h * (ho - 1) + 1:s_h, s * dw:s * dw + s_w * (wo - 1) + 1:s_w]
+                out[:, :, r, s] = (g * tap).sum((2, 3))
+        return out.reshape(1, b, o * kh * kw)
+    patches = _patches(layer, ap, (ho, wo)).reshape(b * groups, cg * kh * kw, ho * wo)
+    gt = g.reshape(b * groups, og, ho * wo).transpose(1, 2)  # (B·G, H'W', O/G)
+    per_group = torch.bmm(patches, gt).reshape(b, groups, cg, kh, kw, og)
+    return per_group.permute(0, 1, 5, 2, 3, 4).reshape(1, b, o * cg * kh * kw)
+
+
 def weight_order(summed: torch.Tensor, layout: str, weight_shape: torch.Size) -> torch.Tensor:
     """A convolution's per-sample layout ``layout`` summed over examples, as ``(O, C, kh, kw)``."""
     o, c, kh, kw = weight_shape
@@ -236,9 +276,20 @@ def _linear_sequences(call: _Call, grad: torch.Tensor) -> tuple[torch.Tensor, to
     return call.inputs.flatten(1, -2), grad.flatten(1, -2)  # (flatten, not reshape(-1): a batch can be empty)
 
 
+def _pointwise(layer: nn.Conv2d) -> bool:
+    """A 1×1 convolution, stride 1, no padding, not grouped: a Linear layer over the input's positions."""
+    return (layer.kernel_size == (1, 1) and layer.stride == (1, 1) and layer.padding in ((0, 0), "valid")
+            and layer.groups == 1)
+
+
+def _positions(call: _Call, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(A, G)`` of a 1×1 convolution as ``(B, H·W, C)`` and ``(B, H·W, O)``."""
+    return call.inputs.flatten(2).transpose(1, 2), grad.flatten(2).transpose(1, 2)
+
+
 class _LayerTerms:
     """A Linear or Conv2d layer's per-sample squared norms (weight + bias) and how to form its clipped gradient
-    sum (Embedding and LayerNorm: client/book_keeping_layers.py)."""
+    sum (Embedding, LayerNorm and GroupNorm: client/book_keeping_layers.py)."""
 
     def __init__(self, call: _Call, grad: torch.Tensor) -> None:
         self.layer = layer = call.layer
@@ -262,13 +313,17 @@ class _LayerTerms:
                 self.squared_norms = g_sq
             return
         sq: torch.Tensor | None = None
-        if isinstance(layer, nn.Conv2d):
+        if isinstance(layer, nn.Conv2d) and not _pointwise(layer):
             if w_trained:
-                self.per_sample, self.layout = conv_per_sample_grads(layer, call.inputs, grad)
-                sq = torch.linalg.vector_norm(self.per_sample, dim=2).square().sum(0)
+                per_sample, layout = conv_per_sample_grads(layer, call.inputs, grad)
+                sq = torch.linalg.vector_norm(per_sample, dim=2).square().sum(0)
+                if per_sample.numel() <= KEEP_PER_SAMPLE * (call.inputs.numel() + grad.numel()):
+                    self.per_sample, self.layout = per_sample, layout
+                else:  # far larger than A and G (a wide 1×1 convolution at low resolution): dropped now, the
+                    self.a, self.g = call.inputs, grad  # clipped sum is one weight-gradient convolution of c∘G
             bias_grads = grad.flatten(2).sum(2)
-        else:
-            a, g = _linear_sequences(call, grad)  # (B, T, K), (B, T, O)
+        else:  # a Linear layer, or a 1×1 convolution: a Linear layer over its H·W positions
+            a, g = _linear_sequences(call, grad) if isinstance(layer, nn.Linear) else _positions(call, grad)
             t, k, o = a.shape[1], a.shape[2], g.shape[2]
             if w_trained:
                 # materialise G_iᵀA_i (B, O, K) where that costs fewer operations (norms B·O·K·T, clipped sum
@@ -303,6 +358,10 @@ class _LayerTerms:
                 w = torch.stack([torch.mv(part.t(), factors) for part in self.per_sample])  # (parts, numel/parts)
                 if self.layout:
                     w = weight_order(w, self.layout, cast(torch.Size, weight.shape))
+            elif isinstance(layer, nn.Conv2d) and self.a is not None and self.a.dim() == 4:
+                assert self.g is not None
+                w = conv2d_weight(_padded(layer, self.a), weight.shape, self.g * factors[:, None, None, None],
+                                  layer.stride, 0, layer.dilation, layer.groups)
             else:
                 assert self.a is not None and self.g is not None
                 gc = self.g * factors[:, None, None]
@@ -459,12 +518,14 @@ def _clip_layers(calls: list[_Call], grads: tuple[torch.Tensor | None, ...], max
                 _accumulate(param, summed)
 
 
-def _terms(call: _Call, grad: torch.Tensor) -> _LayerTerms | EmbeddingTerms | LayerNormTerms:
+def _terms(call: _Call, grad: torch.Tensor) -> _LayerTerms | EmbeddingTerms | LayerNormTerms | GroupNormTerms:
     """The per-sample terms of one recorded call: each layer type's rule."""
     if isinstance(call.layer, nn.Embedding):
         return EmbeddingTerms(call.layer, call.inputs, grad)
     if isinstance(call.layer, nn.LayerNorm):
         return LayerNormTerms(call.layer, call.inputs, grad)
+    if isinstance(call.layer, nn.GroupNorm):
+        return GroupNormTerms(call.layer, call.inputs, grad)
     return _LayerTerms(call, grad)
 
 

@@ -1,4 +1,5 @@
-"""Book-keeping's per-sample rules for ``nn.Embedding`` and ``nn.LayerNorm`` (used by client/book_keeping.py).
+"""Book-keeping's per-sample rules for ``nn.Embedding``, ``nn.LayerNorm`` and ``nn.GroupNorm`` (used by
+client/book_keeping.py).
 
 Book-keeping (Bu, Mao, Xu, Zha, Karypis 2023, "Differentially Private Optimization on Large Model at Small
 Cost", ICML) needs, for each layer, every example's squared gradient norm and the clip-weighted sum of the
@@ -15,6 +16,10 @@ layer here is a product ``Z = A·Wᵀ``, but both have per-example gradients as 
 - ``nn.LayerNorm`` (``Z = x̂ ∘ γ + β`` over the normalised trailing dims): example i's gradients are
   ``Σ_t G_it ∘ x̂_it`` and ``Σ_t G_it``, materialised ``(B, numel)``; ``x̂`` is recomputed from the recorded
   input by ``F.layer_norm`` without the affine part, with the layer's ``eps``.
+- ``nn.GroupNorm`` (``Z_c = x̂_c·γ_c + β_c``, ``x̂`` normalised over each example's group of channels and all
+  positions, Wu & He 2018): example i's gradients are ``Σ_p G_icp·x̂_icp`` and ``Σ_p G_icp`` over the positions
+  ``p``, materialised ``(B, C)``; ``x̂`` from ``F.group_norm`` without the affine part (same groups, same ``eps``).
+  Each example is normalised with its own statistics only, so examples do not interact.
 """
 
 from __future__ import annotations
@@ -92,3 +97,31 @@ class LayerNormTerms:
     def clipped_grads(self, factors: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """``[(parameter, Σ_i c_i ∂ℓ_i/∂θ)]`` for each trained parameter, ``factors`` ``(B,)``."""
         return [(p, (factors @ ps).reshape(p.shape)) for p, ps in self.per_sample]
+
+
+def _channels_positions(t: torch.Tensor) -> torch.Tensor:
+    """``t`` ``(B, C, *spatial)`` as ``(B, C, positions)`` (``(B, C)``: one position); a batch may be empty."""
+    return t.flatten(2) if t.dim() > 2 else t.unsqueeze(2)
+
+
+class GroupNormTerms:
+    """An ``nn.GroupNorm`` call's per-sample squared norms ``(B,)`` and clipped weight and bias sums.
+
+    ``x``: the call's input ``(B, C, *spatial)``; ``grad``: its output's gradient, same shape.
+    """
+
+    def __init__(self, layer: nn.GroupNorm, x: torch.Tensor, grad: torch.Tensor) -> None:
+        g = _channels_positions(grad)  # (B, C, positions)
+        self.per_sample: list[tuple[torch.Tensor, torch.Tensor]] = []  # (parameter, (B, C))
+        weight, bias = layer.weight, layer.bias
+        if weight is not None and weight.requires_grad:
+            x_hat = _channels_positions(F.group_norm(x, layer.num_groups, eps=layer.eps))
+            self.per_sample.append((weight, torch.linalg.vecdot(g, x_hat)))
+        if bias is not None and bias.requires_grad:
+            self.per_sample.append((bias, g.sum(2)))
+        squared = [torch.linalg.vecdot(ps, ps) for _, ps in self.per_sample]
+        self.squared_norms = squared[0] if len(squared) == 1 else squared[0] + squared[1]
+
+    def clipped_grads(self, factors: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``[(parameter, Σ_i c_i ∂ℓ_i/∂θ)]`` for each trained parameter, ``factors`` ``(B,)``."""
+        return [(p, factors @ ps) for p, ps in self.per_sample]

@@ -62,9 +62,9 @@ class TransferMobileNetTask(CifarCNNTask):
     data_format = CifarCNNTask.data_format
     reads_sites_of = ("cifar-cnn",)  # a site folder written for cifar-cnn joins this task's runs too
     metrics = CifarCNNTask.metrics
-    # Depthwise convolutions and GroupNorm have no ghost-norm shortcut; per-sample gradients by hooks
-    # (benchmarks/dp_overhead.py measures both the full network and the head alone).
-    dp_mode = "hooks"
+    # Book-keeping clips GroupNorm and depthwise convolutions in one backward pass (client/book_keeping.py);
+    # Opacus' ghost clipping is the fallback (benchmarks/dp_overhead.py measures the full network and the head).
+    dp_mode = "bk"
 
     def resolve_model(self, model: str, *, pretrained: bool, dp: bool) -> str:
         """The variant every site builds: ``auto`` becomes ``head`` when the run starts from

@@ -8,9 +8,11 @@ import numpy as np
 import pytest
 import torch
 from opacus.validators import ModuleValidator
-from torch.utils.data import TensorDataset
+from torch.utils.data import DataLoader, TensorDataset
 
-from fedshield.client.local_training import PrivacySettings, train_round
+from fedshield.client import local_training
+from fedshield.client.book_keeping import BookKeepingUnsupported
+from fedshield.client.local_training import PrivacySettings, make_private, train_round
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
 from fedshield.simulations.shapes_dataset import generate_shapes
@@ -66,6 +68,39 @@ def test_head_only_dp_round_changes_the_head_and_nothing_else(tmp_path: Path) ->
     after = model.state_dict()
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed == {"classifier.1.weight", "classifier.1.bias"}
+
+
+def test_full_network_trains_under_book_keeping_and_its_ghost_fallback_still_works(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GroupNorm and depthwise convolutions are book-keeping layers: the task's ``bk`` mode takes the whole
+    network (no fallback), a DP round changes every tensor; with book-keeping refused, Opacus' ghost clipping
+    (the fallback) trains it."""
+    model = build_model(TASK, SCHEMA, TaskOptions(model="full@0.35"), seed=0)
+    site = _site(32)
+    private = make_private(TASK, site, model, torch.optim.SGD(model.parameters(), lr=0.1),
+                           DataLoader(site.train, batch_size=16), noise_multiplier=1.0, max_grad_norm=1.0)
+    assert TASK.dp_mode == "bk" and private.mode == "bk"
+    private.model.to_standard_module()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = RunConfig(task=TASK.name, rounds=1, batch_size=16, model="full@0.35")
+    privacy = PrivacySettings(True, 8.0, 1e-5, 1.0, tmp_path / "state")
+    outcome = train_round(TASK, site, model, cfg, run_id="r", rnd=1, privacy=privacy, device=torch.device("cpu"))
+    assert outcome.result.steps > 0 and 0 < outcome.epsilon <= 8
+    assert all(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise BookKeepingUnsupported("refused for this test")
+
+    monkeypatch.setattr(local_training, "make_private_book_keeping", refused)
+    model = build_model(TASK, SCHEMA, TaskOptions(model="full@0.35"), seed=0)
+    private = make_private(TASK, site, model, torch.optim.SGD(model.parameters(), lr=0.1),
+                           DataLoader(site.train, batch_size=16), noise_multiplier=1.0, max_grad_norm=1.0)
+    assert private.mode == "ghost"
+    xb, yb = site.train.tensors[0][:8], site.train.tensors[1][:8]
+    private.optimizer.zero_grad()
+    private.criterion(private.model(xb), yb).backward()
+    private.optimizer.step()
+    assert all(p.grad is not None for p in model.parameters())
 
 
 def test_init_weights_fills_every_tensor_and_a_head_for_other_classes_stays_fresh(tmp_path: Path) -> None:
