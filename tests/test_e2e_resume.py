@@ -112,7 +112,10 @@ def test_killed_site_and_killed_coordinator_resume_under_tls(tmp_path: Path, dig
     restarted = " ".join((tmp_path / LOGS[1]).read_text().split())
     assert "still holds this kit's previous connection" in restarted, restarted[-3000:]
     for name, log in zip(SITES, LOGS, strict=True):
-        assert "reconnecting" in (tmp_path / log).read_text()
+        # the sites that stayed up lost the coordinator and reconnected; the restarted one may still have been
+        # waiting out its old connection when the coordinator died, and then joins the resumed run afresh
+        if log != LOGS[1]:
+            assert "reconnecting" in (tmp_path / log).read_text()
         ledger = run_cli("fl-client", "privacy", "--data", str(digits_sites / name), "--state-dir",
                          str(tmp_path / f"st-{name}"), "--json")
         assert ledger.returncode == 0, ledger.stderr
