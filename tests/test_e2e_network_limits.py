@@ -21,7 +21,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from conftest import run_cli, start_cli, stop_processes
+from conftest import run_cli, start_cli, stop_processes, wait_for_text
 from fedshield.common.net import free_port
 
 pytestmark = pytest.mark.slow
@@ -36,13 +36,6 @@ GIVE_UP_S = 30.0
 HALF_CLIENT_HELLO = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"
 
 
-def _wait_for(path: Path, text: str, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{text!r} not in {path} after {timeout} s:\n{path.read_text(errors='replace')[-3000:]}")
 
 
 def _superlink(server: subprocess.Popen[bytes]) -> psutil.Process:
@@ -94,7 +87,7 @@ def test_oversized_requests_without_credentials_are_refused_unread_and_memory_st
                        "--idle-timeout", str(IDLE_S), log=tmp_path / "server.out")
     sites: list[subprocess.Popen[bytes]] = []
     try:
-        _wait_for(tmp_path / "server.out", "waiting for 2 site(s)")
+        wait_for_text(tmp_path / "server.out", "waiting for 2 site(s)", timeout=180)
         link = _superlink(server)
         baseline = _rss_mib(link)
         answers = [_post_oversized(port, ca, declared=True) for _ in range(4)]
@@ -147,7 +140,7 @@ def waiting_coordinator(tmp_path: Path) -> Iterator[tuple[int, Path]]:
                        "--min-clients", "2", "--run-dir", str(tmp_path / "run"), "--join-timeout", "600",
                        "--idle-timeout", str(IDLE_S), log=tmp_path / "server.out")
     try:
-        _wait_for(tmp_path / "server.out", "waiting for 2 site(s)")
+        wait_for_text(tmp_path / "server.out", "waiting for 2 site(s)", timeout=180)
         yield port, fed / "kits" / SITES[0] / "ca.crt"
     finally:
         stop_processes(server)
@@ -191,7 +184,7 @@ def test_one_peer_cannot_hold_more_than_its_share_of_connections(tmp_path: Path)
         return conn
 
     try:
-        _wait_for(tmp_path / "server.out", "waiting for 2 site(s)")
+        wait_for_text(tmp_path / "server.out", "waiting for 2 site(s)", timeout=180)
         flood = [connect() for _ in range(12)]
         time.sleep(2.0)  # refused ones are closed as they open; held ones idle for 15 s
         held = [conn for conn in flood if not _closed_by_server(conn, time.monotonic() + 0.2)]

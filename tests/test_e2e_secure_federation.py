@@ -10,13 +10,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from conftest import BIN, cli_env, digits_checkpoint_quality, run_cli, start_cli
+from conftest import BIN, cli_env, digits_checkpoint_quality, run_cli, start_cli, wait_for_text
 from fedshield.common import pki
 from fedshield.common.net import free_port
 
@@ -24,13 +23,6 @@ pytestmark = pytest.mark.slow
 SITES = ("hospital_a", "hospital_b", "hospital_c")
 
 
-def _wait_for(path: Path, text: str, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and text in path.read_text(errors="replace"):
-            return
-        time.sleep(0.3)
-    raise AssertionError(f"{text!r} not in {path} after {timeout} s:\n{path.read_text(errors='replace')[-3000:]}")
 
 
 def _join(kit: Path, data: Path, port: int, state: Path) -> subprocess.CompletedProcess[str]:
@@ -62,7 +54,7 @@ def test_tls_federation_trains_and_refuses_every_intruder(tmp_path: Path, digits
                        log=tmp_path / "server.out")
     sites: list[subprocess.Popen[bytes]] = []
     try:
-        _wait_for(tmp_path / "server.out", "waiting for 3 site(s)")
+        wait_for_text(tmp_path / "server.out", "waiting for 3 site(s)")
 
         # 1. a second client identity (it even has the CA certificate) tries to start a run
         home = tmp_path / "intruder-flwr"
@@ -78,7 +70,7 @@ def test_tls_federation_trains_and_refuses_every_intruder(tmp_path: Path, digits
         listing = subprocess.run([str(BIN / "flwr"), "ls", "target", "--format", "json"], env=env,
                                  capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
         assert json.loads(listing.stdout)["success"] is False
-        _wait_for(run_dir / "server.log", "FedShield guard: refused POST /v1/control/start-run")
+        wait_for_text(run_dir / "server.log", "FedShield guard: refused POST /v1/control/start-run")
 
         # 5. a site revoked while the coordinator runs: dropped from the running SuperLink at once
         shutil.copytree(fed / "kits" / "hospital_e", tmp_path / "revoked-live-kit")
