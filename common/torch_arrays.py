@@ -51,6 +51,19 @@ def state_dict_from_ndarrays(model: nn.Module, arrays: list[np.ndarray]) -> Orde
     return out
 
 
+def fixed_mask(model: nn.Module) -> list[np.ndarray] | None:
+    """``[mask]``, aligned with :func:`model_to_ndarrays`' vector: True at the values of parameters the model
+    keeps fixed (``requires_grad`` False: a frozen backbone, digits-cnn's Gabor filters and random middle
+    layers). No site's training changes them, so an honest update carries them back unchanged. ``None``
+    when every parameter trains. Buffers (BatchNorm statistics) may change in training: never fixed."""
+    module = _unwrap(model)
+    frozen = {name for name, p in module.named_parameters(remove_duplicate=False) if not p.requires_grad}
+    if not frozen:
+        return None
+    parts = [np.full(t.numel(), name in frozen) for name, t in _plain_state_dict(model).items()]
+    return [np.concatenate(parts)]
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     """Opacus' GradSampleModule wraps the model as ``_module``; weights live on the inner one."""
     return getattr(model, "_module", model)

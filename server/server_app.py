@@ -30,7 +30,7 @@ from flwr.serverapp import Grid, ServerApp
 from fedshield.common.errors import RunFolderError
 from fedshield.common.metrics import weighted_mean
 from fedshield.common.run_config import RunConfig
-from fedshield.common.torch_arrays import model_to_ndarrays
+from fedshield.common.torch_arrays import fixed_mask, model_to_ndarrays
 from fedshield.common.update_bounds import NormBound, parse_min_cosine
 from fedshield.flower_ext import serverapp as flower_serverapp
 from fedshield.flower_ext.network_limits import MAX_MESSAGE_KEY, check_model_fits
@@ -128,7 +128,7 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         # checks first: a rejected update never reaches central DP's clipping nor the strategy, and the
         # recorder sees it as a failure that names the site and the reason
         strategy = ValidatingStrategy(RecordingStrategy(wrap_central_dp(inner, cfg, len(node_ids)), recorder),
-                                      update_policy(cfg, replies))
+                                      update_policy(cfg, replies, fixed_mask(model)))
         if resume is not None:
             restore_server_state(strategy, resume.point.state, healthy)
             strategy.resume_from = ndarrays_to_parameters(exchanged)
@@ -187,8 +187,10 @@ def restore_server_state(strategy: ValidatingStrategy, state: dict[str, Any],
     strategy.restore_checks(state.get("checks", {}), {str(r["site"]): nid for nid, r in sites.items()})
 
 
-def update_policy(cfg: RunConfig, replies: dict[int, dict[str, Any]]) -> UpdatePolicy:
-    """The update checks for this run: counts capped at what each site released in its handshake.
+def update_policy(cfg: RunConfig, replies: dict[int, dict[str, Any]],
+                  fixed: list[np.ndarray] | None = None) -> UpdatePolicy:
+    """The update checks for this run: counts capped at what each site released in its handshake, and the
+    ``fixed`` values (:func:`fixed_mask` of the global model) held unchanged.
 
     A site the handshake did not ask (a sampled simulation; a site that connected later) may claim at most
     the largest virtual site's count plus five standard deviations of the count noise (simulation), or
@@ -200,7 +202,7 @@ def update_policy(cfg: RunConfig, replies: dict[int, dict[str, Any]]) -> UpdateP
     default = cfg.max_site_examples + 100 if cfg.max_site_examples else 2 * largest
     return UpdatePolicy(norm_bound=NormBound.parse(cfg.max_update_norm), max_rejections=cfg.max_rejections,
                         count_limits=limits, default_count_limit=default, aggregate_only=cfg.secagg,
-                        min_cosine=parse_min_cosine(cfg.min_update_cosine))
+                        min_cosine=parse_min_cosine(cfg.min_update_cosine), fixed=fixed)
 
 
 def handshake_nodes(node_ids: list[int], cfg: RunConfig, mode: str) -> list[int]:

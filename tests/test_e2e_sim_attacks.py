@@ -42,3 +42,28 @@ def test_attacking_sites_cost_little_and_are_named(tmp_path: Path) -> None:
             if entry["round"] <= 2:  # then excluded (3 rejections by default)
                 assert set(failures) == {"site_0000", "site_0001"} and all(why in r for r in failures.values())
             assert not {"site_0000", "site_0001"} & set(entry["train"]["sites"])
+
+
+def test_a_random_update_cannot_move_the_frozen_layers(tmp_path: Path) -> None:
+    """digits-cnn under DP trains its last layer only; its Gabor filters and random middle layers stay as every
+    site built them. An attacker's random update spread over all 454,922 values moved them (9.4 points lost
+    in benchmarks/poisoning.py); now it is refused for it, and the fixed layers end as they began."""
+    import torch
+
+    from fedshield.tasks.digits_cnn import GABOR_NORM
+    from fedshield.tasks.gabor_filters import gabor_bank
+
+    run_dir = tmp_path / "random"
+    proc = run_cli("fl-sim", "run", "--task", "digits-cnn", "--clients", "4", "--rounds", "2", "--seed", "1",
+                   "--epsilon", "8", "--no-plots", "--run-dir", str(run_dir), "--attack", "random:1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads((run_dir / "results.json").read_text())
+    assert doc["status"] == "finished"
+    for entry in (r for r in doc["rounds"] if r["round"] > 0):
+        failures = {f["site"]: f["reason"] for f in entry["train"]["failures"]}
+        assert set(failures) == {"site_0000"}
+        assert "parameters the task keeps fixed" in failures["site_0000"]
+    final = torch.load(run_dir / "model-final.pt", weights_only=True)["state_dict"]
+    gabor = gabor_bank(5, norm=GABOR_NORM).to(torch.float32)
+    # as built, up to the float rounding of FedAvg's weighted mean of equal values (the attack moved them ~1e-4)
+    assert float((final["features.0.weight"] - gabor).abs().max()) < 1e-6

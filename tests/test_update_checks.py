@@ -304,6 +304,60 @@ def test_under_secagg_only_the_sum_is_checked_and_an_outsized_one_is_discarded()
     assert params is not None
 
 
+# the bias (array 1) and the first row of the weight (array 0) are frozen: an honest site sends them back as received
+FIXED = [np.zeros((4, 3), dtype=bool), np.ones(3, dtype=bool)]
+FIXED[0][0] = True
+
+
+def _trains_unfixed(rng: np.random.Generator) -> list[np.ndarray]:
+    return [np.where(m, g, u).astype(np.float32) for g, u, m in zip(GLOBAL, _honest(rng), FIXED, strict=True)]
+
+
+def test_an_update_that_moves_a_frozen_parameter_is_refused_and_the_frozen_layers_stay() -> None:
+    """A random update spread over every value moved digits-cnn's fixed Gabor and random layers: no honest
+    site's training moves them, so any change to one is refused (its size does not matter)."""
+    observer = Observer()
+    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer), UpdatePolicy(fixed=FIXED))
+    rng = np.random.default_rng(2)
+    replies = {i: _fit(_trains_unfixed(rng)) for i in (1, 2, 3, 4)}
+    attack = _trains_unfixed(rng)
+    attack[1] = attack[1] + np.float32(1e-3)  # a small nudge to a frozen layer, well inside the norm bound
+    replies[5] = _fit(attack)
+    params, _ = _round(strategy, _manager(5), 1, replies)
+    assert params is not None
+    for out, g, m in zip(params, GLOBAL, FIXED, strict=True):
+        np.testing.assert_array_equal(out[m], g[m])  # untouched: exactly the global model's values
+    assert abs(float(params[0][1:].mean()) - 1.0) < 0.2  # the honest sites' training went through
+    ((node, why),) = observer.failed[1]
+    assert node == 5 and "changes 3 values of the parameters the task keeps fixed" in why
+
+
+def test_under_secagg_the_sums_frozen_values_are_the_global_models() -> None:
+    """Under SecAgg+ no site's update can be checked alone: the sum's frozen values are put back instead, so a
+    masked attack cannot move a frozen layer either (nor SecAgg+'s quantisation error)."""
+    strategy = ValidatingStrategy(FedAvg(), UpdatePolicy(aggregate_only=True, fixed=FIXED))
+    moved = ndarrays_to_parameters([(g + 0.5).astype(np.float64) for g in GLOBAL])
+    params, _ = _round(strategy, _manager(3), 1, {i: _fit(moved) for i in (1, 2, 3)})
+    assert params is not None
+    for out, g, m in zip(params, GLOBAL, FIXED, strict=True):
+        np.testing.assert_array_equal(out[m], g[m])
+        np.testing.assert_allclose(out[~m], g[~m] + 0.5)
+
+
+def test_the_fixed_mask_marks_exactly_the_frozen_parameters_of_the_packed_model() -> None:
+    from torch import nn
+
+    from fedshield.common.torch_arrays import fixed_mask, model_to_ndarrays
+
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    assert fixed_mask(model) is None  # everything trains
+    model[2].weight.requires_grad_(False)
+    (mask,) = fixed_mask(model)
+    (vector,) = model_to_ndarrays(model)
+    assert mask.shape == vector.shape and int(mask.sum()) == 8
+    np.testing.assert_array_equal(vector[mask], model[2].weight.detach().numpy().ravel())
+
+
 def test_evaluation_replies_with_nan_or_inflated_counts_are_dropped() -> None:
     observer = Observer()
     strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer),
