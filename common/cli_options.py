@@ -37,8 +37,9 @@ MaxUpdateNorm = Annotated[str, typer.Option(
     "counts are always refused.")]
 MinUpdateCosine = Annotated[str, typer.Option(
     "--min-update-cosine", help="Refuse a site whose updates, summed over rounds, point against the other sites' "
-    "median update (sign-flipping attackers): 0 turns it on for federations of similar (IID) sites, 3 or more a "
-    "round; off (default): sites with differing data disagree honestly, and would be refused.")]
+    "median update (sign-flipping attackers; one that leans that way sits out the round): 0 turns it on for "
+    "federations of similar sites, 3 or more a round; off (default): sites whose data differ strongly (each "
+    "holding a few classes) disagree honestly, and would be held back.")]
 MaxRejections = Annotated[int, typer.Option(
     "--max-rejections", min=1, help="Rejected updates after which a site is excluded for the rest of the run.")]
 TolerateAttackers = Annotated[int, typer.Option(
