@@ -209,26 +209,39 @@ def test_sign_flipped_updates_are_refused_so_fedavg_keeps_learning() -> None:
     assert all(abs(float(a.mean()) - 1.0) < 0.1 for a in params)
 
 
+D = 1290  # digits-cnn's trained values under DP
+
+
+def _flip_round(strategy: ValidatingStrategy, manager: SimpleClientManager, rnd: int, signal: np.ndarray,
+                rng: np.random.Generator) -> set[int]:
+    """One round of 10 sites, 8-10 sign-flipping, each update ``signal·√D`` plus unit noise (as measured on
+    digits-cnn at ε = 8: honest cosines with the others' median +0.05 ± 0.03, flipped about −0.05); the
+    sites sampled."""
+    replies = {}
+    for nid in range(1, 11):
+        update = signal * math.sqrt(D) + rng.standard_normal(D)
+        replies[nid] = _fit([(-update if nid > 7 else update).astype(np.float32)])
+    instructions = strategy.configure_fit(rnd, ndarrays_to_parameters([np.zeros(D, dtype=np.float32)]), manager)
+    strategy.aggregate_fit(rnd, [(p, replies[p.node_id]) for p, _ in instructions], [])
+    return {p.node_id for p, _ in instructions}
+
+
+def _signal(rng: np.random.Generator) -> np.ndarray:
+    signal = rng.standard_normal(D)
+    return signal * 0.25 / np.linalg.norm(signal)
+
+
 def test_weak_but_steady_sign_flips_are_caught_over_rounds_while_noisy_honest_sites_stay() -> None:
-    """Under DP noise an update barely agrees with the others (digits-cnn at ε = 8: cosines of ±0.05 in
-    1,290 dimensions); one round cannot tell a flip, a few rounds of the same sign can."""
+    """Under DP noise an update barely agrees with the others (cosines of ±0.05 in 1,290 dimensions); one round
+    cannot prove a flip, a few rounds of the same sign can."""
     observer = Observer()
     strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer), UpdatePolicy(max_rejections=2, min_cosine=0.0))
     manager = _manager(10)
     rng = np.random.default_rng(7)
-    d = 1290
-    big = [np.zeros(d, dtype=np.float32)]
-    signal = rng.standard_normal(d)
-    signal *= 0.25 / np.linalg.norm(signal)  # as measured: honest cosines with the others ~+0.05, flipped ~-0.08
+    signal = _signal(rng)
     excluded_at = None
     for rnd in range(1, 8):
-        replies = {}
-        for nid in range(1, 11):
-            update = signal * math.sqrt(d) + rng.standard_normal(d)
-            replies[nid] = _fit([(-update if nid > 7 else update).astype(np.float32)])
-        instructions = strategy.configure_fit(rnd, ndarrays_to_parameters(big), manager)
-        results = [(p, replies[p.node_id]) for p, _ in instructions]
-        strategy.aggregate_fit(rnd, results, [])
+        _flip_round(strategy, manager, rnd, signal, rng)
         if excluded_at is None and set(strategy.excluded) == {8, 9, 10}:
             excluded_at = rnd
         assert not set(strategy.excluded) - {8, 9, 10}, (rnd, strategy.excluded)  # no honest site, ever
@@ -265,25 +278,15 @@ def test_honest_updates_of_pure_noise_are_never_refused_by_the_direction_test(se
 
 
 def test_a_steady_sign_flip_sits_out_every_round_from_the_first() -> None:
-    """digits-cnn at ε = 8 as measured: honest cosines with the others' median +0.05 ± 0.03 in 1,290
-    dimensions, flipped -0.05; one chance deviation is 0.028. The flippers sit out round 1 already (the 3σ
-    refusal alone let them in for 3-4 rounds: 37 points lost), and are excluded once the sum is 3σ low."""
+    """One chance deviation is 1/√1290 = 0.028: the flippers sit out round 1 already (the 3σ refusal alone let
+    them in for 3-4 rounds: 37 points lost on digits-cnn), and are excluded once their sum is 3σ low."""
     observer = Observer()
     strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer), UpdatePolicy(min_cosine=0.0))
     manager = _manager(10)
     rng = np.random.default_rng(11)
-    d = 1290
-    signal = rng.standard_normal(d)
-    signal *= 0.25 / np.linalg.norm(signal)
-    big = [np.zeros(d, dtype=np.float32)]
+    signal = _signal(rng)
     for rnd in range(1, 7):
-        replies = {}
-        for nid in range(1, 11):
-            update = signal * math.sqrt(d) + rng.standard_normal(d)
-            replies[nid] = _fit([(-update if nid > 7 else update).astype(np.float32)])
-        instructions = strategy.configure_fit(rnd, ndarrays_to_parameters(big), manager)
-        strategy.aggregate_fit(rnd, [(p, replies[p.node_id]) for p, _ in instructions], [])
-        sampled = {p.node_id for p, _ in instructions}
+        sampled = _flip_round(strategy, manager, rnd, signal, rng)
         assert {n for n, _ in observer.failed[rnd]} == {8, 9, 10} & sampled, rnd  # no honest site, every round
     assert set(strategy.excluded) == {8, 9, 10}
 
