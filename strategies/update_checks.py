@@ -227,12 +227,14 @@ class ValidatingStrategy(Strategy):
     # ------------------------------------------------------------------ resumption
     def checks_state(self, site_of: Callable[[int], str]) -> dict[str, Any]:
         """What the checks remember, by site name (a site that reconnects gets another node id): rejections,
-        exclusions, and under SecAgg+ the earlier rounds' aggregate norms."""
+        exclusions, each site's summed direction cosines and their rounds, and under SecAgg+ the earlier
+        rounds' aggregate norms."""
         rejections: Counter[str] = Counter()
         for node_id, count in self.rejections.items():
             rejections[site_of(node_id)] += count
+        agreement = {site_of(n): [float(self._agreement_sum[n]), int(k)] for n, k in self._agreement_rounds.items()}
         return {"rejections": dict(rejections), "excluded": {site_of(n): r for n, r in self.excluded.items()},
-                "aggregate_norms": [float(n) for n in self._aggregate_norms]}
+                "aggregate_norms": [float(n) for n in self._aggregate_norms], "agreement": agreement}
 
     def restore_checks(self, state: dict[str, Any], node_ids: dict[str, int]) -> None:
         """Put back :meth:`checks_state` for the sites connected now (site name -> node id); a site not
@@ -243,6 +245,10 @@ class ValidatingStrategy(Strategy):
         for site, reason in dict(state.get("excluded", {})).items():
             if site in node_ids:
                 self.excluded[node_ids[site]] = str(reason)
+        for site, (total, rounds) in dict(state.get("agreement", {})).items():
+            if site in node_ids and math.isfinite(float(total)) and int(rounds) > 0:
+                self._agreement_sum[node_ids[site]] = float(total)
+                self._agreement_rounds[node_ids[site]] = int(rounds)
         self._aggregate_norms = [float(n) for n in state.get("aggregate_norms", [])]
 
     # ------------------------------------------------------------------ delegation

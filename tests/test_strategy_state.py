@@ -110,3 +110,15 @@ def test_rejections_and_exclusions_follow_the_site_not_its_node_id() -> None:
     assert resumed.excluded == {71: "NaN"} and resumed.rejections == {71: 2, 72: 1}
     resumed._reject(72, "NaN")  # hospital_b's second rejection excludes it, as it would have before the restart
     assert set(resumed.excluded) == {71, 72}
+
+
+def test_a_sites_direction_evidence_survives_a_restart() -> None:
+    """A sign-flipper two rounds from its 3σ refusal must not start again from zero after a coordinator crash
+    (its summed cosines would otherwise reset with each resume)."""
+    checks = ValidatingStrategy(make_strategy("fedavg"), UpdatePolicy(min_cosine=0.0))
+    checks._agreement_sum.update({11: -0.12, 12: 0.2})
+    checks._agreement_rounds.update({11: 2, 12: 2})
+    saved = checks.checks_state({11: "hospital_a", 12: "hospital_b"}.__getitem__)
+    resumed = ValidatingStrategy(make_strategy("fedavg"), UpdatePolicy(min_cosine=0.0))
+    resumed.restore_checks(_through_a_file(saved), {"hospital_a": 71, "hospital_b": 72})
+    assert dict(resumed._agreement_sum) == {71: -0.12, 72: 0.2} and dict(resumed._agreement_rounds) == {71: 2, 72: 2}
