@@ -240,8 +240,12 @@ def grouped_conv_per_sample_grads(layer: nn.Conv2d, a: torch.Tensor, g: torch.Te
     ``k·C/G…`` and output channels ``k·O/G…`` (Bu et al. 2023's ``G_iᵀA_i`` per group).
 
     Depthwise (``C/G = 1``, MobileNetV2's 3×3 layers): ``∂ℓ_i/∂W[o, 0, r, s] = Σ_p G_iop·A_i,o//m,p+(r,s)``
-    (``m = O/G``), one product of ``G`` with a shifted view of the input per kernel tap, ``kh·kw`` products of
-    ``G``'s size instead of an im2col ``kh·kw`` times the input's. Otherwise one batched product
+    (``m = O/G``), a cross-correlation of each example's input channel with its own output gradient. On the
+    CPU that is one depthwise convolution over all ``B·O`` channels, the input as the image and ``G`` as the
+    kernel (stride and dilation swapped): over MobileNetV2's 17 depthwise layers at 32×32 and batch 64,
+    49 ms of CPU time against 193 ms for the tap products below. Elsewhere (not measured on a GPU) one
+    product of ``G`` with a shifted view of the input per kernel tap, ``kh·kw`` products of ``G``'s size
+    instead of an im2col ``kh·kw`` times the input's. Otherwise one batched product
     ``(C/G·kh·kw × H'W')·(H'W' × O/G)`` per example and group over the im2col.
     """
     b, o, ho, wo = g.shape
@@ -250,17 +254,36 @@ def grouped_conv_per_sample_grads(layer: nn.Conv2d, a: torch.Tensor, g: torch.Te
     ap = _padded(layer, a)
     if cg == 1:
         src = ap if og == 1 else ap.repeat_interleave(og, 1)  # output channel o reads input channel o // m
-        (dh, dw), (s_h, s_w) = layer.dilation, layer.stride
-        out = torch.empty(b, o, kh, kw, dtype=g.dtype, device=g.device)
-        for r in range(kh):
-            for s in range(kw):
-                tap = src[:, :, r * dh:r * dh + s_h * (ho - 1) + 1:s_h, s * dw:s * dw + s_w * (wo - 1) + 1:s_w]
-                out[:, :, r, s] = (g * tap).sum((2, 3))
-        return out.reshape(1, b, o * kh * kw)
+        if g.device.type == "cpu" and b > 0:  # (an empty batch: a convolution of no channels does not exist)
+            return depthwise_by_convolution(layer, src, g)
+        return depthwise_by_taps(layer, src, g)
     patches = _patches(layer, ap, (ho, wo)).reshape(b * groups, cg * kh * kw, ho * wo)
     gt = g.reshape(b * groups, og, ho * wo).transpose(1, 2)  # (B·G, H'W', O/G)
     per_group = torch.bmm(patches, gt).reshape(b, groups, cg, kh, kw, og)
     return per_group.permute(0, 1, 5, 2, 3, 4).reshape(1, b, o * cg * kh * kw)
+
+
+def depthwise_by_convolution(layer: nn.Conv2d, src: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """A depthwise layer's per-sample gradients ``(1, B, O·kh·kw)`` from its padded input ``src`` ``(B, O, Hp,
+    Wp)`` (channel o the one output channel o reads) and ``g`` ``(B, O, H', W')``: one convolution of ``B·O``
+    groups, ``G`` the kernel, the layer's stride as its dilation and its dilation as the stride."""
+    b, o, ho, wo = g.shape
+    kh, kw = layer.kernel_size
+    corr = F.conv2d(src.reshape(1, b * o, *src.shape[2:]), g.reshape(b * o, 1, ho, wo), groups=b * o,
+                    stride=layer.dilation, dilation=layer.stride)  # (1, B·O, ≥ kh, ≥ kw)
+    return corr[..., :kh, :kw].reshape(1, b, o * kh * kw)
+
+
+def depthwise_by_taps(layer: nn.Conv2d, src: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """:func:`depthwise_by_convolution` as ``kh·kw`` products of ``G`` with shifted views of ``src``."""
+    b, o, ho, wo = g.shape
+    (kh, kw), (dh, dw), (s_h, s_w) = layer.kernel_size, layer.dilation, layer.stride
+    out = torch.empty(b, o, kh, kw, dtype=g.dtype, device=g.device)
+    for r in range(kh):
+        for s in range(kw):
+            tap = src[:, :, r * dh:r * dh + s_h * (ho - 1) + 1:s_h, s * dw:s * dw + s_w * (wo - 1) + 1:s_w]
+            out[:, :, r, s] = (g * tap).sum((2, 3))
+    return out.reshape(1, b, o * kh * kw)
 
 
 def weight_order(summed: torch.Tensor, layout: str, weight_shape: torch.Size) -> torch.Tensor:

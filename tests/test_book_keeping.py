@@ -18,7 +18,10 @@ from fedshield.client.book_keeping import (
     BookKeepingLoss,
     BookKeepingModule,
     BookKeepingUnsupported,
+    _padded,
     clip_and_sum,
+    depthwise_by_convolution,
+    depthwise_by_taps,
     make_private_book_keeping,
     output_grads,
 )
@@ -448,3 +451,19 @@ def test_noise_drawn_ahead_is_fresh_every_step_and_repeats_from_its_seed(width: 
     assert correlations.abs().max().item() < 0.15  # no step's noise is (a copy of) another's
     assert torch.equal(noise, noise_of_steps(1, len(noise))[0])
     assert not torch.equal(noise, noise_of_steps(2, len(noise))[0])
+
+
+@pytest.mark.parametrize("layer", [nn.Conv2d(4, 4, 3, stride=2, padding=2, dilation=2, groups=4),
+                                   nn.Conv2d(3, 6, (3, 2), padding=1, groups=3), nn.Conv2d(5, 5, 3, stride=(2, 1),
+                                                                                           groups=5)],
+                         ids=["stride-dilation", "multiplier", "uneven-stride"])
+def test_both_depthwise_rules_agree(layer: nn.Conv2d) -> None:
+    """The CPU takes one convolution over B·O channels; other devices the tap products (the GPU path CI cannot
+    run, checked here on the CPU against the convolution, itself checked against float64 per-example gradients
+    in the models above)."""
+    torch.manual_seed(0)
+    x = torch.randn(5, layer.in_channels, 9, 8, dtype=torch.float64)
+    layer = layer.double()
+    g = torch.randn_like(layer(x))
+    src = _padded(layer, x).repeat_interleave(layer.out_channels // layer.in_channels, 1)
+    torch.testing.assert_close(depthwise_by_convolution(layer, src, g), depthwise_by_taps(layer, src, g))
