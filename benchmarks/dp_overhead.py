@@ -8,8 +8,8 @@ and head-only: ``transfer-mobilenet-full``, ``transfer-mobilenet-head``, full wi
 discriminator step, private or not, and its two generator steps; seq2seq-attention on generated dates)
 at batch 64 on CPU:
 median time per optimizer step (forward, backward, step) without DP, with DP in the mode FedShield
-picks for the task (one-pass book-keeping clipping, client/book_keeping.py, for the CNNs, tabular and
-the transformer; hooks for MobileNetV2, dcgan and seq2seq), and, for reference where FedShield picks
+picks for the task (one-pass book-keeping clipping, client/book_keeping.py, for the CNNs, tabular,
+the transformer and seq2seq; hooks for dcgan), and, for reference where FedShield picks
 another, Opacus' fastest mode (ghost clipping) and its default (hooks). Every process keeps freed
 memory mapped as FedShield's training processes do (common/allocator.py). Each
 configuration runs in a fresh process (clean peak memory), repeated --repeats times (median of the
@@ -154,7 +154,8 @@ def _stepper(task_name: str, mode: str):  # type: ignore[no-untyped-def]
             task.train(model, _OneBatch(xb, yb), optimizer, epochs=1, device=torch.device("cpu"),
                        private_module=private_module)
         elif task_name == "seq2seq-attention":  # the task's own batch loss (teacher forcing)
-            task.train(model, _OneBatch(xb, yb), optimizer, epochs=1, device=torch.device("cpu"))
+            task.train(model, _OneBatch(xb, yb), optimizer, epochs=1, device=torch.device("cpu"),
+                       criterion=criterion)
         else:
             optimizer.zero_grad(set_to_none=True)
             out = model(xb)

@@ -23,13 +23,20 @@ only the clipped sum is computed here, because Opacus has no one-pass mode.
 Supported: models whose trainable parameters all belong to ``nn.Linear`` (any number of positions:
 ``(B, ..., K)`` inputs, a transformer's ``(B, T, K)``), ``nn.Conv2d`` (grouped and depthwise too),
 ``nn.Embedding`` (not sparse, no ``max_norm``, no ``scale_grad_by_freq``), ``nn.LayerNorm`` or ``nn.GroupNorm``
-layers (the last three's rules: client/book_keeping_layers.py), each called once per forward pass, and whose
-examples do not interact (no BatchNorm). Anything else raises :class:`BookKeepingUnsupported` when wrapped,
+layers (the last three's rules: client/book_keeping_layers.py), and whose examples do not interact (no
+BatchNorm). Each layer is called once per forward pass, except ``nn.Linear`` layers (Opacus' ``RNNLinear``
+too): a Linear layer called ``T`` times with inputs ``a_t`` ``(B, K)`` has the per-sample gradient
+``Σ_t g_tᵀa_t``, the one-call rule over ``T`` positions, so its calls are joined into one
+(:func:`_merge_repeated`; Opacus' ``DPLSTM``, whose cells run once per time step, is clipped this way). Other
+layers called twice are refused at the backward pass: their rules read the input in the layer's own shape
+(a convolution's image, a norm's normalised dimensions), which concatenating calls does not keep, and no
+task repeats one. A model with another trainable layer raises :class:`BookKeepingUnsupported` when wrapped,
 and the platform falls back to ghost clipping.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import NamedTuple, cast
 
@@ -160,10 +167,16 @@ def _dense_plan(sequence: tuple[tuple[nn.Module, bool], ...] | None
 
 
 def _trainable_layers(module: nn.Module) -> list[nn.Module]:
-    """Supported layers that hold trainable parameters; raises when a trainable parameter lives elsewhere."""
+    """Supported layers that hold trainable parameters; raises when a trainable parameter lives elsewhere.
+
+    A parameter a module lists as its own but a submodule also holds is the submodule's: Opacus' ``DPLSTM``
+    lists its cells' ``RNNLinear`` weights under ``nn.LSTM``'s names (``weight_ih_l0``, …)."""
     layers: list[nn.Module] = []
     for name, sub in module.named_modules():
         own = [p for p in sub.parameters(recurse=False) if p.requires_grad]
+        if own and next(sub.children(), None) is not None:
+            nested = {id(p) for child in sub.children() for p in child.parameters()}
+            own = [p for p in own if id(p) not in nested]
         if not own:
             continue
         if not isinstance(sub, SUPPORTED_LAYERS):
@@ -441,23 +454,82 @@ def clip_and_sum(module: BookKeepingModule, loss: torch.Tensor, max_grad_norm: f
                                "from the output of the model make_private returned, with gradients enabled")
         return
     plan = module.dense_params
+    repeated = False
     if plan is None or len(calls) != len(plan):  # (a plan's layers are distinct, checked when wrapped)
         plan = None
-        seen: set[int] = set()
-        for call in calls:
-            if id(call.layer) in seen:  # a shared layer's per-sample gradient is a sum over its calls
-                raise BookKeepingUnsupported("a layer was called twice in one forward pass; use ghost or hooks")
-            seen.add(id(call.layer))
+        repeated = _check_repeated(calls)
     # ∂(Σ_i ℓ_i)/∂Z: row i of each layer's output gradient is example i's own (examples do not interact)
     grads = output_grads(loss, tuple([c.output for c in calls]))
     with torch.no_grad():
         if plan is not None and _clip_dense_rows(calls, grads, plan, max_grad_norm, scale):
             return  # every layer of the plan was recorded and received its clipped sums
+        if repeated:
+            calls, grads = _merge_repeated(calls, grads)
         # (the lean path again only for an MLP recorded by hooks: with a plan it has just declined)
         _clip_layers(calls, grads, max_grad_norm, scale, dense_linear=module.dense_linear and plan is None)
     for p in module.trainable:  # a layer the loss did not reach contributes zero (noise is still added)
         if p.grad is None:
             p.grad = torch.zeros_like(p)
+
+
+def _check_repeated(calls: list[_Call]) -> bool:
+    """Whether a layer was called more than once in the forward pass; raises :class:`BookKeepingUnsupported`
+    when that layer is not an ``nn.Linear`` (the one type whose calls :func:`_merge_repeated` joins)."""
+    seen: set[int] = set()
+    repeated = False
+    for call in calls:
+        if id(call.layer) in seen:
+            if not isinstance(call.layer, nn.Linear):
+                raise BookKeepingUnsupported(f"{type(call.layer).__name__} layer called twice in one forward pass; "
+                                             "book-keeping joins repeated calls of Linear layers only: "
+                                             "use dp_mode ghost or hooks")
+            repeated = True
+        seen.add(id(call.layer))
+    return repeated
+
+
+def _merge_repeated(calls: list[_Call], grads: tuple[torch.Tensor | None, ...]
+                    ) -> tuple[list[_Call], tuple[torch.Tensor | None, ...]]:
+    """One call per layer: the calls of an ``nn.Linear`` layer called ``T`` times (an RNN cell unrolled over
+    time, Opacus' ``DPLSTM``) joined into one over ``T`` positions, in the order of the first calls.
+
+    The per-sample weight gradient of a layer called with inputs ``a_t`` ``(B, K)`` and output gradients
+    ``g_t`` ``(B, O)`` is ``Σ_t g_tᵀa_t`` (bias: ``Σ_t g_t``), which is the rule for one call over positions
+    with ``A = stack_t a_t`` ``(B, T, K)`` and ``G = stack_t g_t`` ``(B, T, O)``; so is its ghost norm
+    ``⟨A_iA_iᵀ, G_iG_iᵀ⟩`` (Bu et al. 2023). Calls with ``(B, ..., K)`` inputs join along the position
+    axis. A call the loss does not reach adds nothing. All calls of a layer must see the same batch.
+    """
+    groups: dict[int, list[int]] = {}
+    for i, call in enumerate(calls):
+        groups.setdefault(id(call.layer), []).append(i)
+    joined_calls: list[_Call] = []
+    joined_grads: list[torch.Tensor | None] = []
+    for indices in groups.values():
+        reached = [i for i in indices if grads[i] is not None] or indices[:1]
+        if len(reached) == 1:
+            joined_calls.append(calls[reached[0]])
+            joined_grads.append(grads[reached[0]])
+            continue
+        layer = calls[reached[0]].layer
+        inputs = [calls[i].inputs for i in reached]
+        outputs = [cast(torch.Tensor, grads[i]) for i in reached]
+        if len({a.shape[0] for a in inputs}) != 1 or inputs[0].dim() < 2:
+            raise BookKeepingUnsupported(f"{type(layer).__name__} layer called with different batch sizes "
+                                         f"({sorted({a.shape[0] for a in inputs})}) or unbatched inputs in one "
+                                         "forward pass (a packed sequence?); use dp_mode hooks")
+        if all(a.dim() == 2 for a in inputs):  # an RNN cell: one (B, K) row per example and step
+            a_joined, g_joined = torch.stack(inputs, 1), torch.stack(outputs, 1)
+        else:
+            a_joined = torch.cat([_as_positions(a) for a in inputs], 1)
+            g_joined = torch.cat([_as_positions(g) for g in outputs], 1)
+        joined_calls.append(_Call(layer, a_joined, calls[reached[0]].output))
+        joined_grads.append(g_joined)
+    return joined_calls, tuple(joined_grads)
+
+
+def _as_positions(x: torch.Tensor) -> torch.Tensor:
+    """``(B, ..., K)`` as ``(B, positions, K)`` (also for an empty batch)."""
+    return x.reshape(x.shape[0], math.prod(x.shape[1:-1]), x.shape[-1])
 
 
 def _clip_factors(squared: torch.Tensor, max_grad_norm: float, scale: float) -> torch.Tensor:

@@ -151,8 +151,9 @@ class Task(Protocol):
     data_format: str
     metrics: tuple[str, ...]
     #: how DP-SGD clips per-sample gradients: ``bk`` (FedShield's one-pass book-keeping clipping,
-    #: client/book_keeping.py; models of Linear, Conv2d (grouped and depthwise too), Embedding, LayerNorm and
-    #: GroupNorm layers, falls back to ghost otherwise), or an
+    #: client/book_keeping.py; models of Linear (also called once per time step, as in Opacus' DPLSTM),
+    #: Conv2d (grouped and depthwise too), Embedding, LayerNorm and GroupNorm layers, falls back to ghost
+    #: otherwise), or an
     #: Opacus ``grad_sample_mode``: ``ghost`` (fast gradient clipping; conv/linear/attention models),
     #: ``hooks`` or ``ew`` (expanded weights). What each costs: docs/performance.md.
     dp_mode: str

@@ -48,6 +48,23 @@ def sequence_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return example_losses(logits, target).mean()
 
 
+class SequenceLoss(nn.Module):
+    """:func:`example_losses` as a criterion module, reduced over examples by ``reduction`` (``mean``,
+    ``sum`` or ``none``): what DP-SGD's loss wrappers set and call. Book-keeping sets ``sum``, so each
+    example's row of every output gradient is its own loss's gradient; Opacus' ghost clipping sets ``none``."""
+
+    def __init__(self, reduction: str = "mean") -> None:
+        super().__init__()
+        self.reduction = reduction
+
+    def forward(self, input: torch.Tensor, target: torch.Tensor) -> torch.Tensor:  # nn.CrossEntropyLoss's names
+        """``input``: logits (N, T, V); ``target``: ids (N, T), PAD ignored."""
+        losses = example_losses(input, target)
+        if self.reduction == "none":
+            return losses
+        return losses.sum() if self.reduction == "sum" else losses.mean()
+
+
 class Seq2SeqAttentionTask(SupervisedTask):
     """LSTM encoder–decoder with Luong attention translating short texts byte by byte."""
 
@@ -58,14 +75,16 @@ class Seq2SeqAttentionTask(SupervisedTask):
     data_format = ("data.tsv: one source<TAB>target pair per line (UTF-8, no header); at most max_length bytes "
                    "of source (default 48) and max_target_length of target (default 16); 20% held out")
     metrics = ("loss", "exact_match", "bleu")
-    dp_mode = "hooks"  # DPLSTM: per-sample gradients through Opacus' RNNLinear hooks
+    # book-keeping joins each DPLSTM RNNLinear's per-step calls into one call over time steps
+    # (client/book_keeping.py); falls back to ghost, then Opacus' hooks
+    dp_mode = "bk"
 
     def default_lr(self, dp: bool) -> float:
         """SGD step: 1.0 with DP-SGD, 2.0 without (measured, docs/tasks/seq2seq-attention.md)."""
         return 1.0 if dp else 2.0
 
     def criterion(self, schema: DataSchema) -> nn.Module:
-        return nn.CrossEntropyLoss(ignore_index=PAD)
+        return SequenceLoss()
 
     def load_site(self, path: Path, options: TaskOptions) -> SiteData:
         path = Path(path)
@@ -86,7 +105,10 @@ class Seq2SeqAttentionTask(SupervisedTask):
 
     def step_loss(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                   criterion: nn.Module | None) -> torch.Tensor:
-        """Teacher forcing: the decoder reads the target shifted right and predicts it."""
+        """Teacher forcing: the decoder reads the target shifted right and predicts it. ``criterion``: the DP
+        mode's wrapper around :class:`SequenceLoss` when given."""
+        if criterion is not None:
+            return criterion(model(x, y[:, :-1]), y[:, 1:])
         return sequence_loss(model(x, y[:, :-1]), y[:, 1:])
 
     @torch.no_grad()

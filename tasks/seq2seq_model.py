@@ -1,8 +1,11 @@
 """LSTM encoder–decoder with attention (Luong et al. 2015, "Effective Approaches to Attention-based
 Neural Machine Translation", the "general" score hₜᵀ W h̄ₛ), the design documents' translator.
 
-Both LSTMs are Opacus' ``DPLSTM`` (PyTorch's ``nn.LSTM`` has no per-sample gradients). Training is
-teacher-forced and parallel over target positions; decoding is greedy, one byte at a time.
+Both LSTMs are Opacus' ``DPLSTM``: it unrolls each cell over time as two ``RNNLinear`` layers called once
+per step, whose per-step inputs and output gradients give per-sample gradients (book-keeping joins each
+layer's calls over the steps, client/book_keeping.py; Opacus' hooks sum them); PyTorch's fused ``nn.LSTM``
+exposes neither. Training is teacher-forced and parallel over target positions; decoding is greedy, one
+byte at a time.
 Shapes: source (N, S) left-padded ids, decoder input (N, T) ids; output (N, T, vocab) logits.
 """
 
@@ -36,7 +39,9 @@ class Seq2SeqAttention(nn.Module):
         return outputs, state, src != PAD
 
     def step(self, tgt_in: torch.Tensor, enc: torch.Tensor, state, mask: torch.Tensor):
-        dec, state = self.decoder(self.tgt_embed(tgt_in), state)
+        # contiguous: the teacher-forced input is a slice of the target, whose view Opacus' ghost-clipping
+        # embedding rule (the fallback where book-keeping is refused) cannot flatten
+        dec, state = self.decoder(self.tgt_embed(tgt_in.contiguous()), state)
         scores = torch.bmm(self.score(dec), enc.transpose(1, 2)).masked_fill(~mask[:, None, :], -1e9)
         context = torch.bmm(scores.softmax(dim=-1), enc)
         return self.out(torch.tanh(self.combine(torch.cat([dec, context], dim=-1)))), state

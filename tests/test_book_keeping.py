@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from opacus import PrivacyEngine
+from opacus.layers import DPLSTM
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.utils.data import DataLoader, TensorDataset
@@ -153,6 +154,19 @@ def _head_only(model: MobileNetV2) -> MobileNetV2:
     return model
 
 
+def _record_squared_norms(monkeypatch: pytest.MonkeyPatch) -> list[torch.Tensor]:
+    """What the clip factors are computed from, each step: every example's squared norm ``(B,)``."""
+    squared: list[torch.Tensor] = []
+    clip_factors = book_keeping._clip_factors
+
+    def recorded(sq: torch.Tensor, max_grad_norm: float, scale: float) -> torch.Tensor:
+        squared.append(sq.clone())
+        return clip_factors(sq, max_grad_norm, scale)
+
+    monkeypatch.setattr(book_keeping, "_clip_factors", recorded)
+    return squared
+
+
 def _layer_model_inputs(name: str, n: int) -> torch.Tensor:
     _, shape, vocab = LAYER_MODELS[name]
     return _ids(n, shape[0], vocab) if vocab else torch.randn(n, *shape) * 3
@@ -174,14 +188,7 @@ def test_embedding_norm_and_grouped_conv_norms_and_clipped_sums_equal_float64_pe
     norms, per_example = _per_example(copy.deepcopy(model).double(), x.double() if x.is_floating_point() else x, y)
     clip = float(norms.median())  # half the examples clipped, half not
     reference = _clipped_sums(norms, per_example, clip)
-    squared: list[torch.Tensor] = []  # what the clip factors are computed from: each example's squared norm
-    clip_factors = book_keeping._clip_factors
-
-    def recorded(sq: torch.Tensor, max_grad_norm: float, scale: float) -> torch.Tensor:
-        squared.append(sq.clone())
-        return clip_factors(sq, max_grad_norm, scale)
-
-    monkeypatch.setattr(book_keeping, "_clip_factors", recorded)
+    squared = _record_squared_norms(monkeypatch)
     wrapped = BookKeepingModule(model)
     clip_and_sum(wrapped, nn.functional.cross_entropy(wrapped(x), y, reduction="sum"), clip)
     # (a model of trained Linear layers only, each seeing one row per example, is clipped on the lean path)
@@ -266,7 +273,7 @@ def test_output_grads_enters_autograd_as_torch_autograd_grad_does(engine_entry: 
 
 def test_an_mlp_is_clipped_on_the_lean_path_unless_a_layer_repeats() -> None:
     """A Sequential of distinct trained Linear layers gets the lean path's plan; one that calls a layer twice
-    gets none and is refused at its first backward pass (the platform then falls back to ghost clipping)."""
+    gets none, and its shared layer's per-sample gradient is the sum over its two calls."""
     mlp = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     wrapped = BookKeepingModule(mlp)
     assert wrapped.dense_params is not None
@@ -276,8 +283,147 @@ def test_an_mlp_is_clipped_on_the_lean_path_unless_a_layer_repeats() -> None:
     twice = BookKeepingModule(nn.Sequential(shared, nn.ReLU(), shared, nn.ReLU(), nn.Linear(4, 2)))
     assert twice.dense_params is None
     x, y = torch.randn(6, 4), torch.randint(0, 2, (6,))
-    with pytest.raises(BookKeepingUnsupported, match="called twice"):
+    model = twice.to_standard_module()
+    reference = _clipped_sum_reference(copy.deepcopy(model), x, y, 0.3)
+    twice = BookKeepingModule(model)
+    clip_and_sum(twice, nn.functional.cross_entropy(twice(x), y, reduction="sum"), 0.3)
+    for key, expected in reference.items():
+        assert torch.allclose(model.get_parameter(key).grad, expected, rtol=1e-4, atol=1e-6), key
+
+
+class _Unrolled(nn.Module):
+    """A recurrent cell unrolled in Python: ``read`` (3→40, per-sample gradients materialised) and ``cell``
+    (40→40, ghost norm) are called with ``(B, K)`` rows at every step; ``mix`` once over ``(B, T, 3)``
+    positions and once more with ``(B, 3)`` rows."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mix, self.read = nn.Linear(3, 3), nn.Linear(3, 40)
+        self.cell, self.head = nn.Linear(40, 40), nn.Linear(40, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mixed = torch.tanh(self.mix(x))
+        h = torch.zeros(len(x), 40, dtype=x.dtype)
+        for t in range(x.shape[1]):
+            h = torch.tanh(self.read(mixed[:, t]) + self.cell(h))
+        return self.head(h) + self.mix(x[:, -1]).sum(1, keepdim=True)
+
+
+class _LSTMClassifier(nn.Module):
+    """Opacus' DPLSTM between an Embedding and a Linear head: its ``RNNLinear`` cells run once per step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed, self.lstm, self.head = nn.Embedding(20, 6), DPLSTM(6, 8, batch_first=True), nn.Linear(8, 3)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.head(self.lstm(self.embed(ids))[0][:, -1])
+
+
+def _loop_reference(model: nn.Module, losses, inputs: tuple[torch.Tensor, ...]  # type: ignore[no-untyped-def]
+                    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Each example's gradient norm ``(B,)`` and gradients by name, one example at a time in float64 autograd on a
+    double copy of ``model``; ``losses(model, *inputs)`` gives the per-example losses ``(B,)``."""
+    ref = copy.deepcopy(model).double()
+    named = [(k, p) for k, p in ref.named_parameters() if p.requires_grad]
+    per_example: dict[str, list[torch.Tensor]] = {k: [] for k, _ in named}
+    for i in range(len(inputs[0])):
+        one = [t[i:i + 1].double() if t.is_floating_point() else t[i:i + 1] for t in inputs]
+        grads = torch.autograd.grad(losses(ref, *one).sum(), [p for _, p in named], allow_unused=True)
+        for (k, p), g in zip(named, grads, strict=True):
+            per_example[k].append(torch.zeros_like(p) if g is None else g)
+    stacked = {k: torch.stack(v) for k, v in per_example.items()}
+    norms = torch.stack([g.reshape(len(g), -1).norm(dim=1) for g in stacked.values()], 1).norm(dim=1)
+    return norms, stacked
+
+
+def _classify(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return nn.functional.cross_entropy(model(x), y, reduction="none")
+
+
+#: models that call a Linear layer more than once per forward pass: name -> (build, inputs (B, ...), labels)
+REPEATED = {
+    "unrolled-cell": (_Unrolled, lambda n: torch.randn(n, 4, 3) * 2),
+    "dplstm": (_LSTMClassifier, lambda n: torch.randint(0, 20, (n, 7))),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REPEATED))
+def test_a_linear_layer_called_at_every_step_is_clipped_as_the_sum_over_its_calls(
+        name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Linear layer called T times (an unrolled cell, with both the materialised and the ghost-norm rule;
+    rows and positions joined; Opacus' DPLSTM): every example's gradient norm and the clipped sums match
+    float64 per-example autograd, with half the examples clipped."""
+    torch.manual_seed(3)
+    build, make = REPEATED[name]
+    model = build()
+    x, y = make(10), torch.randint(0, 3, (10,))
+    norms, per_example = _loop_reference(model, _classify, (x, y))
+    clip = float(norms.median())
+    reference = _clipped_sums(norms, per_example, clip)
+    squared = _record_squared_norms(monkeypatch)
+    wrapped = BookKeepingModule(model)
+    assert sorted(p.shape for p in wrapped.trainable) == sorted(p.shape for p in model.parameters())  # once each
+    clip_and_sum(wrapped, _classify(wrapped, x, y).sum(), clip)
+    assert len(squared) == 1 and torch.allclose(squared[0].double().sqrt(), norms, rtol=1e-5)
+    for key, expected in reference.items():
+        got = model.get_parameter(key).grad
+        assert got is not None and torch.allclose(got.double(), expected, rtol=1e-4, atol=1e-6), key
+    assert len(reference) == len(list(model.parameters()))
+
+
+def test_the_seq2seq_models_clipped_sum_equals_float64_per_example_autograd() -> None:
+    """seq2seq-attention's model end to end (two DPLSTMs, attention, PAD-masked per-example mean losses)
+    through the task's criterion as book-keeping's loss: its mean is the task's loss, its backward leaves
+    scale · the clipped sum of float64 per-example gradients."""
+    from fedshield.tasks.byte_tokens import source_tensor, target_tensor
+    from fedshield.tasks.seq2seq_attention import SequenceLoss, example_losses, sequence_loss
+    from fedshield.tasks.seq2seq_model import Seq2SeqAttention
+
+    torch.manual_seed(0)
+    model = Seq2SeqAttention(hidden=16, embed=8)
+    src = source_tensor(["12 may 2020", "may 12, 2020", "x", "3/4/2021", "june 1 1999", "zz"], 16)
+    tgt = target_tensor(["2020-05-12", "2020-05-12", "y", "2021-04-03", "1999-06-01", "q"], 10)
+
+    def losses(m: nn.Module, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return example_losses(m(s, t[:, :-1]), t[:, 1:])
+
+    norms, per_example = _loop_reference(model, losses, (src, tgt))
+    clip = float(norms.median())
+    reference = _clipped_sums(norms, per_example, clip)
+    with torch.no_grad():
+        mean = float(sequence_loss(model(src, tgt[:, :-1]), tgt[:, 1:]))
+    wrapped = BookKeepingModule(model)
+    loss = BookKeepingLoss(wrapped, SequenceLoss(), max_grad_norm=clip, scale=0.25)(wrapped(src, tgt[:, :-1]),
+                                                                                      tgt[:, 1:])
+    assert loss.item() == pytest.approx(mean, rel=1e-6)
+    loss.backward()
+    for key, expected in reference.items():
+        got = model.get_parameter(key).grad
+        assert got is not None and torch.allclose(got.double(), 0.25 * expected, rtol=1e-4, atol=1e-6), key
+    assert len(reference) == len(list(model.parameters()))
+
+
+def test_repeated_calls_book_keeping_cannot_join_are_refused() -> None:
+    """A convolution called twice, or a Linear layer called with two batch sizes (a packed sequence's
+    shrinking batch): refused by name at the backward pass."""
+    conv = nn.Conv2d(2, 2, 3, padding=1)
+    twice = BookKeepingModule(nn.Sequential(conv, nn.Tanh(), conv, nn.Flatten(), nn.Linear(2 * 4 * 4, 2)))
+    x, y = torch.randn(5, 2, 4, 4), torch.randint(0, 2, (5,))
+    with pytest.raises(BookKeepingUnsupported, match="Conv2d layer called twice"):
         clip_and_sum(twice, nn.functional.cross_entropy(twice(x), y, reduction="sum"), 1.0)
+
+    class Shrinking(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = nn.Linear(3, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.layer(x).sum() + self.layer(x[:2]).sum()
+
+    shrinking = BookKeepingModule(Shrinking())
+    with pytest.raises(BookKeepingUnsupported, match=r"different batch sizes \(\[2, 5\]\)"):
+        clip_and_sum(shrinking, shrinking(torch.randn(5, 3)), 1.0)
 
 
 def test_the_training_loops_loss_is_the_batch_mean_and_its_backward_the_clipped_sum() -> None:
