@@ -68,7 +68,7 @@ def configs(tasks: list[str]) -> list[tuple[str, str]]:
             if m in ("none", "platform") or (m != modes[t] and (m == "hooks" or t in ghost))]
 
 
-def _inputs(task_name: str, n: int):
+def task_inputs(task_name: str, n: int):
     """A schema and n random examples shaped as the task's sites hold them."""
     import torch
 
@@ -95,7 +95,7 @@ def _inputs(task_name: str, n: int):
             torch.randint(0, 2, (n,)))
 
 
-class _OneBatch:
+class OneBatch:
     """One batch as a loader (``dataset`` and ``len`` give the task its expected batch size)."""
 
     def __init__(self, x, y) -> None:  # type: ignore[no-untyped-def]
@@ -120,7 +120,7 @@ def _stepper(task_name: str, mode: str):  # type: ignore[no-untyped-def]
 
     name, variant = VARIANT.get(task_name, (task_name, "auto"))
     task = get_task(name)
-    schema, x, y = _inputs(task_name, BATCH * 40)
+    schema, x, y = task_inputs(task_name, BATCH * 40)
     site = SiteData(TensorDataset(x, y), TensorDataset(x[:10], y[:10]), schema, None)  # type: ignore[arg-type]
     model = task.build_model(schema, TaskOptions(model=variant))
     model.train()
@@ -151,10 +151,10 @@ def _stepper(task_name: str, mode: str):  # type: ignore[no-untyped-def]
             xb, yb = next(batches)
         start = time.perf_counter()
         if callable(part):  # a GAN step: the task's own discriminator step and generator steps
-            task.train(model, _OneBatch(xb, yb), optimizer, epochs=1, device=torch.device("cpu"),
+            task.train(model, OneBatch(xb, yb), optimizer, epochs=1, device=torch.device("cpu"),
                        private_module=private_module)
         elif task_name == "seq2seq-attention":  # the task's own batch loss (teacher forcing)
-            task.train(model, _OneBatch(xb, yb), optimizer, epochs=1, device=torch.device("cpu"),
+            task.train(model, OneBatch(xb, yb), optimizer, epochs=1, device=torch.device("cpu"),
                        criterion=criterion)
         else:
             optimizer.zero_grad(set_to_none=True)

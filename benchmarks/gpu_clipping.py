@@ -14,7 +14,7 @@ from __future__ import annotations
 import warnings
 
 import torch
-from dp_overhead import _inputs
+from dp_overhead import task_inputs
 from gpu_steps import dp_model_name, stepper
 
 MAX_GRAD_NORM = 0.1
@@ -45,7 +45,7 @@ def compare(task_name: str, batch: int, device: torch.device) -> dict[str, objec
     from fedshield.tasks.registry import get_task
 
     torch.manual_seed(0)
-    schema = _inputs(task_name, 1)[0]
+    schema = task_inputs(task_name, 1)[0]
     initial = get_task(task_name).build_model(schema, TaskOptions(model=dp_model_name(task_name), private=True))
     state = {k: v.detach().clone() for k, v in initial.state_dict().items()}
     matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32

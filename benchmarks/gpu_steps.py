@@ -17,7 +17,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import torch
-from dp_overhead import _inputs, _OneBatch  # shaped inputs of every built-in task (do not duplicate them)
+from dp_overhead import OneBatch, task_inputs  # shaped inputs of every built-in task (do not duplicate them)
 from torch.utils.data import DataLoader, TensorDataset
 
 
@@ -67,7 +67,7 @@ def stepper(task_name: str, batch: int, device: torch.device, private: bool,
     from fedshield.tasks.registry import get_task
 
     task = get_task(task_name)
-    schema, x, y = _inputs(task_name, batch * 8)
+    schema, x, y = task_inputs(task_name, batch * 8)
     site = SiteData(TensorDataset(x, y), TensorDataset(x[:10], y[:10]), schema, None)  # type: ignore[arg-type]
     model = task.build_model(schema, TaskOptions(model=dp_model_name(task_name), private=True))
     if initial is not None:
@@ -77,7 +77,7 @@ def stepper(task_name: str, batch: int, device: torch.device, private: bool,
     part = getattr(task, "private_part", None)  # dcgan: only the discriminator is made private
     trained = part(model) if callable(part) else model
     optimizer = torch.optim.SGD(trained.parameters(), lr=lr)
-    one = _OneBatch(x[:batch], y[:batch])
+    one = OneBatch(x[:batch], y[:batch])
     if not private:
         return (lambda: task.train(model, one, optimizer, epochs=1, device=device)), "none", model  # type: ignore[arg-type]
     loader = DataLoader(site.train, batch_size=batch)
