@@ -155,10 +155,14 @@ def array_problem(arrays: list[np.ndarray], reference: list[np.ndarray], *, dtyp
 
 def fixed_problem(arrays: list[np.ndarray], reference: list[np.ndarray], fixed: list[np.ndarray] | None
                   ) -> str | None:
-    """Why ``arrays`` (shaped as ``reference``) is no honest update: it changes values ``fixed`` marks."""
+    """Why ``arrays`` (shaped as ``reference``) is no honest update: it changes values ``fixed`` marks.
+
+    Compared in the reply's dtype: Flower's adaptive optimisers (FedAdam, …) send a float64 model to sites
+    that train and answer in float32, so an honest site returns each fixed value rounded to float32."""
     if fixed is None:
         return None
-    changed = sum(int(np.count_nonzero(a[m] != r[m])) for a, r, m in zip(arrays, reference, fixed, strict=True))
+    changed = sum(int(np.count_nonzero(a[m] != r[m].astype(a.dtype)))
+                  for a, r, m in zip(arrays, reference, fixed, strict=True))
     if changed:
         return (f"changes {changed} values of the parameters the task keeps fixed (frozen layers), which no "
                 "site's training moves")

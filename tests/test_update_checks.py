@@ -366,6 +366,21 @@ def test_an_update_that_moves_a_frozen_parameter_is_refused_and_the_frozen_layer
     assert node == 5 and "changes 3 values of the parameters the task keeps fixed" in why
 
 
+def test_a_float64_global_model_s_frozen_values_come_back_rounded_and_pass() -> None:
+    """FedAdam's float64 global model: a site loads it into its float32 model and answers in float32, so
+    an honest site's frozen values are the global model's rounded, not the same float64 numbers."""
+    observer = Observer()
+    strategy = ValidatingStrategy(RecordingStrategy(FedAvg(), observer), UpdatePolicy(fixed=FIXED))
+    wide = [(g + 0.1).astype(np.float64) for g in GLOBAL]  # 0.1: no float32 holds it exactly
+    instructions = strategy.configure_fit(1, ndarrays_to_parameters(wide), _manager(3))
+    rng = np.random.default_rng(6)
+    replies = [(p, _fit([np.where(m, w, w + u).astype(np.float32) for w, u, m in zip(wide, _honest(rng), FIXED,
+                                                                                    strict=True)]))
+               for p, _ in instructions]
+    params, _ = strategy.aggregate_fit(1, replies, [])
+    assert params is not None and observer.failed[1] == []
+
+
 def test_under_secagg_the_sums_frozen_values_are_the_global_models() -> None:
     """Under SecAgg+ no site's update can be checked alone: the sum's frozen values are put back instead, so a
     masked attack cannot move a frozen layer either (nor SecAgg+'s quantisation error)."""
