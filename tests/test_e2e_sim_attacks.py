@@ -67,3 +67,17 @@ def test_a_random_update_cannot_move_the_frozen_layers(tmp_path: Path) -> None:
     gabor = gabor_bank(5, norm=GABOR_NORM).to(torch.float32)
     # as built, up to the float rounding of FedAvg's weighted mean of equal values (the attack moved them ~1e-4)
     assert float((final["features.0.weight"] - gabor).abs().max()) < 1e-6
+
+
+def test_honest_sites_keep_their_frozen_layers_under_fedadam(tmp_path: Path) -> None:
+    """FedAdam sends a float64 global model and the sites answer in float32: their frozen values come back
+    rounded, which the frozen-parameter check must not take for an attack (it refused every site when it
+    compared in float64)."""
+    run_dir = tmp_path / "fedadam"
+    proc = run_cli("fl-sim", "run", "--task", "digits-cnn", "--clients", "3", "--rounds", "2", "--seed", "2",
+                   "--epsilon", "8", "--strategy", "fedadam", "--no-plots", "--run-dir", str(run_dir))
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    doc = json.loads((run_dir / "results.json").read_text())
+    assert doc["status"] == "finished"
+    for entry in (r for r in doc["rounds"] if r["round"] > 0):
+        assert entry["train"]["failures"] == [] and len(entry["train"]["sites"]) == 3, entry["train"]
