@@ -44,6 +44,7 @@ from fedshield.server.run_resume import RESUME_ROUND_KEY, ResumePoint, after_rou
 from fedshield.server.site_handshake import agree_schema, query_sites, tell_refused, wait_for_sites
 from fedshield.server.site_identity import EnrolledNames, identity_required, refuse_false_claims
 from fedshield.strategies.central_dp import wrap_central_dp
+from fedshield.strategies.fixed_parameters import FixedParameters
 from fedshield.strategies.recording import RecordingStrategy
 from fedshield.strategies.registry import make_strategy
 from fedshield.strategies.strategy_state import restore_strategy_state, strategy_state
@@ -127,8 +128,11 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         )
         # checks first: a rejected update never reaches central DP's clipping nor the strategy, and the
         # recorder sees it as a failure that names the site and the reason
-        strategy = ValidatingStrategy(RecordingStrategy(wrap_central_dp(inner, cfg, len(node_ids)), recorder),
-                                      update_policy(cfg, replies, fixed_mask(model)))
+        fixed = fixed_mask(model)
+        aggregating = wrap_central_dp(inner, cfg, len(node_ids))
+        if fixed is not None:  # frozen layers stay as every site built them, whatever the server's arithmetic
+            aggregating = FixedParameters(aggregating, exchanged, fixed)
+        strategy = ValidatingStrategy(RecordingStrategy(aggregating, recorder), update_policy(cfg, replies, fixed))
         if resume is not None:
             restore_server_state(strategy, resume.point.state, healthy)
             strategy.resume_from = ndarrays_to_parameters(exchanged)

@@ -25,6 +25,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
+from fedshield.strategies.delegating import DelegatingStrategy
 from fedshield.strategies.update_checks import RejectedUpdate
 
 
@@ -72,20 +73,17 @@ def _failed(sampled: list[int], answered: set[int], failures: list) -> list[tupl
     return out + [(nid, reason) for nid, reason in named.items() if nid in sampled]
 
 
-class RecordingStrategy(Strategy):
+class RecordingStrategy(DelegatingStrategy):
     """Delegate to ``inner``; report rounds to ``observer``."""
 
     def __init__(self, inner: Strategy, observer: RoundObserver) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.observer = observer
         self._sampled_fit: dict[int, list[int]] = {}
         self._sampled_eval: dict[int, list[int]] = {}
 
     def __repr__(self) -> str:
         return f"Recording({self.inner!r})"
-
-    def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
-        return self.inner.initialize_parameters(client_manager)
 
     def configure_fit(self, server_round: int, parameters: Parameters,
                       client_manager: ClientManager) -> list[tuple[ClientProxy, FitIns]]:

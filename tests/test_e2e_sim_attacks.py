@@ -72,7 +72,13 @@ def test_a_random_update_cannot_move_the_frozen_layers(tmp_path: Path) -> None:
 def test_honest_sites_keep_their_frozen_layers_under_fedadam(tmp_path: Path) -> None:
     """FedAdam sends a float64 global model and the sites answer in float32: their frozen values come back
     rounded, which the frozen-parameter check must not take for an attack (it refused every site when it
-    compared in float64)."""
+    compared in float64). And FedAdam's own arithmetic must not move them (it did: the Gabor filters by
+    0.0056 in these two rounds)."""
+    import torch
+
+    from fedshield.tasks.digits_cnn import GABOR_NORM
+    from fedshield.tasks.gabor_filters import gabor_bank
+
     run_dir = tmp_path / "fedadam"
     proc = run_cli("fl-sim", "run", "--task", "digits-cnn", "--clients", "3", "--rounds", "2", "--seed", "2",
                    "--epsilon", "8", "--strategy", "fedadam", "--no-plots", "--run-dir", str(run_dir))
@@ -81,3 +87,5 @@ def test_honest_sites_keep_their_frozen_layers_under_fedadam(tmp_path: Path) -> 
     assert doc["status"] == "finished"
     for entry in (r for r in doc["rounds"] if r["round"] > 0):
         assert entry["train"]["failures"] == [] and len(entry["train"]["sites"]) == 3, entry["train"]
+    final = torch.load(run_dir / "model-final.pt", weights_only=True)["state_dict"]
+    assert torch.equal(final["features.0.weight"], gabor_bank(5, norm=GABOR_NORM).to(torch.float32))
