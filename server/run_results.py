@@ -4,7 +4,7 @@ Layout of ``<run-dir>``::
 
     results.json              status, config, sites, one entry per round (train / evaluate / centralized)
     checkpoints/round-NNN.pt  the global model after round NNN
-    server-state.pt           the last round's global model, strategy and update-check state (resume)
+    server-state.pt           the last round's model, strategy and update-check state, results entry (resume)
     samples/round-NNN.png     what a generative task's model draws after round NNN (dcgan)
     model-final.pt            the global model after the last round
 
@@ -14,6 +14,7 @@ Layout of ``<run-dir>``::
 from __future__ import annotations
 
 import io
+import json
 import math
 import time
 from collections.abc import Callable
@@ -30,7 +31,7 @@ from fedshield.common.run_config import RunConfig
 from fedshield.common.run_files import RESULTS_FILE, RESULTS_FORMAT
 from fedshield.common.torch_arrays import model_to_ndarrays, state_dict_from_ndarrays
 from fedshield.server.audit_trail import RunAudit
-from fedshield.server.run_resume import write_server_state
+from fedshield.server.run_resume import ROUND_ENTRY_KEY, write_server_state
 from fedshield.strategies.central_dp import client_level_epsilon
 from fedshield.tasks.base import DataSchema
 
@@ -220,8 +221,9 @@ class RunRecorder:
             self.global_parameters = parameters
         if self.run_dir is not None and self.state_source is not None and self.global_parameters is not None \
                 and self.model_template is not None:  # first: a resumed run starts from what it says
+            # with this round's entry: a crash before results.json is written must not lose the round
             write_server_state(self.run_dir, rnd, state_dict_from_ndarrays(self.model_template, self.global_parameters),
-                               self.state_source())
+                               {**self.state_source(), ROUND_ENTRY_KEY: json.loads(json.dumps(entry))})
         if parameters is not None:
             self._checkpoint(rnd, parameters)
         self.doc["current_round"] = rnd

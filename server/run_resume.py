@@ -38,6 +38,10 @@ SERVER_STATE_FORMAT = "fedshield-server-state"
 RESUMABLE = ("starting", "waiting-for-sites", "running", "failed", "resuming")
 
 
+#: the server state's copy of its round's results.json entry
+ROUND_ENTRY_KEY = "round_entry"
+
+
 def write_server_state(run_dir: Path, rnd: int, state_dict: dict[str, Any], state: dict[str, Any]) -> None:
     """Save, atomically, what a resumed run needs after round ``rnd``: the global model (``state_dict``) and
     the strategy's and update checks' ``state``. Tensors and plain values only: it loads with
@@ -83,8 +87,8 @@ def resume_point(run_dir: Path) -> ResumePoint:
             or not isinstance(state.get("round"), int) or not isinstance(state.get("state_dict"), dict):
         raise RunFolderError(f"{path}: not a FedShield server state; resuming needs the run folder as the "
                              "coordinator left it")
-    return ResumePoint(state["round"], state["state_dict"], {k: v for k, v in state.items() if k in ("strategy",
-                                                                                                   "checks")}, path)
+    return ResumePoint(state["round"], state["state_dict"],
+                       {k: v for k, v in state.items() if k in ("strategy", "checks", ROUND_ENTRY_KEY)}, path)
 
 
 def read_run(run_dir: Path) -> dict[str, Any]:
@@ -141,6 +145,20 @@ def _shown(value: Any) -> str:
 def earlier_rounds(doc: dict[str, Any], last_round: int) -> list[dict[str, Any]]:
     """The rounds results.json recorded up to ``last_round`` (a later, unfinished round is dropped)."""
     return [r for r in doc.get("rounds", []) if isinstance(r, dict) and int(r.get("round", -1)) <= last_round]
+
+
+def with_saved_round(doc: dict[str, Any], point: ResumePoint) -> dict[str, Any]:
+    """``doc`` (results.json) with the resume point's own round put back if the file lacks it.
+
+    The server state is written before results.json after each round, so a coordinator killed between
+    the two left a state at round r and results up to r − 1: the resumed run went on after r and round r
+    was missing from its results. The state carries the round's entry for this."""
+    saved = point.state.get(ROUND_ENTRY_KEY)
+    rounds = [r for r in doc.get("rounds", []) if isinstance(r, dict)]
+    if not isinstance(saved, dict) or saved.get("round") != point.last_round \
+            or any(r.get("round") == point.last_round for r in rounds):
+        return doc
+    return {**doc, "rounds": [*(r for r in rounds if int(r.get("round", -1)) < point.last_round), saved]}
 
 
 Workflow = Callable[[Any, Any], None]

@@ -40,7 +40,14 @@ from fedshield.server.central_evaluation import central_test_fn
 from fedshield.server.initial_evaluation import with_initial_evaluation
 from fedshield.server.prompt_grid import PromptGrid
 from fedshield.server.run_results import RunRecorder
-from fedshield.server.run_resume import RESUME_ROUND_KEY, ResumePoint, after_round, read_run, resume_point
+from fedshield.server.run_resume import (
+    RESUME_ROUND_KEY,
+    ResumePoint,
+    after_round,
+    read_run,
+    resume_point,
+    with_saved_round,
+)
 from fedshield.server.site_handshake import agree_schema, query_sites, tell_refused, wait_for_sites
 from fedshield.server.site_identity import EnrolledNames, identity_required, refuse_false_claims
 from fedshield.strategies.central_dp import wrap_central_dp
@@ -175,7 +182,7 @@ def resuming(context: Context, cfg: RunConfig) -> Resumption | None:
     if point.last_round != int(context.run_config[RESUME_ROUND_KEY]):
         raise RunFolderError(f"{point.source}: says round {point.last_round}, the coordinator resumed after round "
                              f"{context.run_config[RESUME_ROUND_KEY]}; was the run folder changed meanwhile?")
-    return Resumption(point, read_run(run_dir))
+    return Resumption(point, with_saved_round(read_run(run_dir), point))
 
 
 def server_state(strategy: ValidatingStrategy, node_sites: dict[int, str]) -> dict[str, Any]:
