@@ -110,6 +110,14 @@ def install_compact_masked_vectors() -> None:
     workflow.bytes_to_ndarray = widened_vector  # type: ignore[attr-defined]  # the door rebinds Flower's module attribute
 
 
+def is_secagg_stage(config_records: object) -> bool:
+    """Whether a message's config records hold a SecAgg+ stage (Flower's record key, from its constants
+    module: read here, in the door, so no other module depends on where Flower keeps it)."""
+    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+
+    return RECORD_KEY_CONFIGS in config_records  # type: ignore[operator]  # a RecordDict's config records
+
+
 def install() -> None:
     """In this process (ServerApp, ClientApp, or both in a simulation): Flower's SecAgg+ expands masks
     with ChaCha20 and encodes masked vectors compactly, as the other side does. Checked and done once."""

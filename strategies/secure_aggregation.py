@@ -129,9 +129,8 @@ def secaggplus_when_asked(msg: Message, context: Context, call_next):
     """
     from flwr.app import MessageType
     from flwr.client.mod import secaggplus_mod
-    from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 
-    if msg.metadata.message_type != MessageType.TRAIN or RECORD_KEY_CONFIGS not in msg.content.config_records:
+    if msg.metadata.message_type != MessageType.TRAIN or not secagg.is_secagg_stage(msg.content.config_records):
         return call_next(msg, context)
     secagg.install()
     return secaggplus_mod(msg, context, call_next)
