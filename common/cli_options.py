@@ -36,10 +36,11 @@ MaxUpdateNorm = Annotated[str, typer.Option(
     "median (default), a number = absolute, off = no bound. Non-finite, misshapen updates and inflated example "
     "counts are always refused.")]
 MinUpdateCosine = Annotated[str, typer.Option(
-    "--min-update-cosine", help="Refuse a site whose updates, summed over rounds, point against the other sites' "
-    "median update (sign-flipping attackers; one that leans that way sits out the round): 0 turns it on for "
-    "federations of similar sites, 3 or more a round; off (default): sites whose data differ strongly (each "
-    "holding a few classes) disagree honestly, and would be held back.")]
+    "--min-update-cosine", help="Direction test against sign-flipping sites: each site's cosines with the other sites' "
+    "median update, averaged over its rounds. off (default): a site whose data no other site holds points away "
+    "from the others as a flipper does. A number such as 0: every site must stay above it, 3 or more sites a round "
+    "(similar sites: flippers sit out from round 1). auto: only sites that also stand out from the others' spread, "
+    "5 or more a round (sites that differ somewhat; flippers among similar sites sit out from round 3).")]
 MaxRejections = Annotated[int, typer.Option(
     "--max-rejections", min=1, help="Rejected updates after which a site is excluded for the rest of the run.")]
 TolerateAttackers = Annotated[int, typer.Option(

@@ -52,8 +52,9 @@ class RunConfig:
         central_delta: δ at which the client-level ε is reported.
         max_update_norm: the update checks' norm bound: ``Nx`` (N times the round's median update norm),
             an absolute L2 norm, or ``off`` (:mod:`fedshield.strategies.update_checks`).
-        min_update_cosine: the update checks' direction test: the least cosine similarity of an update with
-            the round's coordinate-wise median update, or ``off``.
+        min_update_cosine: the update checks' direction test: ``auto`` (sites that point away from the
+            others' median update and stand out from them), the least mean cosine similarity of a site's
+            updates with the round's coordinate-wise median update, or ``off``.
         max_rejections: rejected updates after which a site is excluded for the rest of the run.
         tolerate_attackers: f, the attacking sites Krum and Multi-Krum tolerate (they need 2f + 3 sites).
         secagg: run every training round under SecAgg+ (the server learns only the sum of the updates).

@@ -50,6 +50,7 @@ from fedshield.server.run_resume import (
 )
 from fedshield.server.site_handshake import agree_schema, query_sites, tell_refused, wait_for_sites
 from fedshield.server.site_identity import EnrolledNames, identity_required, refuse_false_claims
+from fedshield.strategies.caught_sites import CaughtSites
 from fedshield.strategies.central_dp import wrap_central_dp
 from fedshield.strategies.fixed_parameters import FixedParameters
 from fedshield.strategies.recording import RecordingStrategy
@@ -122,9 +123,11 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         def round_config(rnd: int) -> dict[str, Any]:
             return {**cfg.to_flower(), **schema.to_config(), "round": rnd}
 
+        caught = CaughtSites()
         inner = make_strategy(
             cfg.strategy,
             tolerate=cfg.tolerate_attackers,
+            caught=caught,
             **sampling_options(cfg),
             initial_parameters=ndarrays_to_parameters(exchanged),
             on_fit_config_fn=round_config,
@@ -139,7 +142,8 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         aggregating = wrap_central_dp(inner, cfg, len(node_ids))
         if fixed is not None:  # frozen layers stay as every site built them, whatever the server's arithmetic
             aggregating = FixedParameters(aggregating, exchanged, fixed)
-        strategy = ValidatingStrategy(RecordingStrategy(aggregating, recorder), update_policy(cfg, replies, fixed))
+        strategy = ValidatingStrategy(RecordingStrategy(aggregating, recorder), update_policy(cfg, replies, fixed),
+                                      caught)
         if resume is not None:
             restore_server_state(strategy, resume.point.state, healthy)
             strategy.resume_from = ndarrays_to_parameters(exchanged)
@@ -213,7 +217,7 @@ def update_policy(cfg: RunConfig, replies: dict[int, dict[str, Any]],
     default = cfg.max_site_examples + 100 if cfg.max_site_examples else 2 * largest
     return UpdatePolicy(norm_bound=NormBound.parse(cfg.max_update_norm), max_rejections=cfg.max_rejections,
                         count_limits=limits, default_count_limit=default, aggregate_only=cfg.secagg,
-                        min_cosine=parse_min_cosine(cfg.min_update_cosine), fixed=fixed)
+                        direction=parse_min_cosine(cfg.min_update_cosine), fixed=fixed)
 
 
 def handshake_nodes(node_ids: list[int], cfg: RunConfig, mode: str) -> list[int]:

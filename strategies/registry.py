@@ -12,6 +12,8 @@ Robust aggregation and the attackers each tolerates among n sites of a round, wh
 - ``krum`` (Blanchard et al. 2017): f = ``--tolerate-attackers``, needs n ≥ 2f + 3;
 - ``multikrum``: Krum's n − f best-scored updates averaged, same f and n.
 
+Krum's f counts down by the sites the checks caught (:mod:`fedshield.strategies.caught_sites`).
+
 None of them can work on a sum, so none is allowed with SecAgg+.
 """
 
@@ -33,6 +35,7 @@ from flwr.server.strategy import (
 )
 
 from fedshield.common.errors import ConfigError
+from fedshield.strategies.caught_sites import CaughtSites
 
 # name -> (Flower class, extra keyword arguments beyond FedAvg's)
 _STRATEGIES: dict[str, tuple[Callable[..., Strategy], dict[str, Any]]] = {
@@ -45,11 +48,25 @@ _STRATEGIES: dict[str, tuple[Callable[..., Strategy], dict[str, Any]]] = {
     "fedadagrad": (FedAdagrad, {"eta": 1e-1, "eta_l": 1e-1}),
     "fedmedian": (FedMedian, {}),
     "fedtrimmedavg": (FedTrimmedAvg, {"beta": 0.2}),
-    "krum": (Krum, {}),
 }
 
 
-class MultiKrum(Krum):
+class CountingKrum(Krum):
+    """Flower's Krum with f = ``--tolerate-attackers`` less the sites the update checks caught this round
+    (``caught``): their updates are gone, and Krum's scores (sums over the n − f − 2 nearest updates) would
+    otherwise leave out honest neighbours in their place."""
+
+    def __init__(self, *, caught: CaughtSites | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.tolerate = self.num_malicious_clients
+        self.caught = caught
+
+    def aggregate_fit(self, server_round, results, failures):  # Flower's signature
+        self.num_malicious_clients = self.caught.remaining(self.tolerate) if self.caught else self.tolerate
+        return super().aggregate_fit(server_round, results, failures)
+
+
+class MultiKrum(CountingKrum):
     """Multi-Krum (Blanchard et al. 2017): the mean of the n − f updates Krum scores best.
 
     Our own subclass because Flower's Krum keeps a fixed count (``num_clients_to_keep``), which cannot
@@ -57,10 +74,12 @@ class MultiKrum(Krum):
     """
 
     def aggregate_fit(self, server_round, results, failures):  # Flower's signature
-        self.num_clients_to_keep = max(1, len(results) - self.num_malicious_clients)
+        remaining = self.caught.remaining(self.tolerate) if self.caught else self.tolerate
+        self.num_clients_to_keep = max(1, len(results) - remaining)
         return super().aggregate_fit(server_round, results, failures)
 
 
+_STRATEGIES["krum"] = (CountingKrum, {})
 _STRATEGIES["multikrum"] = (MultiKrum, {})
 
 
@@ -69,13 +88,15 @@ def strategy_names() -> list[str]:
     return sorted(_STRATEGIES)
 
 
-def make_strategy(name: str, *, tolerate: int = 1, **fedavg_kwargs: Any) -> Strategy:
+def make_strategy(name: str, *, tolerate: int = 1, caught: CaughtSites | None = None,
+                  **fedavg_kwargs: Any) -> Strategy:
     """Instantiate the named Flower strategy with FedAvg's keyword arguments plus its own defaults
-    (``tolerate``: the attackers Krum and Multi-Krum assume)."""
+    (``tolerate``: the attackers Krum and Multi-Krum assume; ``caught``: the sites the update checks caught,
+    which Krum and Multi-Krum no longer count among them)."""
     try:
         cls, extra = _STRATEGIES[name]
     except KeyError:
         raise ConfigError(f"--strategy {name!r} is unknown; choose one of: {', '.join(strategy_names())}") from None
     if name in ("krum", "multikrum"):
-        extra = {**extra, "num_malicious_clients": tolerate}
+        extra = {**extra, "num_malicious_clients": tolerate, "caught": caught}
     return cls(**fedavg_kwargs, **extra)

@@ -22,21 +22,26 @@ The checks, per site and round (plaintext updates):
    sites' norms differ severalfold with their sizes under DP, so a bound must not cost them their
    round. One above :data:`IMPLAUSIBLE`× the bound is refused as a model-replacement attempt. A median
    bound holds while fewer than half the sites attack.
-4. the site's updates point the way the other sites agree on: the cosine similarity of each update with
-   the coordinate-wise median of the round's other updates that passed 1-3, summed over the k rounds the
-   site took part in (None, the default: no check; rounds with 3 or more updates; d the coordinates any
-   update moved, 1/√d the standard deviation of the cosine of unrelated vectors in d dimensions):
-   below k·``min_cosine`` − 3√k/√d the update is refused (and counts towards exclusion); below
-   k·``min_cosine`` − √k/√d it sits out this round only, without counting. Honest updates that are mostly
-   DP noise agree with the others only by chance: they are never refused for it, and sit out about one
-   round in six. A sign-flipped update scores about minus an honest one's, every round (digits-cnn at
-   ε = 8, 1,290 trained values: honest cosines +0.05 ± 0.03, flipped about −0.05): the 3σ refusal alone
-   let three flippers of ten in for 3-4 rounds, which cost 37 points of accuracy; with the one-sigma
-   sit-out they are out from round 1 and cost what refusing their updates costs (benchmarks/poisoning.py).
-   Off by default, for federations of similar sites to turn on: sites whose data differ strongly
-   disagree with the others honestly. On digits at ε = 8 with Dirichlet-0.5 label skew (3, 5 and 10 sites)
-   no honest site sat out a round; at Dirichlet 0.1 (most sites hold one or two classes) two or three of
-   ten sat out most rounds.
+4. the site's updates point the way the other sites agree on (``direction``, ``--min-update-cosine``; off
+   by default): the cosine similarity of each update with the coordinate-wise median of the round's other
+   updates that passed 1-3, averaged over the k rounds the site took part in (rounds with 3 or more
+   updates; d the coordinates any update moved, σ = 1/√d the standard deviation of the cosine of unrelated
+   vectors in d dimensions). With a threshold m (``0``): a mean below m − 3σ/√k is refused (and counts
+   towards exclusion); below m − σ/√k the update sits out this round only, without counting. Honest
+   updates that are mostly DP noise agree with the others only by chance: they are never refused for it,
+   and sit out about one round in six. A sign-flipped update scores about minus an honest one's, every
+   round (digits-cnn at ε = 8, 1,290 trained values: honest cosines +0.05 ± 0.03, flipped about −0.05):
+   the 3σ refusal alone let three flippers of ten in for 3-4 rounds, which cost 37 points of accuracy;
+   with the one-sigma sit-out they are out from round 1. ``auto`` (threshold 0, rounds of 5 or more
+   sites) besides requires the site's mean to lie 2 (refusal: 3) robust deviations below the median of
+   the round's sites' means: sites whose data differ spread out, and one at the low end of that spread is
+   no outlier. Sites whose data no other site holds are, though, whatever the test: on digits at
+   Dirichlet 0.1 (seed 1) a site holding most of class 1 pointed away from the others' median as far as
+   a flipper (cosines near −0.09), and holding it back cost 12 points. Measured on digits at ε = 8:
+   Dirichlet 0.5 (3, 5 and 10 sites), no honest site sat out with either; Dirichlet 0.1 (10 sites), the
+   threshold 0 held two to five of ten back in most rounds, ``auto`` one in one round (seed 0) or two
+   from round 3 (seed 1); three flippers of ten sat out from round 1 with 0 and from round 3 with
+   ``auto``, one flipper from round 1 with both.
 
 A site whose update fails ``max_rejections`` times is excluded for the rest of the run (it is no longer
 sampled). Rejections reach the strategy as failures (:class:`RejectedUpdate`), so results name the site
@@ -74,7 +79,14 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.criterion import Criterion
 from flwr.server.strategy import Strategy
 
-from fedshield.common.update_bounds import DEFAULT_NORM_BOUND, NormBound
+from fedshield.common.update_bounds import (
+    DEFAULT_MIN_COSINE,
+    DEFAULT_NORM_BOUND,
+    DirectionTest,
+    NormBound,
+    parse_min_cosine,
+)
+from fedshield.strategies.caught_sites import CaughtSites
 
 log = logging.getLogger("fedshield.server")
 
@@ -86,6 +98,14 @@ LEAVE_ONE_OUT = 20
 EXCLUDE_SIGMAS = 3.0
 # ... and an update this far below it in one round is held back from that round only (not counted)
 HOLD_SIGMAS = 1.0
+# ... and among peers (auto), a site's mean cosine must besides lie this many robust deviations below the
+# round's sites' median: held back, refused (see ValidatingStrategy._direction)
+PEER_HOLD_Z = 2.0
+PEER_EXCLUDE_Z = 3.0
+# the fewest sites with a cosine in a round for the peer test to judge any of them
+PEER_MIN_SITES = 5
+# a normal distribution's standard deviation over its median absolute deviation (Hampel 1974)
+HAMPEL = 1.4826
 # An update this many times the norm bound is no update at all (a model-replacement attempt): refused, not clipped.
 IMPLAUSIBLE = 100.0
 
@@ -93,10 +113,11 @@ IMPLAUSIBLE = 100.0
 class RejectedUpdate(Exception):
     """A site's reply that failed a check: ``node_id`` and the reason (the failure Flower's strategies see)."""
 
-    def __init__(self, node_id: int, reason: str) -> None:
+    def __init__(self, node_id: int, reason: str, *, counts: bool = True) -> None:
         super().__init__(reason)
         self.node_id = node_id
         self.reason = reason
+        self.counts = counts  # towards the site's exclusion (a round's direction hold-back does not)
 
 
 @dataclass
@@ -115,7 +136,7 @@ class UpdatePolicy:
     count_limits: dict[int, tuple[int, int]] = field(default_factory=dict)
     default_count_limit: int = 0
     aggregate_only: bool = False
-    min_cosine: float | None = None
+    direction: DirectionTest = field(default_factory=lambda: parse_min_cosine(DEFAULT_MIN_COSINE))
     #: per array of the model, True at the values of parameters the task keeps fixed (None: all train)
     fixed: list[np.ndarray] | None = None
 
@@ -212,9 +233,11 @@ class ExcludingClientManager(ClientManager):
 class ValidatingStrategy(Strategy):
     """Check every site's reply (see the module docstring), then delegate to ``inner`` with what passed."""
 
-    def __init__(self, inner: Strategy, policy: UpdatePolicy) -> None:
+    def __init__(self, inner: Strategy, policy: UpdatePolicy, caught: CaughtSites | None = None) -> None:
         self.inner = inner
         self.policy = policy
+        #: told each round which sites the checks hold responsible (Krum counts its f down by them)
+        self.caught = caught if caught is not None else CaughtSites()
         self.rejections: Counter[int] = Counter()
         self.excluded: dict[int, str] = {}
         self._global: dict[int, list[np.ndarray]] = {}  # round -> the global model the sites were sent
@@ -308,31 +331,67 @@ class ValidatingStrategy(Strategy):
             bounded.append((proxy, res, arrays))
         kept = []
         cosines, moved = self._agreement(server_round, [arrays for *_, arrays in bounded], reference)
-        for (proxy, res, _), cosine in zip(bounded, cosines, strict=True):
-            if cosine is None or self.policy.min_cosine is None:
+        verdicts = self._direction([proxy.node_id for proxy, *_ in bounded], cosines, moved)
+        for proxy, res, _ in bounded:
+            verdict = verdicts.get(proxy.node_id)
+            if verdict is None:
                 kept.append((proxy, res))
-                continue
-            nid = proxy.node_id
-            self._agreement_sum[nid] += cosine
-            self._agreement_rounds[nid] += 1
-            k, total = self._agreement_rounds[nid], self._agreement_sum[nid]
-            chance = 1.0 / math.sqrt(max(moved, 1))  # the standard deviation of one chance cosine
-            least = k * self.policy.min_cosine - EXCLUDE_SIGMAS * math.sqrt(k) * chance
-            if total < least:
-                rejected.append(self._reject(nid, f"updates point away from the other sites' median update (cosine "
-                                                  f"{cosine:.3f} this round, {total:.3f} over {k} round(s), below "
-                                                  f"{least:.3f}; --min-update-cosine)"))
-            elif total < k * self.policy.min_cosine - HOLD_SIGMAS * math.sqrt(k) * chance:
-                rejected.append(self._reject(nid, f"update held back this round: it points away from the other "
-                                                  f"sites' median update (cosine {cosine:.3f}, below "
-                                                  f"{self.policy.min_cosine - HOLD_SIGMAS * chance:.3f}; "
-                                                  "--min-update-cosine)", counts=False))
             else:
-                kept.append((proxy, res))
+                rejected.append(self._reject(proxy.node_id, verdict[0], counts=verdict[1]))
+        self.caught.now = frozenset(self.excluded) | {r.node_id for r in rejected if r.counts}
         if not kept:
             log.warning("round %s: no update passed the checks; the global model stays as it was", server_round)
             return None, {}
         return self.inner.aggregate_fit(server_round, kept, [*failures, *rejected])
+
+    def _direction(self, node_ids: list[int], cosines: list[float | None], moved: int
+                   ) -> dict[int, tuple[str, bool]]:
+        """Add this round's cosines to each site's evidence; the sites whose evidence now says their updates
+        point away from the others': node id → (reason, whether it counts towards exclusion).
+
+        With ``least`` = m and a site's k cosines summing to S, its mean S/k has a chance deviation of
+        σ/√k, σ = 1/√d: below m − 3σ/√k it is refused, below m − σ/√k held back. Among peers (``auto``) a
+        site must besides lie :data:`PEER_HOLD_Z` (refusal: :data:`PEER_EXCLUDE_Z`) robust deviations
+        below the median of the round's sites' means, the deviation being 1.4826 × the median distance of
+        the means above that median (Hampel's estimate of a standard deviation, taken on the upper half,
+        which sign-flippers below cannot widen) or σ/√k, whichever is larger: honest sites
+        of similar data cluster within chance of one another and a sign-flipper lies far below them, while
+        sites whose data differ strongly spread widely, and one of them at the low end is no outlier.
+        """
+        test = self.policy.direction
+        checked = [(nid, c) for nid, c in zip(node_ids, cosines, strict=True) if c is not None]
+        if test.least is None or not checked:
+            return {}
+        for nid, cosine in checked:
+            self._agreement_sum[nid] += cosine
+            self._agreement_rounds[nid] += 1
+        means = {nid: self._agreement_sum[nid] / self._agreement_rounds[nid] for nid, _ in checked}
+        if test.among_peers and len(means) < PEER_MIN_SITES:
+            return {}  # too few sites to tell a site that stands out from sites that differ
+        center = float(np.median(list(means.values())))
+        # the spread of the sites above the median: sign-flippers below it would widen a two-sided one
+        spread = HAMPEL * float(np.median([m - center for m in means.values() if m >= center]))
+        chance = 1.0 / math.sqrt(max(moved, 1))  # the standard deviation of one chance cosine
+        verdicts: dict[int, tuple[str, bool]] = {}
+        for nid, cosine in checked:
+            k, mean = self._agreement_rounds[nid], means[nid]
+            sigma = chance / math.sqrt(k)
+            depth = (mean - center) / max(spread, sigma) if test.among_peers else -math.inf
+            if mean < test.least - EXCLUDE_SIGMAS * sigma and depth < -PEER_EXCLUDE_Z:
+                verdicts[nid] = (f"updates point away from the other sites' median update (cosine {cosine:.3f} "
+                                 f"this round, {mean:.3f} on average over {k} round(s), below "
+                                 f"{test.least - EXCLUDE_SIGMAS * sigma:.3f}{self._peer_note(depth, center)}; "
+                                 "--min-update-cosine)", True)
+            elif mean < test.least - HOLD_SIGMAS * sigma and depth < -PEER_HOLD_Z:
+                verdicts[nid] = (f"update held back this round: it points away from the other sites' median "
+                                 f"update (cosine {cosine:.3f}, {mean:.3f} on average over {k} round(s), below "
+                                 f"{test.least - HOLD_SIGMAS * sigma:.3f}{self._peer_note(depth, center)}; "
+                                 "--min-update-cosine)", False)
+        return verdicts
+
+    @staticmethod
+    def _peer_note(depth: float, center: float) -> str:
+        return "" if depth == -math.inf else f", {-depth:.1f} deviations below the sites' median {center:.3f}"
 
     def _aggregate_sum(self, server_round: int, results: list[tuple[ClientProxy, FitRes]], failures: list,
                        reference: list[np.ndarray]) -> tuple[Parameters | None, dict[str, Scalar]]:
@@ -374,7 +433,7 @@ class ValidatingStrategy(Strategy):
         sample of at most :data:`MEDIAN_SAMPLE` of them stands in (each weighs at most 1/n in it), so a
         round of 1,000 sites does not stack 1,000 model-sized vectors.
         """
-        if self.policy.min_cosine is None or len(updates) < 3:
+        if not self.policy.direction.on or len(updates) < 3:
             return [None] * len(updates), 0
         flat_reference = np.concatenate([r.ravel().astype(np.float32) for r in reference])
 
@@ -441,7 +500,7 @@ class ValidatingStrategy(Strategy):
         """``counts``: towards the site's exclusion (a round's direction hold-back does not)."""
         if not counts:
             log.warning("node %s: %s", node_id, problem)
-            return RejectedUpdate(node_id, problem)
+            return RejectedUpdate(node_id, problem, counts=False)
         self.rejections[node_id] += 1
         reason = f"update rejected: {problem}"
         if self.rejections[node_id] >= self.policy.max_rejections and node_id not in self.excluded:

@@ -14,6 +14,7 @@ from test_update_checks import Proxy
 
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
+from fedshield.common.update_bounds import DirectionTest
 from fedshield.strategies.central_dp import wrap_central_dp
 from fedshield.strategies.registry import make_strategy
 from fedshield.strategies.strategy_state import restore_strategy_state, strategy_state
@@ -34,7 +35,7 @@ def _results(rnd: int, dtype: np.dtype) -> list:
 def _strategy(name: str, cfg: RunConfig | None = None) -> ValidatingStrategy:
     inner = make_strategy(name, initial_parameters=ndarrays_to_parameters(START), min_fit_clients=2,
                           min_available_clients=2)
-    return ValidatingStrategy(wrap_central_dp(inner, cfg or RunConfig(), 3), UpdatePolicy(min_cosine=None))
+    return ValidatingStrategy(wrap_central_dp(inner, cfg or RunConfig(), 3), UpdatePolicy(direction=DirectionTest()))
 
 
 def _round(strategy: ValidatingStrategy, rnd: int, model: list[np.ndarray]) -> list[np.ndarray]:
@@ -115,10 +116,10 @@ def test_rejections_and_exclusions_follow_the_site_not_its_node_id() -> None:
 def test_a_sites_direction_evidence_survives_a_restart() -> None:
     """A sign-flipper two rounds from its 3σ refusal must not start again from zero after a coordinator crash
     (its summed cosines would otherwise reset with each resume)."""
-    checks = ValidatingStrategy(make_strategy("fedavg"), UpdatePolicy(min_cosine=0.0))
+    checks = ValidatingStrategy(make_strategy("fedavg"), UpdatePolicy(direction=DirectionTest(0.0)))
     checks._agreement_sum.update({11: -0.12, 12: 0.2})
     checks._agreement_rounds.update({11: 2, 12: 2})
     saved = checks.checks_state({11: "hospital_a", 12: "hospital_b"}.__getitem__)
-    resumed = ValidatingStrategy(make_strategy("fedavg"), UpdatePolicy(min_cosine=0.0))
+    resumed = ValidatingStrategy(make_strategy("fedavg"), UpdatePolicy(direction=DirectionTest(0.0)))
     resumed.restore_checks(_through_a_file(saved), {"hospital_a": 71, "hospital_b": 72})
     assert dict(resumed._agreement_sum) == {71: -0.12, 72: 0.2} and dict(resumed._agreement_rounds) == {71: 2, 72: 2}
