@@ -20,6 +20,7 @@ which the speed differences between processes (up to 25% for the 0.3 ms tabular 
 
     python benchmarks/dp_overhead.py            # ~30 minutes on 2 cores (all tasks)
     python benchmarks/dp_overhead.py --tasks cifar-cnn,text-transformer
+    python benchmarks/dp_overhead.py --references none --repeats 3   # every task, FedShield's mode only
     python benchmarks/dp_overhead.py --tasks transfer-mobilenet-full,transfer-mobilenet-head --steps 10
 
 For transfer-mobilenet the table adds the DP step of the head-only model over the end-to-end one.
@@ -59,12 +60,12 @@ def platform_mode(task_name: str) -> str:
     return get_task(VARIANT.get(task_name, (task_name, ""))[0]).dp_mode
 
 
-def configs(tasks: list[str]) -> list[tuple[str, str]]:
+def configs(tasks: list[str], references: tuple[str, ...] = REFERENCES) -> list[tuple[str, str]]:
     """(task, none|platform|ghost|hooks); ghost only beside book-keeping where Opacus runs it, no reference run
-    of the platform's own mode."""
+    of the platform's own mode, and only the ``references`` asked for."""
     modes = {t: platform_mode(t) for t in tasks}
     ghost = {t for t in tasks if modes[t] == "bk"}
-    return [(t, m) for t in tasks for m in ("none", "platform", *REFERENCES)
+    return [(t, m) for t in tasks for m in ("none", "platform", *references)
             if m in ("none", "platform") or (m != modes[t] and (m == "hooks" or t in ghost))]
 
 
@@ -211,18 +212,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per run")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--tasks", default=",".join(TASKS), help="comma-separated tasks (default: all)")
+    parser.add_argument("--references", default=",".join(REFERENCES),
+                        help="Opacus modes timed for reference beside FedShield's: ghost,hooks (default), one of "
+                             "them, or none (the all-task table in minutes rather than half an hour)")
     parser.add_argument("--worker", nargs=2, metavar=("TASK", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         parser.error(f"--tasks: unknown task {unknown[0]!r}; choose from {', '.join(TASKS)}")
+    references = tuple(r.strip() for r in args.references.split(",") if r.strip() and r.strip() != "none")
+    wrong = [r for r in references if r not in REFERENCES]
+    if wrong:
+        parser.error(f"--references: unknown mode {wrong[0]!r}; choose from {', '.join(REFERENCES)} or none")
     if args.worker:
         print(json.dumps(worker(args.worker[0], args.worker[1], args.steps, args.warmup)))
         return
     results: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):  # interleave configurations so drift hits all alike
-        for task_name, mode in configs(tasks):
+        for task_name, mode in configs(tasks, references):
             out = subprocess.run([sys.executable, __file__, "--worker", task_name, mode, "--steps", str(args.steps),
                                   "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
             results.setdefault((task_name, mode), []).append(json.loads(out.stdout.strip().splitlines()[-1]))

@@ -9,12 +9,14 @@ same strategy, and the gap in points.
 Checks: "on" is the default coordinator (finite, shaped updates with plausible counts, frozen layers
 unchanged; norms clipped at 5x the round's median, refused above 100x it); "direction" adds
 ``--min-update-cosine 0`` (updates that point against the others' sit out the round, and sites that keep
-doing so are refused: for similar sites); "off" is ``--max-update-norm off``: what
+doing so are refused: for similar sites); "auto" adds ``--min-update-cosine auto`` (only sites that also
+stand out from the others' spread); "off" is ``--max-update-norm off``: what
 the strategy alone withstands once malformed updates are gone. (Without any check, one NaN update made
 the whole model NaN, median included: that is no longer a setting one can run.)
 
     python benchmarks/poisoning.py --attackers 1,3 --checks on,direction,off     # FedAvg, 1 and 3 attackers of 10
     python benchmarks/poisoning.py --strategies fedmedian,multikrum --checks on,direction
+    python benchmarks/poisoning.py --attacks sign-flip --attackers 1,3 --checks auto --strategies fedavg,fedmedian
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def main() -> None:
     parser.add_argument("--attacks", default=",".join(ATTACKS))
     parser.add_argument("--strategies", default="fedavg")
     parser.add_argument("--checks", default="on,off",
-                        help="on: the default checks; direction: with --min-update-cosine 0; off: no norm bound")
+                        help="on: the default checks; direction: with --min-update-cosine 0; auto: with "
+                             "--min-update-cosine auto; off: no norm bound")
     args = parser.parse_args()
     args.attackers_list = [int(a) for a in args.attackers.split(",")]
     rows = []
@@ -73,7 +76,7 @@ def main() -> None:
                     for checks in args.checks.split(","):
                         name = f"{strategy}-{attack}-{count}-{checks}"
                         off = {"on": [], "direction": ["--min-update-cosine", "0"],
-                               "off": ["--max-update-norm", "off"]}[checks]
+                               "auto": ["--min-update-cosine", "auto"], "off": ["--max-update-norm", "off"]}[checks]
                         acc = run_one(Path(tmp), name, args, strategy, ["--attack", f"{attack}:{count}", *off])
                         gap = (acc - clean) * 100
                         rows.append({"strategy": strategy, "attack": attack, "attackers": count, "checks": checks,
