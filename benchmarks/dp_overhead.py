@@ -109,9 +109,29 @@ class OneBatch:
         return iter([self.batch])
 
 
-def _stepper(task_name: str, mode: str):  # type: ignore[no-untyped-def]
+class PoissonBatches:
+    """Batches of ``x, y`` whose sizes are drawn as DP-SGD's Poisson sampling draws them (each example in with
+    probability ``batch / len(x)``), for a plain step fed batches of the private step's sizes."""
+
+    def __init__(self, x, y, batch: int) -> None:  # type: ignore[no-untyped-def]
+        import torch
+
+        self.x, self.y, self.rate = x, y, batch / len(x)
+        self.generator = torch.Generator().manual_seed(1)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        import torch
+
+        for _ in range(len(self.x) // max(1, round(self.rate * len(self.x)))):
+            picked = torch.rand(len(self.x), generator=self.generator) < self.rate
+            yield self.x[picked], self.y[picked]
+
+
+def _stepper(task_name: str, mode: str, plain_batches: str = "fixed"):  # type: ignore[no-untyped-def]
     """A fresh model of the task trained in ``mode``: ``(step, opacus mode used)``; ``step()`` runs one timed
-    optimizer step on the next batch and returns its wall time in ms."""
+    optimizer step on the next batch and returns its wall time in ms. ``plain_batches``: a plain model's
+    batches are all of BATCH examples (``fixed``, as a site trains without DP) or of Poisson-drawn sizes
+    (``poisson``, as the private step's)."""
     import torch
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -128,7 +148,8 @@ def _stepper(task_name: str, mode: str):  # type: ignore[no-untyped-def]
     part = getattr(task, "private_part", None)  # dcgan: only the discriminator is made private
     trained = part(model) if callable(part) else model
     optimizer = torch.optim.SGD(trained.parameters(), lr=0.05)
-    loader = DataLoader(site.train, batch_size=BATCH, shuffle=True)
+    loader = (PoissonBatches(x, y, BATCH) if plain_batches == "poisson" and mode == "none"
+              else DataLoader(site.train, batch_size=BATCH, shuffle=True))  # make_private draws its own
     criterion = None
     used = "none"
     private_module = None
@@ -168,7 +189,7 @@ def _stepper(task_name: str, mode: str):  # type: ignore[no-untyped-def]
     return step, used
 
 
-def worker(task_name: str, mode: str, steps: int, warmup: int) -> dict:
+def worker(task_name: str, mode: str, steps: int, warmup: int, plain_batches: str = "fixed") -> dict:
     """Time ``steps`` optimizer steps after ``warmup`` in this process; report median ms and peak RSS.
 
     A DP configuration also times a plain twin of the model in the same process, in alternating blocks
@@ -184,8 +205,8 @@ def worker(task_name: str, mode: str, steps: int, warmup: int) -> dict:
     warnings.simplefilter("ignore")
     retain_freed_memory()  # as every FedShield training process does (train_round), with and without DP
     torch.manual_seed(0)
-    step, used = _stepper(task_name, mode)
-    twin = _stepper(task_name, "none")[0] if mode != "none" else None
+    step, used = _stepper(task_name, mode, plain_batches)
+    twin = _stepper(task_name, "none", plain_batches)[0] if mode != "none" else None
     times: list[float] = []
     plain: list[float] = []
     block = max(1, steps // 6)
@@ -215,6 +236,10 @@ def main() -> None:
     parser.add_argument("--references", default=",".join(REFERENCES),
                         help="Opacus modes timed for reference beside FedShield's: ghost,hooks (default), one of "
                              "them, or none (the all-task table in minutes rather than half an hour)")
+    parser.add_argument("--plain-batches", choices=("fixed", "poisson"), default="fixed",
+                        help="the plain step's batches: all of 64 examples (fixed, as a site trains without DP), or "
+                             "of the Poisson-drawn sizes the private step trains on (poisson): glibc's heap grows "
+                             "with varying activation sizes, and this separates that from what clipping costs")
     parser.add_argument("--worker", nargs=2, metavar=("TASK", "MODE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
@@ -226,16 +251,17 @@ def main() -> None:
     if wrong:
         parser.error(f"--references: unknown mode {wrong[0]!r}; choose from {', '.join(REFERENCES)} or none")
     if args.worker:
-        print(json.dumps(worker(args.worker[0], args.worker[1], args.steps, args.warmup)))
+        print(json.dumps(worker(args.worker[0], args.worker[1], args.steps, args.warmup, args.plain_batches)))
         return
     results: dict[tuple[str, str], list[dict]] = {}
     for _ in range(args.repeats):  # interleave configurations so drift hits all alike
         for task_name, mode in configs(tasks, references):
             out = subprocess.run([sys.executable, __file__, "--worker", task_name, mode, "--steps", str(args.steps),
-                                  "--warmup", str(args.warmup)], capture_output=True, text=True, check=True)
+                                  "--warmup", str(args.warmup), "--plain-batches", args.plain_batches],
+                                 capture_output=True, text=True, check=True)
             results.setdefault((task_name, mode), []).append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(f"DP-SGD step cost on CPU, batch {BATCH}, median of {args.repeats} fresh-process runs x at least "
-          f"{args.steps} steps and {MIN_TIMED_S:g} s")
+          f"{args.steps} steps and {MIN_TIMED_S:g} s; plain batches {args.plain_batches}")
     print(f"{'task':<25}{'configuration':<34}{'ms/step':>9}{'x non-DP':>10}{'paired':>8}{'peak RSS MB':>13}")
     for task_name in tasks:
         base = statistics.median(r["median_ms"] for r in results[(task_name, "none")])
