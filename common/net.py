@@ -26,7 +26,7 @@ def free_port(host: str = "127.0.0.1") -> int:
             port = random.randrange(LOWEST_CHOSEN_PORT, low)
             if not port_in_use(host, port):
                 return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket(address_family(host), socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
 
@@ -39,17 +39,23 @@ def _ephemeral_low() -> int | None:
         return None
 
 
+def address_family(host: str) -> socket.AddressFamily:
+    """``AF_INET6`` for an IPv6 literal (bracketed or not), else ``AF_INET``: an IPv4 socket cannot bind an
+    IPv6 address, and ``fl-server start --host fd00::1`` was refused as "port already in use"."""
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
 def port_in_use(host: str, port: int, *, listeners_only: bool = False) -> bool:
     """True when something already listens on ``host:port`` (or binding is refused).
 
     ``listeners_only``: connections a stopped server left in TIME_WAIT (up to a minute after a coordinator
     was killed) do not count, as for a server that binds with ``SO_REUSEADDR`` (uvicorn and gRPC do).
     """
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+    with socket.socket(address_family(host), socket.SOCK_STREAM) as sock:
         if listeners_only:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            sock.bind((host, port))
+            sock.bind((host.strip("[]"), port))
         except OSError:
             return True
     return False

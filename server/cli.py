@@ -15,6 +15,7 @@ from fedshield.common import cli_options as opts
 from fedshield.common.cli_groups import with_option_groups
 from fedshield.common.cli_support import console, guarded, model_note, print_json, print_tasks, set_debug, warn_loudly
 from fedshield.common.errors import ConfigError
+from fedshield.common.net import join_address
 from fedshield.common.run_config import RunConfig
 from fedshield.server.audit_commands import register as register_audit_commands
 from fedshield.server.dashboard.commands import register as register_dashboard_command
@@ -64,8 +65,9 @@ def start(
         20.0, "--idle-timeout", help="Seconds a connection may stay silent (no TLS handshake, no request, a "
         "stalled upload) before the server closes it."),
     max_connections_per_peer: int = typer.Option(
-        64, "--max-connections-per-peer", help="Open connections one address may hold; further ones are closed as "
-        "they open (a site holds one or two; raise it for many sites behind one NAT address)."),
+        64, "--max-connections-per-peer", help="Open connections one address (an IPv6 peer: its /64 network) may "
+        "hold; further ones are closed as they open (a site holds one or two; raise it for many sites behind one "
+        "NAT address)."),
     resume: Path | None = typer.Option(
         None, "--resume", help="Continue the run in this run folder from its last completed round (after a crash "
         "or a kill): same settings, same run for the sites' privacy ledgers; pass the coordinator's own flags "
@@ -122,14 +124,15 @@ def start(
                       "sites' updates")
 
     def invite_sites(run_id: int) -> None:
-        console.print(f"server listening on {host}:{plan.port}; run {run_id}: {cfg.task}"
+        # escaped: rich takes an IPv6 address's brackets for markup and printed "--server :PORT"
+        console.print(f"server listening on {escape(join_address(host, plan.port))}; run {run_id}: {cfg.task}"
                       f"{model_note(asked_model, cfg.model)}, {cfg.rounds} rounds, "
                       f"waiting for {cfg.min_clients} site(s). Sites join with:")
         if plan.federation is not None:
             console.print(f"  fl-client join --kit KIT --data DIR      "
                           f"(enrolled: {', '.join(sorted(plan.federation.enrolled()))})")
         else:
-            console.print(f"  fl-client join --data DIR --server {plan.address} --insecure")
+            console.print(f"  fl-client join --data DIR --server {escape(plan.address)} --insecure")
 
     if dashboard is not None:  # served from a daemon thread until this command ends
         from fedshield.server.dashboard.launch import open_dashboard
