@@ -8,7 +8,8 @@ request, or sends half its headers, was held for good, and an unfinished TLS han
 
 * ``http=``:class:`IdleClosingProtocol`: uvicorn's own HTTP protocol, which also closes a connection that
   has not begun a new request (complete headers) within ``idle_timeout_s`` of opening or of its last answer,
-  and one from a peer address that already holds ``max_connections_per_peer`` open connections (counted
+  and one from a peer address that already holds ``max_connections_per_peer`` open connections (an IPv6
+  peer's whole /64 network counting as one address: :func:`peer_share`; counted
   once a connection is established, after its TLS handshake: an unfinished handshake holds no request
   body and is closed by the loop below);
 * ``loop=``:func:`handshake_limited_loop`: uvicorn's event loop (uvloop where installed), whose servers end a
@@ -23,6 +24,7 @@ the app it serves holds :class:`~fedshield.flower_ext.body_limit.BodyLimit`; sec
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import sys
 import time
 from collections import Counter
@@ -65,9 +67,24 @@ _last_refusal_log: dict[str, float] = {}
 REFUSAL_LOG_EVERY_S = 60.0
 
 
+def peer_share(address: str) -> str:
+    """The share of connections an address counts against: an IPv4 address itself, an IPv6 address's /64
+    network (one host is routinely given a whole /64, so counted per address one peer could open 2^64
+    shares), an IPv4-mapped IPv6 address as its IPv4 address; anything else (a Unix socket) as given."""
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])  # a link-local address may carry its zone
+    except ValueError:
+        return address
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.IPv6Network((ip, 64), strict=False))
+    return str(ip)
+
+
 def _peer_address(transport: Any) -> str:
     peer = transport.get_extra_info("peername")
-    return str(peer[0]) if isinstance(peer, tuple) and peer else str(peer)
+    return peer_share(str(peer[0]) if isinstance(peer, tuple) and peer else str(peer))
 
 
 class IdleClosingProtocol(_uvicorn_protocol()):  # type: ignore[misc]  # a class uvicorn chooses at import

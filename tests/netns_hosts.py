@@ -20,6 +20,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -191,3 +193,23 @@ class NetnsLab:
         _delete_netns(*self.made)
         self.made.clear()
         self.hosts.clear()
+
+
+@contextmanager
+def loopback_namespace(tag: str, addresses: list[str]) -> Iterator[str]:
+    """One namespace whose loopback carries ``addresses`` (IPv6 or IPv4 literals, each on its own), for a
+    server and its peers on one "host" with many addresses; yields its name. Deleted afterwards, with every
+    process still running in it."""
+    name = f"{PREFIX}{os.getpid()}{tag}"
+    sweep_stale()
+    _delete_netns(name)  # a leftover of this process's earlier try
+    try:
+        _sh("ip", "netns", "add", name)
+        _sh("ip", "-n", name, "link", "set", "lo", "up")
+        for address in addresses:
+            family = ["-6"] if ":" in address else []
+            _sh("ip", "-n", name, *family, "addr", "add", f"{address}/{128 if family else 32}", "dev", "lo",
+                *(["nodad"] if family else []))
+        yield name
+    finally:
+        _delete_netns(name)

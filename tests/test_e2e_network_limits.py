@@ -14,14 +14,16 @@ import json
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+from netns_hosts import loopback_namespace, missing_requirement
 
-from conftest import run_cli, start_cli, stop_processes, wait_for_text
+from conftest import BIN, cli_env, run_cli, start_cli, stop_processes, wait_for_text
 from fedshield.common.net import free_port
 
 pytestmark = pytest.mark.slow
@@ -205,3 +207,58 @@ def test_one_peer_cannot_hold_more_than_its_share_of_connections(tmp_path: Path)
         stop_processes(server)
 
 
+
+
+_FLOOD = """
+import socket, sys, time
+server, port, sources = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(",")
+conns = []
+for i in range(14):
+    conn = socket.socket(socket.AF_INET6)
+    conn.bind((sources[i % len(sources)], 0))
+    conn.connect((server, port))
+    conns.append(conn)
+time.sleep(2.0)  # refused ones are closed as they open; held ones idle for 15 s
+held = 0
+for conn in conns:
+    conn.settimeout(0.2)
+    try:
+        held += conn.recv(1) != b""
+    except socket.timeout:
+        held += 1
+    except OSError:
+        pass
+print(held)
+"""
+
+
+def test_an_ipv6_peer_cannot_multiply_its_share_with_the_addresses_of_its_network(tmp_path: Path) -> None:
+    """An IPv6 host is routinely given a whole /64: counted per address, one peer opened 14 connections from
+    seven addresses of its network to a coordinator that allows 4 per peer, and all 14 were held. Now a /64
+    is one peer. The coordinator listens on an IPv6 address of its own (``--host``, which an IPv4-only port
+    check refused as "already in use"), in a namespace the test makes."""
+    reason = missing_requirement()
+    if reason:
+        pytest.skip(reason)
+    attacker = [f"fd00:bad::{i}" for i in range(2, 9)]
+    with loopback_namespace("v", ["fd00:fed::1", *attacker]) as netns:
+        port = free_port()
+        log = tmp_path / "server.out"
+        with open(log, "wb") as out:
+            server = subprocess.Popen(
+                ["ip", "netns", "exec", netns, str(BIN / "fl-server"), "start", "--insecure", "--host", "fd00:fed::1",
+                 "--port", str(port), "--task", "digits-cnn", "--rounds", "1", "--min-clients", "2", "--run-dir",
+                 str(tmp_path / "run"), "--join-timeout", "600", "--idle-timeout", "15",
+                 "--max-connections-per-peer", "4"], env=cli_env(), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL)
+        try:
+            wait_for_text(log, "waiting for 2 site(s)", timeout=180)
+            assert f"--server [fd00:fed::1]:{port} --insecure" in log.read_text()  # rich ate the brackets
+            flood = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", _FLOOD, "fd00:fed::1",
+                                    str(port), ",".join(attacker)], capture_output=True, text=True, timeout=120,
+                                   check=True)
+            assert int(flood.stdout.strip()) == 4, flood.stdout
+            server_log = (tmp_path / "run" / "server.log").read_text(errors="replace")
+            assert "fd00:bad::/64 holds 4 open connections (--max-connections-per-peer)" in server_log
+        finally:
+            stop_processes(server)

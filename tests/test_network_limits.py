@@ -40,3 +40,15 @@ def test_the_superlink_process_reads_its_limits_back_and_has_them_without_fl_ser
     assert limits.keep_alive_s == 2.5 and NetworkLimits(MIB, 60.0).keep_alive_s == 5.0
     with pytest.raises(ConfigError, match="--idle-timeout"):
         NetworkLimits(MIB, 0.0).checked()
+
+
+def test_a_peers_share_is_its_ipv4_address_or_its_ipv6_network() -> None:
+    """An IPv6 host holds a whole /64 (test_e2e_network_limits floods from seven of its addresses); an
+    IPv4-mapped address is the IPv4 peer it stands for, and a link-local zone does not make a new peer."""
+    from fedshield.flower_ext.connection_limits import peer_share
+
+    assert peer_share("203.0.113.7") == "203.0.113.7" != peer_share("203.0.113.8")
+    assert peer_share("2001:db8:1:2::7") == peer_share("2001:db8:1:2:ffff::1") == "2001:db8:1:2::/64"
+    assert peer_share("2001:db8:1:3::7") != peer_share("2001:db8:1:2::7")
+    assert peer_share("::ffff:203.0.113.7") == "203.0.113.7"
+    assert peer_share("fe80::1%eth0") == peer_share("fe80::2%eth1") == "fe80::/64"
