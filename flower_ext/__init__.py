@@ -10,7 +10,9 @@ module                      adapts                                              
 ==========================  ==================================================  ===============================
 :mod:`.superlink`           the SuperLink: control guard, held pulls, scoped    :mod:`.superlink_main`
                             middleware, the ServerApp's start window, why a
-                            node activation failed (:mod:`.node_activation`)
+                            node activation failed (:mod:`.node_activation`),
+                            replies lost with a restarted site
+                            (:mod:`.restarted_nodes`)
 :mod:`.supernode`           the SuperNode: idle pulls, executor wake-up,        :mod:`.supernode_main`
                             scoped middleware
 :mod:`.app_executor`        the site's warm ClientApp executor                  :mod:`.app_executor_main`

@@ -36,7 +36,13 @@ from typing import Any
 from starlette.middleware import Middleware
 
 from fedshield.common.errors import FedShieldError
-from fedshield.flower_ext import audit_refusals, connection_limits, node_activation, task_start_window
+from fedshield.flower_ext import (
+    audit_refusals,
+    connection_limits,
+    node_activation,
+    restarted_nodes,
+    task_start_window,
+)
 from fedshield.flower_ext.body_limit import BodyLimit
 from fedshield.flower_ext.control_guard import CoordinatorOnly, refuses_strangers
 from fedshield.flower_ext.held_pulls import HOLD_S, HeldPulls
@@ -120,6 +126,7 @@ def install(token: str | None, ready_file: str | None = None, *, limits: Network
     task_start_window.install()  # a ServerApp on a busy host gets 2 minutes to start, not 30 s
     node_activation.install()  # a refused SuperNode learns whether its key is unknown or connected already
     audit_refusals.install()  # refusals go to the federation's audit log ($FEDSHIELD_AUDIT_DIR)
+    restarted_nodes.install()  # a message a killed site had taken is answered with an error once it is back
 
 
 def superlink_app(scope_layers: bool = True):

@@ -52,3 +52,20 @@ def test_a_peers_share_is_its_ipv4_address_or_its_ipv6_network() -> None:
     assert peer_share("2001:db8:1:3::7") != peer_share("2001:db8:1:2::7")
     assert peer_share("::ffff:203.0.113.7") == "203.0.113.7"
     assert peer_share("fe80::1%eth0") == peer_share("fe80::2%eth1") == "fe80::/64"
+
+
+def test_a_message_taken_before_a_nodes_latest_activation_is_lost_with_its_site() -> None:
+    """A site killed after taking a message and started again activates the same node: that message's reply
+    cannot come (the coordinator waited for it for ever when it missed the seconds the node was offline)."""
+    from types import SimpleNamespace
+
+    from fedshield.flower_ext.restarted_nodes import lost_in_restart
+
+    def message(delivered: str) -> SimpleNamespace:
+        return SimpleNamespace(metadata=SimpleNamespace(delivered_at=delivered))
+
+    node = SimpleNamespace(last_activated_at="2026-12-07T06:11:32.636000+00:00")
+    assert lost_in_restart(message("2026-12-07T06:10:48.100000+00:00"), node)  # taken, then the site restarted
+    assert not lost_in_restart(message("2026-12-07T06:11:40.000000+00:00"), node)  # taken by the site now up
+    assert not lost_in_restart(message(""), node)  # never taken: Flower answers it (or the site takes it)
+    assert not lost_in_restart(message("2026-12-07T06:10:48.100000+00:00"), SimpleNamespace(last_activated_at=""))
