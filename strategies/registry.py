@@ -61,8 +61,12 @@ class CountingKrum(Krum):
         self.tolerate = self.num_malicious_clients
         self.caught = caught
 
+    def remaining(self) -> int:
+        """The attackers that may still be among this round's updates."""
+        return self.caught.remaining(self.tolerate) if self.caught else self.tolerate
+
     def aggregate_fit(self, server_round, results, failures):  # Flower's signature
-        self.num_malicious_clients = self.caught.remaining(self.tolerate) if self.caught else self.tolerate
+        self.num_malicious_clients = self.remaining()
         return super().aggregate_fit(server_round, results, failures)
 
 
@@ -74,8 +78,7 @@ class MultiKrum(CountingKrum):
     """
 
     def aggregate_fit(self, server_round, results, failures):  # Flower's signature
-        remaining = self.caught.remaining(self.tolerate) if self.caught else self.tolerate
-        self.num_clients_to_keep = max(1, len(results) - remaining)
+        self.num_clients_to_keep = max(1, len(results) - self.remaining())
         return super().aggregate_fit(server_round, results, failures)
 
 
