@@ -21,6 +21,9 @@ module                      adapts                                              
 :mod:`.serverapp`           the ServerApp: object pulls, SecAgg+                the ServerApp's ``main``
 :mod:`.secagg`              SecAgg+ on both sides: ChaCha20 masks, compact      the ServerApp, the executor,
                             masked vectors                                      the ClientApp's SecAgg+ mod
+:mod:`.secagg_workflow`     SecAgg+'s server workflow: each round's share       the ServerApp's fit workflow
+                            count and modulus (Flower's even-count and          (checked when it is built)
+                            overflow defects)
 :mod:`.simulation_engine`   the simulation engine: message scan                 ``fl-sim``'s runner
 :mod:`.flower_cli`          Flower's ``flwr`` CLI: the coordinator's token      :mod:`.flower_cli_main`
 :mod:`.workflow_round`      reads and sets the legacy workflows' round          FedShield's workflow steps

@@ -262,7 +262,7 @@ def round_min_sites(cfg: RunConfig) -> int:
 def secure_fit_workflow(cfg: RunConfig, replies: dict[int, dict[str, Any]],
                         on_stages: Callable[[int, dict[str, float]], None] | None = None):
     """SecAgg+ as the fit workflow (see :mod:`fedshield.strategies.secure_aggregation`)."""
-    from fedshield.strategies.secure_aggregation import FedShieldSecAggPlus
+    from fedshield.flower_ext.secagg_workflow import FedShieldSecAggPlus
 
     # Weights are the sites' example counts; SecAgg+ scales them by max_weight, which must cover the largest.
     largest = max((int(r.get("examples-train", 0)) for r in replies.values() if "error" not in r), default=1)

@@ -231,6 +231,23 @@ def test_secagg_refuses_a_flower_whose_mod_no_longer_calls_the_mask_prg(monkeypa
         secagg.install()
 
 
+def test_secagg_refuses_a_workflow_that_no_longer_reads_the_share_count_fedshield_sets(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    # An even share count that silently reached Flower again would fail every site in every SecAgg+ round.
+    from flwr.server.workflow import SecAggPlusWorkflow
+
+    from fedshield.flower_ext.secagg_workflow import FedShieldSecAggPlus
+
+    def build() -> FedShieldSecAggPlus:
+        return FedShieldSecAggPlus(shares=4, threshold_fraction=0.5, sampled_sites=lambda context: 10,
+                                   max_weight=100.0, timeout=None)
+
+    assert build().requested_shares == 4  # Flower 1.42 as it is
+    monkeypatch.setattr(SecAggPlusWorkflow, "setup_stage", lambda self, grid, context, state: True)
+    with pytest.raises(FlowerHookMissing, match="no longer reads num_shares, modulus_range in setup_stage"):
+        build()
+
+
 def test_nothing_is_rebound_in_flower_by_importing_fedshield() -> None:
     # install() runs from a process's main(), never on import: importing every module leaves Flower as it is.
     modules = sorted(f"fedshield.flower_ext.{p.stem}" for p in (ROOT / "flower_ext").glob("*.py"))

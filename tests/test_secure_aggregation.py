@@ -12,7 +12,7 @@ from fedshield.flower_ext.secagg import (
     install_mask_prg,
     widened_vector,
 )
-from fedshield.strategies.secure_aggregation import effective_shares, modulus_for
+from fedshield.flower_ext.secagg_workflow import effective_shares, modulus_for
 
 
 def test_masks_use_the_whole_seed_not_32_folded_bits():
