@@ -201,9 +201,11 @@ def worker(task_name: str, mode: str, steps: int, warmup: int, plain_batches: st
     import torch
 
     from fedshield.common.allocator import retain_freed_memory
+    from fedshield.common.kernel_cache import bound_kernel_cache
 
     warnings.simplefilter("ignore")
     retain_freed_memory()  # as every FedShield training process does (train_round), with and without DP
+    bound_kernel_cache()
     torch.manual_seed(0)
     step, used = _stepper(task_name, mode, plain_batches)
     twin = _stepper(task_name, "none", plain_batches)[0] if mode != "none" else None

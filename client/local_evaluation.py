@@ -16,6 +16,7 @@ from torch import nn
 
 from fedshield.client.site_privacy import PrivacySettings, privacy_session
 from fedshield.common.errors import ConfigError
+from fedshield.common.kernel_cache import bound_kernel_cache
 from fedshield.common.run_config import RunConfig
 from fedshield.tasks.base import SiteData, Task
 
@@ -35,6 +36,7 @@ class EvaluationOutcome:
 def evaluate_round(task: Task, site: SiteData, model: nn.Module, cfg: RunConfig, *, run_id: str, rnd: int,
                    privacy: PrivacySettings, device: torch.device) -> EvaluationOutcome:
     """Evaluate ``model`` on the site's held-out records and return what the reply may carry."""
+    bound_kernel_cache()  # a process may evaluate before it first trains (common/kernel_cache.py)
     model.to(device)
     if not privacy.enabled:
         return _exact(task, site, model, device)

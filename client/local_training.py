@@ -25,6 +25,7 @@ from fedshield.client.privacy_ledger import LedgerEntry
 from fedshield.client.private_randomness import DPRandomness, dp_randomness, simulation_noise_seed
 from fedshield.client.site_privacy import PrivacySession, PrivacySettings, privacy_session, sampling
 from fedshield.common.allocator import retain_freed_memory
+from fedshield.common.kernel_cache import bound_kernel_cache
 from fedshield.common.run_config import RunConfig
 from fedshield.tasks.base import RecordStatistics, SiteData, Task, TrainResult
 
@@ -155,6 +156,7 @@ def train_round(
     ``--site-metrics exact``, sent exactly and recorded as such).
     """
     retain_freed_memory()  # once per process: keeps a step's freed tensors mapped for the next (common/allocator.py)
+    bound_kernel_cache()  # before the first convolution: Poisson batch sizes would fill it (common/kernel_cache.py)
     n = len(site.train)
     seed = None if privacy.virtual_site is None else simulation_noise_seed(cfg.seed, privacy.virtual_site, rnd)
     if seed is not None:  # a simulation's other draws (dropout, a GAN's latents) repeat with the run seed too
