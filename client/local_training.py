@@ -19,7 +19,7 @@ from opacus import GradSampleModule, PrivacyEngine
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedshield.client.book_keeping import make_private_book_keeping
+from fedshield.client.book_keeping import BookKeepingUnsupported, make_private_book_keeping
 from fedshield.client.empty_batches import NoiseOnEmptyBatches
 from fedshield.client.privacy_ledger import LedgerEntry
 from fedshield.client.private_randomness import DPRandomness, dp_randomness, simulation_noise_seed
@@ -61,8 +61,8 @@ class PrivateTraining:
 
 def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.optim.Optimizer,
                  loader: DataLoader, *, noise_multiplier: float, max_grad_norm: float,
-                 noise_generator: torch.Generator | None = None, expected_batch_size: int | None = None
-                 ) -> PrivateTraining:
+                 noise_generator: torch.Generator | None = None, expected_batch_size: int | None = None,
+                 after: str | None = None) -> PrivateTraining:
     """Opacus' front door with the task's fastest supported mode; falls back (``bk`` → ``ghost`` →
     ``hooks``) explicitly, with a warning naming the layer that forced it.
 
@@ -73,8 +73,13 @@ def make_private(task: Task, site: SiteData, model: nn.Module, optimizer: torch.
     empty Poisson batch itself (:mod:`fedshield.client.empty_batches`). ``expected_batch_size``: the E[B]
     the mean reduction divides by, when it must come from the released count rather than from
     ``len(loader.dataset)`` (Opacus' choice: the exact N, which would then leave in every update's scale).
+    ``after``: a mode that failed once training began; the modes after it in the fallback order are tried.
     """
     modes = {"hooks": ["hooks"], "bk": ["bk", "ghost", "hooks"]}.get(task.dp_mode, [task.dp_mode, "hooks"])
+    if after is not None:
+        modes = modes[modes.index(after) + 1:] if after in modes else []
+        if not modes:
+            raise RuntimeError(f"Opacus cannot train task {task.name} privately: no mode after {after}")
     last_error: Exception | None = None
     for mode in modes:
         kwargs = dict(module=model, optimizer=optimizer, data_loader=loader, noise_multiplier=noise_multiplier,
@@ -187,19 +192,23 @@ def train_round(
                                expected_batch_size=draw.expected_batch)
         try:
             entry = session.begin(rnd, "train", plan, steps=len(private.loader) * cfg.local_epochs)
-            with warnings.catch_warnings():
-                # A frozen feature extractor (transfer-mobilenet --model head) or a detached input (the
-                # generated half of dcgan's batch) leaves no input needing a gradient, and torch says so
-                # at every step of Opacus' per-sample hooks; the per-sample gradients are unaffected.
-                warnings.filterwarnings("ignore", message="Full backward hook is firing")
-                # the private loader iterates, has len() and .dataset: a DataLoader to the task
-                loader_view = cast(DataLoader, private.loader)
-                if trained is model:
-                    result = task.train(private.model, loader_view, private.optimizer, epochs=cfg.local_epochs,
-                                        device=device, criterion=private.criterion)
-                else:  # the hooks live on the part's layers, so the task calls the part through the whole model
-                    result = task.train(model, loader_view, private.optimizer, epochs=cfg.local_epochs,  # type: ignore[call-arg]  # a task with a private_part takes private_module
-                                        device=device, criterion=private.criterion, private_module=private.model)
+            try:
+                result = _train_privately(task, model, trained, private, cfg, device)
+            except BookKeepingUnsupported as refused:
+                if private.mode != "bk" or private.engine.accountant.history:
+                    raise  # a step was taken: its noise and its accounting belong to this mode's round
+                # A layer book-keeping has no rule for can show itself only in the first backward pass (a norm
+                # layer called twice in one forward). No step was taken: no noise drawn, no parameter moved,
+                # nothing recorded or sent. The round starts again with Opacus' next mode, as make_private
+                # falls back for a layer it sees when wrapping the model.
+                log.warning("task %s: book-keeping clipping stopped at the first step (%s); falling back",
+                            task.name, refused)
+                private.model.to_standard_module()
+                optimizer.zero_grad(set_to_none=True)
+                private = make_private(task, site, trained, optimizer, loader, noise_multiplier=plan.noise_multiplier,
+                                       max_grad_norm=privacy.max_grad_norm, noise_generator=randomness.noise,
+                                       expected_batch_size=draw.expected_batch, after="bk")
+                result = _train_privately(task, model, trained, private, cfg, device)
         finally:
             # Detach Opacus from the model (hooks, per-sample gradient buffers) so it can be reused, also
             # after a refusal: a warm process (a Ray actor) trains the next site on the same model object.
@@ -217,6 +226,24 @@ def train_round(
                             noise_multiplier=entry.noise_multiplier, sample_rate=entry.sample_rate, loss=loss,
                             count=session.counts.released_train if privacy.private_statistics else n,
                             statistics=privacy.site_metrics)
+
+
+def _train_privately(task: Task, model: nn.Module, trained: nn.Module, private: PrivateTraining, cfg: RunConfig,
+                     device: torch.device) -> TrainResult:
+    """The task's local epochs through the private model, optimizer, loader and criterion."""
+    with warnings.catch_warnings():
+        # A frozen feature extractor (transfer-mobilenet --model head) or a detached input (the generated
+        # half of dcgan's batch) leaves no input needing a gradient, and torch says so at every step of
+        # Opacus' per-sample hooks; the per-sample gradients are unaffected.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        # the private loader iterates, has len() and .dataset: a DataLoader to the task
+        loader_view = cast(DataLoader, private.loader)
+        if trained is model:
+            return task.train(private.model, loader_view, private.optimizer, epochs=cfg.local_epochs, device=device,
+                              criterion=private.criterion)
+        # the hooks live on the part's layers, so the task calls the part through the whole model
+        return task.train(model, loader_view, private.optimizer, epochs=cfg.local_epochs,  # type: ignore[call-arg]  # a task with a private_part takes private_module
+                          device=device, criterion=private.criterion, private_module=private.model)
 
 
 def _released_training_loss(task: Task, model: nn.Module, site: SiteData, session: PrivacySession, entry: LedgerEntry,

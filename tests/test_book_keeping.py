@@ -479,6 +479,63 @@ def test_unsupported_layers_fall_back_to_ghost_clipping_and_say_so(caplog: pytes
     assert "Opacus mode bk unavailable" in caplog.text and "RMSNorm" in caplog.text
 
 
+class _NormCalledTwice(nn.Module):
+    """One LayerNorm applied after two layers: a repeat book-keeping sees only in the first backward pass."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.out, self.norm = nn.Linear(5, 16), nn.Linear(16, 16), nn.Linear(16, 2), nn.LayerNorm(16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.norm(torch.tanh(self.b(self.norm(torch.tanh(self.a(x)))))))
+
+
+def _separable_site(n: int) -> SiteData:
+    x = torch.randn(n, 5)
+    data = TensorDataset(x, (x[:, 0] > 0).long())
+    return SiteData(data, data, DataSchema("classification", (5,), 2, tuple("abcde"), "t"), Path("."))
+
+
+def test_the_mode_after_book_keeping_clips_a_repeated_norm_layer_as_per_example_autograd() -> None:
+    torch.manual_seed(0)
+    site = _separable_site(32)
+    x, y = (t.double() if t.is_floating_point() else t for t in site.train.tensors)
+    model = _NormCalledTwice().double()
+    reference = _clipped_sum_reference(model, x, y, 0.05)
+    private = make_private(get_task("tabular"), site, model, torch.optim.SGD(model.parameters(), lr=0.1),
+                           DataLoader(site.train, batch_size=8), noise_multiplier=0.0, max_grad_norm=0.05, after="bk")
+    assert private.mode == "ghost" and private.criterion is not None
+    private.optimizer.zero_grad()
+    private.criterion(private.model(x), y).backward()
+    private.optimizer.pre_step()  # clipped sum, noise (σ = 0), mean reduction by E[B]
+    for name, p in model.named_parameters():
+        # Opacus' clip factor is C/(‖g‖ + 1e-6): agreement to about 1e-6 of the clipped values
+        assert torch.allclose(p.grad * private.optimizer.expected_batch_size, reference[name], atol=1e-6), name
+
+
+def test_a_round_book_keeping_refuses_at_its_first_step_runs_whole_in_the_next_mode(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Nothing had left the site when book-keeping met the repeated layer: the round starts again under ghost
+    clipping, every planned step is taken and accounted once, and the model learns."""
+    from fedshield.client.local_training import PrivacySettings, train_round
+    from fedshield.client.privacy_ledger import PrivacyLedger
+    from fedshield.common.run_config import RunConfig
+
+    torch.manual_seed(0)
+    site, task, model = _separable_site(512), get_task("tabular"), _NormCalledTwice()
+    before = task.evaluate(model, site.val, device=torch.device("cpu"))["loss"]
+    privacy = PrivacySettings(True, 8.0, 1e-5, 1.0, tmp_path)
+    with caplog.at_level(logging.WARNING):
+        outcome = train_round(task, site, model, RunConfig(task="tabular", rounds=1, batch_size=32, lr=0.5),
+                              run_id="r", rnd=1, privacy=privacy, device=torch.device("cpu"))
+    assert "stopped at the first step" in caplog.text and "LayerNorm layer called twice" in caplog.text
+    assert task.evaluate(model, site.val, device=torch.device("cpu"))["loss"] < before
+    ledger = PrivacyLedger.open(tmp_path, epsilon_budget=8.0, delta=None)
+    train = [e for e in ledger.entries if e.kind == "train"]
+    assert [e.status for e in train] == ["released"] and train[0].steps == outcome.result.steps > 0
+    assert outcome.epsilon == pytest.approx(ledger.epsilon_spent())
+
+
 def test_every_step_is_noised_and_accounted_like_opacus() -> None:
     """One accountant step per optimizer step at Opacus' sample rate; the update is (clipped sum + noise) / E[B]."""
     torch.manual_seed(0)
