@@ -16,6 +16,7 @@ message; its reply cannot come.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -43,7 +44,10 @@ def install() -> None:
             raise FlowerHookMissing(f"flwr {installed_flower_version()}'s InMemoryLinkState has no {name}, where "
                                     f"FedShield {purpose}; install flwr=={FLOWER_VERSION}")
     original = state_class.get_message_res
+    if getattr(original, "__wrapped__", None) is not None:
+        return  # installed already in this process
 
+    @functools.wraps(original)
     def get_message_res(self: Any, message_ids: set[str], run_id: int) -> list[Any]:
         replies = original(self, set(message_ids), run_id)
         answered = {reply.metadata.reply_to_message_id for reply in replies}

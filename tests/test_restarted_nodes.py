@@ -28,8 +28,10 @@ HEARTBEAT_S = 30.0
 
 @pytest.fixture
 def flower_state(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    """An in-memory link state with one run; the class's methods and the task identity restored afterwards."""
-    monkeypatch.setattr(InMemoryLinkState, "get_message_res", InMemoryLinkState.get_message_res)
+    """An in-memory link state with one run and Flower's own ``get_message_res`` (a test before may have installed
+    the door's in this process); the class's method and the task identity are restored afterwards."""
+    flowers = InMemoryLinkState.get_message_res
+    monkeypatch.setattr(InMemoryLinkState, "get_message_res", getattr(flowers, "__wrapped__", flowers))
     state = LinkStateFactory(FLWR_IN_MEMORY_DB_NAME, NoOpFederationManager(), ObjectStoreFactory()).state()
     state.test_run_id = state.create_run(None, None, None, {}, NOOP_FEDERATION_ID, None, None, "serverapp")
     for name, value in (("_run_id", state.test_run_id), ("_node_id", SUPERLINK_NODE_ID),
