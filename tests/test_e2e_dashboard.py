@@ -243,7 +243,10 @@ def test_a_dashboard_beyond_loopback_refuses_requests_without_the_token(
         driver.save_screenshot(str(artifacts / "1-refused-without-token.png"))
         driver.find_element("id", "token").send_keys("not-the-token")
         driver.find_element("id", "login").click()
-        assert "not this dashboard's token" in driver.find_element("id", "login-error").text
+        # the form posts and the refusal comes back as a new page: wait for it rather than read the old one
+        refusal = _wait_for(lambda: driver.execute_script(
+            "const e = document.getElementById('login-error'); return e ? e.textContent : ''"), 30, "the refusal")
+        assert "not this dashboard's token" in refusal
         driver.find_element("id", "token").send_keys(token)
         driver.find_element("id", "login").click()
         assert _wait_for(lambda: _rows(driver) == dict.fromkeys(SITES, "enrolled"), 30, "the sites after login")
