@@ -202,10 +202,13 @@ def worker(task_name: str, mode: str, steps: int, warmup: int, plain_batches: st
 
     from fedshield.common.allocator import retain_freed_memory
     from fedshield.common.kernel_cache import bound_kernel_cache
+    from fedshield.tasks.base import TaskOptions
+    from fedshield.tasks.registry import get_task
 
     warnings.simplefilter("ignore")
     retain_freed_memory()  # as every FedShield training process does (train_round), with and without DP
-    bound_kernel_cache()
+    name, variant = VARIANT.get(task_name, (task_name, "auto"))  # as train_round sets it, before any convolution
+    bound_kernel_cache(get_task(name).build_model(task_inputs(task_name, BATCH)[0], TaskOptions(model=variant)), BATCH)
     torch.manual_seed(0)
     step, used = _stepper(task_name, mode, plain_batches)
     twin = _stepper(task_name, "none", plain_batches)[0] if mode != "none" else None

@@ -94,10 +94,8 @@ def main() -> None:
         sys.exit(2)
     ensure_fedshield(ROOT)
     from fedshield.common.allocator import retain_freed_memory
-    from fedshield.common.kernel_cache import bound_kernel_cache
 
     retain_freed_memory()  # as every FedShield training process does (client/local_training.py)
-    bound_kernel_cache()
     device = torch.device(args.device)
     args.out.mkdir(parents=True, exist_ok=True)
     skip = {s.strip() for s in args.skip.split(",") if s.strip()}

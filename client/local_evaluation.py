@@ -36,7 +36,7 @@ class EvaluationOutcome:
 def evaluate_round(task: Task, site: SiteData, model: nn.Module, cfg: RunConfig, *, run_id: str, rnd: int,
                    privacy: PrivacySettings, device: torch.device) -> EvaluationOutcome:
     """Evaluate ``model`` on the site's held-out records and return what the reply may carry."""
-    bound_kernel_cache()  # a process may evaluate before it first trains (common/kernel_cache.py)
+    bound_kernel_cache(model, cfg.batch_size)  # a process may evaluate before it first trains (common/kernel_cache.py)
     model.to(device)
     if not privacy.enabled:
         return _exact(task, site, model, device)

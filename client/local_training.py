@@ -161,7 +161,7 @@ def train_round(
     ``--site-metrics exact``, sent exactly and recorded as such).
     """
     retain_freed_memory()  # once per process: keeps a step's freed tensors mapped for the next (common/allocator.py)
-    bound_kernel_cache()  # before the first convolution: Poisson batch sizes would fill it (common/kernel_cache.py)
+    bound_kernel_cache(model, cfg.batch_size)  # before the first convolution (common/kernel_cache.py)
     n = len(site.train)
     seed = None if privacy.virtual_site is None else simulation_noise_seed(cfg.seed, privacy.virtual_site, rnd)
     if seed is not None:  # a simulation's other draws (dropout, a GAN's latents) repeat with the run seed too
