@@ -27,7 +27,6 @@ from flwr.client import Client, NumPyClient
 from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
-from flwr.compat.common.recorddict_compat import recorddict_to_fitins
 
 from fedshield.client.device import resolve_device
 from fedshield.client.events import emit
@@ -45,7 +44,8 @@ from fedshield.client.site_session import (
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
 from fedshield.common.torch_arrays import model_to_ndarrays, ndarrays_to_model
-from fedshield.strategies.secure_aggregation import secaggplus_when_asked
+from fedshield.flower_ext.legacy_api import recorddict_to_fitins
+from fedshield.flower_ext.secagg import secaggplus_when_asked
 from fedshield.tasks.base import DataSchema
 
 log = logging.getLogger("fedshield.client")

@@ -28,6 +28,8 @@ module                      adapts                                              
 :mod:`.flower_cli`          Flower's ``flwr`` CLI: the coordinator's token      :mod:`.flower_cli_main`
 :mod:`.workflow_round`      reads and sets the legacy workflows' round          FedShield's workflow steps
                             counter (no change to Flower)
+:mod:`.legacy_api`          names Flower's unexported compatibility helpers     imported where used (no change
+                            (FitIns conversions, default workflows)             to Flower)
 ==========================  ==================================================  ===============================
 
 Each ``install()`` runs from its process's ``main()``, never on import, and first checks that the

@@ -1,7 +1,13 @@
 """SecAgg+ inside Flower, on both sides: masks expanded with ChaCha20, masked vectors sent compactly.
 
+Protocol: Bell et al., "Secure Single-Server Aggregation with (Poly)Logarithmic Overhead", CCS 2020.
+Each site quantises its update, adds a private mask and pairwise masks agreed with its neighbours (ECDH),
+and secret-shares the mask seeds; the server can only remove the masks of the *sum*, and recovers a
+dropped site's pairwise masks from the shares of the others.
+
 Flower's SecAgg+ (``secaggplus_mod`` at the sites, ``SecAggPlusWorkflow`` at the server) is used as Flower
-ships it (:mod:`fedshield.strategies.secure_aggregation` wires it), with two names rebound in its modules:
+ships it (:func:`secaggplus_when_asked` applies the mod at the sites, :mod:`.secagg_workflow` holds the
+server's workflow), with two names rebound in its modules:
 
 1. **Mask expansion.** Flower expands every mask seed with ``numpy.random.RandomState`` seeded with 32
    bits folded (XOR) out of the shared secret: a server can enumerate 2**32 seeds and strip a site's
@@ -24,6 +30,7 @@ actors in simulation).
 from __future__ import annotations
 
 import importlib
+from typing import Any
 
 import numpy as np
 from cryptography.hazmat.primitives import hashes
@@ -128,3 +135,20 @@ def install() -> None:
     install_mask_prg()
     install_compact_masked_vectors()
     _installed = True
+
+
+def secaggplus_when_asked(msg: Any, context: Any, call_next: Any) -> Any:
+    """Flower's ``secaggplus_mod`` as a ClientApp mod, only for TRAIN messages that belong to a SecAgg+ round.
+
+    Flower's mod assumes every TRAIN message carries SecAgg+ stage configs and fails on a plain round;
+    FedShield's ClientApp serves both kinds of run. Before the first SecAgg+ message this process's SecAgg+
+    is made the server's (:func:`install`), wherever the ClientApp runs: also in a process FedShield does not
+    start (a simulation's Ray actor, a SuperNode's own ClientApp process).
+    """
+    from flwr.app import MessageType
+    from flwr.client.mod import secaggplus_mod
+
+    if msg.metadata.message_type != MessageType.TRAIN or not is_secagg_stage(msg.content.config_records):
+        return call_next(msg, context)
+    install()
+    return secaggplus_mod(msg, context, call_next)

@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from flwr.app import Context
-from flwr.server.workflow.default_workflows import default_evaluate_workflow
 from flwr.serverapp import Grid
 
+from fedshield.flower_ext.legacy_api import default_evaluate_workflow
 from fedshield.flower_ext.workflow_round import current_round, set_current_round
 
 Workflow = Callable[[Grid, Context], None]

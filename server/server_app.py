@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from fedshield.common.flower_env import silence_flower
+from fedshield.flower_ext.legacy_api import default_evaluate_workflow, default_fit_workflow
 
 silence_flower()
 
@@ -24,7 +25,6 @@ from flwr.common import ndarrays_to_parameters
 from flwr.server import ServerConfig
 from flwr.server.compat import LegacyContext
 from flwr.server.workflow import DefaultWorkflow
-from flwr.server.workflow.default_workflows import default_evaluate_workflow, default_fit_workflow
 from flwr.serverapp import Grid, ServerApp
 
 from fedshield.common.errors import RunFolderError
@@ -261,7 +261,7 @@ def round_min_sites(cfg: RunConfig) -> int:
 
 def secure_fit_workflow(cfg: RunConfig, replies: dict[int, dict[str, Any]],
                         on_stages: Callable[[int, dict[str, float]], None] | None = None):
-    """SecAgg+ as the fit workflow (see :mod:`fedshield.strategies.secure_aggregation`)."""
+    """SecAgg+ as the fit workflow (see :mod:`fedshield.flower_ext.secagg_workflow`)."""
     from fedshield.flower_ext.secagg_workflow import FedShieldSecAggPlus
 
     # Weights are the sites' example counts; SecAgg+ scales them by max_weight, which must cover the largest.

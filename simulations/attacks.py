@@ -80,11 +80,8 @@ class AttackingSites:
         # Flower imported here, not at the top: `fl-sim run` checks --attack before it loads Flower
         from flwr.app import Message, MessageType
         from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
-        from flwr.compat.common.recorddict_compat import (
-            fitres_to_recorddict,
-            recorddict_to_fitins,
-            recorddict_to_fitres,
-        )
+
+        from fedshield.flower_ext.legacy_api import fitres_to_recorddict, recorddict_to_fitins, recorddict_to_fitres
 
         partition = context.node_config.get("partition-id")
         if (msg.metadata.message_type != MessageType.TRAIN or partition is None

@@ -26,7 +26,8 @@ class RayNodeTag:
 
     def __call__(self, msg: Message, context: Context, call_next: Callable[[Message, Context], Message]) -> Message:
         from flwr.app import Message, MessageType
-        from flwr.compat.common.recorddict_compat import fitres_to_recorddict, recorddict_to_fitres
+
+        from fedshield.flower_ext.legacy_api import fitres_to_recorddict, recorddict_to_fitres
 
         reply = call_next(msg, context)
         if msg.metadata.message_type != MessageType.TRAIN or reply.has_error():

@@ -280,9 +280,9 @@ assert SubprocessExecutor.launch.__module__.startswith("flwr.")
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
-# Flower's runtime and wire modules: only the door imports them.
+# Flower's runtime and wire modules, and submodules its packages do not export: only the door imports them.
 PRIVATE = re.compile(r"flwr\.(superlink|supernode|superexec|supercore|cli|server\.superlink|proto)(\.|$)"
-                     r"|flwr(\.\w+)*\._")
+                     r"|flwr\.compat\.common\.|flwr\.server\.workflow\.\w+|flwr\.client\.mod\.\w+\.|flwr(\.\w+)*\._")
 
 
 def test_only_the_door_imports_flowers_runtime_modules() -> None:
