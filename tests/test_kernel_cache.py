@@ -4,12 +4,17 @@ unless the user chose a bound."""
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
+import torch
 from torch import nn
+from torch.utils.data import TensorDataset
 
+from fedshield.client.local_training import PrivacySettings, train_round
 from fedshield.common.kernel_cache import CAPACITY, ONEDNN_DEFAULT, VARIABLES, bound_kernel_cache
-from fedshield.tasks.base import DataSchema, TaskOptions
+from fedshield.common.run_config import RunConfig
+from fedshield.tasks.base import DataSchema, SiteData, TaskOptions
 from fedshield.tasks.registry import get_task
 
 
@@ -44,3 +49,15 @@ def test_a_bound_the_user_exported_is_kept(unset: pytest.MonkeyPatch, name: str)
     assert os.environ[name] == "2048" and all(os.environ.get(n) in (None, "2048") for n in VARIABLES)
     unset.setenv(name, "lots")  # oneDNN ignores what it cannot read
     assert bound_kernel_cache(many, 64) == ONEDNN_DEFAULT
+
+
+def test_a_private_round_sets_the_bound_from_its_model_before_training(
+        unset: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """train_round bounds the cache for a model of many convolutions (here 52 1×1 ones), as a site does."""
+    torch.manual_seed(0)
+    x, y = torch.randn(64, 3, 4, 4), torch.arange(64) % 2
+    site = SiteData(TensorDataset(x, y), TensorDataset(x, y), DataSchema("classification", (3, 4, 4), 2), Path("."))
+    model = nn.Sequential(*[nn.Conv2d(3, 3, 1) for _ in range(52)], nn.Flatten(), nn.Linear(48, 2))
+    train_round(get_task("tabular"), site, model, RunConfig(task="tabular", rounds=1, batch_size=16, lr=0.1),
+                run_id="r", rnd=1, privacy=PrivacySettings(True, 8.0, 1e-5, 1.0, tmp_path), device=torch.device("cpu"))
+    assert os.environ[VARIABLES[0]] == str(CAPACITY)
