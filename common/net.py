@@ -27,7 +27,7 @@ def free_port(host: str = "127.0.0.1") -> int:
             if not port_in_use(host, port):
                 return port
     with socket.socket(address_family(host), socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
+        sock.bind((host.strip("[]"), 0))
         return int(sock.getsockname()[1])
 
 
