@@ -63,8 +63,14 @@ class FlatNoiseDPOptimizer(DPOptimizerFastGradientClipping):
     def zero_grad(self, set_to_none: bool = True) -> None:
         """Always to ``None`` (whatever ``set_to_none`` says): each backward pass assigns the step's clipped sums
         afresh, and a ``.grad`` still set then shows gradients about to accumulate, which book-keeping refuses
-        (:func:`fedshield.client.book_keeping.clip_and_sum`). No ``p.summed_grad`` is kept on this path."""
-        self.original_optimizer.zero_grad(set_to_none=True)
+        (:func:`fedshield.client.book_keeping.clip_and_sum`). No ``p.summed_grad`` is kept on this path.
+
+        Every parameter of the wrapped optimizer's groups is cleared here rather than by its own ``zero_grad``:
+        with ``set_to_none`` that does the same assignments inside a profiler range and a dynamo guard, which
+        cost 15 µs of a 0.2 ms private logistic-regression step, a tenth of it (docs/performance.md)."""
+        for group in self.original_optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = None
 
     def pre_step(self, closure: Callable[[], float] | None = None) -> bool:
         if self._check_skip_next_step():
