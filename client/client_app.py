@@ -26,7 +26,6 @@ from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.client import Client, NumPyClient
 from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp import ClientApp
-from flwr.clientapp.typing import Mod
 
 from fedshield.client.device import resolve_device
 from fedshield.client.events import emit
@@ -45,6 +44,7 @@ from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
 from fedshield.common.torch_arrays import model_to_ndarrays, ndarrays_to_model
 from fedshield.flower_ext.legacy_api import recorddict_to_fitins
+from fedshield.flower_ext.message_types import Mod
 from fedshield.flower_ext.secagg import secaggplus_when_asked
 from fedshield.tasks.base import DataSchema
 

@@ -16,12 +16,11 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from flwr.app import Context, Message
-from flwr.app.error import Error
-from flwr.common.constant import ErrorCode
+from flwr.app import Context, Error, Message
 
 from fedshield.client.events import emit
 from fedshield.client.node_config import SiteNodeConfig
+from fedshield.flower_ext.message_types import ErrorCode
 
 log = logging.getLogger("fedshield.client.site_policy")
 

@@ -7,9 +7,10 @@ strategy_chain` follows to the strategies inside.
 from __future__ import annotations
 
 from flwr.common import EvaluateIns, EvaluateRes, FitIns, FitRes, Parameters, Scalar
-from flwr.server.client_manager import ClientManager
-from flwr.server.client_proxy import ClientProxy
+from flwr.server import ClientManager
 from flwr.server.strategy import Strategy
+
+from fedshield.flower_ext.legacy_api import ClientProxy
 
 
 class DelegatingStrategy(Strategy):

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import numpy as np
 from flwr.common import FitRes, Parameters, Scalar, ndarrays_to_parameters, parameters_to_ndarrays
-from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import Strategy
 
+from fedshield.flower_ext.legacy_api import ClientProxy
 from fedshield.strategies.delegating import DelegatingStrategy
 
 

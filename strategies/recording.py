@@ -21,10 +21,10 @@ from flwr.common import (
     Scalar,
     parameters_to_ndarrays,
 )
-from flwr.server.client_manager import ClientManager
-from flwr.server.client_proxy import ClientProxy
+from flwr.server import ClientManager
 from flwr.server.strategy import Strategy
 
+from fedshield.flower_ext.legacy_api import ClientProxy
 from fedshield.strategies.delegating import DelegatingStrategy
 from fedshield.strategies.update_checks import RejectedUpdate
 

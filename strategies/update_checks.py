@@ -74,9 +74,7 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.server.client_manager import ClientManager
-from flwr.server.client_proxy import ClientProxy
-from flwr.server.criterion import Criterion
+from flwr.server import ClientManager
 from flwr.server.strategy import Strategy
 
 from fedshield.common.update_bounds import (
@@ -86,6 +84,7 @@ from fedshield.common.update_bounds import (
     NormBound,
     parse_min_cosine,
 )
+from fedshield.flower_ext.legacy_api import ClientProxy, Criterion
 from fedshield.strategies.caught_sites import CaughtSites
 
 log = logging.getLogger("fedshield.server")

@@ -282,7 +282,10 @@ assert SubprocessExecutor.launch.__module__.startswith("flwr.")
 
 # Flower's runtime and wire modules, and submodules its packages do not export: only the door imports them.
 PRIVATE = re.compile(r"flwr\.(superlink|supernode|superexec|supercore|cli|server\.superlink|proto)(\.|$)"
-                     r"|flwr\.compat\.common\.|flwr\.server\.workflow\.\w+|flwr\.client\.mod\.\w+\.|flwr(\.\w+)*\._")
+                     r"|flwr\.compat\.common\.|flwr\.server\.workflow\.\w+|flwr\.client\.mod\.\w+\.|flwr(\.\w+)*\._"
+                     # submodules whose names their packages do not export (the door re-exports them)
+                     r"|flwr\.server\.(client_proxy|client_manager|criterion)$|flwr\.common\.constant$|flwr\.\w+\.typing$"
+                     r"|flwr\.app\.error$")
 
 
 def test_only_the_door_imports_flowers_runtime_modules() -> None:
