@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 
 from fedshield.common.flower_env import silence_flower
-from fedshield.flower_ext.legacy_api import default_evaluate_workflow, default_fit_workflow
 
 silence_flower()
 
@@ -33,6 +32,7 @@ from fedshield.common.run_config import RunConfig
 from fedshield.common.torch_arrays import fixed_mask, model_to_ndarrays
 from fedshield.common.update_bounds import NormBound, parse_min_cosine
 from fedshield.flower_ext import serverapp as flower_serverapp
+from fedshield.flower_ext.legacy_api import default_evaluate_workflow, default_fit_workflow
 from fedshield.flower_ext.network_limits import MAX_MESSAGE_KEY, check_model_fits
 from fedshield.server.admitted_grid import AdmittedGrid
 from fedshield.server.audit_trail import RunAudit

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import os
 import re
 import subprocess
 import sys
@@ -286,6 +287,18 @@ PRIVATE = re.compile(r"flwr\.(superlink|supernode|superexec|supercore|cli|server
                      # submodules whose names their packages do not export (the door re-exports them)
                      r"|flwr\.server\.(client_proxy|client_manager|criterion)$|flwr\.common\.constant$|flwr\.\w+\.typing$"
                      r"|flwr\.app\.error$")
+
+
+@pytest.mark.parametrize("module", ["fedshield.server.server_app", "fedshield.client.client_app"])
+def test_the_apps_switch_flowers_telemetry_off_before_flower_reads_it(module: str) -> None:
+    """Flower reads FLWR_TELEMETRY_ENABLED once, when its telemetry module is first imported; each app module
+    sets it before its first Flower import, so a process whose environment lacks it still sends nothing.
+    (server_app once imported a door module, and Flower with it, before that line: telemetry stayed on.)"""
+    env = {k: v for k, v in os.environ.items() if k not in ("FLWR_TELEMETRY_ENABLED", "FLWR_DISABLE_UPDATE_CHECK")}
+    probe = f"import {module}, flwr.supercore.telemetry as t; print(t.FLWR_TELEMETRY_ENABLED)"
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "0"
 
 
 def test_only_the_door_imports_flowers_runtime_modules() -> None:
