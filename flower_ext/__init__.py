@@ -29,7 +29,10 @@ module                      adapts                                              
 :mod:`.workflow_round`      reads and sets the legacy workflows' round          FedShield's workflow steps
                             counter (no change to Flower)
 :mod:`.legacy_api`          names Flower's unexported compatibility helpers     imported where used (no change
-                            (FitIns conversions, default workflows)             to Flower)
+                            (FitIns conversions, default workflows) and 1.x     to Flower)
+                            strategy types (ClientProxy, Criterion)
+:mod:`.message_types`       names two unexported Message-API types: a mod's     imported where used (no change
+                            type (Mod) and error codes (ErrorCode)              to Flower)
 ==========================  ==================================================  ===============================
 
 Each ``install()`` runs from its process's ``main()``, never on import, and first checks that the
