@@ -40,7 +40,14 @@ MinUpdateCosine = Annotated[str, typer.Option(
     "median update, averaged over its rounds. off (default): a site whose data no other site holds points away "
     "from the others as a flipper does. A number such as 0: every site must stay above it, 3 or more sites a round "
     "(similar sites: flippers sit out from round 1). auto: only sites that also stand out from the others' spread, "
-    "5 or more a round (sites that differ somewhat; flippers among similar sites sit out from round 3).")]
+    "5 or more a round (sites that differ somewhat; flippers among similar sites sit out from round 3). With "
+    "--trusted-data the cosines are with the coordinator's own update and the test is on (0) by default.")]
+TrustedData = Annotated[Path | None, typer.Option(
+    "--trusted-data", help="A folder of examples the coordinator holds and trusts, in the task's site format (a "
+    "few dozen per class the sites hold): each round the coordinator trains the global model on them, without DP, "
+    "and the direction test compares every site's update with that update instead of the other sites' median, so "
+    "sites whose data no other site holds are not taken for sign-flippers. Turns the direction test on (threshold "
+    "0 unless --min-update-cosine gives one). Read by the server only; not with --secagg.")]
 MaxRejections = Annotated[int, typer.Option(
     "--max-rejections", min=1, help="Rejected updates after which a site is excluded for the rest of the run.")]
 TolerateAttackers = Annotated[int, typer.Option(
@@ -78,14 +85,15 @@ class TrainingOptions:
     init_weights: InitWeights = None
     max_update_norm: MaxUpdateNorm = RunConfig.max_update_norm
     min_update_cosine: MinUpdateCosine = RunConfig.min_update_cosine
+    trusted_data: TrustedData = None
     max_rejections: MaxRejections = RunConfig.max_rejections
     tolerate_attackers: TolerateAttackers = RunConfig.tolerate_attackers
 
     def config_fields(self, dp: bool) -> dict[str, Any]:
         """:class:`RunConfig` keyword arguments; without ``--lr``, :meth:`RunConfig.default_lr` (until the task's
-        settings are resolved); ``init_weights`` is left to the task's settings."""
+        settings are resolved); ``init_weights`` and ``trusted_data`` are left to the task's settings."""
         fields = asdict(self)
-        del fields["init_weights"]
+        del fields["init_weights"], fields["trusted_data"]  # resolved with the task (resolve_settings)
         fields["lr"] = self.lr if self.lr is not None else RunConfig.default_lr(dp)
         return fields
 

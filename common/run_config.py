@@ -56,6 +56,9 @@ class RunConfig:
             others' median update and stand out from them), the least mean cosine similarity of a site's
             updates with the round's coordinate-wise median update, or ``off``.
         max_rejections: rejected updates after which a site is excluded for the rest of the run.
+        trusted_data: absolute path of examples the coordinator holds and trusts (``--trusted-data``): the
+            direction test compares each site's update with the coordinator's own update on them
+            (:mod:`fedshield.server.trusted_reference`); empty for none. Never sent to sites.
         tolerate_attackers: f, the attacking sites Krum and Multi-Krum tolerate (they need 2f + 3 sites).
         secagg: run every training round under SecAgg+ (the server learns only the sum of the updates).
         secagg_shares: neighbours/secret shares per site (0 = automatic: all up to 7 sites, then
@@ -109,6 +112,7 @@ class RunConfig:
     min_update_cosine: str = DEFAULT_MIN_COSINE
     max_rejections: int = 3
     tolerate_attackers: int = 1
+    trusted_data: str = ""
     secagg: bool = False
     secagg_shares: int = 0
     secagg_threshold: float = 0.6
@@ -164,6 +168,9 @@ class RunConfig:
             (self.strategy not in ("krum", "multikrum") or self.min_clients >= 2 * self.tolerate_attackers + 3,
              f"--strategy {self.strategy} with --tolerate-attackers {self.tolerate_attackers} needs --min-clients of "
              f"at least {2 * self.tolerate_attackers + 3} (2f + 3 sites per round)"),
+            (not (self.secagg and self.trusted_data),
+             "--trusted-data compares each site's update with the coordinator's own, and --secagg hides single "
+             "updates from the server: drop one of them"),
             (not (self.secagg and self.central_dp != "off" and self.central_dp_side == "server"),
              "--secagg hides single updates from the server, so it cannot clip them: use "
              "--central-dp-side client with --central-dp"),

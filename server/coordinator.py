@@ -168,8 +168,9 @@ def plan_run(training: TrainingOptions, central: CentralDpOptions, secagg: SecAg
     from fedshield.tasks.run_settings import resolve_settings  # loads the task: a broken plugin fails here
 
     settings = resolve_settings(training.task, model=training.model, init_weights=training.init_weights,
-                                lr=training.lr, dp=dp)
+                                lr=training.lr, dp=dp, trusted_data=training.trusted_data, seed=training.seed)
     cfg.model, cfg.init_weights, cfg.lr = settings.model, settings.init_weights, settings.lr
+    cfg.trusted_data = settings.trusted_data
     cfg.validate()
     _check_port(host, port)
     return CoordinatorPlan(cfg, folder, host, port, fed, join_timeout, limits)

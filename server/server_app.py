@@ -30,7 +30,7 @@ from fedshield.common.errors import RunFolderError
 from fedshield.common.metrics import weighted_mean
 from fedshield.common.run_config import RunConfig
 from fedshield.common.torch_arrays import fixed_mask, model_to_ndarrays
-from fedshield.common.update_bounds import NormBound, parse_min_cosine
+from fedshield.common.update_bounds import DirectionTest, NormBound, parse_min_cosine
 from fedshield.flower_ext import serverapp as flower_serverapp
 from fedshield.flower_ext.legacy_api import default_evaluate_workflow, default_fit_workflow
 from fedshield.flower_ext.network_limits import MAX_MESSAGE_KEY, check_model_fits
@@ -50,6 +50,7 @@ from fedshield.server.run_resume import (
 )
 from fedshield.server.site_handshake import agree_schema, query_sites, tell_refused, wait_for_sites
 from fedshield.server.site_identity import EnrolledNames, identity_required, refuse_false_claims
+from fedshield.server.trusted_reference import TrustedReference
 from fedshield.strategies.caught_sites import CaughtSites
 from fedshield.strategies.central_dp import wrap_central_dp
 from fedshield.strategies.fixed_parameters import FixedParameters
@@ -121,7 +122,9 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
             recorder.audit.sites_joined(sorted(str(info["site"]) for info in healthy.values()), refused_sites)
 
         def round_config(rnd: int) -> dict[str, Any]:
-            return {**cfg.to_flower(), **schema.to_config(), "round": rnd}
+            sent = {**cfg.to_flower(), **schema.to_config(), "round": rnd}
+            sent.pop("trusted-data", None)  # a path on the coordinator: nothing a site needs
+            return sent
 
         caught = CaughtSites()
         inner = make_strategy(
@@ -142,8 +145,9 @@ def run_federation(grid: Grid, context: Context, cfg: RunConfig, *, mode: str) -
         aggregating = wrap_central_dp(inner, cfg, len(node_ids))
         if fixed is not None:  # frozen layers stay as every site built them, whatever the server's arithmetic
             aggregating = FixedParameters(aggregating, exchanged, fixed)
-        strategy = ValidatingStrategy(RecordingStrategy(aggregating, recorder), update_policy(cfg, replies, fixed),
-                                      caught)
+        trusted = TrustedReference(cfg, schema) if cfg.trusted_data else None
+        strategy = ValidatingStrategy(RecordingStrategy(aggregating, recorder),
+                                      update_policy(cfg, replies, fixed, trusted), caught)
         if resume is not None:
             restore_server_state(strategy, resume.point.state, healthy)
             strategy.resume_from = ndarrays_to_parameters(exchanged)
@@ -202,10 +206,12 @@ def restore_server_state(strategy: ValidatingStrategy, state: dict[str, Any],
     strategy.restore_checks(state.get("checks", {}), {str(r["site"]): nid for nid, r in sites.items()})
 
 
-def update_policy(cfg: RunConfig, replies: dict[int, dict[str, Any]],
-                  fixed: list[np.ndarray] | None = None) -> UpdatePolicy:
-    """The update checks for this run: counts capped at what each site released in its handshake, and the
-    ``fixed`` values (:func:`fixed_mask` of the global model) held unchanged.
+def update_policy(cfg: RunConfig, replies: dict[int, dict[str, Any]], fixed: list[np.ndarray] | None = None,
+                  trusted: TrustedReference | None = None) -> UpdatePolicy:
+    """The update checks for this run: counts capped at what each site released in its handshake, the
+    ``fixed`` values (:func:`fixed_mask` of the global model) held unchanged, and with ``trusted`` examples
+    (``--trusted-data``) the direction test on against the coordinator's update (threshold 0 unless
+    ``--min-update-cosine`` gives one).
 
     A site the handshake did not ask (a sampled simulation; a site that connected later) may claim at most
     the largest virtual site's count plus five standard deviations of the count noise (simulation), or
@@ -215,9 +221,12 @@ def update_policy(cfg: RunConfig, replies: dict[int, dict[str, Any]],
               for nid, r in replies.items() if "error" not in r}
     largest = max((max(t, v) for t, v in limits.values()), default=0)
     default = cfg.max_site_examples + 100 if cfg.max_site_examples else 2 * largest
+    direction = parse_min_cosine(cfg.min_update_cosine)
+    if trusted is not None and not direction.on:
+        direction = DirectionTest(0.0)
     return UpdatePolicy(norm_bound=NormBound.parse(cfg.max_update_norm), max_rejections=cfg.max_rejections,
                         count_limits=limits, default_count_limit=default, aggregate_only=cfg.secagg,
-                        direction=parse_min_cosine(cfg.min_update_cosine), fixed=fixed)
+                        direction=direction, fixed=fixed, trusted=trusted)
 
 
 def handshake_nodes(node_ids: list[int], cfg: RunConfig, mode: str) -> list[int]:

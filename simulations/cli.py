@@ -98,6 +98,10 @@ def run(
     test_fraction: float = typer.Option(
         0.2, "--test-fraction", help="Share of the real examples held out of every site as the server's central "
         "test set (0 = none: the sites hold every example, as `fl-sim split` deals them)."),
+    trusted_examples: int = typer.Option(
+        0, "--trusted-examples", help="Give the coordinator this many of the held-out examples (stratified, taken out "
+        "of the central test set) as trusted data: the direction test then compares every site's update with the "
+        "coordinator's own update on them (see --trusted-data; 0 = none)."),
     epsilon: float = typer.Option(RunConfig.epsilon, "--epsilon", help="Each site's ε budget (sample-level DP-SGD)."),
     delta: float = typer.Option(RunConfig.delta, "--delta", help="δ; 0 picks min(1e-5, 1/(10·N)) per site."),
     max_grad_norm: opts.MaxGradNorm = RunConfig.max_grad_norm,
@@ -150,7 +154,7 @@ def run(
                            dataset=dataset, test_fraction=test_fraction, augment=augment, dp=not no_dp,
                            epsilon=epsilon, delta=delta, max_grad_norm=max_grad_norm, accountant=accountant,
                            site_metrics=site_metrics, device=device, run_dir=run_dir, state_dir=state_dir,
-                           ray_address=ray_address, attack=attack)
+                           ray_address=ray_address, attack=attack, trusted_examples=trusted_examples)
     from fedshield.simulations.partition_view import partition_table
     from fedshield.simulations.runner import SimulationResources
 

@@ -45,6 +45,8 @@ class SimulationPlan:
         spec: how examples are dealt to sites.
         test_fraction: share of the real examples held out as the server's central test set.
         augment: image data: examples per real one given to sites (0 = automatic).
+        trusted_examples: held-out examples the coordinator holds as its trusted data (``--trusted-examples``;
+            0 = none).
     """
 
     cfg: RunConfig
@@ -54,13 +56,14 @@ class SimulationPlan:
     spec: PartitionSpec
     test_fraction: float
     augment: int
+    trusted_examples: int = 0
 
 
 def plan_simulation(training: TrainingOptions, central: CentralDpOptions, secagg: SecAggOptions,
                     spec: PartitionSpec, *, clients: int, per_round: int, dataset: str | None, test_fraction: float,
                     augment: int, dp: bool, epsilon: float, delta: float, max_grad_norm: float, accountant: str,
                     site_metrics: str, device: str, run_dir: Path | None, state_dir: Path | None,
-                    ray_address: str | None, attack: str = "") -> SimulationPlan:
+                    ray_address: str | None, attack: str = "", trusted_examples: int = 0) -> SimulationPlan:
     """Check the simulation's settings, run folder, state folder and Ray cluster; write nothing.
 
     ``attack``: ``KIND:SITES`` attacking virtual sites (:mod:`fedshield.simulations.attacks`), for robustness
@@ -74,6 +77,14 @@ def plan_simulation(training: TrainingOptions, central: CentralDpOptions, secagg
         raise ConfigError(f"--dataset is required for task {training.task!r}")
     if Attack.parse(attack).sites >= clients:
         raise ConfigError(f"--attack {attack}: at least one of the --clients {clients} sites must be honest")
+    if trusted_examples and training.trusted_data is not None:
+        raise ConfigError("--trusted-examples and --trusted-data both give the coordinator trusted examples; "
+                          "pass one of them")
+    if trusted_examples < 0:
+        raise ConfigError(f"--trusted-examples {trusted_examples}: give a count of held-out examples, or 0 for none")
+    if trusted_examples and secagg.secagg:
+        raise ConfigError("--trusted-examples compares each site's update with the coordinator's own, and --secagg "
+                          "hides single updates from the server: drop one of them")
     if per_round > clients:
         raise ConfigError(f"--per-round {per_round} is more than --clients {clients}; sample at most every site")
     folder = run_dir or Path("runs") / time.strftime("sim-%Y%m%d-%H%M%S")
@@ -95,10 +106,11 @@ def plan_simulation(training: TrainingOptions, central: CentralDpOptions, secagg
     from fedshield.tasks.run_settings import resolve_settings
 
     settings = resolve_settings(training.task, model=training.model, init_weights=training.init_weights,
-                                lr=training.lr, dp=dp)
+                                lr=training.lr, dp=dp, trusted_data=training.trusted_data, seed=training.seed)
     cfg.model, cfg.init_weights, cfg.lr = settings.model, settings.init_weights, settings.lr
+    cfg.trusted_data = settings.trusted_data
     cfg.validate()
-    return SimulationPlan(cfg, folder, data_name, clients, spec, test_fraction, augment)
+    return SimulationPlan(cfg, folder, data_name, clients, spec, test_fraction, augment, trusted_examples)
 
 
 def prepare_sites(plan: SimulationPlan) -> PreparedData:
@@ -109,11 +121,16 @@ def prepare_sites(plan: SimulationPlan) -> PreparedData:
     plan.folder.mkdir(parents=True, exist_ok=True)
     try:
         prepared = prepare_data(plan.folder, plan.dataset, plan.clients, plan.spec, seed=plan.cfg.seed,
-                                test_fraction=plan.test_fraction, augment=plan.augment)
+                                test_fraction=plan.test_fraction, augment=plan.augment,
+                                trusted_examples=plan.trusted_examples)
     except BaseException:
         shutil.rmtree(plan.folder, ignore_errors=True)  # bad input leaves no partial run folder behind
         raise
     plan.cfg.max_site_examples = prepared.largest_site
+    if plan.trusted_examples:
+        from fedshield.simulations.virtual_sites import TRUSTED_DIR
+
+        plan.cfg.trusted_data = str((plan.folder / "data" / TRUSTED_DIR).resolve())
     return prepared
 
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from fedshield.common.atomic_io import atomic_write_bytes
-from fedshield.simulations.datasets import simulation_pool
+from fedshield.common.errors import ConfigError
+from fedshield.simulations.datasets import BundledDataset, simulation_pool
 from fedshield.simulations.partition import PartitionSpec, label_counts, make_partition
 from fedshield.simulations.virtual_sites import write_plan
 
@@ -44,18 +45,42 @@ def virtual_site_names(n: int) -> list[str]:
 
 
 def prepare_data(run_dir: Path, dataset: str, sites: int, spec: PartitionSpec, *, seed: int,
-                 test_fraction: float, augment: int) -> PreparedData:
-    """Write ``<run_dir>/data`` (plan + test set) and ``<run_dir>/partition.npz`` (counts per site)."""
+                 test_fraction: float, augment: int, trusted_examples: int = 0) -> PreparedData:
+    """Write ``<run_dir>/data`` (plan + test set, and ``trusted_examples`` of the held-out examples as the
+    coordinator's trusted folder) and ``<run_dir>/partition.npz`` (counts per site)."""
     pool = simulation_pool(dataset, sites=sites, test_fraction=test_fraction, augment=augment, seed=seed)
+    trusted = trusted_indices(pool.test, trusted_examples, seed) if trusted_examples else None
     labels = pool.labels
     parts = make_partition(labels, sites, spec, seed)
     names = virtual_site_names(sites)
     counts, class_names = label_counts(labels, parts)
     write_plan(run_dir / "data", pool, parts, names,
                {"partition": spec.to_dict(), "seed": seed, "copies": pool.copies, "test_fraction": test_fraction,
-                "test_examples": int(len(pool.test.y))})
+                "test_examples": int(len(pool.test.y)) - trusted_examples, "trusted_examples": trusted_examples},
+               trusted)
     buffer = io.BytesIO()
     np.savez(buffer, counts=counts, class_names=np.array(class_names), names=np.array(names))
     atomic_write_bytes(run_dir / PARTITION_FILE, buffer.getvalue())
-    return PreparedData(dataset, names, counts, class_names, pool.copies, int(len(pool.test.y)),
+    return PreparedData(dataset, names, counts, class_names, pool.copies, int(len(pool.test.y)) - trusted_examples,
                         int(max(len(p) for p in parts)))
+
+
+def trusted_indices(test: BundledDataset, count: int, seed: int) -> np.ndarray:
+    """``count`` of the held-out examples (stratified by class) for the coordinator's trusted folder
+    (``fl-sim run --trusted-examples``); at most half of them, so a central test set remains."""
+    held = len(test.y)
+    if held == 0:
+        raise ConfigError(f"--trusted-examples {count}: the coordinator's examples come from the held-out share, "
+                          "and --test-fraction is 0; give --test-fraction 0.2 or more")
+    if count > held // 2:
+        raise ConfigError(f"--trusted-examples {count}: at most {held // 2} (half of the {held} held-out "
+                          "examples, so a central test set remains); give fewer or raise --test-fraction")
+    if not test.is_classification:
+        return np.random.default_rng(seed).choice(held, size=count, replace=False)
+    classes = len(np.unique(test.y))
+    if count < classes:
+        raise ConfigError(f"--trusted-examples {count}: at least one per class ({classes}); give {classes} or more")
+    from sklearn.model_selection import train_test_split
+
+    _, picked = train_test_split(np.arange(held), test_size=count, random_state=seed, shuffle=True, stratify=test.y)
+    return np.sort(picked)

@@ -6,6 +6,7 @@
     pool/order.npy            example indices grouped by site; pool/offsets.npy: (sites + 1,) bounds
     pool/plan.json            data set, task, site names and sizes, partitioner, seed, augmentation
     test/                     the server's central test set, in the task's site-folder format
+    trusted/                  with --trusted-examples: the coordinator's trusted examples, held out of test/
 
 A virtual site's folder ``site_NNNN`` (the documented site format, read by the very loader deployment
 uses) is written the first time a ClientApp serves that site, atomically, so a 1,000-site run only
@@ -34,12 +35,14 @@ from fedshield.simulations.datasets import BundledDataset, SimulationPool
 PLAN_FORMAT = "fedshield-partition-plan"
 POOL_DIR = "pool"
 TEST_DIR = "test"
+TRUSTED_DIR = "trusted"
 _lock = threading.Lock()
 
 
 def write_plan(data_dir: Path, pool: SimulationPool, parts: list[np.ndarray], names: list[str],
-               meta: dict[str, Any]) -> None:
-    """Write the pool, the plan and the central test folder into the new folder ``data_dir``."""
+               meta: dict[str, Any], trusted: np.ndarray | None = None) -> None:
+    """Write the pool, the plan and the central test folder into the new folder ``data_dir``; ``trusted``:
+    indices of ``pool.test`` that form the coordinator's trusted folder instead (not tested on)."""
     from fedshield.simulations.split import write_site_folder
 
     data_dir = Path(data_dir)
@@ -60,7 +63,11 @@ def write_plan(data_dir: Path, pool: SimulationPool, parts: list[np.ndarray], na
                 "site_config": real.site_config, "names": names, "sizes": [int(len(p)) for p in parts], **meta}
         (folder / "plan.json").write_text(json.dumps(plan, indent=1))
         if len(pool.test.y):
-            write_site_folder(tmp / TEST_DIR, pool.test, np.arange(len(pool.test.y)))
+            held = np.zeros(len(pool.test.y), dtype=bool)
+            if trusted is not None and len(trusted):
+                held[trusted] = True
+                write_site_folder(tmp / TRUSTED_DIR, pool.test, np.flatnonzero(held))
+            write_site_folder(tmp / TEST_DIR, pool.test, np.flatnonzero(~held))
         tmp.rename(data_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

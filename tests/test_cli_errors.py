@@ -98,6 +98,14 @@ def test_server_start_bad_input(tmp_path: Path) -> None:
                             str(tmp_path / "r13")), "--idle-timeout", "positive")
     _one_line_error(run_cli("fl-server", "start", "--insecure", "--max-connections-per-peer", "0", "--run-dir",
                             str(tmp_path / "r14")), "--max-connections-per-peer", "at least 1")
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--trusted-data", str(tmp_path / "none"),
+                            "--run-dir", str(tmp_path / "r15")), "--trusted-data", "no such folder")
+    (tmp_path / "wrong").mkdir()
+    (tmp_path / "wrong" / "data.csv").write_text("a,b\n1,2\n")
+    _one_line_error(run_cli("fl-server", "start", "--insecure", "--trusted-data", str(tmp_path / "wrong"),
+                            "--run-dir", str(tmp_path / "r16")), "--trusted-data")
+    (tmp_path / "wrong" / "data.csv").unlink()
+    (tmp_path / "wrong").rmdir()
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
@@ -169,5 +177,11 @@ def test_sim_bad_input(tmp_path: Path) -> None:
                     "--attack 'flood:2': use KIND:SITES")
     _one_line_error(run_cli("fl-sim", "run", "--clients", "3", "--attack", "nan:3", "--run-dir", str(tmp_path / "q")),
                     "at least one of the --clients 3 sites must be honest")
+    _one_line_error(run_cli("fl-sim", "run", "--trusted-examples", "5000", "--run-dir", str(tmp_path / "s")),
+                    "--trusted-examples 5000: at most")
+    _one_line_error(run_cli("fl-sim", "run", "--trusted-examples", "50", "--secagg", "--run-dir", str(tmp_path / "t")),
+                    "--trusted-examples", "--secagg")
+    _one_line_error(run_cli("fl-sim", "run", "--trusted-examples", "50", "--trusted-data", str(tmp_path),
+                            "--run-dir", str(tmp_path / "u")), "pass one of them")
     assert not [p.name for p in tmp_path.iterdir()]  # bad input leaves no partial output
     _one_line_error(run_cli("fl-server", "status", "--run-dir", str(tmp_path)), "no results.json")

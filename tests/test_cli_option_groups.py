@@ -21,7 +21,7 @@ from fedshield.simulations.cli import PartitionOptions
 from fedshield.simulations.cli import app as sim_app
 
 #: the group fields whose default is not RunConfig's: the task resolves them (resolve_settings)
-RESOLVED_BY_THE_TASK = {"lr", "init_weights"}
+RESOLVED_BY_THE_TASK = {"lr", "init_weights", "trusted_data"}  # checked and made absolute with the task
 
 
 def _options(app: typer.Typer, command: str) -> dict[str, click.Parameter]:

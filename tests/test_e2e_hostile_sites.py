@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import BIN, cli_env, digits_checkpoint_quality, start_cli
+from conftest import BIN, cli_env, digits_checkpoint_quality, run_cli, start_cli
 from fedshield.common.net import free_port
 
 pytestmark = pytest.mark.slow
@@ -37,15 +37,14 @@ def _join(data: Path, port: int, tmp_path: Path, attack: str | None) -> subproce
                                 stdin=subprocess.DEVNULL)
 
 
-@pytest.mark.parametrize("attacks", [("nan", "count"), ("scale", "shape")], ids=["nan+count", "scale+shape"])
-def test_a_federation_survives_two_hostile_sites_and_names_them(tmp_path: Path, digits_sites: Path,
-                                                                attacks: tuple[str, str]) -> None:
+def _federate(tmp_path: Path, digits_sites: Path, attacks: tuple[str, str], *server_flags: str) -> Path:
+    """A 3-round digits-cnn run of four sites, hospital_c and hospital_d attacking with ``attacks``; its run folder."""
     shutil.copytree(digits_sites / "hospital_c", digits_sites / "hospital_d")
     port = free_port()
     run_dir = tmp_path / "run"
     server = start_cli("fl-server", "start", "--task", "digits-cnn", "--rounds", "3", "--min-clients", "4",
                        "--run-dir", str(run_dir), "--insecure", "--port", str(port), "--join-timeout", "300",
-                       "--max-rejections", "2", log=tmp_path / "server.out")
+                       "--max-rejections", "2", *server_flags, log=tmp_path / "server.out")
     roles = {"hospital_a": None, "hospital_b": None, "hospital_c": attacks[0], "hospital_d": attacks[1]}
     sites = [_join(digits_sites / name, port, tmp_path, attack) for name, attack in roles.items()]
     try:
@@ -56,7 +55,13 @@ def test_a_federation_survives_two_hostile_sites_and_names_them(tmp_path: Path, 
                 proc.kill()
         for proc in sites:
             proc.wait(timeout=30)
+    return run_dir
 
+
+@pytest.mark.parametrize("attacks", [("nan", "count"), ("scale", "shape")], ids=["nan+count", "scale+shape"])
+def test_a_federation_survives_two_hostile_sites_and_names_them(tmp_path: Path, digits_sites: Path,
+                                                                attacks: tuple[str, str]) -> None:
+    run_dir = _federate(tmp_path, digits_sites, attacks)
     doc = json.loads((run_dir / "results.json").read_text())
     assert doc["status"] == "finished"
     rounds = {r["round"]: r["train"] for r in doc["rounds"] if r["round"] > 0}
@@ -82,3 +87,25 @@ def test_a_federation_survives_two_hostile_sites_and_names_them(tmp_path: Path, 
     start, end = digits_checkpoint_quality(run_dir, 0), digits_checkpoint_quality(run_dir, 3)
     assert end["roc_auc"] >= start["roc_auc"] + 0.15 and end["loss"] < start["loss"], (start, end)
     assert os.environ.get("FEDSHIELD_TEST_ATTACK") is None  # the attack stayed in the hostile processes
+
+
+def test_trusted_data_refuses_two_sign_flippers_of_four(tmp_path: Path, digits_sites: Path) -> None:
+    """Two of four enrolled sites negate their updates. No rule on the other sites' median can refuse half the
+    federation; the coordinator's own update on examples it trusts (`--trusted-data`, a digits folder of its
+    own) can: both flippers are refused from round 1 and excluded, both honest sites count in every round,
+    and the model learns."""
+    split = run_cli("fl-sim", "split", "--dataset", "digits", "--sites", "8", "--seed", "5", "--out",
+                    str(tmp_path / "coordinator"))
+    assert split.returncode == 0, split.stderr
+    trusted = sorted((tmp_path / "coordinator").iterdir())[0]
+    run_dir = _federate(tmp_path, digits_sites, ("sign-flip", "sign-flip"), "--trusted-data", str(trusted))
+    doc = json.loads((run_dir / "results.json").read_text())
+    assert doc["status"] == "finished"
+    rounds = {r["round"]: r["train"] for r in doc["rounds"] if r["round"] > 0}
+    for rnd, train in rounds.items():
+        assert set(train["sites"]) == {"hospital_a", "hospital_b"}, (rnd, train)
+        reasons = {f["site"]: f["reason"] for f in train["failures"]}
+        assert set(reasons) == ({"hospital_c", "hospital_d"} if rnd <= 2 else set()), (rnd, reasons)
+        assert all("away from the coordinator's update on its trusted examples" in r for r in reasons.values())
+    start, end = digits_checkpoint_quality(run_dir, 0), digits_checkpoint_quality(run_dir, 3)
+    assert end["roc_auc"] >= start["roc_auc"] + 0.15 and end["loss"] < start["loss"], (start, end)

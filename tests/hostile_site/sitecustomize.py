@@ -5,7 +5,7 @@ ClientApp executor). When ``FEDSHIELD_TEST_ATTACK`` is set, the site's ClientApp
 then replaces its training reply, as a modified client would:
 
 - ``nan``: every value NaN;  ``scale``: the update × 1e6;  ``shape``: the last array misshapen;
-- ``count``: the reply claims 10⁹ examples.
+- ``count``: the reply claims 10⁹ examples;  ``sign-flip``: the update negated (global − Δ).
 """
 
 from __future__ import annotations
@@ -33,6 +33,9 @@ def _patch(module) -> None:
             arrays = [*arrays[:-1], np.zeros((3, 3), dtype=arrays[-1].dtype)]
         elif ATTACK == "count":
             count = 10**9
+        elif ATTACK == "sign-flip":
+            arrays = [(2 * p - a).astype(a.dtype) if a.dtype.kind == "f" else a
+                      for a, p in zip(arrays, parameters, strict=True)]
         return arrays, count, metrics
 
     module.SiteClient.fit = fit
