@@ -192,6 +192,9 @@ def plan_resume(run_dir: Path, given: dict[str, tuple[str, Any]], *, federation_
     folder = run_dir.resolve()
     cfg = resumed_config(read_run(folder), folder, given)
     point = resume_point(folder)  # a damaged state file fails here, not in the ServerApp
+    if cfg.trusted_data and not Path(cfg.trusted_data).is_dir():  # the reference the direction test compared with
+        raise ConfigError(f"--resume {run_dir}: the run's --trusted-data folder {cfg.trusted_data} is gone; put it "
+                          "back where it was to resume the run")
     limits, fed, port = _deployment(secagg=cfg.secagg, federation_dir=federation_dir, port=port, insecure=insecure,
                                     on_warning=on_warning, max_message_mb=max_message_mb, idle_timeout=idle_timeout,
                                     host=host, max_connections_per_peer=max_connections_per_peer)

@@ -28,6 +28,8 @@ def _resume(folder: Path, *flags: str):
 @pytest.mark.parametrize(("status", "config", "said"), [
     ("finished", {"fedshield-run-id": "41"}, "already finished"),
     ("running", {}, "recorded no FedShield run id"),
+    ("failed", {"fedshield-run-id": "41", "trusted-data": "/nonexistent/trusted"},
+     "the run's --trusted-data folder /nonexistent/trusted is gone"),
 ])
 def test_a_run_that_cannot_be_resumed_is_refused(tmp_path: Path, status: str, config: dict, said: str) -> None:
     proc = _resume(_run_folder(tmp_path, status, **config))
