@@ -95,7 +95,8 @@ def stock(work: Path, data_dir: Path, clients: int, rounds: int) -> dict[str, ob
 
 
 def stock_worker(data_dir: Path, clients: int, rounds: int, out: Path) -> None:
-    """A plain Flower 1.41 simulation, written as Flower's Message-API quickstarts write one."""
+    """A plain Flower simulation, written as Flower's Message-API quickstarts write one: only Flower's exported
+    API, none of FedShield's door (flower_ext), so it measures stock Flower."""
     import warnings
 
     import numpy as np

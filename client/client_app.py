@@ -23,8 +23,6 @@ from fedshield.common.flower_env import silence_flower
 silence_flower()
 
 from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
-from flwr.client import Client, NumPyClient
-from flwr.client.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.clientapp import ClientApp
 
 from fedshield.client.device import resolve_device
@@ -43,7 +41,13 @@ from fedshield.client.site_session import (
 from fedshield.common.errors import ConfigError
 from fedshield.common.run_config import RunConfig
 from fedshield.common.torch_arrays import model_to_ndarrays, ndarrays_to_model
-from fedshield.flower_ext.legacy_api import recorddict_to_fitins
+from fedshield.flower_ext.legacy_api import (
+    Client,
+    NumPyClient,
+    adaptiveclipping_mod,
+    fixedclipping_mod,
+    recorddict_to_fitins,
+)
 from fedshield.flower_ext.message_types import Mod
 from fedshield.flower_ext.secagg import secaggplus_when_asked
 from fedshield.tasks.base import DataSchema

@@ -1,7 +1,7 @@
 """The one door to Flower's internals: everything FedShield changes in Flower's behaviour, and Flower state it reaches.
 
 FedShield is built on Flower's public API (``flwr.app``, ``flwr.serverapp``, ``flwr.clientapp``,
-``flwr.client``, ``flwr.server`` strategies and workflows, ``flwr.common`` records). Where that is not
+``flwr.server`` strategies and workflows, ``flwr.common`` records). Where that is not
 enough (a security guard Flower's open-source SuperLink lacks, fixed polling sleeps, SecAgg+ defects), this
 package adapts Flower's runtime, one module per process it adapts:
 
@@ -29,8 +29,9 @@ module                      adapts                                              
 :mod:`.workflow_round`      reads and sets the legacy workflows' round          FedShield's workflow steps
                             counter (no change to Flower)
 :mod:`.legacy_api`          names Flower's unexported compatibility helpers     imported where used (no change
-                            (FitIns conversions, default workflows) and 1.x     to Flower)
-                            strategy types (ClientProxy, Criterion)
+                            (FitIns conversions, default workflows), 1.x        to Flower)
+                            strategy types (ClientProxy, Criterion) and the
+                            1.x client API (NumPyClient, central-DP mods)
 :mod:`.message_types`       names two unexported Message-API types: a mod's     imported where used (no change
                             type (Mod) and error codes (ErrorCode)              to Flower)
 ==========================  ==================================================  ===============================

@@ -40,9 +40,7 @@ def central_test_fn(cfg: RunConfig, schema: DataSchema) -> EvaluateFn | None:
     _, options = site_options(folder, {"seed": cfg.seed})
     options.model = cfg.model
     data = task.load_site(folder, options)
-    # the test folder is loaded like a site (same preprocessing); all of it is test data
-    test = TensorDataset(torch.cat([data.train.tensors[0], data.val.tensors[0]]),
-                         torch.cat([data.train.tensors[1], data.val.tensors[1]]))
+    test = data.all_examples()  # the test folder is loaded like a site (same preprocessing); all of it is test data
     model = build_model(task, schema, options, seed=cfg.seed)
     out = Path(cfg.run_dir) / PREDICTIONS_FILE if cfg.run_dir else None
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader
 
 from fedshield.common.errors import DataError
 from fedshield.common.run_config import RunConfig
@@ -46,16 +46,12 @@ class TrustedReference:
             raise DataError(f"{FLAG} {cfg.trusted_data}: its data differ from the sites' ({mismatch}); pass examples "
                             "of the federation's task and format")
         # every trusted example trains: the coordinator keeps no validation split of its own
-        self.examples = TensorDataset(torch.cat([data.train.tensors[0], data.val.tensors[0]]),
-                                      torch.cat([data.train.tensors[1], data.val.tensors[1]]))
+        self.examples = data.all_examples()
         self.model = build_model(self.task, schema, TaskOptions(model=cfg.model, seed=cfg.seed), seed=cfg.seed)
         self.cfg = cfg
         self.lr = trusted_learning_rate(self.task)
         log.info("direction test against the coordinator's update on %d trusted examples (%s)",
                  len(self.examples), cfg.trusted_data)
-
-    def __len__(self) -> int:
-        return len(self.examples)
 
     def __call__(self, server_round: int, global_arrays: list[np.ndarray]) -> list[np.ndarray]:
         ndarrays_to_model(self.model, global_arrays)

@@ -115,6 +115,11 @@ class SiteData:
     schema: DataSchema
     source: Path
 
+    def all_examples(self) -> TensorDataset:
+        """Train and validation examples as one data set (a folder the server uses whole: a test or trusted set)."""
+        return TensorDataset(torch.cat([self.train.tensors[0], self.val.tensors[0]]),
+                             torch.cat([self.train.tensors[1], self.val.tensors[1]]))
+
 
 @dataclass(frozen=True)
 class RecordStatistics:
