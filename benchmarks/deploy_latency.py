@@ -165,7 +165,8 @@ def run_simulation(work: Path, rounds: int, extra: list[str]) -> dict:
     mem = TreeMemory()
     t0 = time.time()
     proc = subprocess.Popen([str(BIN / "fl-sim"), "run", "--task", "digits-cnn", "--clients", "3", "--rounds",
-                             str(rounds), "--dirichlet", "0.5", "--run-dir", str(work / "sim"), *extra],
+                             str(rounds), "--dirichlet", "0.5", "--run-dir", str(work / "sim"),
+                             "--trusted-examples", "0", *extra],  # the deployed coordinator holds none either
                             env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     mem.roots.append(proc.pid)
     assert proc.wait(timeout=1800) == 0

@@ -6,22 +6,27 @@ same data, sampling and DP noise; the attackers are the first sites (``--attack 
 the final global model's accuracy on the central test set side by side with the clean run of the
 same strategy, and the gap in points.
 
-Checks: "on" is the default coordinator (finite, shaped updates with plausible counts, frozen layers
-unchanged; norms clipped at 5x the round's median, refused above 100x it); "direction" adds
-``--min-update-cosine 0`` (updates that point against the others' sit out the round, and sites that keep
-doing so are refused: for similar sites); "auto" adds ``--min-update-cosine auto`` (only sites that also
-stand out from the others' spread); "trusted" adds ``--trusted-examples N`` (the coordinator holds N of the
-held-out examples and the direction test compares every update with its own update on them; its gaps are
-against a clean run with the same trusted examples, whose central test set is N examples smaller); "off" is
-``--max-update-norm off``: what
-the strategy alone withstands once malformed updates are gone. (Without any check, one NaN update made
-the whole model NaN, median included: that is no longer a setting one can run.)
+Checks: "on" is the default coordinator of ``fl-sim run``: finite, shaped updates with plausible counts, frozen
+layers unchanged; norms clipped at 5x the round's median, refused above 100x it; and, since the simulated
+coordinator holds the held-out examples, ``--trusted-examples auto`` (ten per class, 100 digits taken out of
+the 360 held out): every update's direction is compared with the coordinator's own update on them, and
+updates that point against it sit out or are refused. Its gaps are against a clean run with the same trusted
+examples, whose central test set is 100 examples smaller. The other settings hold no trusted examples:
+"no-reference" is the checks alone (the default of a deployed coordinator without ``--trusted-data``);
+"direction" adds ``--min-update-cosine 0`` (each update against the other sites' median: for similar sites);
+"auto" adds ``--min-update-cosine auto`` (only sites that also stand out from the others' spread); "off" is
+``--max-update-norm off``: what the strategy alone withstands once malformed updates are gone. "trusted"
+is ``--trusted-examples N`` (another count). (Without any check, one NaN update made the whole model NaN,
+median included: that is no longer a setting one can run.)
 
-    python benchmarks/poisoning.py --attackers 1,3 --checks on,direction,off     # FedAvg, 1 and 3 attackers of 10
-    python benchmarks/poisoning.py --strategies fedmedian,multikrum --checks on,direction
+NaN updates are refused by every setting, so a NaN run is what losing the attackers' data costs; every
+other attack's row also says what it costs beyond that ("beyond NaN").
+
+    python benchmarks/poisoning.py --attackers 1,3 --checks on,no-reference    # FedAvg, 1 and 3 attackers of 10
+    python benchmarks/poisoning.py --attackers 1,3 --checks on --strategies fedavg,fedmedian --seed 1
+    python benchmarks/poisoning.py --strategies fedmedian,multikrum --checks no-reference,direction
     python benchmarks/poisoning.py --attacks sign-flip --attackers 1,3 --checks auto --strategies fedavg,fedmedian
-    python benchmarks/poisoning.py --attackers 1,3 --checks trusted --strategies fedavg,fedmedian
-    python benchmarks/poisoning.py --attacks none --dirichlet 0.1 --seed 1 --checks on,direction,auto,trusted
+    python benchmarks/poisoning.py --attacks none --dirichlet 0.1 --seed 1 --checks on,no-reference,direction,auto
 
 Attack ``none`` runs each checks setting without attackers: what a direction test costs honest sites whose
 data differ (``--dirichlet``). Every row also counts the honest sites' updates the checks refused or held back.
@@ -41,8 +46,24 @@ BIN = Path(sys.executable).parent
 ATTACKS = ("nan", "scale", "sign-flip", "random")
 
 
-CHECKS = {"on": [], "direction": ["--min-update-cosine", "0"], "auto": ["--min-update-cosine", "auto"],
-          "off": ["--max-update-norm", "off"], "trusted": []}
+# each setting's extra flags; every one but "on" and "trusted" without the coordinator's trusted examples
+CHECKS = {"on": [], "no-reference": ["--trusted-examples", "0"],
+          "direction": ["--trusted-examples", "0", "--min-update-cosine", "0"],
+          "auto": ["--trusted-examples", "0", "--min-update-cosine", "auto"],
+          "off": ["--trusted-examples", "0", "--max-update-norm", "off"], "trusted": []}
+
+
+def checks_flags(checks: str, args: argparse.Namespace) -> list[str]:
+    """The ``fl-sim run`` flags of one checks setting (``trusted``: ``--trusted-examples N``)."""
+    return ["--trusted-examples", str(args.trusted_examples)] if checks == "trusted" else CHECKS[checks]
+
+
+def reference_of(checks: str, args: argparse.Namespace) -> str:
+    """Which trusted examples the coordinator holds under ``checks`` ("auto", "0" or N): the clean run a setting
+    is compared with holds the same ones (its central test set is that many examples smaller)."""
+    if checks == "trusted":
+        return str(args.trusted_examples)
+    return "auto" if checks == "on" else "0"
 
 
 def run_one(workdir: Path, name: str, args: argparse.Namespace, strategy: str, extra: list[str],
@@ -76,41 +97,50 @@ def main() -> None:
     parser.add_argument("--attackers", default="3", help="comma-separated counts of attacking sites")
     parser.add_argument("--attacks", default=",".join(ATTACKS), help=f"{', '.join(ATTACKS)} or none")
     parser.add_argument("--dirichlet", type=float, default=0.0, help="label skew of the sites (0: IID)")
-    parser.add_argument("--trusted-examples", type=int, default=100, help="the coordinator's, for checks trusted")
+    parser.add_argument("--trusted-examples", type=int, default=50, help="the coordinator's, for checks trusted")
     parser.add_argument("--strategies", default="fedavg")
-    parser.add_argument("--checks", default="on,off",
-                        help="on: the default checks; direction: with --min-update-cosine 0; auto: with "
-                             "--min-update-cosine auto; trusted: with --trusted-examples; off: no norm bound")
+    parser.add_argument("--checks", default="on,no-reference",
+                        help="on: the default checks (fl-sim's --trusted-examples auto: 100 held-out digits); the "
+                             "others without trusted examples: no-reference (the checks alone), direction "
+                             "(--min-update-cosine 0), auto (--min-update-cosine auto), off (no norm bound); "
+                             "trusted: --trusted-examples N (--trusted-examples)")
     args = parser.parse_args()
     args.attackers_list = [int(a) for a in args.attackers.split(",")]
     rows = []
     checks_list = args.checks.split(",")
+    unknown = sorted(set(checks_list) - set(CHECKS))
+    if unknown:
+        parser.error(f"--checks {','.join(unknown)}: use {', '.join(CHECKS)}")
     with tempfile.TemporaryDirectory() as tmp:
         for strategy in args.strategies.split(","):
-            clean: dict[bool, float] = {}  # with trusted examples or not: their central test sets differ
-            for trusted in sorted({c == "trusted" for c in checks_list}):
-                extra = ["--trusted-examples", str(args.trusted_examples)] if trusted else []
-                clean[trusted], held = run_one(Path(tmp), f"{strategy}-clean-{trusted}", args, strategy, extra)
-                label = "clean, trusted" if trusted else "clean"
-                print(f"{strategy:<14} {label:<27} accuracy {clean[trusted]:.4f}  honest held {held}", flush=True)
-                rows.append({"strategy": strategy, "attack": "none", "attackers": 0,
-                             "checks": "trusted" if trusted else "on", "accuracy": clean[trusted], "gap_pt": 0.0,
-                             "honest_held": held})
+            clean: dict[str, float] = {}  # per trusted-examples setting: their central test sets differ
+            for reference in dict.fromkeys(reference_of(c, args) for c in checks_list):
+                label = "clean" if reference == "0" else f"clean, trusted {reference}"
+                clean[reference], held = run_one(Path(tmp), f"{strategy}-clean-{reference}", args, strategy,
+                                                 ["--trusted-examples", reference])
+                print(f"{strategy:<14} {label:<27} accuracy {clean[reference]:.4f}  honest held {held}", flush=True)
+                rows.append({"strategy": strategy, "attack": "none", "attackers": 0, "checks": f"trusted {reference}",
+                             "accuracy": clean[reference], "gap_pt": 0.0, "beyond_nan_pt": "", "honest_held": held})
             for attack in args.attacks.split(","):
                 for count in [0] if attack == "none" else args.attackers_list:
                     for checks in checks_list:
-                        if attack == "none" and checks in ("on", "trusted"):
+                        if attack == "none" and checks in ("on", "trusted", "no-reference"):
                             continue  # the clean runs above
                         name = f"{strategy}-{attack}-{count}-{checks}"
-                        extra = ["--trusted-examples", str(args.trusted_examples)] if checks == "trusted" else []
-                        if attack != "none":
-                            extra += ["--attack", f"{attack}:{count}"]
-                        acc, held = run_one(Path(tmp), name, args, strategy, [*extra, *CHECKS[checks]], count)
-                        gap = (acc - clean[checks == "trusted"]) * 100
+                        extra = ["--attack", f"{attack}:{count}"] if attack != "none" else []
+                        acc, held = run_one(Path(tmp), name, args, strategy, [*extra, *checks_flags(checks, args)],
+                                            count)
+                        gap = (acc - clean[reference_of(checks, args)]) * 100
+                        # NaN updates are always refused: that run is what losing the attackers' data costs
+                        dropped = next((r["accuracy"] for r in rows if r["strategy"] == strategy and
+                                        r["attack"] == "nan" and r["attackers"] == count and r["checks"] == checks),
+                                       None)
+                        beyond = "" if dropped is None or attack == "nan" else round((acc - dropped) * 100, 1)
                         rows.append({"strategy": strategy, "attack": attack, "attackers": count, "checks": checks,
-                                     "accuracy": acc, "gap_pt": gap, "honest_held": held})
-                        print(f"{strategy:<14} {attack:<10} {count} of {args.clients}  checks {checks:<9} accuracy "
-                              f"{acc:.4f}  {gap:+6.1f} pt  honest held {held}", flush=True)
+                                     "accuracy": acc, "gap_pt": gap, "beyond_nan_pt": beyond, "honest_held": held})
+                        note = f"  ({beyond:+.1f} beyond NaN)" if beyond != "" else ""
+                        print(f"{strategy:<14} {attack:<10} {count} of {args.clients}  checks {checks:<12} accuracy "
+                              f"{acc:.4f}  {gap:+6.1f} pt{note}  honest held {held}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     with open(args.out / "poisoning.csv", "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
@@ -126,6 +156,11 @@ def main() -> None:
         worst = min(attacked, key=lambda r: r["gap_pt"] if r["gap_pt"] == r["gap_pt"] else -1e9)
         print(f"worst gap with checks {checks}: {worst['gap_pt']:+.1f} pt ({worst['strategy']}, {worst['attack']}, "
               f"{worst['attackers']} attackers)")
+        beyond = [r for r in attacked if r["beyond_nan_pt"] != ""]
+        if beyond:
+            most = min(beyond, key=lambda r: r["beyond_nan_pt"])
+            print(f"  beyond the attackers' lost data (the NaN run): {most['beyond_nan_pt']:+.1f} pt "
+                  f"({most['strategy']}, {most['attack']}, {most['attackers']} attackers)")
     print(f"wrote {args.out / 'poisoning.csv'}")
 
 

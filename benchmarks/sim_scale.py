@@ -73,8 +73,9 @@ def fedshield(work: Path, name: str, clients: int, rounds: int, *extra: str) -> 
     run_dir = work / name
     cmd = [str(BIN / "fl-sim"), "run", "--task", "digits-cnn", "--clients", str(clients), "--per-round",
            str(PER_ROUND), "--rounds", str(rounds), "--iid", "--augment", str(max(1, clients // 10)),
-           "--run-dir", str(run_dir), "--no-plots", "--model", "full", *extra]  # the stock runs' network,
-    # with or without DP (under DP, --model auto would train digits-cnn's gabor variant)
+           "--run-dir", str(run_dir), "--no-plots", "--model", "full", "--trusted-examples", "0", *extra]
+    # the stock runs' network, with or without DP (under DP, --model auto would train digits-cnn's gabor
+    # variant), and no trusted-example reference, which stock Flower has no counterpart of
     wall, peak = measured(cmd, name)
     median, gaps = steady_round_s(run_dir / "results.json")
     return {"name": name, "round_s": median, "rounds_s": gaps, "peak_gib": peak, "wall_s": wall,

@@ -98,10 +98,12 @@ def run(
     test_fraction: float = typer.Option(
         0.2, "--test-fraction", help="Share of the real examples held out of every site as the server's central "
         "test set (0 = none: the sites hold every example, as `fl-sim split` deals them)."),
-    trusted_examples: int = typer.Option(
-        0, "--trusted-examples", help="Give the coordinator this many of the held-out examples (stratified, taken out "
-        "of the central test set) as trusted data: the direction test then compares every site's update with the "
-        "coordinator's own update on them (see --trusted-data; 0 = none)."),
+    trusted_examples: str = typer.Option(
+        "auto", "--trusted-examples", help="Give the coordinator this many of the held-out examples (stratified, "
+        "taken out of the central test set) as trusted data: the direction test then compares every site's update "
+        "with the coordinator's own update on them, and sign-flipping sites are refused (see --trusted-data). auto: "
+        "ten per class, at most a third of the held-out share, for classifiers under DP without --secagg (digits: "
+        "100 of 360); 0: none, the sites' updates are checked for shape, values, counts and norm only."),
     epsilon: float = typer.Option(RunConfig.epsilon, "--epsilon", help="Each site's ε budget (sample-level DP-SGD)."),
     delta: float = typer.Option(RunConfig.delta, "--delta", help="δ; 0 picks min(1e-5, 1/(10·N)) per site."),
     max_grad_norm: opts.MaxGradNorm = RunConfig.max_grad_norm,
@@ -165,6 +167,13 @@ def run(
     with open_run_tracking(track_specs, plan.folder, on_warning=warn_loudly) as tracking:
         prepared = prepare_sites(plan)
         console.print(partition_table(prepared, spec.describe()))
+        if prepared.trusted_examples:
+            console.print(f"coordinator's trusted examples: {prepared.trusted_examples} held-out examples, not tested "
+                          "on; every update's direction is checked against its own update on them")
+        elif not plan.cfg.trusted_data and not plan.cfg.secagg and plan.cfg.min_update_cosine == "off":
+            why = plan.trusted_note or prepared.trusted_note or "--trusted-examples 0"
+            console.print(f"no trusted examples at the coordinator ({why}): sign-flipped updates are not refused "
+                          "unless --min-update-cosine is set")
         sampled = f"{per_round} per round" if per_round else "all every round"
         privacy = f"DP-SGD ε≤{epsilon:g} per site" if not no_dp else "NO DP"
         console.print(f"simulating {clients} sites ({sampled}) of {plan.dataset} for {training.task}"

@@ -183,5 +183,7 @@ def test_sim_bad_input(tmp_path: Path) -> None:
                     "--trusted-examples", "--secagg")
     _one_line_error(run_cli("fl-sim", "run", "--trusted-examples", "50", "--trusted-data", str(tmp_path),
                             "--run-dir", str(tmp_path / "u")), "pass one of them")
+    _one_line_error(run_cli("fl-sim", "run", "--trusted-examples", "some", "--run-dir", str(tmp_path / "v")),
+                    "--trusted-examples some: give a count", "or auto")
     assert not [p.name for p in tmp_path.iterdir()]  # bad input leaves no partial output
     _one_line_error(run_cli("fl-server", "status", "--run-dir", str(tmp_path)), "no results.json")

@@ -87,6 +87,9 @@ def test_a_federation_survives_two_hostile_sites_and_names_them(tmp_path: Path, 
     start, end = digits_checkpoint_quality(run_dir, 0), digits_checkpoint_quality(run_dir, 3)
     assert end["roc_auc"] >= start["roc_auc"] + 0.15 and end["loss"] < start["loss"], (start, end)
     assert os.environ.get("FEDSHIELD_TEST_ATTACK") is None  # the attack stayed in the hostile processes
+    # without trusted examples the coordinator says, before round 1, what its checks cannot see
+    assert "no --trusted-data: updates are checked for shape, values, counts and norm, but a sign-flipped update " \
+        "looks like an honest one" in (tmp_path / "server.out").read_text()
 
 
 def test_trusted_data_refuses_two_sign_flippers_of_four(tmp_path: Path, digits_sites: Path) -> None:
@@ -109,3 +112,4 @@ def test_trusted_data_refuses_two_sign_flippers_of_four(tmp_path: Path, digits_s
         assert all("away from the coordinator's update on its trusted examples" in r for r in reasons.values())
     start, end = digits_checkpoint_quality(run_dir, 0), digits_checkpoint_quality(run_dir, 3)
     assert end["roc_auc"] >= start["roc_auc"] + 0.15 and end["loss"] < start["loss"], (start, end)
+    assert "no --trusted-data" not in (tmp_path / "server.out").read_text()

@@ -92,12 +92,13 @@ def test_honest_sites_keep_their_frozen_layers_under_fedadam(tmp_path: Path) -> 
 
 
 
-def test_trusted_examples_keep_sign_flippers_out_from_round_1(tmp_path: Path) -> None:
-    """`--trusted-examples 20`: the coordinator holds 20 held-out examples (not tested on) and compares every
-    update with its own update on them. Both flippers are refused in every round from round 1 (their cosines
-    near −0.9) and excluded after the third; the honest sites count in every round. On digits (10 sites,
-    three flippers) the same test took FedAvg from 0.32 with the default checks to 0.75 (benchmarks/poisoning.py)."""
-    doc = _sim(tmp_path, "trusted", "--attack", "sign-flip:2", "--trusted-examples", "20")
+def test_the_default_trusted_examples_keep_sign_flippers_out_from_round_1(tmp_path: Path) -> None:
+    """By default (`--trusted-examples auto`) the simulated coordinator keeps ten held-out examples per class
+    (20 here, not tested on) and compares every update with its own update on them. Both flippers are refused
+    in every round from round 1 (their cosines near −0.9) and excluded after the third; the honest sites count
+    in every round. Before, the default checked no direction: both flippers counted in every round. On digits
+    (10 sites, three flippers) the default took FedAvg from 0.32 to 0.75 (benchmarks/poisoning.py)."""
+    doc = _sim(tmp_path, "trusted", "--attack", "sign-flip:2")
     run_dir = tmp_path / "trusted"
     assert doc["status"] == "finished"
     assert doc["config"]["trusted-data"] == str((run_dir / "data" / "trusted").resolve())

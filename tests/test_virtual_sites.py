@@ -42,6 +42,25 @@ def test_sites_are_built_on_first_use_with_exactly_their_partition(tmp_path: Pat
     assert np.array_equal(expected, got) and np.array_equal(got, prepared.counts[7])
 
 
+def test_auto_trusted_examples_are_ten_per_class_out_of_the_test_set(tmp_path: Path) -> None:
+    """`fl-sim run --trusted-examples auto` (the default): the coordinator keeps ten held-out examples per class,
+    none of which is tested on; none where nothing is held out or the targets are no classes."""
+    prepared = prepare_data(tmp_path / "d", "digits", 3, PartitionSpec("iid"), seed=0, test_fraction=0.2, augment=1,
+                            trusted_examples=None)
+    trusted = np.load(tmp_path / "d" / "data" / "trusted" / "data.npz")
+    test = np.load(tmp_path / "d" / "data" / "test" / "data.npz")
+    assert prepared.trusted_examples == 100 and np.array_equal(np.bincount(trusted["y"]), np.full(10, 10))
+    assert prepared.test_examples == len(test["y"]) == 360 - 100
+    assert not {row.tobytes() for row in trusted["x"]} & {row.tobytes() for row in test["x"]}
+    none = prepare_data(tmp_path / "n", "digits", 3, PartitionSpec("iid"), seed=0, test_fraction=0.0, augment=1,
+                        trusted_examples=None)
+    assert none.trusted_examples == 0 and "--test-fraction 0" in none.trusted_note
+    regression = prepare_data(tmp_path / "r", "diabetes", 3, PartitionSpec("iid"), seed=0, test_fraction=0.2,
+                              augment=1, trusted_examples=None)
+    assert regression.trusted_examples == 0 and "not labelled by class" in regression.trusted_note
+    assert not (tmp_path / "r" / "data" / "trusted").exists()
+
+
 def test_no_test_fraction_deals_every_example_as_fl_sim_split_does(tmp_path: Path) -> None:
     from fedshield.simulations.split import write_sites
 
