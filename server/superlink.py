@@ -108,7 +108,7 @@ class SuperLink:
         if self.secret is None:
             raise SuperLinkStartError("the SuperExec needs the SuperLink's secret; start the SuperLink first")
         cmd = [sys.executable, "-m", "fedshield.flower_ext.superexec_main",
-               "--runtime-api-address", f"{self._loopback_host()}:{self.port}",
+               "--runtime-api-address", join_address(self._loopback_host(), self.port),
                "--superexec-auth-secret-file", str(self.secret.path),
                "--parent-pid", str(superlink_pid)]
         return cmd + (["--insecure"] if self.tls is None else ["--root-certificates", str(self.tls.ca_cert)])

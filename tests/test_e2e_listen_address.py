@@ -77,3 +77,18 @@ def test_a_federation_runs_on_a_loopback_address_other_than_127_0_0_1(tmp_path: 
     assert doc["status"] == "finished" and set(doc["sites"]) == set(SITES)
     assert f"server listening on {HOST}:{port}" in (tmp_path / "server.out").read_text()
     assert f"connecting to {HOST}:{port}" in (tmp_path / f"{SITES[0]}.out").read_text()
+
+
+def test_the_superexec_dials_an_ipv6_listen_address_in_brackets(tmp_path: Path) -> None:
+    """`--host fd00:fed::1`: the SuperExec's Runtime API address was written `fd00:fed::1:PORT`, which Flower's
+    HTTP client took for a port of 'fed::1:PORT' and exited on, taking the coordinator with it."""
+    from fedshield.common.local_secret import LocalSecret
+    from fedshield.server.superlink import SuperLink
+
+    link = SuperLink(host="fd00:fed::1", port=9092, state_db=None, log_path=tmp_path / "sl.log", tls=None)
+    link.secret = LocalSecret.create("test")
+    try:
+        cmd = link.superexec_command(superlink_pid=1)
+    finally:
+        link.secret.remove()
+    assert cmd[cmd.index("--runtime-api-address") + 1] == "[fd00:fed::1]:9092"
