@@ -54,11 +54,16 @@ def test_two_hundred_sites_cost_no_more_memory_than_ten(tmp_path: Path) -> None:
     doc = json.loads((tmp_path / "many" / "results.json").read_text())
     assert doc["status"] == "finished" and doc["total_sites"] == 200
     trained = [r["train"] for r in doc["rounds"] if "train" in r]
-    assert [t["sampled"] for t in trained] == [5, 5] and len(trained[0]["sites"]) == 5
+    # the direction test against the coordinator's trusted examples holds back, by chance, an update that is
+    # mostly DP noise (these sites hold about 7 examples) in about one round of 44: it sits out that round only
+    held = [[f for f in t["failures"] if f["reason"].startswith("update held back this round")] for t in trained]
+    assert [t["sampled"] for t in trained] == [5, 5]
+    assert len(trained[0]["sites"]) + len(held[0]) == 5 and len(trained[0]["failures"]) == len(held[0])
     # a site drawn again in round 2 was planned for one round's noise and refuses the surplus one
     # (its ledger); every other sampled site trains
     refused = [f for f in trained[1]["failures"] if "refuses this round" in f["reason"]]
-    assert len(refused) == len(trained[1]["failures"]) and len(trained[1]["sites"]) + len(refused) == 5
+    assert len(refused) + len(held[1]) == len(trained[1]["failures"])
+    assert len(trained[1]["sites"]) + len(trained[1]["failures"]) == 5
     assert {f["site"] for f in refused} <= set(trained[0]["sites"])
     # sites are built lazily: only those the rounds (and the handshake) touched have a folder
     built = list((tmp_path / "many" / "data").glob("site_*"))
