@@ -40,7 +40,11 @@ def test_two_private_rounds_improve_the_tasks_metric(tmp_path: Path, task: str) 
     assert improved, f"{task}: central {metric} {first:.3f} -> {last:.3f}"
     for rnd in (1, 2):
         sites = rounds[rnd]["train"]["sites"].values()
-        assert len(sites) == 2 and all(s["dp"] and 0 < s["epsilon"] <= 8 + 1e-6 for s in sites)
+        # a classifier's coordinator holds trusted examples by default; an update that is mostly DP noise sits
+        # out a round against them by chance (about one in 44), which is no failure of the task
+        held = [f for f in rounds[rnd]["train"]["failures"] if f["reason"].startswith("update held back")]
+        assert len(sites) + len(held) == 2 and len(sites) >= 1
+        assert all(s["dp"] and 0 < s["epsilon"] <= 8 + 1e-6 for s in sites)
     if task == "dcgan":  # a sample grid after every round
         assert sorted(p.name for p in (tmp_path / "run" / "samples").iterdir()) == ["round-001.png", "round-002.png"]
 
@@ -81,7 +85,9 @@ def test_transfer_head_learns_privately_on_a_pretrained_backbone(tmp_path: Path)
     first, last = rounds[0]["centralized"]["accuracy"], rounds[2]["centralized"]["accuracy"]
     assert first < 0.3 and last >= first + 0.3, f"central accuracy {first:.3f} -> {last:.3f}"
     sites = rounds[2]["train"]["sites"].values()
-    assert len(sites) == 2 and all(s["dp"] and 0 < s["epsilon"] <= 8 + 1e-6 for s in sites)
+    held = [f for f in rounds[2]["train"]["failures"] if f["reason"].startswith("update held back")]
+    assert len(sites) + len(held) == 2 and len(sites) >= 1  # a chance hold against the trusted examples
+    assert all(s["dp"] and 0 < s["epsilon"] <= 8 + 1e-6 for s in sites)
 
 
 def _colour_png_site(folder: Path) -> Path:
